@@ -1,0 +1,1 @@
+"""Data: activation sources and generated data sets."""

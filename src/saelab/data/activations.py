@@ -1,0 +1,148 @@
+"""Activation sources: what `train` and `evaluate` accept as data, turned into batches [n, d_in].
+
+- a tensor or numpy array [N, d_in] (leading dimensions are flattened), or a `.npy` file (memory
+  mapped, never loaded whole): shuffled batches; the order is a function of (seed, position),
+  so a resumed run sees exactly the batches an uninterrupted run would have seen;
+- an iterable of such tensors: consumed in order and re-cut into batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Activation data that cannot be used: missing, empty, wrong shape, NaN/Inf."""
+
+
+def check_batch(batch: torch.Tensor, d_in: int, where: str) -> None:
+    """Raise a DataError naming the problem if batch is not [n, d_in] finite floats."""
+    if batch.ndim != 2 or batch.shape[1] != d_in:
+        raise DataError(f"{where}: activations have shape {tuple(batch.shape)}, but the SAE has d_in={d_in}")
+    if not torch.isfinite(batch).all():
+        bad = (~torch.isfinite(batch)).sum().item()
+        raise DataError(f"{where}: activations contain {bad} NaN/Inf values")
+
+
+class ArraySource:
+    """Rows [start, stop) of a 2-d array (torch tensor or numpy array / memmap)."""
+
+    def __init__(self, array, start: int = 0, stop: int | None = None, name: str = "tensor"):
+        if array.ndim < 2:
+            raise DataError(f"{name}: activations must be [tokens, d_in], got shape {tuple(array.shape)}")
+        if array.ndim > 2:
+            array = array.reshape(-1, array.shape[-1])
+        self.array, self.name = array, name
+        self.start, self.stop = start, array.shape[0] if stop is None else stop
+        self.d_in = int(array.shape[1])
+        if self.n_tokens <= 0:
+            raise DataError(f"{name}: no activations (empty data set)")
+
+    @property
+    def n_tokens(self) -> int:
+        return self.stop - self.start
+
+    def split(self, n_heldout: int) -> tuple[ArraySource, ArraySource]:
+        """The first rows for training and the last n_heldout rows for evaluation."""
+        if not 0 < n_heldout < self.n_tokens:
+            raise DataError(f"{self.name}: cannot hold out {n_heldout} of {self.n_tokens} tokens")
+        cut = self.stop - n_heldout
+        return (ArraySource(self.array, self.start, cut, self.name), ArraySource(self.array, cut, self.stop, self.name))
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.array, torch.Tensor):
+            return self.array[index + self.start].float()
+        rows = np.sort(index.numpy()) + self.start
+        return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
+
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
+        """Endless shuffled batches: stream position p reads row perm_e[p mod N] with e = p // N
+        and perm_e = randperm(N) seeded by seed * 1_000_003 + e."""
+        perms: dict[int, torch.Tensor] = {}
+
+        def perm(epoch: int) -> torch.Tensor:
+            if epoch not in perms:
+                if len(perms) > 1:
+                    perms.clear()
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                perms[epoch] = torch.randperm(self.n_tokens, generator=gen)
+            return perms[epoch]
+
+        position = skip_tokens
+        while True:
+            positions = torch.arange(position, position + batch_size)
+            epochs, offsets = positions // self.n_tokens, positions % self.n_tokens
+            index = torch.cat([perm(int(e))[offsets[epochs == e]] for e in epochs.unique()])
+            position += batch_size
+            yield self._rows(index)
+
+    def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """All rows once, in order."""
+        for lo in range(0, self.n_tokens, batch_size):
+            index = torch.arange(lo, min(lo + batch_size, self.n_tokens))
+            yield self._rows(index)
+
+
+class StreamSource:
+    """An iterable of tensors [m, d_in], consumed once, in order."""
+
+    def __init__(self, iterable: Iterable, name: str = "iterable"):
+        self.iterable, self.name = iterable, name
+        self.n_tokens = None
+        self.d_in = None
+
+    def _pieces(self) -> Iterator[torch.Tensor]:
+        for piece in self.iterable:
+            piece = torch.as_tensor(piece).float()
+            yield piece.reshape(-1, piece.shape[-1])
+
+    def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
+        buffer, size = [], 0
+        for piece in self._pieces():
+            buffer.append(piece)
+            size += len(piece)
+            while size >= batch_size:
+                joined = torch.cat(buffer)
+                yield joined[:batch_size]
+                buffer, size = [joined[batch_size:]], size - batch_size
+        if size:
+            yield torch.cat(buffer)
+
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
+        """Full batches in stream order, after skipping the first skip_tokens tokens."""
+        skipped = 0
+        for batch in self.chunks(batch_size):
+            if len(batch) < batch_size:
+                return
+            if skipped < skip_tokens:
+                skipped += len(batch)
+                continue
+            yield batch
+
+
+def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
+    """Turn what the user passed (tensor, array, .npy path, iterable) into a source."""
+    if isinstance(data, (ArraySource, StreamSource)):
+        return data
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.exists():
+            raise DataError(f"no activation file at {path}")
+        if path.is_dir() or path.suffix != ".npy":
+            raise DataError(f"{path}: expected a .npy file of activations [tokens, d_in]")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        if not np.issubdtype(array.dtype, np.floating):
+            raise DataError(f"{path}: activations must be floating point, got {array.dtype}")
+        return ArraySource(array, name=str(path))
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return ArraySource(data, name=name or "tensor")
+    if isinstance(data, Iterable):
+        return StreamSource(data, name=name or "iterable")
+    raise DataError(f"cannot read activations from {type(data).__name__}; pass a tensor, .npy path or iterable")

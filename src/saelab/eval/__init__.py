@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics (downstream and AFA analysis build on these)."""

@@ -1,0 +1,1 @@
+"""Files: the SAE directory format and atomic writes."""

@@ -1,0 +1,49 @@
+"""BatchTopK SAE (Bussmann, Leask, Nanda 2024).
+
+Training: keep the n*k largest entries of a = relu(pre) over the whole batch [n, h].
+Inference: f = a * (a > theta), with theta the running average (EMA) of the smallest positive
+value kept by the batch top-k during training, so codes do not depend on the batch.
+"""
+
+import torch
+
+
+class ThresholdNotEstimated(RuntimeError):
+    """A batchtopk SAE is used in eval mode before training estimated its threshold."""
+
+
+def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    a = torch.relu(pre)
+    if sae.training:
+        return _batch_topk(sae, a)
+    theta = sae.threshold
+    if torch.isnan(theta):
+        raise ThresholdNotEstimated(
+            "this batchtopk SAE has no inference threshold yet (it is estimated during training); "
+            "train it first, or call sae.train() to encode with batch top-k over the given batch"
+        )
+    return a * (a > theta)
+
+
+def _batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
+    flat = a.flatten()
+    values, indices = flat.topk(min(a.shape[0] * sae.cfg.k, flat.numel()), sorted=False)
+    _update_threshold(sae, values.detach())
+    return torch.zeros_like(flat).scatter(0, indices, values).view_as(a)
+
+
+@torch.no_grad()
+def _update_threshold(sae, kept: torch.Tensor) -> None:
+    """theta <- m * theta + (1 - m) * min(kept > 0); the first batch sets theta directly."""
+    positive = kept[kept > 0]
+    if positive.numel() == 0:
+        return
+    smallest = positive.min()
+    if torch.isnan(sae.threshold):
+        sae.threshold.copy_(smallest)
+    else:
+        sae.threshold.lerp_(smallest, 1 - sae.cfg.threshold_momentum)
+
+
+def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
+    return {}

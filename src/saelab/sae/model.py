@@ -1,0 +1,153 @@
+"""The SAE module: parameters, input scaling, encode/decode and the training loss.
+
+pre = (x' - b_dec) @ W_enc + b_enc;  f = rule(pre);  x_hat' = f @ W_dec + b_dec
+where x' is the scaled input: x' = s x (`expected_norm`), x' = (x - mean) / std per token
+(`per_token`), or x' = x (`none`); outputs are mapped back to the units of x.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import SAEConfig
+from . import auxk, batchtopk, jumprelu, relu, topafa, topk
+
+RULES = {"relu": relu, "topk": topk, "batchtopk": batchtopk, "jumprelu": jumprelu, "topafa": topafa}
+USES_AUXK = ("topk", "batchtopk", "topafa")
+PER_TOKEN_EPS = 1e-5
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    terms: dict[str, torch.Tensor]  # each weighted term, detached
+    codes: torch.Tensor  # [n, d_sae]
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder. Training mode has training semantics (batch top-k for batchtopk),
+    eval mode inference semantics (codes independent of the batch)."""
+
+    def __init__(self, cfg: SAEConfig, seed: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(W_dec.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.arch == "batchtopk":
+            self.register_buffer("threshold", torch.tensor(float("nan")))
+        if cfg.arch == "jumprelu":
+            init = math.log(cfg.jumprelu_init_threshold)
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), init))
+            lam = jumprelu.INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
+            self.register_buffer("l0_lambda", torch.tensor(float(lam)))
+        self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
+
+    # -- input scaling -----------------------------------------------------------------------
+    def input_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(mult, shift) with x' = (x - shift) * mult; per token [..., 1] for `per_token`."""
+        if self.cfg.input_scaling == "per_token":
+            mean = x.mean(-1, keepdim=True)
+            return 1 / (x.std(-1, keepdim=True) + PER_TOKEN_EPS), mean
+        return self.input_scale, 0.0
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"input has last dimension {x.shape[-1]} but this SAE has d_in={self.cfg.d_in}"
+            )
+
+    def _scale(self, x, stats):
+        if self.cfg.input_scaling == "none":
+            return x
+        mult, shift = stats
+        return (x - shift) * mult
+
+    def _unscale(self, x_hat, stats):
+        if self.cfg.input_scaling == "none":
+            return x_hat
+        mult, shift = stats
+        return x_hat / mult + shift
+
+    # -- the autoencoder ---------------------------------------------------------------------
+    def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
+        return (x_scaled - self.b_dec) @ self.W_enc + self.b_enc
+
+    def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.pre_activation(x_scaled)
+        return RULES[self.cfg.arch].activate(self, pre, x_scaled), pre
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> dense codes [..., d_sae] (batchtopk in training mode: top n*k over
+        all leading dimensions together)."""
+        self._check_input(x)
+        flat = x.reshape(-1, self.cfg.d_in)
+        f, _ = self._encode_scaled(self._scale(flat, self.input_stats(flat)))
+        return f.reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    def decode(self, f: torch.Tensor, stats=None) -> torch.Tensor:
+        """codes [..., d_sae] -> x_hat [..., d_in] in input units. `per_token` SAEs need the
+        statistics of the input they reconstruct: `stats=sae.input_stats(x)`."""
+        if stats is None:
+            if self.cfg.input_scaling == "per_token":
+                raise ValueError(
+                    "a per_token SAE needs the input's statistics to decode: "
+                    "use sae(x), or sae.decode(f, stats=sae.input_stats(x))"
+                )
+            stats = (self.input_scale, 0.0)
+        return self._unscale(f @ self.W_dec + self.b_dec, stats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] -> x_hat [..., d_in]."""
+        self._check_input(x)
+        stats = self.input_stats(x)
+        f = self.encode(x)
+        return self.decode(f, stats)
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> LossOutput:
+        """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
+        ||x' - x_hat'||^2 + arch penalty + aux_coefficient * L_aux (topk/batchtopk/topafa)."""
+        self._check_input(x)
+        x = self._scale(x, self.input_stats(x))
+        f, pre = self._encode_scaled(x)
+        x_hat = f @ self.W_dec + self.b_dec
+        terms = {"mse": (x - x_hat).square().sum(-1).mean()}
+        terms.update(RULES[self.cfg.arch].penalty(self, f, pre, x))
+        if self.cfg.arch in USES_AUXK and dead is not None and self.cfg.aux_coefficient > 0:
+            terms["aux"] = self.cfg.aux_coefficient * auxk.aux_loss(self, x, x_hat, pre, dead)
+        loss = sum(terms.values())
+        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, f)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """W_dec.grad_i -= <grad_i, w_i> w_i for unit rows w_i, so a step keeps norms ~ 1."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+            self.W_dec.grad -= parallel * self.W_dec
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        from ..io.format import save_sae
+
+        save_sae(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
+        from ..io.format import load_sae
+
+        return load_sae(path, device=device)

@@ -1,0 +1,1 @@
+"""Training: initialisation from data, schedules, checkpoints and the loop."""

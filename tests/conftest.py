@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from saelab import SAE, SAEConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_sae(arch="topk", d_in=16, d_sae=64, k=4, **kw) -> SAE:
+    if arch in ("relu", "topafa"):
+        k = None
+    cfg = SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k, input_scaling=kw.pop("input_scaling", "none"), **kw)
+    return SAE(cfg, seed=0)
+
+
+def randomize(sae: SAE, seed: int = 1) -> SAE:
+    """Give every parameter random values (biases included) so tests exercise all terms."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
+    return sae

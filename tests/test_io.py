@@ -1,0 +1,147 @@
+"""SAE directory format: round trip, folding, and refusal of bad files."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from saelab import SAE
+from saelab.io.format import SAEFormatError
+from saelab.sae.model import SAE as SAEModule
+
+from conftest import make_sae, randomize
+
+ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
+
+
+def _ready(arch, **kw):
+    sae = randomize(make_sae(arch, **kw))
+    if arch == "batchtopk":
+        sae.train().encode(torch.randn(64, 16))
+    return sae.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_gives_identical_codes(arch, tmp_path):
+    sae = _ready(arch)
+    sae.save(tmp_path / "sae")
+    loaded = SAE.load(tmp_path / "sae")
+    x = torch.randn(32, 16)
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_expected_norm_scale_is_folded_on_save(arch, tmp_path):
+    sae = _ready(arch, input_scaling="expected_norm")
+    sae.input_scale.fill_(0.05)  # raw activations ~20x larger than the SAE's working units
+    x = torch.randn(32, 16) * 20
+    codes, x_hat = sae.encode(x).detach(), sae(x).detach()
+    sae.save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["input_scale"] == 1.0 and cfg["metadata"]["folded_input_scale"] == pytest.approx(0.05)
+    loaded = SAE.load(tmp_path / "sae")
+    torch.testing.assert_close(loaded.encode(x), codes, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded(x), x_hat, rtol=1e-4, atol=1e-4)
+    # a plain matmul on the raw tensors, as another library would do it, reconstructs raw inputs
+    from safetensors.torch import load_file
+
+    t = load_file(str(tmp_path / "sae" / "sae.safetensors"))
+    torch.testing.assert_close(codes @ t["W_dec"] + t["b_dec"], x_hat, rtol=1e-4, atol=1e-4)
+
+
+def test_per_token_scaling_is_stored_and_undone(tmp_path):
+    sae = _ready("topk", input_scaling="per_token")
+    x = torch.randn(8, 16) * 7 + 3
+    mean, std = x.mean(1, keepdim=True), x.std(1, keepdim=True) + 1e-5
+    f = sae.encode(x)
+    want = (f @ sae.W_dec + sae.b_dec) * std + mean
+    torch.testing.assert_close(sae(x), want)
+    with pytest.raises(ValueError, match="per_token"):
+        sae.decode(f)
+    sae.save(tmp_path / "s")
+    torch.testing.assert_close(SAE.load(tmp_path / "s")(x), want)
+
+
+def test_file_names_and_shapes(tmp_path):
+    from safetensors.torch import load_file
+
+    _ready("jumprelu", k=4).save(tmp_path / "j")
+    t = load_file(str(tmp_path / "j" / "sae.safetensors"))
+    assert {n: tuple(v.shape) for n, v in t.items()} == {
+        "W_enc": (16, 64), "b_enc": (64,), "W_dec": (64, 16), "b_dec": (16,), "threshold": (64,)
+    }
+
+
+def test_missing_directory():
+    with pytest.raises(SAEFormatError, match="no SAE directory"):
+        SAE.load("/nonexistent/sae")
+
+
+def test_truncated_weights(tmp_path):
+    _ready("topk").save(tmp_path)
+    f = tmp_path / "sae.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(SAEFormatError, match="corrupt|truncated"):
+        SAE.load(tmp_path)
+
+
+def test_garbage_weights(tmp_path):
+    _ready("topk").save(tmp_path)
+    (tmp_path / "sae.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(SAEFormatError, match="corrupt|truncated|not a valid"):
+        SAE.load(tmp_path)
+
+
+def test_pickle_is_refused_and_never_executed(tmp_path):
+    _ready("topk").save(tmp_path)
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "sae.safetensors").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(SAEFormatError, match="pickle"):
+        SAE.load(tmp_path)
+    torch.save({"W_enc": torch.zeros(1)}, tmp_path / "sae.safetensors")
+    with pytest.raises(SAEFormatError, match="pickle"):
+        SAE.load(tmp_path)
+    assert not marker.exists()
+
+
+def test_config_that_disagrees_with_tensors(tmp_path):
+    _ready("topk").save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["d_sae"] = 32
+    cfg["k"] = 4
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SAEFormatError, match="W_enc has shape"):
+        SAE.load(tmp_path)
+    cfg["d_sae"], cfg["arch"] = 64, "jumprelu"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SAEFormatError, match="missing \\['threshold'\\]"):
+        SAE.load(tmp_path)
+
+
+def test_bad_config_values(tmp_path):
+    _ready("topk").save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "arch": "gated2"}))
+    with pytest.raises(SAEFormatError, match="unknown arch"):
+        SAE.load(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(SAEFormatError, match="not valid JSON"):
+        SAE.load(tmp_path)
+    (tmp_path / "cfg.json").unlink()
+    with pytest.raises(SAEFormatError, match="no cfg.json"):
+        SAE.load(tmp_path)
+
+
+def test_untrained_batchtopk_round_trips_and_still_refuses_eval(tmp_path):
+    make_sae("batchtopk").save(tmp_path)
+    loaded = SAE.load(tmp_path)
+    assert isinstance(loaded, SAEModule)
+    with pytest.raises(RuntimeError, match="threshold"):
+        loaded.encode(torch.randn(2, 16))

@@ -1,0 +1,169 @@
+"""Each activation rule against an independent computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.sae import ThresholdNotEstimated
+from saelab.sae.jumprelu import JumpReLU, Step
+from saelab.sae.topafa import chosen_k
+
+from conftest import make_sae, randomize
+
+
+def test_topk_keeps_exactly_k_largest_per_row():
+    sae = randomize(make_sae("topk", k=5))
+    x = torch.randn(50, 16)
+    f = sae.encode(x).detach().numpy()
+    pre = sae.pre_activation(x).detach().numpy()
+    for row, code in zip(pre, f):
+        want = np.zeros_like(row)
+        top = np.argsort(-row)[:5]
+        want[top] = np.maximum(row[top], 0)
+        np.testing.assert_allclose(code, want, rtol=1e-6)
+        assert (code > 0).sum() == min(5, (row > 0).sum())
+
+
+def test_batchtopk_training_keeps_n_times_k_over_the_batch():
+    sae = randomize(make_sae("batchtopk", k=3)).train()
+    x = torch.randn(40, 16)
+    f = sae.encode(x).detach().numpy()
+    a = np.maximum(sae.pre_activation(x).detach().numpy(), 0)
+    assert (f > 0).sum() == 40 * 3
+    cutoff = np.sort(a.ravel())[-40 * 3]
+    np.testing.assert_allclose(f, np.where(a >= cutoff, a, 0), rtol=1e-6)
+    per_sample = (f > 0).sum(1)
+    assert per_sample.min() != per_sample.max()  # variable allocation, mean k
+    assert sae.threshold.item() == pytest.approx(cutoff, rel=1e-6)
+
+
+def test_batchtopk_threshold_is_an_average_of_batch_minima():
+    sae = randomize(make_sae("batchtopk", k=3, threshold_momentum=0.5)).train()
+    minima = []
+    for _ in range(3):
+        x = torch.randn(20, 16)
+        f = sae.encode(x)
+        minima.append(f[f > 0].min().item())
+    want = (minima[0] * 0.5 + minima[1] * 0.5) * 0.5 + minima[2] * 0.5
+    assert sae.threshold.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_batchtopk_eval_is_batch_independent():
+    sae = randomize(make_sae("batchtopk", k=3)).train()
+    sae.encode(torch.randn(64, 16))
+    sae.eval()
+    x = torch.randn(30, 16)
+    together = sae.encode(x).detach()
+    alone = torch.cat([sae.encode(x[i : i + 1]) for i in range(30)]).detach()
+    shuffled = sae.encode(torch.cat([torch.randn(7, 16), x.flip(0)]))[7:].flip(0).detach()
+    torch.testing.assert_close(together, alone)
+    torch.testing.assert_close(together, shuffled)
+    a = torch.relu(sae.pre_activation(x)).detach()
+    torch.testing.assert_close(together, torch.where(a > sae.threshold, a, 0))
+
+
+def test_batchtopk_refuses_dense_codes_before_threshold_exists():
+    sae = make_sae("batchtopk").eval()
+    with pytest.raises(ThresholdNotEstimated, match="threshold"):
+        sae.encode(torch.randn(4, 16))
+
+
+def test_jumprelu_gradients_equal_straight_through_formulas():
+    eps = 0.5
+    pre = torch.tensor([[0.1, 0.9, 1.2, 2.0], [0.8, 1.1, -1.0, 3.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.0, 1.0], requires_grad=True)
+    grad_out = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    f = JumpReLU.apply(pre, theta, eps)
+    (f * grad_out).sum().backward()
+    # hand computation: K((pre - theta)/eps) = 1 where |pre - theta| < eps / 2 = 0.25
+    kernel = [[0, 1, 1, 0], [1, 1, 0, 0]]
+    want_theta = [-(1.0 / eps) * sum(kernel[r][c] * grad_out[r][c].item() for r in range(2)) for c in range(4)]
+    np.testing.assert_allclose(theta.grad.numpy(), want_theta)
+    np.testing.assert_allclose(pre.grad.numpy(), (grad_out * (pre > theta)).detach().numpy())
+    np.testing.assert_allclose(f.detach().numpy(), (pre * (pre > theta)).detach().numpy())
+
+    theta.grad = None
+    Step.apply(pre, theta, eps).sum().backward()
+    want_l0 = [-(1.0 / eps) * sum(kernel[r][c] for r in range(2)) for c in range(4)]
+    np.testing.assert_allclose(theta.grad.numpy(), want_l0)
+
+
+def test_jumprelu_target_mode_raises_lambda_above_target():
+    sae = randomize(make_sae("jumprelu", k=2)).train()
+    before = sae.l0_lambda.item()
+    sae.loss(torch.randn(32, 16))  # L0 >> 2 at these thresholds: lambda must grow
+    assert sae.l0_lambda.item() > before
+
+
+def _brute_force_k(a, norms, target):
+    scores = (a * norms) ** 2
+    order = np.argsort(-scores, kind="stable")
+    best, best_k = np.inf, None
+    for j in range(1, len(a) + 1):
+        gap = abs(np.sqrt(scores[order[:j]].sum()) - target)
+        if gap < best - 1e-9:
+            best, best_k = gap, j
+    return best_k
+
+
+def test_topafa_k_equals_brute_force_search():
+    sae = randomize(make_sae("topafa", d_sae=24))
+    x = torch.randn(40, 16) * torch.rand(40, 1) * 3
+    pre = sae.pre_activation(x).detach()
+    a = torch.relu(pre)
+    k_star, _ = chosen_k(sae, a, x)
+    norms = sae.W_dec.norm(dim=1).detach().numpy()
+    for i in range(40):
+        target = (x[i] - sae.b_dec).norm().item()
+        assert k_star[i].item() == _brute_force_k(a[i].numpy(), norms, target)
+    f = sae.encode(x)
+    assert ((f > 0).sum(1) <= k_star).all()
+
+
+def test_topafa_edge_cases():
+    sae = make_sae("topafa", d_in=4, d_sae=4)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+    zero = torch.zeros(1, 4)  # target 0 keeps one latent
+    assert chosen_k(sae, torch.tensor([[3.0, 1.0, 0.0, 0.0]]), zero)[0].item() == 1
+    small = torch.tensor([[0.1, 0.1, 0.0, 0.0]])  # target 100 > all mass: keep all positive
+    assert chosen_k(sae, small, torch.tensor([[100.0, 0, 0, 0]]))[0].item() == 2
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "topafa"])
+def test_decoder_rows_stay_unit_norm_after_steps(arch):
+    from saelab import TrainConfig, train
+
+    sae = make_sae(arch, k=4)
+    train(sae, torch.randn(2048, 16), TrainConfig(batch_size=256, lr=1e-2, total_tokens=2048, progress=False))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+    assert not torch.allclose(sae.W_dec, make_sae(arch, k=4).W_dec)  # it did train
+
+
+def test_remove_parallel_gradient_leaves_orthogonal_component():
+    sae = randomize(make_sae("topk"))
+    g = torch.randn_like(sae.W_dec)
+    sae.W_dec.grad = g.clone()
+    sae.remove_parallel_gradient()
+    w = sae.W_dec.detach()
+    want = g - (g * w).sum(1, keepdim=True) * w
+    torch.testing.assert_close(sae.W_dec.grad, want)
+    torch.testing.assert_close((sae.W_dec.grad * w).sum(1), torch.zeros(64), atol=1e-5, rtol=0)
+
+
+def test_auxk_loss_matches_hand_computation():
+    from saelab.sae.auxk import aux_loss
+
+    sae = randomize(make_sae("topk", aux_k=2))
+    x, x_hat, pre = torch.randn(5, 16), torch.randn(5, 16), torch.randn(5, 64)
+    dead = torch.zeros(64, dtype=torch.bool)
+    assert aux_loss(sae, x, x_hat, pre, dead).item() == 0
+    dead[[3, 10, 20]] = True
+    want = 0.0
+    for t in range(5):
+        a = {i: max(pre[t, i].item(), 0) for i in (3, 10, 20)}
+        top = sorted(a, key=a.get, reverse=True)[:2]
+        e_hat = sum(a[i] * sae.W_dec[i].detach() for i in top)
+        want += ((x[t] - x_hat[t]) - e_hat).square().sum().item()
+    assert aux_loss(sae, x, x_hat, pre, dead).item() == pytest.approx(want / 5, rel=1e-5)

@@ -1,0 +1,181 @@
+"""The training loop: files, resume, data sources and bad data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saelab import SAE, SAEConfig, TrainConfig, train
+from saelab.data.activations import DataError
+from saelab.train import loop
+from saelab.train.checkpoint import CHECKPOINT_NAME
+from saelab.train.schedule import lr_factor
+
+from conftest import make_sae
+
+ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
+
+
+def _cfg(tmp_path=None, **kw):
+    base = dict(batch_size=128, lr=3e-3, total_tokens=128 * 12, warmup_tokens=256, log_every=2,
+                progress=False, dead_tokens=256)
+    if tmp_path is not None:
+        base["out_dir"] = str(tmp_path)
+    return TrainConfig(**{**base, **kw})
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resume_is_bit_exact(arch, tmp_path, monkeypatch):
+    data = torch.randn(1000, 16) * 3 + 1
+    full = train(make_sae(arch, input_scaling="expected_norm"), data, _cfg(tmp_path / "full"))
+
+    real_checkpoint = loop._checkpoint
+    calls = []
+
+    def crash_after_second_checkpoint(*args):
+        real_checkpoint(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupt
+
+    monkeypatch.setattr(loop, "_checkpoint", crash_after_second_checkpoint)
+    cfg = _cfg(tmp_path / "cut", checkpoint_every_tokens=300)
+    with pytest.raises(Interrupt):
+        train(make_sae(arch, input_scaling="expected_norm"), data, cfg)
+    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+    assert (tmp_path / "cut" / CHECKPOINT_NAME).exists()
+    # the resumed SAE starts from a fresh object: everything must come from the checkpoint
+    resumed = train(make_sae(arch, input_scaling="expected_norm"), data,
+                    _cfg(tmp_path / "cut", checkpoint_every_tokens=300, resume=True))
+    for name, value in full.sae.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[name], value), name
+    assert not (tmp_path / "cut" / CHECKPOINT_NAME).exists()
+    history = [json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [r["step"] for r in full.history] == list(range(2, 13, 2))
+    assert history == full.history
+
+
+def test_run_directory_contents(tmp_path):
+    result = train(make_sae("batchtopk"), torch.randn(1000, 16), _cfg(tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} == {"cfg.json", "sae.safetensors", "history.jsonl"}
+    record = result.history[-1]
+    for key in ("step", "tokens", "lr", "loss", "mse", "l0", "dead_fraction", "threshold"):
+        assert key in record
+    assert record["l0"] == pytest.approx(4.0)
+    assert not result.sae.training
+    loaded = SAE.load(tmp_path)
+    x = torch.randn(20, 16)
+    torch.testing.assert_close(loaded.encode(x), result.sae.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
+    def crash(*args):
+        raise Interrupt
+
+    real = loop._checkpoint
+    monkeypatch.setattr(loop, "_checkpoint", lambda *a: (real(*a), crash()))
+    with pytest.raises(Interrupt):
+        train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, checkpoint_every_tokens=300))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="different settings: lr"):
+        train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, lr=1e-3, resume=True))
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        train(make_sae("topk"), torch.randn(100, 16), _cfg(tmp_path, resume=True))
+
+
+def test_npy_file_and_iterable_sources(tmp_path):
+    data = np.random.default_rng(0).normal(size=(1024, 16)).astype(np.float32)
+    np.save(tmp_path / "acts.npy", data)
+    from_file = train(make_sae("topk"), tmp_path / "acts.npy", _cfg())
+    from_tensor = train(make_sae("topk"), torch.from_numpy(data), _cfg())
+    torch.testing.assert_close(from_file.sae.W_dec, from_tensor.sae.W_dec)
+    chunks = (torch.from_numpy(data[i : i + 100]) for i in range(0, 1024, 100))
+    streamed = train(make_sae("topk"), chunks, _cfg(total_tokens=1024))
+    assert streamed.steps == 1024 // 128
+
+
+def test_data_order_covers_every_row_once_per_epoch():
+    from saelab.data.activations import ArraySource
+
+    source = ArraySource(torch.arange(10.0)[:, None].repeat(1, 2))
+    batches = source.batches(batch_size=4, seed=3)
+    rows = torch.cat([next(batches)[:, 0] for _ in range(5)])  # 20 rows: two epochs
+    assert sorted(rows[:10].tolist()) == list(range(10)) and sorted(rows[10:].tolist()) == list(range(10))
+    resumed = source.batches(batch_size=4, seed=3, skip_tokens=8)
+    torch.testing.assert_close(torch.cat([next(resumed)[:, 0] for _ in range(3)]), rows[8:20])
+
+
+@pytest.mark.parametrize("bad, message", [(float("nan"), "NaN/Inf"), (float("inf"), "NaN/Inf")])
+def test_nonfinite_batch_is_named(bad, message):
+    data = torch.randn(512, 16)
+    data[300, 3] = bad
+    with pytest.raises(DataError, match=message):
+        train(make_sae("topk"), data, _cfg(total_tokens=512))
+
+
+def test_wrong_d_in_and_empty_data(tmp_path):
+    with pytest.raises(ValueError, match="d_in=15, but the SAE has d_in=16"):
+        train(make_sae("topk"), torch.randn(100, 15), _cfg())
+    with pytest.raises(DataError, match="empty"):
+        train(make_sae("topk"), torch.zeros(0, 16), _cfg())
+    with pytest.raises(DataError, match="no activation file"):
+        train(make_sae("topk"), tmp_path / "missing.npy", _cfg())
+    with pytest.raises(DataError, match="shape \\(128, 15\\), but the SAE has d_in=16"):
+        train(make_sae("topk"), [torch.randn(200, 15)], _cfg(total_tokens=128))
+    with pytest.raises(ValueError, match="total_tokens"):
+        train(make_sae("topk"), iter([torch.randn(200, 16)]), _cfg(total_tokens=None))
+
+
+def test_lr_schedule_shape():
+    factors = [lr_factor(s, 100, 10, 0.2) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert factors[10:80] == [1.0] * 70
+    assert factors[80] == 1.0 and factors[99] == pytest.approx(1 / 20)
+    assert all(a >= b for a, b in zip(factors[80:], factors[81:]))
+
+
+def test_geometric_median_minimises_sum_of_distances():
+    from saelab.train.init import geometric_median
+
+    x = torch.cat([torch.randn(50, 3, dtype=torch.float64), torch.full((5, 3), 100.0, dtype=torch.float64)])
+    m = geometric_median(x)
+    cost = lambda p: (x - p).norm(dim=1).sum().item()  # noqa: E731
+    assert cost(m) < cost(x.mean(0))
+    for _ in range(200):
+        assert cost(m) <= cost(m + torch.randn(3, dtype=torch.float64) * 0.05) + 1e-9
+    square = torch.tensor([[0.0, 0], [2, 0], [0, 2], [2, 2]], dtype=torch.float64)
+    torch.testing.assert_close(geometric_median(square), torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+
+def test_expected_norm_scale_estimate():
+    sae = SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4))
+    x = torch.randn(4096, 16) * 50
+    train(sae, x, _cfg(total_tokens=128))
+    scaled = x[:128] * sae.input_scale
+    assert sae.cfg.input_scale == pytest.approx(float(sae.input_scale))
+    assert scaled.square().sum(1).mean().item() == pytest.approx(16, rel=0.3)
+
+
+def test_jumprelu_lagrange_multiplier_follows_the_l0_error():
+    from saelab.sae.jumprelu import TARGET_RATE
+
+    sae = make_sae("jumprelu", k=6).train()
+    x = torch.randn(64, 16)
+    before = sae.l0_lambda.item()
+    terms = sae.loss(x).terms
+    l0 = (sae.encode(x) > 0).sum(1).float().mean().item()
+    assert sae.l0_lambda.item() == pytest.approx(before + TARGET_RATE * (l0 / 6 - 1), rel=1e-5)
+    assert terms["l0"].item() == pytest.approx(before * l0, abs=1e-6)
+    with torch.no_grad():
+        sae.log_threshold.fill_(5.0)  # nothing fires: lambda must fall (pushing thresholds down)
+    raised = sae.l0_lambda.item()
+    sae.loss(x)
+    assert sae.l0_lambda.item() == pytest.approx(raised - TARGET_RATE)
