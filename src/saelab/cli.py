@@ -20,7 +20,7 @@ from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.loop import HISTORY_NAME, train
 
-DEMO = {"n_tokens": 2**18, "d_in": 256, "n_features": 2048, "max_active": 64}
+DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
 
 
 def _add_train_parser(commands) -> None:
@@ -88,7 +88,10 @@ def _load_data(args):
     else:
         print(f"no --activations given: generating {DEMO['n_tokens']} activations (d_in={DEMO['d_in']}) "
               f"from a known random dictionary of {DEMO['n_features']} features")
-        x, dictionary = synthetic_activations(**DEMO, seed=1234)
+        x, dictionary = synthetic_activations(DEMO["n_tokens"], DEMO["d_in"], DEMO["n_features"],
+                                              DEMO["max_active"], seed=1234)
+        if args.tokens is None:
+            args.tokens = DEMO["train_tokens"]
         source = open_source(x, name="generated")
     heldout = args.eval_tokens if args.eval_tokens is not None else min(65536, source.n_tokens // 10)
     train_source, eval_source = source.split(heldout)

@@ -1,0 +1,69 @@
+"""The command line, run in-process and as a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from saelab import SAE, cli
+
+
+@pytest.fixture
+def acts(tmp_path):
+    path = tmp_path / "acts.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(6000, 16)).astype(np.float32))
+    return path
+
+
+def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
+    out = tmp_path / "run"
+    cli.main(["train", "--activations", str(acts), "--arch", "batchtopk", "--k", "4", "--expansion", "4",
+              "--tokens", "8192", "--batch-size", "512", "--lr", "1e-3", "--seed", "1", "--out", str(out),
+              "--eval-tokens", "1000"])
+    printed = capsys.readouterr().out
+    assert "explained_variance" in printed and str(out) in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_tokens"] == 1000 and metrics["train_tokens"] == 8192
+    assert len((out / "history.jsonl").read_text().splitlines()) == 16 // 10 + 1
+    sae = SAE.load(out)
+    assert (sae.cfg.arch, sae.cfg.d_sae, sae.cfg.k) == ("batchtopk", 64, 4)
+    with pytest.raises(SystemExit, match="already holds a trained SAE"):
+        cli.main(["train", "--activations", str(acts), "--out", str(out)])
+
+
+def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8})
+    cli.main(["train", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4", "--no-progress"])
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert 0 < metrics["dictionary_recovery"] <= 1
+    assert "generating" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--k", "100", "--expansion", "2"], "k=100 is larger than d_sae=32"),
+        (["--k", "0"], "k must be a positive integer"),
+        (["--eval-tokens", "6000"], "cannot hold out 6000 of 6000"),
+    ],
+)
+def test_bad_arguments_are_named(acts, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["train", "--activations", str(acts), "--out", str(tmp_path / "r"), *args])
+
+
+def test_missing_activation_file(tmp_path):
+    with pytest.raises(SystemExit, match="no activation file"):
+        cli.main(["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")])
+
+
+def test_help_explains_every_flag():
+    result = subprocess.run([sys.executable, "-m", "saelab", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--activations", "--arch", "--k", "--expansion", "--tokens", "--batch-size", "--lr",
+                 "--seed", "--out", "--resume"):
+        assert flag in result.stdout
+    top = subprocess.run([sys.executable, "-m", "saelab", "--help"], capture_output=True, text=True)
+    assert "train" in top.stdout
