@@ -34,7 +34,8 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
 
 
 def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8})
+    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+                                      "train_tokens": 4096})
     cli.main(["train", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4", "--no-progress"])
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert 0 < metrics["dictionary_recovery"] <= 1
