@@ -56,7 +56,7 @@ def test_bad_arguments_are_named(acts, tmp_path, args, message):
 
 
 def test_missing_activation_file(tmp_path):
-    with pytest.raises(SystemExit, match="no activation file"):
+    with pytest.raises(SystemExit, match="no activation file or cache"):
         cli.main(["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")])
 
 

@@ -126,7 +126,7 @@ def test_wrong_d_in_and_empty_data(tmp_path):
         train(make_sae("topk"), torch.randn(100, 15), _cfg())
     with pytest.raises(DataError, match="empty"):
         train(make_sae("topk"), torch.zeros(0, 16), _cfg())
-    with pytest.raises(DataError, match="no activation file"):
+    with pytest.raises(DataError, match="no activation file or cache"):
         train(make_sae("topk"), tmp_path / "missing.npy", _cfg())
     with pytest.raises(DataError, match="shape \\(128, 15\\), but the SAE has d_in=16"):
         train(make_sae("topk"), [torch.randn(200, 15)], _cfg(total_tokens=128))

@@ -1,9 +1,12 @@
 """Activation sources: what `train` and `evaluate` accept as data, turned into batches [n, d_in].
+A source has `name`, `d_in`, `n_tokens` (None if unknown), `batches(batch_size, seed,
+skip_tokens)` (endless or until exhausted, for training) and `chunks(batch_size)` (each row once).
 
 - a tensor or numpy array [N, d_in] (leading dimensions are flattened), or a `.npy` file (memory
   mapped, never loaded whole): shuffled batches; the order is a function of (seed, position),
   so a resumed run sees exactly the batches an uninterrupted run would have seen;
-- an iterable of such tensors: consumed in order and re-cut into batches.
+- an iterable of such tensors: consumed in order and re-cut into batches;
+- an activation-cache directory (see cache.py).
 """
 
 from __future__ import annotations
@@ -87,6 +90,20 @@ class ArraySource:
             yield self._rows(index)
 
 
+def rebatch(pieces: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Re-cut a stream of [m_i, d] tensors into [batch_size, d] batches (the last may be short)."""
+    buffer, size = [], 0
+    for piece in pieces:
+        buffer.append(piece)
+        size += len(piece)
+        while size >= batch_size:
+            joined = torch.cat(buffer)
+            yield joined[:batch_size]
+            buffer, size = [joined[batch_size:]], size - batch_size
+    if size:
+        yield torch.cat(buffer)
+
+
 class StreamSource:
     """An iterable of tensors [m, d_in], consumed once, in order."""
 
@@ -101,16 +118,7 @@ class StreamSource:
             yield piece.reshape(-1, piece.shape[-1])
 
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
-        buffer, size = [], 0
-        for piece in self._pieces():
-            buffer.append(piece)
-            size += len(piece)
-            while size >= batch_size:
-                joined = torch.cat(buffer)
-                yield joined[:batch_size]
-                buffer, size = [joined[batch_size:]], size - batch_size
-        if size:
-            yield torch.cat(buffer)
+        return rebatch(self._pieces(), batch_size)
 
     def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
         """Full batches in stream order, after skipping the first skip_tokens tokens."""
@@ -126,14 +134,18 @@ class StreamSource:
 
 def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
     """Turn what the user passed (tensor, array, .npy path, iterable) into a source."""
-    if isinstance(data, (ArraySource, StreamSource)):
+    if hasattr(data, "batches") and hasattr(data, "chunks"):
         return data
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.exists():
-            raise DataError(f"no activation file at {path}")
-        if path.is_dir() or path.suffix != ".npy":
-            raise DataError(f"{path}: expected a .npy file of activations [tokens, d_in]")
+            raise DataError(f"no activation file or cache at {path}")
+        if path.is_dir():
+            from .cache import ActivationCache
+
+            return ActivationCache(path)
+        if path.suffix != ".npy":
+            raise DataError(f"{path}: expected a .npy file of activations [tokens, d_in] or a cache directory")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as err:

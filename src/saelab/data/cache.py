@@ -1,0 +1,244 @@
+"""The activation cache: a directory of safetensors shards and a `manifest.json`.
+
+Each shard holds `activations` [n, d_in] (float16, bfloat16 or float32), and for each row its
+`context` (global index of the packed context) and `position`, plus `tokens` [n_ctx, ctx_len]:
+the token ids of the contexts it covers, starting at context `first_context`.
+
+Writing is resumable: a shard is written atomically, then the manifest (shards with their
+sha256, token count, contexts consumed) is rewritten atomically. A run interrupted anywhere
+restarts from the manifest's context count: nothing is duplicated or lost. Asking for more
+tokens than the cache holds extends it.
+
+Reading yields shuffled batches without loading every shard: each epoch permutes the shards,
+loads them WINDOW at a time and permutes the rows of each window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..io.atomic import atomic_write
+from .activations import DataError, rebatch
+from .hooks import harvest
+from .packing import batched, keep_mask, pack
+from .text import documents
+
+MANIFEST = "manifest.json"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WINDOW = 4
+
+
+class CacheError(DataError):
+    """A cache that is missing, corrupt, or not the one requested."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache holds; two caches with equal specs are interchangeable."""
+
+    model: str
+    layer: int
+    site: str
+    dataset: str
+    split: str = "train"
+    text_column: str = "text"
+    ctx_len: int = 128
+    dtype: str = "float16"
+    include_special: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in STORAGE_DTYPES:
+            raise CacheError(f"unknown storage dtype {self.dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CacheError(f"{directory} is not an activation cache (no {MANIFEST})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CacheError(f"{path} is not valid JSON: {err}") from None
+
+
+def check_spec(manifest: dict, spec: CacheSpec, directory) -> None:
+    """Raise a CacheError listing every field where the cache differs from the request."""
+    diffs = [f"{k}: cache has {manifest['spec'].get(k)!r}, requested {v!r}"
+             for k, v in asdict(spec).items() if manifest["spec"].get(k) != v]
+    if diffs:
+        raise CacheError(f"the cache in {directory} does not match the request: " + "; ".join(diffs))
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    atomic_write(directory / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+
+
+def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_tokens: int = 65536,
+                batch_contexts: int = 16, progress: bool = True) -> ActivationCache:
+    """Harvest at least `tokens` activations of `lm` (a LanguageModel) into `directory`."""
+    directory = Path(directory)
+    if tokens <= 0:
+        raise CacheError(f"tokens must be positive, got {tokens}")
+    if (directory / MANIFEST).exists():
+        manifest = read_manifest(directory)
+        check_spec(manifest, spec, directory)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": "saelab-activation-cache", "spec": asdict(spec), "d_in": lm.d_model,
+                    "n_tokens": 0, "contexts_done": 0, "shards": []}
+    if manifest["n_tokens"] >= tokens:
+        return ActivationCache(directory)
+
+    special = set() if spec.include_special else lm.special_token_ids | {lm.bos_token_id}
+    docs = documents(spec.dataset, spec.split, spec.text_column)
+    contexts = pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id, lm.tokenizer.eos_token_id)
+    contexts = itertools.islice(contexts, manifest["contexts_done"], None)
+    bar = tqdm(total=tokens, initial=manifest["n_tokens"], unit="tok", unit_scale=True, disable=not progress,
+               desc=f"harvest {spec.site} L{spec.layer}")
+    pending: dict[str, list] = {"acts": [], "ctx": [], "pos": [], "tokens": []}
+    pending_tokens = 0
+    first_context = manifest["contexts_done"]
+    for ids in batched(contexts, batch_contexts):
+        acts = harvest(lm, ids, spec.layer, spec.site).float().cpu()
+        keep = keep_mask(ids, special)
+        offset = sum(len(t) for t in pending["tokens"])
+        pending["acts"].append(acts[keep].to(STORAGE_DTYPES[spec.dtype]))
+        pending["ctx"].append((torch.arange(len(ids))[:, None] + offset + first_context).expand_as(ids)[keep])
+        pending["pos"].append(torch.arange(ids.shape[1]).expand_as(ids)[keep])
+        pending["tokens"].append(ids)
+        pending_tokens += int(keep.sum())
+        bar.update(int(keep.sum()))
+        if pending_tokens >= shard_tokens or manifest["n_tokens"] + pending_tokens >= tokens:
+            first_context = _flush(directory, manifest, pending, first_context)
+            pending = {key: [] for key in pending}
+            pending_tokens = 0
+            if manifest["n_tokens"] >= tokens:
+                break
+    else:
+        if pending_tokens:
+            _flush(directory, manifest, pending, first_context)
+        bar.write(f"text source {spec.dataset} ({spec.split}) ran out after {manifest['n_tokens']} tokens")
+    bar.close()
+    if manifest["n_tokens"] == 0:
+        raise CacheError(f"{spec.dataset} gave no tokens to harvest")
+    return ActivationCache(directory)
+
+
+def _flush(directory: Path, manifest: dict, pending: dict, first_context: int) -> int:
+    """Write one shard and then the manifest; returns the next shard's first context index."""
+    tokens = torch.cat(pending["tokens"]).to(torch.int32)
+    tensors = {
+        "activations": torch.cat(pending["acts"]).contiguous(),
+        "context": torch.cat(pending["ctx"]).to(torch.int64),
+        "position": torch.cat(pending["pos"]).to(torch.int32),
+        "tokens": tokens,
+        "first_context": torch.tensor(first_context, dtype=torch.int64),
+    }
+    name = f"shard-{len(manifest['shards']):05d}.safetensors"
+    atomic_write(directory / name, lambda p: save_file(tensors, str(p)))
+    n = len(tensors["activations"])
+    manifest["shards"].append({"file": name, "n_tokens": n, "n_contexts": len(tokens),
+                               "sha256": _sha256(directory / name)})
+    manifest["n_tokens"] += n
+    manifest["contexts_done"] = first_context + len(tokens)
+    _write_manifest(directory, manifest)
+    return manifest["contexts_done"]
+
+
+class ActivationCache:
+    """Reads a cache directory: an activation source for `train` and `evaluate`."""
+
+    def __init__(self, directory: str | Path, expect: CacheSpec | None = None, shards: list[int] | None = None):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        if expect is not None:
+            check_spec(self.manifest, expect, self.directory)
+        self.name = str(self.directory)
+        self.d_in = int(self.manifest["d_in"])
+        all_shards = self.manifest["shards"]
+        self.shard_ids = list(range(len(all_shards))) if shards is None else shards
+        self.shards = [all_shards[i] for i in self.shard_ids]
+        self.n_tokens = sum(s["n_tokens"] for s in self.shards)
+        if not self.shards:
+            raise CacheError(f"{self.directory} holds no shards (empty cache)")
+        for shard in self.shards:
+            if not (self.directory / shard["file"]).is_file():
+                raise CacheError(f"{self.directory}: shard {shard['file']} is missing")
+
+    @property
+    def spec(self) -> CacheSpec:
+        return CacheSpec(**self.manifest["spec"])
+
+    def split(self, n_heldout: int) -> tuple[ActivationCache, ActivationCache]:
+        """(training part, held-out part): the held-out part is the fewest trailing shards
+        that hold at least n_heldout tokens."""
+        count, m = 0, 0
+        while count < n_heldout and m < len(self.shard_ids):
+            m += 1
+            count += self.shards[-m]["n_tokens"]
+        if m == len(self.shard_ids) or n_heldout <= 0:
+            raise CacheError(f"{self.directory}: cannot hold out {n_heldout} tokens and keep shards to train on")
+        return (ActivationCache(self.directory, shards=self.shard_ids[:-m]),
+                ActivationCache(self.directory, shards=self.shard_ids[-m:]))
+
+    def load_shard(self, i: int) -> dict[str, torch.Tensor]:
+        """Shard i, after checking its checksum and size against the manifest."""
+        shard = self.shards[i]
+        path = self.directory / shard["file"]
+        if _sha256(path) != shard["sha256"]:
+            raise CacheError(f"{path} does not match its checksum in the manifest (corrupt or truncated)")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise CacheError(f"{path} is unreadable: {err}") from None
+        acts = tensors.get("activations")
+        if acts is None or tuple(acts.shape) != (shard["n_tokens"], self.d_in):
+            raise CacheError(f"{path}: activations do not have the manifest's shape ({shard['n_tokens']}, {self.d_in})")
+        return tensors
+
+    def _activations(self, i: int) -> torch.Tensor:
+        return self.load_shard(i)["activations"].float()
+
+    def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Every activation once, in storage order."""
+        return rebatch((self._activations(i) for i in range(len(self.shards))), batch_size)
+
+    def _shuffled_pieces(self, seed: int, skip_tokens: int) -> Iterator[torch.Tensor]:
+        epoch, to_skip = divmod(skip_tokens, self.n_tokens)
+        while True:
+            epoch_seed = seed * 1_000_003 + epoch
+            order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+            for w in range(0, len(order), WINDOW):
+                window = order[w : w + WINDOW]
+                size = sum(self.shards[i]["n_tokens"] for i in window)
+                if to_skip >= size:
+                    to_skip -= size
+                    continue
+                rows = torch.cat([self._activations(i) for i in window])
+                gen = torch.Generator().manual_seed(epoch_seed * 1_000_033 + w + 1)
+                rows = rows[torch.randperm(size, generator=gen)]
+                yield rows[to_skip:]
+                to_skip = 0
+            epoch += 1
+
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
+        """Endless shuffled batches; the stream from position p is the same on every call."""
+        return rebatch(self._shuffled_pieces(seed, skip_tokens), batch_size)

@@ -1,0 +1,132 @@
+"""The activation cache on a tiny model: write, read back, resume, extend, reject bad shards."""
+
+import json
+
+import pytest
+import torch
+
+from saelab import SAE, SAEConfig, TrainConfig, train
+from saelab.data import cache as cache_module
+from saelab.data.cache import ActivationCache, CacheError, CacheSpec, build_cache
+from saelab.data.hooks import harvest
+
+from tiny_models import tiny_lm
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_lm("llama")
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+                              for i in range(200)))
+    return str(path)
+
+
+def _spec(text, **kw):
+    return CacheSpec(model="tiny", layer=1, site="resid_post", dataset=text, ctx_len=8, dtype="float32", **kw)
+
+
+def _all(cache):
+    shards = [cache.load_shard(i) for i in range(len(cache.shards))]
+    return {k: torch.cat([s[k] for s in shards]) for k in ("activations", "context", "position")}
+
+
+def test_cache_rows_are_the_model_activations_without_special_tokens(lm, text, tmp_path):
+    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=300, shard_tokens=100, batch_contexts=4,
+                        progress=False)
+    assert cache.n_tokens >= 300 and len(cache.shards) >= 3
+    rows = _all(cache)
+    first = cache.load_shard(0)
+    ids = first["tokens"].long()
+    acts = harvest(lm, ids, 1, "resid_post")
+    for r in range(30):
+        c, p = int(rows["context"][r]), int(rows["position"][r])
+        torch.testing.assert_close(rows["activations"][r], acts[c, p])
+        assert p != 0 and int(ids[c, p]) not in (0, 1, 2)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["spec"]["layer"] == 1 and manifest["d_in"] == 32 and manifest["n_tokens"] == cache.n_tokens
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+
+
+def test_shuffled_batches_cover_everything_and_resume_exactly(lm, text, tmp_path):
+    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=400, shard_tokens=50, progress=False)
+    n, b = cache.n_tokens, 64
+    stream = cache.batches(batch_size=b, seed=5)
+    shuffled = torch.cat([next(stream) for _ in range(n // b + 2)])
+    in_order = torch.cat(list(cache.chunks(b)))
+    assert len(in_order) == n and not torch.equal(shuffled[:n], in_order)
+    rows = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+    assert rows(shuffled[:n]) == rows(in_order)  # one epoch holds every row exactly once
+    later = cache.batches(batch_size=b, seed=5, skip_tokens=3 * b)
+    torch.testing.assert_close(next(later), shuffled[3 * b : 4 * b])
+    assert not torch.equal(next(cache.batches(b, seed=6)), shuffled[:b])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
+    whole = _all(build_cache(lm, tmp_path / "whole", _spec(text), tokens=500, shard_tokens=120,
+                             batch_contexts=4, progress=False))
+    calls = []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 9:  # after two shards of 120 tokens, partway into the third
+            raise Interrupt
+        return harvest(*args, **kw)
+
+    monkeypatch.setattr(cache_module, "harvest", flaky)
+    with pytest.raises(Interrupt):
+        build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120, batch_contexts=4, progress=False)
+    monkeypatch.setattr(cache_module, "harvest", harvest)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["n_tokens"] > 0
+    resumed = _all(build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120,
+                               batch_contexts=4, progress=False))
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
+
+
+def test_extend_appends_new_contexts(lm, text, tmp_path):
+    small = build_cache(lm, tmp_path / "c", _spec(text), tokens=100, shard_tokens=60, progress=False)
+    n_small = small.n_tokens
+    big = build_cache(lm, tmp_path / "c", _spec(text), tokens=400, shard_tokens=60, progress=False)
+    assert big.n_tokens >= 400
+    contexts = _all(big)["context"]
+    assert torch.all(contexts[1:] >= contexts[:-1])  # no context harvested twice
+    assert torch.equal(_all(big)["activations"][:n_small], _all(small)["activations"])
+
+
+def test_mismatched_request_and_bad_shards(lm, text, tmp_path):
+    build_cache(lm, tmp_path / "c", _spec(text), tokens=200, shard_tokens=60, progress=False)
+    with pytest.raises(CacheError, match="layer: cache has 1, requested 2"):
+        build_cache(lm, tmp_path / "c", CacheSpec(model="tiny", layer=2, site="resid_post", dataset=text,
+                                                  ctx_len=8, dtype="float32"), tokens=10)
+    with pytest.raises(CacheError, match="site: cache has 'resid_post', requested 'mlp_out'"):
+        ActivationCache(tmp_path / "c", expect=_spec(text).__class__(**{**_spec(text).__dict__, "site": "mlp_out"}))
+    shard = tmp_path / "c" / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    cache = ActivationCache(tmp_path / "c")
+    with pytest.raises(CacheError, match="checksum"):
+        cache.load_shard(1)
+    with pytest.raises(CacheError, match="checksum"):
+        list(cache.chunks(1000))
+    shard.unlink()
+    with pytest.raises(CacheError, match="shard-00001.safetensors is missing"):
+        ActivationCache(tmp_path / "c")
+    with pytest.raises(CacheError, match="not an activation cache"):
+        ActivationCache(tmp_path)
+
+
+def test_train_reads_a_cache_directory(lm, text, tmp_path):
+    build_cache(lm, tmp_path / "c", _spec(text), tokens=600, shard_tokens=100, progress=False)
+    sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4), seed=0)
+    result = train(sae, str(tmp_path / "c"), TrainConfig(batch_size=64, total_tokens=640, progress=False))
+    assert result.steps == 10
+    with pytest.raises(ValueError, match="d_in=32, but the SAE has d_in=16"):
+        train(SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4)), str(tmp_path / "c"), TrainConfig(progress=False))

@@ -1,0 +1,84 @@
+"""Text sources, packing and special-token handling on small local files."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from saelab.data.network import OfflineError
+from saelab.data.packing import batched, keep_mask, pack
+from saelab.data.text import TextError, documents
+
+from tiny_models import tiny_tokenizer
+
+
+def _docs(n):
+    return [f"w{i} w{i + 1} w{i + 2}" for i in range(n)]
+
+
+def test_txt_jsonl_parquet_and_folders(tmp_path):
+    for i, doc in enumerate(_docs(3)):
+        (tmp_path / f"{i}.txt").write_text(doc)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "rows.jsonl").write_text("\n".join(json.dumps({"body": d}) for d in _docs(4)) + "\n")
+    pq.write_table(pa.table({"body": _docs(2)}), tmp_path / "sub" / "rows.parquet")
+    assert list(documents(str(tmp_path / "0.txt"))) == ["w0 w1 w2"]
+    assert list(documents(str(tmp_path / "sub" / "rows.jsonl"), text_column="body")) == _docs(4)
+    assert list(documents(str(tmp_path / "sub" / "rows.parquet"), text_column="body")) == _docs(2)
+    with pytest.raises(TextError, match="no 'text' field .* --text-column"):
+        list(documents(str(tmp_path)))
+    (tmp_path / "sub" / "rows.jsonl").unlink()
+    (tmp_path / "sub" / "rows.parquet").unlink()
+    assert list(documents(str(tmp_path))) == _docs(3)
+
+
+def test_every_tenth_document_is_held_out(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in _docs(25)))
+    train, held = list(documents(str(path))), list(documents(str(path), split="eval"))
+    assert held == [_docs(25)[9], _docs(25)[19]] and len(train) == 23 and not set(train) & set(held)
+
+
+def test_empty_and_missing_sources(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(TextError, match="contains no text"):
+        list(documents(str(tmp_path / "empty.txt")))
+    with pytest.raises(TextError, match="no text file or folder"):
+        list(documents(str(tmp_path / "nope.jsonl")))
+    with pytest.raises(TextError, match="parquet"):
+        pq.write_table(pa.table({"x": ["a"]}), tmp_path / "p.parquet")
+        list(documents(str(tmp_path / "p.parquet")))
+    with pytest.raises(TextError, match="unknown builtin"):
+        list(documents("builtin:books"))
+
+
+def test_hub_dataset_without_network_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="pass a local path"):
+        list(documents("someone/some-dataset"))
+
+
+def test_builtin_wiki_has_articles_without_markup():
+    train = documents("builtin:wiki")
+    first = next(train)
+    assert len(first) > 1000 and "[[" not in first and "{{" not in first
+    held = list(documents("builtin:wiki", split="eval"))
+    assert 5 <= len(held) <= 15 and first not in held
+
+
+def test_packing_starts_each_context_with_bos():
+    tok = tiny_tokenizer()
+    contexts = list(pack(_docs(5), tok, ctx_len=6, bos_id=0, eos_id=1))
+    flat = [t for ctx in contexts for t in ctx[1:]]
+    words = [f"w{i}" for d in range(5) for i in (d, d + 1, d + 2)]
+    expected = []
+    for d in range(5):
+        expected += [tok.convert_tokens_to_ids(f"w{d + j}") for j in range(3)] + [1]
+    assert all(len(c) == 6 and c[0] == 0 for c in contexts)
+    assert flat == expected[: len(flat)] and len(flat) == (len(expected) // 5) * 5 and len(words) == 15
+    ids = next(batched(contexts, 2))
+    assert ids.shape == (2, 6)
+    mask = keep_mask(ids, {0, 1, 2})
+    assert not mask[:, 0].any() and mask.sum() == (~torch.isin(ids, torch.tensor([0, 1, 2]))).sum()
