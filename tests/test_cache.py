@@ -130,3 +130,18 @@ def test_train_reads_a_cache_directory(lm, text, tmp_path):
     assert result.steps == 10
     with pytest.raises(ValueError, match="d_in=32, but the SAE has d_in=16"):
         train(SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4)), str(tmp_path / "c"), TrainConfig(progress=False))
+
+
+def test_streaming_mixes_contexts_and_matches_the_cache(lm, text, tmp_path):
+    from saelab.data.streaming import harvested_activations, shuffle_buffer, streamed_source
+
+    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=10_000, shard_tokens=10_000, progress=False)
+    cached = torch.cat(list(cache.chunks(1000)))
+    streamed = torch.cat(list(harvested_activations(lm, _spec(text), batch_contexts=16)))
+    torch.testing.assert_close(streamed, cached[: len(streamed)])
+    shuffled = torch.cat(list(shuffle_buffer(iter(streamed.split(50)), size=400, seed=0)))
+    rows = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+    assert rows(shuffled) == rows(streamed) and not torch.equal(shuffled, streamed)
+    source = streamed_source(lm, _spec(text), buffer_tokens=256)
+    sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4), seed=0)
+    assert train(sae, source, TrainConfig(batch_size=64, total_tokens=640, progress=False)).steps == 10

@@ -36,7 +36,8 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
 def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
                                       "train_tokens": 4096})
-    cli.main(["train", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4", "--no-progress"])
+    cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
+              "--no-progress"])
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert 0 < metrics["dictionary_recovery"] <= 1
     assert "generating" in capsys.readouterr().out
@@ -68,3 +69,59 @@ def test_help_explains_every_flag():
         assert flag in result.stdout
     top = subprocess.run([sys.executable, "-m", "saelab", "--help"], capture_output=True, text=True)
     assert "train" in top.stdout
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def docs(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(40))})
+                              for i in range(300)))
+    return path
+
+
+def test_cache_command_then_train_several_saes_on_it(model_dir, docs, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cli.main(["cache", "--model", str(model_dir), "--layer", "1", "--dataset", str(docs), "--tokens", "1500",
+              "--ctx-len", "16", "--shard-tokens", "300", "--out", str(cache), "--no-progress"])
+    assert "activations [32]" in capsys.readouterr().out
+    out = tmp_path / "runs"
+    cli.main(["train", "--activations", str(cache), "--arch", "topk,batchtopk,relu", "--k", "4,8",
+              "--expansion", "2", "--tokens", "640", "--batch-size", "64", "--eval-tokens", "300",
+              "--out", str(out), "--no-progress"])
+    runs = sorted(p.name for p in out.iterdir())
+    assert runs == ["batchtopk-k4", "batchtopk-k8", "relu", "topk-k4", "topk-k8"]
+    for run in runs:
+        assert json.loads((out / run / "metrics.json").read_text())["train_tokens"] == 640
+    assert SAE.load(out / "topk-k8").cfg.k == 8
+    with pytest.raises(SystemExit, match="layer: cache has 1, requested 2"):
+        cli.main(["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")])
+
+
+def test_train_from_a_model_caches_then_reuses(model_dir, docs, tmp_path, capsys):
+    args = ["train", "--model", str(model_dir), "--layer", "2", "--site", "mlp_out", "--dataset", str(docs),
+            "--ctx-len", "16", "--tokens", "512", "--eval-tokens", "100", "--batch-size", "64", "--k", "4",
+            "--expansion", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    cli.main([*args, "--out", str(tmp_path / "a")])
+    assert "reusing" not in capsys.readouterr().out
+    cli.main([*args, "--out", str(tmp_path / "b")])
+    assert capsys.readouterr().out.count("reusing cached activations") == 2
+    assert SAE.load(tmp_path / "b").cfg.metadata["site"] == "mlp_out"
+
+
+def test_train_streaming_without_cache(model_dir, docs, tmp_path):
+    cli.main(["train", "--model", str(model_dir), "--layer", "0", "--dataset", str(docs), "--no-cache",
+              "--ctx-len", "16", "--tokens", "512", "--eval-tokens", "100", "--batch-size", "64", "--k", "4",
+              "--expansion", "2", "--shuffle-buffer", "256", "--out", str(tmp_path / "s"), "--no-progress"])
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["train_tokens"] == 512 and metrics["n_tokens"] == 100
+    assert not (tmp_path / "cache").exists()

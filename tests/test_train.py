@@ -34,20 +34,20 @@ def test_resume_is_bit_exact(arch, tmp_path, monkeypatch):
     data = torch.randn(1000, 16) * 3 + 1
     full = train(make_sae(arch, input_scaling="expected_norm"), data, _cfg(tmp_path / "full"))
 
-    real_checkpoint = loop._checkpoint
+    real_checkpoint = loop.Trainer.checkpoint
     calls = []
 
-    def crash_after_second_checkpoint(*args):
-        real_checkpoint(*args)
+    def crash_after_second_checkpoint(self):
+        real_checkpoint(self)
         calls.append(1)
         if len(calls) == 2:
             raise Interrupt
 
-    monkeypatch.setattr(loop, "_checkpoint", crash_after_second_checkpoint)
+    monkeypatch.setattr(loop.Trainer, "checkpoint", crash_after_second_checkpoint)
     cfg = _cfg(tmp_path / "cut", checkpoint_every_tokens=300)
     with pytest.raises(Interrupt):
         train(make_sae(arch, input_scaling="expected_norm"), data, cfg)
-    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(loop.Trainer, "checkpoint", real_checkpoint)
     assert (tmp_path / "cut" / CHECKPOINT_NAME).exists()
     # the resumed SAE starts from a fresh object: everything must come from the checkpoint
     resumed = train(make_sae(arch, input_scaling="expected_norm"), data,
@@ -77,8 +77,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     def crash(*args):
         raise Interrupt
 
-    real = loop._checkpoint
-    monkeypatch.setattr(loop, "_checkpoint", lambda *a: (real(*a), crash()))
+    real = loop.Trainer.checkpoint
+    monkeypatch.setattr(loop.Trainer, "checkpoint", lambda self: (real(self), crash()))
     with pytest.raises(Interrupt):
         train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, checkpoint_every_tokens=300))
     monkeypatch.undo()
@@ -179,3 +179,21 @@ def test_jumprelu_lagrange_multiplier_follows_the_l0_error():
     raised = sae.l0_lambda.item()
     sae.loss(x)
     assert sae.l0_lambda.item() == pytest.approx(raised - TARGET_RATE)
+
+
+def test_train_many_equals_separate_runs(tmp_path):
+    from saelab.train.loop import train_many
+
+    data = torch.randn(1000, 16)
+    archs = ["topk", "batchtopk", "relu"]
+    together = train_many([make_sae(a) for a in archs], data,
+                          [_cfg(tmp_path / a, lr=1e-3 * (i + 1)) for i, a in enumerate(archs)])
+    for i, (arch, result) in enumerate(zip(archs, together)):
+        alone = train(make_sae(arch), data, _cfg(lr=1e-3 * (i + 1)))
+        for name, value in alone.sae.state_dict().items():
+            assert torch.equal(result.sae.state_dict()[name], value), (arch, name)
+        assert (tmp_path / arch / "sae.safetensors").exists()
+    with pytest.raises(ValueError, match="must share batch_size"):
+        train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(), _cfg(batch_size=64)])
+    with pytest.raises(ValueError, match="distinct out_dir"):
+        train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(tmp_path / "x"), _cfg(tmp_path / "x")])

@@ -3,24 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .config import ARCHS, INPUT_SCALINGS, SAEConfig, TrainConfig
-from .data.activations import open_source
+from .data.activations import open_source, rebatch
+from .data.cache import STORAGE_DTYPES, ActivationCache, CacheError, CacheSpec, build_cache, read_manifest
+from .data.hooks import SITES
+from .data.models import DTYPES, load_model
+from .data.network import OfflineError
+from .data.pipeline import prepare_activations
+from .data.streaming import harvested_activations, streamed_source
+from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
 from .eval.metrics import evaluate
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME
-from .train.loop import HISTORY_NAME, train
+from .train.loop import HISTORY_NAME, train_many
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
+DEFAULT = {"model": "builtin:smollm2-135m", "layer": 15, "site": "resid_post", "dataset": "builtin:wiki",
+           "tokens": 250_000, "eval_tokens": 16_384}
+
+
+def _add_model_arguments(group, defaults: bool) -> None:
+    """--model/--layer/--site/--dataset and the harvesting options shared by cache and train."""
+    group.add_argument("--model",
+                       help="hub id, local directory, .gguf file or builtin:smollm2-135m"
+                       + (f" (default: {DEFAULT['model']})" if defaults else ""))
+    group.add_argument("--layer", type=int, help="block index, from 0"
+                       + (f" (default: {DEFAULT['layer']})" if defaults else ""))
+    group.add_argument("--site", choices=SITES, help="hook site (default: resid_post)")
+    group.add_argument("--dataset",
+                       help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
+                       + (f" (default: {DEFAULT['dataset']})" if defaults else ""))
+    group.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
+    group.add_argument("--ctx-len", type=int, default=128, help="tokens per packed context, BOS first (default: 128)")
+    group.add_argument("--include-special", action="store_true",
+                       help="keep BOS/EOS/pad positions in the activations (default: left out)")
+    group.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float16",
+                       help="dtype of cached activations (default: float16)")
+    group.add_argument("--model-dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    group.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def _spec(args, split: str = "train") -> CacheSpec:
+    args.site = args.site or "resid_post"
+    missing = [flag for flag, value in (("--model", args.model), ("--layer", args.layer),
+                                        ("--dataset", args.dataset)) if value is None]
+    if missing:
+        sys.exit(f"saelab: error: {', '.join(missing)} required")
+    return CacheSpec(model=args.model, layer=args.layer, site=args.site, dataset=args.dataset, split=split,
+                     text_column=args.text_column, ctx_len=args.ctx_len, dtype=args.storage_dtype,
+                     include_special=args.include_special)
+
+
+def _add_cache_parser(commands) -> None:
+    p = commands.add_parser(
+        "cache", help="harvest activations of a language model into an activation cache",
+        description="Harvest activations at one hook site into sharded files plus a manifest. "
+        "Rerunning resumes an interrupted cache; a larger --tokens extends it.",
+    )
+    _add_model_arguments(p, defaults=False)
+    p.add_argument("--split", choices=SPLITS, default="train",
+                   help="train, or eval: the held-out documents (every 10th) (default: train)")
+    p.add_argument("--tokens", type=int, required=True, help="activations to harvest")
+    p.add_argument("--shard-tokens", type=int, default=65536, help="activations per shard (default: 65536)")
+    p.add_argument("--out", metavar="DIR", required=True, help="cache directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache)
+
+
+def cmd_cache(args) -> None:
+    spec = _spec(args, args.split)
+    lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+    cache = build_cache(lm, args.out, spec, args.tokens, shard_tokens=args.shard_tokens,
+                        progress=not args.no_progress)
+    print(f"{cache.n_tokens} activations [{cache.d_in}] of {spec.model} layer {spec.layer} {spec.site} "
+          f"in {len(cache.shards)} shards: {args.out}")
 
 
 def _add_train_parser(commands) -> None:
@@ -28,18 +96,32 @@ def _add_train_parser(commands) -> None:
         "train",
         help="train an SAE on activations and evaluate it on a held-out slice",
         description="Train an SAE, evaluate it on held-out activations and save it into --out. "
-        "With no --activations, trains on a generated data set with a known dictionary.",
+        "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, batchtopk k=32 x8).",
     )
-    data = p.add_argument_group("data")
-    data.add_argument("--activations", metavar="FILE.npy",
-                      help="activations [tokens, d_in] as a .npy file (default: a generated data set)")
+    data = p.add_argument_group(
+        "data", f"one of: --activations; --synthetic; or a model to harvest from (default: {DEFAULT['model']} "
+        f"block {DEFAULT['layer']} {DEFAULT['site']} on {DEFAULT['dataset']}, cached under --cache-dir)")
+    data.add_argument("--activations", metavar="FILE.npy|DIR",
+                      help="activations [tokens, d_in]: a .npy file or an activation cache directory")
+    data.add_argument("--synthetic", action="store_true",
+                      help="generated activations from a known random dictionary (reports dictionary recovery)")
+    _add_model_arguments(data, defaults=True)
+    data.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
+    data.add_argument("--no-cache", action="store_true",
+                      help="harvest while training, through a shuffle buffer, without writing a cache")
+    data.add_argument("--shuffle-buffer", type=int, default=65536,
+                      help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
     data.add_argument("--eval-tokens", type=int, default=None,
-                      help="tokens held out from the end of the data for evaluation (default: 10%%, at most 65536)")
+                      help="held-out tokens for evaluation: from held-out documents when harvesting "
+                      f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)")
     sae = p.add_argument_group("SAE")
-    sae.add_argument("--arch", choices=ARCHS, default="batchtopk", help="architecture (default: batchtopk)")
-    sae.add_argument("--k", type=int, default=32,
+    sae.add_argument("--arch", type=_list_of(str, ARCHS), default=["batchtopk"],
+                     help=f"architecture, or a comma list to train several on the same batches: "
+                     f"{', '.join(ARCHS)} (default: batchtopk)")
+    sae.add_argument("--k", type=_list_of(int), default=[32],
                      help="latents per token: exact for topk, mean for batchtopk, the target L0 for jumprelu "
-                     "without --l0-coefficient; ignored by relu and topafa (default: 32)")
+                     "without --l0-coefficient; ignored by relu and topafa; a comma list trains one SAE "
+                     "per value (default: 32)")
     sae.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in (default: 8)")
     sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="expected_norm",
                      help="expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved weights); "
@@ -52,7 +134,8 @@ def _add_train_parser(commands) -> None:
     sae.add_argument("--aux-coefficient", type=float, default=1 / 32, help="AuxK loss weight (default: 1/32)")
     opt = p.add_argument_group("training")
     opt.add_argument("--tokens", type=int, default=None,
-                     help="training tokens (default: one pass over the training slice)")
+                     help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
+                     "else one pass over the training data)")
     opt.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
     opt.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
     opt.add_argument("--dead-tokens", type=int, default=100_000,
@@ -69,14 +152,37 @@ def _add_train_parser(commands) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _list_of(kind, choices=None):
+    """argparse type: a comma-separated list of `kind`, each in `choices` if given."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma list of {kind.__name__}: {text!r}") from None
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"invalid choice {bad or text!r} (choose from {', '.join(choices or [])})")
+        return values
+    return parse
+
+
+def _grid(args) -> list[tuple[str, int | None]]:
+    """(arch, k) for every SAE to train; k is None where the architecture takes no k."""
+    grid = []
+    for arch in args.arch:
+        takes_k = arch in ("topk", "batchtopk") or (arch == "jumprelu" and args.l0_coefficient is None)
+        grid += [(arch, k) for k in args.k] if takes_k else [(arch, None)]
+    return grid
+
+
 def _run_dir(args) -> Path:
     if args.out is None:
-        return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.arch}-k{args.k}"
+        return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}-k{'+'.join(map(str, args.k))}"
     out = Path(args.out)
     if not args.resume and not args.overwrite:
-        if (out / CHECKPOINT_NAME).exists():
+        if list(out.glob(CHECKPOINT_NAME)) + list(out.glob(f"*/{CHECKPOINT_NAME}")):
             sys.exit(f"saelab: {out} holds an interrupted run; pass --resume to continue it or --overwrite")
-        if (out / WEIGHTS_NAME).exists():
+        if list(out.glob(WEIGHTS_NAME)) + list(out.glob(f"*/{WEIGHTS_NAME}")):
             sys.exit(f"saelab: {out} already holds a trained SAE; pass --overwrite or choose another --out")
     return out
 
@@ -85,6 +191,25 @@ def _load_data(args):
     """(training source, held-out source, ground-truth dictionary or None)."""
     if args.activations:
         source, dictionary = open_source(args.activations), None
+        if isinstance(source, ActivationCache):
+            _check_request(source, args)
+    elif not args.synthetic:
+        for key in ("model", "layer", "dataset"):
+            setattr(args, key, DEFAULT[key] if getattr(args, key) is None else getattr(args, key))
+        spec = _spec(args)
+        args.tokens = args.tokens or DEFAULT["tokens"]
+        eval_tokens = args.eval_tokens or DEFAULT["eval_tokens"]
+        if args.no_cache:
+            lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+            held_out = list(itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")),
+                                                     eval_tokens), 1))
+            if not held_out:
+                raise CacheError(f"{spec.dataset} has no held-out text to evaluate on")
+            return streamed_source(lm, spec, args.shuffle_buffer, args.seed), held_out[0], None
+        train_cache, eval_cache = prepare_activations(spec, args.tokens, eval_tokens, root=args.cache_dir,
+                                                      device=args.device, model_dtype=args.model_dtype,
+                                                      progress=not args.no_progress)
+        return train_cache, eval_cache, None
     else:
         print(f"no --activations given: generating {DEMO['n_tokens']} activations (d_in={DEMO['d_in']}) "
               f"from a known random dictionary of {DEMO['n_features']} features")
@@ -98,6 +223,25 @@ def _load_data(args):
     return train_source, eval_source, dictionary
 
 
+def _check_request(cache: ActivationCache, args) -> None:
+    """A cache passed with --activations must agree with any --model/--layer/--site/--dataset given."""
+    given = {key: getattr(args, key) for key in ("model", "layer", "site", "dataset") if getattr(args, key) is not None}
+    diffs = [f"{k}: cache has {cache.manifest['spec'][k]!r}, requested {v!r}"
+             for k, v in given.items() if cache.manifest["spec"][k] != v]
+    if diffs:
+        raise CacheError(f"the cache in {cache.directory} does not match the request: " + "; ".join(diffs))
+
+
+def _metadata(args) -> dict:
+    if args.synthetic:
+        return {"activations": "generated"}
+    if args.activations:
+        path = Path(args.activations)
+        return {"activations": str(path), **(read_manifest(path)["spec"] if path.is_dir() else {})}
+    return {"model": args.model, "layer": args.layer, "site": args.site, "dataset": args.dataset,
+            "ctx_len": args.ctx_len, "include_special": args.include_special}
+
+
 def dictionary_recovery(sae: SAE, dictionary: torch.Tensor) -> float:
     """Mean over true features of the max cosine similarity with any decoder row."""
     rows = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
@@ -107,29 +251,32 @@ def dictionary_recovery(sae: SAE, dictionary: torch.Tensor) -> float:
 def cmd_train(args) -> None:
     out = _run_dir(args)
     train_source, eval_source, dictionary = _load_data(args)
-    cfg = SAEConfig(
-        arch=args.arch, d_in=train_source.d_in, d_sae=args.expansion * train_source.d_in,
-        k=None if args.arch in ("relu", "topafa") or args.l0_coefficient is not None else args.k,
-        l1_coefficient=args.l1_coefficient, l0_coefficient=args.l0_coefficient,
-        afa_coefficient=args.afa_coefficient, aux_k=args.aux_k, aux_coefficient=args.aux_coefficient,
-        input_scaling=args.input_scaling,
-        metadata={"activations": args.activations or "generated"},
-    )
-    train_cfg = TrainConfig(
-        batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
-        seed=args.seed, out_dir=str(out), checkpoint_every_tokens=args.checkpoint_every,
-        resume=args.resume, progress=not args.no_progress,
-    )
-    sae = SAE(cfg, seed=args.seed)
-    print(f"training {cfg.arch} d_in={cfg.d_in} d_sae={cfg.d_sae} on {train_source.n_tokens} tokens "
-          f"-> {out}")
-    result = train(sae, train_source, train_cfg)
-    metrics = {"train_tokens": result.tokens, **evaluate(result.sae, eval_source, batch_size=args.batch_size)}
-    if dictionary is not None:
-        metrics["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
-    _print_summary(out, metrics)
+    grid = _grid(args)
+    saes, train_cfgs = [], []
+    for arch, k in grid:
+        cfg = SAEConfig(
+            arch=arch, d_in=train_source.d_in, d_sae=args.expansion * train_source.d_in, k=k,
+            l1_coefficient=args.l1_coefficient, l0_coefficient=args.l0_coefficient,
+            afa_coefficient=args.afa_coefficient, aux_k=args.aux_k, aux_coefficient=args.aux_coefficient,
+            input_scaling=args.input_scaling, metadata=_metadata(args),
+        )
+        run = out if len(grid) == 1 else out / (arch if k is None else f"{arch}-k{k}")
+        saes.append(SAE(cfg, seed=args.seed))
+        train_cfgs.append(TrainConfig(
+            batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
+            seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every,
+            resume=args.resume, progress=not args.no_progress,
+        ))
+        print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
+    results = train_many(saes, train_source, train_cfgs)
+    for result, train_cfg in zip(results, train_cfgs):
+        run = Path(train_cfg.out_dir)
+        metrics = {"train_tokens": result.tokens, **evaluate(result.sae, eval_source, batch_size=args.batch_size)}
+        if dictionary is not None:
+            metrics["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
+        _print_summary(run, metrics)
 
 
 def _print_summary(out: Path, metrics: dict) -> None:
@@ -151,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"saelab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_cache_parser(commands)
     _add_train_parser(commands)
     return parser
 
@@ -163,5 +311,5 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OfflineError) as err:
         sys.exit(f"saelab: error: {err}")

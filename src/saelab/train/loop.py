@@ -1,5 +1,9 @@
 """The training loop: Adam with warmup and a linear decay tail, unit-norm decoder, dead-latent
-tracking in tokens, JSON-lines history, atomic checkpoints and bit-exact resume."""
+tracking in tokens, JSON-lines history, atomic checkpoints and bit-exact resume.
+
+`train_many` trains several SAEs on the same batches in one pass over the data (one harvest,
+one read of the cache); `train` is the single-SAE case.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from .schedule import lr_factor
 HISTORY_NAME = "history.jsonl"
 # TrainConfig fields that must agree between a checkpoint and the run that resumes it
 RESUME_KEYS = ("batch_size", "lr", "betas", "total_tokens", "warmup_tokens", "decay_fraction", "seed", "dead_tokens")
+# TrainConfig fields that SAEs trained together on one stream of batches must share
+SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens")
 
 
 @dataclass
@@ -30,136 +36,155 @@ class TrainResult:
     steps: int = 0
 
 
-def _total_tokens(source, cfg: TrainConfig) -> int:
-    if cfg.total_tokens is not None:
-        return cfg.total_tokens
-    if isinstance(source, StreamSource):
-        raise ConfigError("streamed data has no known length: set TrainConfig.total_tokens")
-    return source.n_tokens
+class Trainer:
+    """One SAE's optimizer, schedule, dead-latent counters, history and files."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
+        self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+        self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+        self.history: list[dict] = []
+        self.step = 0
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self._restore()
+        if self.out_dir:  # the history file holds exactly the records of the steps done so far
+            (self.out_dir / HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.cfg.out_dir)
+        if state["sae_cfg"]["arch"] != self.sae.cfg.arch or state["sae_cfg"]["d_sae"] != self.sae.cfg.d_sae:
+            raise ConfigError(f"checkpoint in {self.cfg.out_dir} is for a different SAE ({state['sae_cfg']})")
+        changed = [k for k in RESUME_KEYS if state["train_cfg"][k] != self.cfg.to_dict()[k]]
+        if changed:
+            raise ConfigError(f"cannot resume {self.cfg.out_dir} with different settings: {', '.join(changed)}")
+        self.sae.load_state_dict(state["sae"])
+        self.sae.cfg.input_scale = float(self.sae.input_scale)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.since_fired = state["step"], state["since_fired"]
+        path = self.out_dir / HISTORY_NAME
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        self.history = [r for r in records if r["step"] <= self.step]
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.cfg.out_dir, {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "tokens": self.step * self.cfg.batch_size,
+            "since_fired": self.since_fired,
+            "sae_cfg": self.sae.cfg.to_dict(),
+            "train_cfg": self.cfg.to_dict(),
+        })
+
+    def train_step(self, x: torch.Tensor) -> dict | None:
+        """One optimizer step on batch x [n, d_in]; returns the history record when one is due.
+
+        loss -> backward -> remove the decoder-gradient component parallel to each row -> clip ->
+        Adam with the scheduled lr -> renormalise decoder rows."""
+        sae, cfg = self.sae, self.cfg
+        if self.step == 0:
+            initialize_from_data(sae, x)
+        lr = cfg.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        dead = self.since_fired >= cfg.dead_tokens
+        out = sae.loss(x, dead)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.remove_parallel_gradient()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        sae.normalize_decoder()
+
+        self.since_fired += len(x)
+        self.since_fired[(out.codes > 0).any(0)] = 0
+        self.step += 1
+        if self.step % cfg.log_every and self.step != self.total_steps:
+            return None
+        record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
+                  "loss": sum(out.terms.values()).item()}
+        record.update({name: value.item() for name, value in out.terms.items()})
+        record["l0"] = (out.codes > 0).sum(-1).float().mean().item()
+        record["dead_fraction"] = dead.float().mean().item()
+        if sae.cfg.arch == "batchtopk":
+            record["threshold"] = sae.threshold.item()
+        if sae.cfg.arch == "jumprelu":
+            record["l0_lambda"] = sae.l0_lambda.item()
+        self.history.append(record)
+        if self.out_dir:
+            with open(self.out_dir / HISTORY_NAME, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return record
+
+    def finish(self) -> TrainResult:
+        self.sae.eval()
+        if self.out_dir:
+            self.sae.save(self.out_dir)
+            (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        return TrainResult(sae=self.sae, history=self.history, tokens=self.step * self.cfg.batch_size,
+                           steps=self.step)
 
 
-def _log_record(step, tokens, lr, out, dead, sae) -> dict:
-    record = {"step": step, "tokens": tokens, "lr": lr, "loss": sum(out.terms.values()).item()}
-    record.update({name: value.item() for name, value in out.terms.items()})
-    record["l0"] = (out.codes > 0).sum(-1).float().mean().item()
-    record["dead_fraction"] = dead.float().mean().item()
-    if sae.cfg.arch == "batchtopk":
-        record["threshold"] = sae.threshold.item()
-    if sae.cfg.arch == "jumprelu":
-        record["l0_lambda"] = sae.l0_lambda.item()
-    return record
+def _total_steps(source, cfg: TrainConfig) -> int:
+    total = cfg.total_tokens
+    if total is None:
+        if isinstance(source, StreamSource):
+            raise ConfigError("streamed data has no known length: set TrainConfig.total_tokens")
+        total = source.n_tokens
+    return max(1, total // cfg.batch_size)
 
 
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= up_to_step]
-
-
-def _restore(sae: SAE, optimizer, cfg: TrainConfig) -> tuple[dict, list[dict]]:
-    state = load_checkpoint(cfg.out_dir)
-    if state["sae_cfg"]["arch"] != sae.cfg.arch or state["sae_cfg"]["d_sae"] != sae.cfg.d_sae:
-        raise ConfigError(f"checkpoint in {cfg.out_dir} is for a different SAE ({state['sae_cfg']})")
-    changed = [k for k in RESUME_KEYS if state["train_cfg"][k] != cfg.to_dict()[k]]
-    if changed:
-        raise ConfigError(f"cannot resume {cfg.out_dir} with different settings: {', '.join(changed)}")
-    sae.load_state_dict(state["sae"])
-    sae.cfg.input_scale = float(sae.input_scale)
-    optimizer.load_state_dict(state["optimizer"])
-    history = _read_history(Path(cfg.out_dir) / HISTORY_NAME, state["step"])
-    return state, history
-
-
-def _checkpoint(sae, optimizer, cfg, step, tokens, since_fired) -> None:
-    state = {
-        "sae": sae.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "tokens": tokens,
-        "since_fired": since_fired,
-        "sae_cfg": sae.cfg.to_dict(),
-        "train_cfg": cfg.to_dict(),
-    }
-    save_checkpoint(cfg.out_dir, state)
-
-
-def train(sae: SAE, data, cfg: TrainConfig | None = None) -> TrainResult:
-    """Train `sae` in place on `data` (tensor [N, d_in], .npy path, or iterable of tensors).
-
-    Each step: loss on one batch, backward, remove the decoder-gradient component parallel to
-    each row, clip, Adam step with the scheduled lr, renormalise decoder rows.
-    """
-    cfg = cfg or TrainConfig()
+def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResult]:
+    """Train each SAE in place on the same batches of `data` (tensor [N, d_in], .npy path,
+    activation-cache directory, or iterable of tensors), each with its own TrainConfig."""
+    if not saes or len(saes) != len(cfgs):
+        raise ConfigError("train_many needs one TrainConfig per SAE")
+    for key in SHARED_KEYS:
+        if len({str(getattr(c, key)) for c in cfgs}) > 1:
+            raise ConfigError(f"SAEs trained together must share {key}")
+    outs = [c.out_dir for c in cfgs if c.out_dir]
+    if len(set(outs)) != len(outs):
+        raise ConfigError("SAEs trained together need distinct out_dir")
     source = open_source(data)
-    if source.d_in is not None and source.d_in != sae.cfg.d_in:
-        raise ValueError(f"activations have d_in={source.d_in}, but the SAE has d_in={sae.cfg.d_in}")
-    total_tokens = _total_tokens(source, cfg)
-    total_steps = max(1, total_tokens // cfg.batch_size)
-    warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    for sae in saes:
+        if source.d_in is not None and source.d_in != sae.cfg.d_in:
+            raise ValueError(f"activations have d_in={source.d_in}, but the SAE has d_in={sae.cfg.d_in}")
+    cfg = cfgs[0]
+    total_steps = _total_steps(source, cfg)
+    trainers = [Trainer(sae, c, total_steps) for sae, c in zip(saes, cfgs)]
+    start = trainers[0].step
+    if any(t.step != start for t in trainers):
+        raise ConfigError("the checkpoints of SAEs trained together are at different steps")
 
-    step, history = 0, []
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-    if cfg.resume:
-        state, history = _restore(sae, optimizer, cfg)
-        step, since_fired = state["step"], state["since_fired"]
-    if out_dir:  # the history file always holds exactly the records of the steps done so far
-        (out_dir / HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    batches = source.batches(cfg.batch_size, cfg.seed, skip_tokens=step * cfg.batch_size)
-    bar = tqdm(total=total_steps * cfg.batch_size, initial=step * cfg.batch_size, unit="tok",
-               unit_scale=True, disable=not cfg.progress, desc=f"train {sae.cfg.arch}")
-    history_file = open(out_dir / HISTORY_NAME, "a") if out_dir else None
-    sae.train()
-    try:
-        for step in range(step, total_steps):
+    batches = source.batches(cfg.batch_size, cfg.seed, skip_tokens=start * cfg.batch_size)
+    name = "+".join(sorted({s.cfg.arch for s in saes}))
+    bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
+               disable=not cfg.progress, desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""))
+    for sae in saes:
+        sae.train()
+    with bar:
+        for step in range(start, total_steps):
             x = next(batches, None)
             if x is None:
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
-            check_batch(x, sae.cfg.d_in, f"{source.name}, batch {step}")
-            if step == 0:
-                initialize_from_data(sae, x)
-            lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.decay_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            dead = since_fired >= cfg.dead_tokens
-            out = sae.loss(x, dead)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            sae.remove_parallel_gradient()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-            optimizer.step()
-            sae.normalize_decoder()
-
-            fired = (out.codes > 0).any(0)
-            since_fired += len(x)
-            since_fired[fired] = 0
-            tokens = (step + 1) * cfg.batch_size
+            check_batch(x, saes[0].cfg.d_in, f"{source.name}, batch {step}")
+            records = [t.train_step(x) for t in trainers]
             bar.update(len(x))
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-                record = _log_record(step + 1, tokens, lr, out, dead, sae)
-                history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", l0=f"{record['l0']:.1f}")
-                if history_file:
-                    history_file.write(json.dumps(record) + "\n")
-                    history_file.flush()
-            every = cfg.checkpoint_every_tokens
+            if records[0] is not None:
+                bar.set_postfix(loss=f"{records[0]['loss']:.4g}", l0=f"{records[0]['l0']:.1f}")
+            every, tokens = cfg.checkpoint_every_tokens, (step + 1) * cfg.batch_size
             if every and tokens // every > (tokens - len(x)) // every and step + 1 < total_steps:
-                _checkpoint(sae, optimizer, cfg, step + 1, tokens, since_fired)
-        else:
-            step = total_steps
-    finally:
-        bar.close()
-        if history_file:
-            history_file.close()
-    sae.eval()
-    if out_dir:
-        sae.save(out_dir)
-        (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-    return TrainResult(sae=sae, history=history, tokens=step * cfg.batch_size, steps=step)
+                for t in trainers:
+                    t.checkpoint()
+    return [t.finish() for t in trainers]
+
+
+def train(sae: SAE, data, cfg: TrainConfig | None = None) -> TrainResult:
+    """Train `sae` in place on `data`; see train_many."""
+    return train_many([sae], data, [cfg or TrainConfig()])[0]

@@ -1,0 +1,60 @@
+"""Harvesting throughput vs the same model's plain full forward pass, in the same run.
+
+python bench/harvest.py [--model builtin:smollm2-135m] [--layer 15] [--batch 16] [--ctx 128] [--repeats 5]
+
+Alternates the two contenders on the same random token batch and reports median tokens/s of
+each and their ratio. The full pass computes all blocks and the LM head (as a user would
+without saelab's early stop); harvesting stops after the hooked block.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from saelab.data.hooks import harvest
+from saelab.data.models import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:smollm2-135m")
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--ctx", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    lm = load_model(args.model)
+    ids = torch.randint(100, lm.model.config.vocab_size, (args.batch, args.ctx))
+    tokens = args.batch * args.ctx
+
+    def full():
+        with torch.inference_mode():
+            lm.model(ids)
+
+    def hooked():
+        harvest(lm, ids, args.layer, "resid_post")
+
+    contenders = {"full forward": full, f"harvest L{args.layer}": hooked}
+    for fn in contenders.values():  # warm-up
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"model {args.model}, batch {args.batch} x ctx {args.ctx}, {args.repeats} alternating repeats")
+    rates = {name: tokens / statistics.median(t) for name, t in times.items()}
+    for name, rate in rates.items():
+        print(f"  {name:<16} {rate:8.0f} tokens/s (median)")
+    full_rate, harvest_rate = rates.values()
+    print(f"  harvest / full  {harvest_rate / full_rate:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Text -> model -> cached activations, for a training split and a held-out split; the model
+is loaded only when a cache still needs tokens, so a second run reuses the caches."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from .cache import MANIFEST, ActivationCache, CacheSpec, build_cache, read_manifest
+from .models import load_model
+
+
+def cache_dir(root: str | Path, spec: CacheSpec) -> Path:
+    """A readable, unique-enough folder name for a cache spec."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec.model}-L{spec.layer}-{spec.site}-{spec.dataset}-ctx{spec.ctx_len}-{spec.dtype}")
+    return Path(root) / slug.strip("_") / spec.split
+
+
+def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
+    if not (directory / MANIFEST).exists():
+        return False
+    manifest = read_manifest(directory)
+    return manifest["spec"] == spec.__dict__ and manifest["n_tokens"] >= tokens
+
+
+def prepare_activations(spec: CacheSpec, tokens: int, eval_tokens: int, root: str | Path = "cache",
+                        device: str = "cpu", model_dtype: str = "float32",
+                        progress: bool = True) -> tuple[ActivationCache, ActivationCache]:
+    """(training cache, held-out cache) of `spec`, harvesting whatever is missing."""
+    eval_spec = replace(spec, split="eval")
+    wanted = [(spec, tokens), (eval_spec, eval_tokens)]
+    caches = []
+    lm = None
+    for s, n in wanted:
+        directory = cache_dir(root, s)
+        if _complete(directory, s, n):
+            print(f"reusing cached activations in {directory}")
+            caches.append(ActivationCache(directory, expect=s))
+            continue
+        if lm is None:
+            print(f"loading {spec.model} ...")
+            lm = load_model(spec.model, dtype=model_dtype, device=device)
+        caches.append(build_cache(lm, directory, s, n, progress=progress))
+    return caches[0], caches[1]
