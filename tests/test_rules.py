@@ -37,14 +37,15 @@ def test_batchtopk_training_keeps_n_times_k_over_the_batch():
     assert sae.threshold.item() == pytest.approx(cutoff, rel=1e-6)
 
 
-def test_batchtopk_threshold_is_an_average_of_batch_minima():
-    sae = randomize(make_sae("batchtopk", k=3, threshold_momentum=0.5)).train()
+def test_batchtopk_threshold_is_a_mean_then_an_ema_of_batch_minima():
+    sae = randomize(make_sae("batchtopk", k=3, threshold_momentum=0.75)).train()
     minima = []
-    for _ in range(3):
-        x = torch.randn(20, 16)
-        f = sae.encode(x)
+    for _ in range(6):
+        f = sae.encode(torch.randn(20, 16))
         minima.append(f[f > 0].min().item())
-    want = (minima[0] * 0.5 + minima[1] * 0.5) * 0.5 + minima[2] * 0.5
+    want = sum(minima[:4]) / 4  # a plain mean while 1 - 1/t < 0.75
+    for m in minima[4:]:
+        want = 0.75 * want + 0.25 * m
     assert sae.threshold.item() == pytest.approx(want, rel=1e-5)
 
 

@@ -156,7 +156,7 @@ def test_geometric_median_minimises_sum_of_distances():
 
 
 def test_expected_norm_scale_estimate():
-    sae = SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4))
+    sae = SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4, input_scaling="expected_norm"))
     x = torch.randn(4096, 16) * 50
     train(sae, x, _cfg(total_tokens=128))
     scaled = x[:128] * sae.input_scale

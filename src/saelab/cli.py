@@ -123,9 +123,10 @@ def _add_train_parser(commands) -> None:
                      "without --l0-coefficient; ignored by relu and topafa; a comma list trains one SAE "
                      "per value (default: 32)")
     sae.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in (default: 8)")
-    sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="expected_norm",
-                     help="expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved weights); "
-                     "per_token: standardise each token; none (default: expected_norm)")
+    sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="per_token",
+                     help="per_token: standardise each token, undone on output (as the BatchTopK reference "
+                     "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
+                     "weights); none (default: per_token)")
     sae.add_argument("--l1-coefficient", type=float, default=5.0, help="relu: L1 penalty weight (default: 5)")
     sae.add_argument("--l0-coefficient", type=float, default=None,
                      help="jumprelu: a fixed L0 penalty weight instead of the --k target")

@@ -44,8 +44,8 @@ class SAEConfig:
     afa_coefficient: float = 1 / 32
     aux_k: int = 512
     aux_coefficient: float = 1 / 32
-    threshold_momentum: float = 0.99
-    input_scaling: str = "expected_norm"
+    threshold_momentum: float = 0.9
+    input_scaling: str = "per_token"
     input_scale: float = 1.0
     metadata: dict = field(default_factory=dict)
 

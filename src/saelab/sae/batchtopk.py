@@ -1,8 +1,10 @@
 """BatchTopK SAE (Bussmann, Leask, Nanda 2024).
 
 Training: keep the n*k largest entries of a = relu(pre) over the whole batch [n, h].
-Inference: f = a * (a > theta), with theta the running average (EMA) of the smallest positive
-value kept by the batch top-k during training, so codes do not depend on the batch.
+Inference: f = a * (a > theta), with theta the running average of the smallest positive value
+kept by the batch top-k during training, so codes do not depend on the batch. The average is a
+plain mean over the first 1 / (1 - m) batches and an EMA with momentum m after that, so the
+large minima of the first, untrained batches fade out quickly.
 """
 
 import torch
@@ -34,15 +36,16 @@ def _batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _update_threshold(sae, kept: torch.Tensor) -> None:
-    """theta <- m * theta + (1 - m) * min(kept > 0); the first batch sets theta directly."""
+    """theta <- m_t * theta + (1 - m_t) * min(kept > 0), m_t = min(m, 1 - 1/t) at update t."""
     positive = kept[kept > 0]
     if positive.numel() == 0:
         return
-    smallest = positive.min()
+    sae.threshold_updates += 1
+    momentum = min(sae.cfg.threshold_momentum, 1 - 1 / sae.threshold_updates.item())
     if torch.isnan(sae.threshold):
-        sae.threshold.copy_(smallest)
+        sae.threshold.copy_(positive.min())
     else:
-        sae.threshold.lerp_(smallest, 1 - sae.cfg.threshold_momentum)
+        sae.threshold.lerp_(positive.min(), 1 - momentum)
 
 
 def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:

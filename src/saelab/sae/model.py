@@ -45,6 +45,7 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.arch == "batchtopk":
             self.register_buffer("threshold", torch.tensor(float("nan")))
+            self.register_buffer("threshold_updates", torch.tensor(0))
         if cfg.arch == "jumprelu":
             init = math.log(cfg.jumprelu_init_threshold)
             self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), init))
