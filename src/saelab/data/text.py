@@ -12,13 +12,13 @@ Every source is split the same fixed way: every 10th document is held out (split
 from __future__ import annotations
 
 import bz2
-import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 from .network import require_hub
+from .packaged import package_file
 
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_REQUIREMENT = "gensim==4.4.0"
@@ -32,13 +32,7 @@ class TextError(ValueError):
 
 
 def wiki_path() -> Path:
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise TextError(f"builtin:wiki needs the package {WIKI_REQUIREMENT}: pip install --no-deps {WIKI_REQUIREMENT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / WIKI_FILE
-    if not path.is_file():
-        raise TextError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall {WIKI_REQUIREMENT}")
-    return path
+    return package_file("gensim", WIKI_FILE, WIKI_REQUIREMENT, "builtin:wiki", TextError)
 
 
 def wiki_articles() -> Iterator[str]:
