@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .config import ARCHS, INPUT_SCALINGS, SAEConfig, TrainConfig
-from .data.activations import open_source, rebatch
+from .data.activations import open_source
 from .data.cache import STORAGE_DTYPES, ActivationCache, CacheError, CacheSpec, build_cache, read_manifest
 from .data.hooks import SITES
 from .data.models import DTYPES, load_model
 from .data.network import OfflineError
 from .data.pipeline import prepare_activations
-from .data.streaming import harvested_activations, streamed_source
+from .data.streaming import heldout_activations, streamed_source
 from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
 from .eval.metrics import evaluate
@@ -202,11 +200,8 @@ def _load_data(args):
         eval_tokens = args.eval_tokens or DEFAULT["eval_tokens"]
         if args.no_cache:
             lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
-            held_out = list(itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")),
-                                                     eval_tokens), 1))
-            if not held_out:
-                raise CacheError(f"{spec.dataset} has no held-out text to evaluate on")
-            return streamed_source(lm, spec, args.shuffle_buffer, args.seed), held_out[0], None
+            return (streamed_source(lm, spec, args.shuffle_buffer, args.seed),
+                    heldout_activations(lm, spec, eval_tokens), None)
         train_cache, eval_cache = prepare_activations(spec, args.tokens, eval_tokens, root=args.cache_dir,
                                                       device=args.device, model_dtype=args.model_dtype,
                                                       progress=not args.no_progress)

@@ -3,12 +3,14 @@ that mixes tokens of many contexts, so a batch is not dominated by a few documen
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 
-from .activations import StreamSource
-from .cache import CacheSpec
+from .activations import StreamSource, rebatch
+from .cache import CacheError, CacheSpec
 from .harvesting import harvested_batches
 
 
@@ -40,3 +42,11 @@ def streamed_source(lm, spec: CacheSpec, buffer_tokens: int = 65536, seed: int =
                           name=f"{spec.model} L{spec.layer} {spec.site} (streamed)")
     source.d_in = lm.d_model
     return source
+
+
+def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
+    """The first `tokens` activations [<= tokens, d_model] of the held-out documents, in memory."""
+    first = list(itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")), tokens), 1))
+    if not first:
+        raise CacheError(f"{spec.dataset} has no held-out text to evaluate on")
+    return first[0]
