@@ -31,6 +31,12 @@ def check_batch(batch: torch.Tensor, d_in: int, where: str) -> None:
         raise DataError(f"{where}: activations contain {bad} NaN/Inf values")
 
 
+def check_d_in(source, d_in: int) -> None:
+    """Raise a DataError when a source's width is known and differs from the SAE's d_in."""
+    if source.d_in is not None and source.d_in != d_in:
+        raise DataError(f"activations have d_in={source.d_in}, but the SAE has d_in={d_in}")
+
+
 class ArraySource:
     """Rows [start, stop) of a 2-d array (torch tensor or numpy array / memmap)."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.activations import check_batch, open_source
+from ..data.activations import check_batch, check_d_in, open_source
 
 DENSE_DENSITY = 0.1
 
@@ -42,8 +42,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
     """Metrics of `sae` (in eval mode: inference semantics) on `data`; see the module doc."""
     sae.eval()
     source = open_source(data)
-    if source.d_in is not None and source.d_in != sae.cfg.d_in:
-        raise ValueError(f"activations have d_in={source.d_in}, but the SAE has d_in={sae.cfg.d_in}")
+    check_d_in(source, sae.cfg.d_in)
     sums = dict.fromkeys(["nmse", "sse", "cos", "l2_ratio", "xhat_sq", "x_dot_xhat", "l0"], 0.0)
     variance = _Variance()
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)

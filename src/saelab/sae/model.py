@@ -110,9 +110,10 @@ class SAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> x_hat [..., d_in]."""
         self._check_input(x)
-        stats = self.input_stats(x)
-        f = self.encode(x)
-        return self.decode(f, stats)
+        flat = x.reshape(-1, self.cfg.d_in)
+        stats = self.input_stats(flat)
+        f, _ = self._encode_scaled(self._scale(flat, stats))
+        return self.decode(f, stats).reshape(x.shape)
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> LossOutput:

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
-from ..data.activations import StreamSource, check_batch, open_source
+from ..data.activations import StreamSource, check_batch, check_d_in, open_source
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .init import initialize_from_data
@@ -152,8 +152,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
         raise ConfigError("SAEs trained together need distinct out_dir")
     source = open_source(data)
     for sae in saes:
-        if source.d_in is not None and source.d_in != sae.cfg.d_in:
-            raise ValueError(f"activations have d_in={source.d_in}, but the SAE has d_in={sae.cfg.d_in}")
+        check_d_in(source, sae.cfg.d_in)
     cfg = cfgs[0]
     total_steps = _total_steps(source, cfg)
     trainers = [Trainer(sae, c, total_steps) for sae, c in zip(saes, cfgs)]
