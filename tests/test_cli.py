@@ -24,7 +24,7 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
               "--eval-tokens", "1000"])
     printed = capsys.readouterr().out
     assert "explained_variance" in printed and str(out) in printed
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "eval.json").read_text())
     assert metrics["n_tokens"] == 1000 and metrics["train_tokens"] == 8192
     assert len((out / "history.jsonl").read_text().splitlines()) == 16 // 10 + 1
     sae = SAE.load(out)
@@ -38,7 +38,7 @@ def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
                                       "train_tokens": 4096})
     cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
               "--no-progress"])
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "demo" / "eval.json").read_text())
     assert 0 < metrics["dictionary_recovery"] <= 1
     assert "generating" in capsys.readouterr().out
 
@@ -101,7 +101,7 @@ def test_cache_command_then_train_several_saes_on_it(model_dir, docs, tmp_path, 
     runs = sorted(p.name for p in out.iterdir())
     assert runs == ["batchtopk-k4", "batchtopk-k8", "relu", "topk-k4", "topk-k8"]
     for run in runs:
-        assert json.loads((out / run / "metrics.json").read_text())["train_tokens"] == 640
+        assert json.loads((out / run / "eval.json").read_text())["train_tokens"] == 640
     assert SAE.load(out / "topk-k8").cfg.k == 8
     with pytest.raises(SystemExit, match="layer: cache has 1, requested 2"):
         cli.main(["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")])
@@ -122,6 +122,62 @@ def test_train_streaming_without_cache(model_dir, docs, tmp_path):
     cli.main(["train", "--model", str(model_dir), "--layer", "0", "--dataset", str(docs), "--no-cache",
               "--ctx-len", "16", "--tokens", "512", "--eval-tokens", "100", "--batch-size", "64", "--k", "4",
               "--expansion", "2", "--shuffle-buffer", "256", "--out", str(tmp_path / "s"), "--no-progress"])
-    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "s" / "eval.json").read_text())
     assert metrics["train_tokens"] == 512 and metrics["n_tokens"] == 100
     assert not (tmp_path / "cache").exists()
+
+
+def _trained_run(acts, out):
+    cli.main(["train", "--activations", str(acts), "--arch", "batchtopk", "--k", "4", "--expansion", "2",
+              "--tokens", "2048", "--batch-size", "256", "--eval-tokens", "500", "--out", str(out), "--no-progress"])
+    return out
+
+
+def test_train_leaves_evaluation_and_plots(acts, tmp_path):
+    run = _trained_run(acts, tmp_path / "r")
+    results = json.loads((run / "eval.json").read_text())
+    for key in ("nmse", "eps_lbo_median", "decoder_max_abs_cos", "inference_l0_minus_k", "latent_density"):
+        assert key in results
+    for name in ("zf_plot.png", "l0_histogram.png", "latent_density.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_command_with_downstream_on_a_model(model_dir, docs, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cli.main(["cache", "--model", str(model_dir), "--layer", "1", "--dataset", str(docs), "--tokens", "1500",
+              "--ctx-len", "16", "--shard-tokens", "500", "--out", str(cache), "--no-progress"])
+    run = tmp_path / "run"
+    cli.main(["train", "--activations", str(cache), "--k", "4", "--expansion", "2", "--tokens", "1024",
+              "--batch-size", "128", "--eval-tokens", "200", "--out", str(run), "--no-progress"])
+    capsys.readouterr()
+    cli.main(["eval", str(run), "--activations", str(cache), "--model", str(model_dir), "--layer", "1",
+              "--dataset", str(docs), "--ctx-len", "16", "--downstream-contexts", "8", "--out", str(tmp_path / "e")])
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "e" / "eval.json").read_text())
+    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_degradation", "ce_loss_recovered", "kl"):
+        assert key in results and key in printed
+    with pytest.raises(SystemExit, match="layer 9 out of range"):
+        cli.main(["eval", str(run), "--activations", str(cache), "--model", str(model_dir), "--layer", "9",
+                  "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "e2")])
+
+
+def test_eval_of_an_external_sae_and_bad_inputs(acts, tmp_path, model_dir, docs):
+    from saelab.io.external import export
+
+    sae = SAE.load(_trained_run(acts, tmp_path / "r"))
+    export(sae, tmp_path / "lens", "saelens")
+    cli.main(["eval", str(tmp_path / "lens"), "--activations", str(acts), "--out", str(tmp_path / "e")])
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["n_tokens"] == 6000
+    with pytest.raises(SystemExit, match="does not record the model"):
+        cli.main(["eval", str(tmp_path / "lens")])
+    with pytest.raises(SystemExit, match="d_in=16, but resid_post of this model has width 32"):
+        cli.main(["eval", str(tmp_path / "r"), "--activations", str(acts), "--model", str(model_dir), "--layer", "0",
+                  "--dataset", str(docs), "--ctx-len", "16"])
+    bad = np.load(acts)
+    bad[10, 3] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(SystemExit, match="NaN"):
+        cli.main(["eval", str(tmp_path / "r"), "--activations", str(tmp_path / "bad.npy")])
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(SystemExit, match="no cfg.json"):
+        cli.main(["eval", str(tmp_path / "junk"), "--activations", str(acts)])

@@ -17,11 +17,12 @@ from .data.cache import STORAGE_DTYPES, ActivationCache, CacheError, CacheSpec, 
 from .data.hooks import SITES
 from .data.models import DTYPES, load_model
 from .data.network import OfflineError
-from .data.pipeline import prepare_activations
-from .data.streaming import heldout_activations, streamed_source
+from .data.pipeline import ensure_caches, prepare_activations
+from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
-from .eval.metrics import evaluate
+from .eval.full import full_evaluation, summary_lines
+from .io.external import load_any
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME
@@ -267,23 +268,77 @@ def cmd_train(args) -> None:
     results = train_many(saes, train_source, train_cfgs)
     for result, train_cfg in zip(results, train_cfgs):
         run = Path(train_cfg.out_dir)
-        metrics = {"train_tokens": result.tokens, **evaluate(result.sae, eval_source, batch_size=args.batch_size)}
-        if dictionary is not None:
-            metrics["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
-        (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (run / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
-        _print_summary(run, metrics)
+        evaluation = full_evaluation(result.sae, eval_source, run, batch_size=args.batch_size)
+        if dictionary is not None:
+            evaluation["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
+        evaluation["train_tokens"] = result.tokens
+        (run / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+        _print_summary(run, evaluation)
 
 
-def _print_summary(out: Path, metrics: dict) -> None:
-    print(f"\nheld-out evaluation ({metrics['n_tokens']} tokens):")
-    for key in ("nmse", "explained_variance", "l0", "dead_fraction", "dictionary_recovery"):
-        if key in metrics:
-            print(f"  {key:<20} {metrics[key]:.4f}")
+def _print_summary(out: Path, results: dict) -> None:
+    print(f"\nheld-out evaluation ({results['n_tokens']} tokens):")
+    print("\n".join(summary_lines(results)))
+    if "dictionary_recovery" in results:
+        print(f"  {'dictionary_recovery':<30} {results['dictionary_recovery']:.4f}")
     print(f"\nwritten to {out}/:")
     print(f"  cfg.json, {WEIGHTS_NAME}   the SAE (load with saelab.SAE.load('{out}'))")
-    print(f"  metrics.json                 held-out metrics")
+    print("  eval.json                    held-out metrics, AFA analysis, L0 histogram, latent densities")
+    print("  " + ", ".join(results["plots"].values()) + "   plots")
     print(f"  {HISTORY_NAME}                training history, one JSON record per log step")
+
+
+def _add_eval_parser(commands) -> None:
+    p = commands.add_parser(
+        "eval", help="evaluate an SAE (saelab, SAELens or sparsify directory): metrics, AFA analysis, plots",
+        description="Evaluate an SAE directory (saelab, SAELens or EleutherAI sparsify format): reconstruction "
+        "metrics, the AFA analysis (eps_LBO, ZF plot), decoder quasi-orthogonality, L0 distribution; "
+        "--model and --dataset add downstream CE/KL with the SAE spliced in. Writes eval.json and PNGs.",
+    )
+    p.add_argument("run", metavar="RUN", help="the SAE directory")
+    p.add_argument("--activations", metavar="FILE.npy|DIR",
+                   help="evaluation activations (default: harvest held-out text for the model/site the SAE was "
+                   "trained on, as recorded in its cfg.json)")
+    _add_model_arguments(p, defaults=False)
+    p.add_argument("--eval-tokens", type=int, default=DEFAULT["eval_tokens"],
+                   help=f"held-out tokens to harvest (default: {DEFAULT['eval_tokens']})")
+    p.add_argument("--downstream-contexts", type=int, default=32,
+                   help="held-out contexts for the downstream CE/KL (default: 32)")
+    p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
+    p.add_argument("--out", metavar="DIR", help="where to write eval.json and plots (default: RUN)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> None:
+    sae = load_any(args.run)
+    meta = sae.cfg.metadata
+    explicit_model = args.model is not None
+    for key in ("model", "layer", "site", "dataset"):
+        if getattr(args, key) is None and key in meta:
+            setattr(args, key, meta[key])
+    if args.activations:
+        data = open_source(args.activations)
+    else:
+        if args.model is None or args.layer is None or args.dataset is None:
+            sys.exit("saelab: error: this SAE does not record the model it was trained on: pass --activations, "
+                     "or --model, --layer and --dataset")
+        (data,) = ensure_caches([(_spec(args, "eval"), args.eval_tokens)], args.cache_dir, args.device,
+                                args.model_dtype, progress=not args.no_progress)
+    model = input_ids = None
+    if explicit_model:
+        if args.dataset is None or args.layer is None:
+            sys.exit("saelab: error: downstream metrics need --model, --layer and --dataset")
+        spec = _spec(args, "eval")
+        model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+        input_ids = heldout_contexts(model, spec, args.downstream_contexts)
+    out = Path(args.out or args.run)
+    results = full_evaluation(sae, data, out, model=model, input_ids=input_ids, layer=args.layer,
+                              site=args.site or "resid_post")
+    print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} on {results['n_tokens']} tokens:")
+    print("\n".join(summary_lines(results)))
+    print(f"written to {out}/: eval.json, " + ", ".join(results["plots"].values()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_cache_parser(commands)
     _add_train_parser(commands)
+    _add_eval_parser(commands)
     return parser
 
 

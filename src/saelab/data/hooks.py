@@ -98,6 +98,34 @@ def capture(model: nn.Module, layer: int, site: str, stop: bool = True):
         handle.remove()
 
 
+def _replace_first(value, new):
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    return new
+
+
+@contextmanager
+def splice(model, layer: int, site: str, fn):
+    """Within the context, every forward pass replaces the activation a [batch, seq, d] at the
+    site by fn(a) and continues with the rest of the model."""
+    module, use_input = site_module(_hf_model(model), layer, site)
+    if use_input:
+        def pre_hook(mod, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        handle = module.register_forward_hook(lambda mod, args, output: _replace_first(output, fn(_first(output))))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.inference_mode()
 def harvest(model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
             attention_mask: torch.Tensor | None = None) -> torch.Tensor:

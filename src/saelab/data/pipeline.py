@@ -24,22 +24,28 @@ def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
     return manifest["spec"] == spec.__dict__ and manifest["n_tokens"] >= tokens
 
 
-def prepare_activations(spec: CacheSpec, tokens: int, eval_tokens: int, root: str | Path = "cache",
-                        device: str = "cpu", model_dtype: str = "float32",
-                        progress: bool = True) -> tuple[ActivationCache, ActivationCache]:
-    """(training cache, held-out cache) of `spec`, harvesting whatever is missing."""
-    eval_spec = replace(spec, split="eval")
-    wanted = [(spec, tokens), (eval_spec, eval_tokens)]
-    caches = []
-    lm = None
-    for s, n in wanted:
-        directory = cache_dir(root, s)
-        if _complete(directory, s, n):
+def ensure_caches(wanted: list[tuple[CacheSpec, int]], root: str | Path = "cache", device: str = "cpu",
+                  model_dtype: str = "float32", progress: bool = True) -> list[ActivationCache]:
+    """A cache with at least n tokens for each (spec, n), harvesting only what is missing; all
+    specs must name the same model, which is loaded at most once."""
+    caches, lm = [], None
+    for spec, n in wanted:
+        directory = cache_dir(root, spec)
+        if _complete(directory, spec, n):
             print(f"reusing cached activations in {directory}")
-            caches.append(ActivationCache(directory, expect=s))
+            caches.append(ActivationCache(directory, expect=spec))
             continue
         if lm is None:
             print(f"loading {spec.model} ...")
             lm = load_model(spec.model, dtype=model_dtype, device=device)
-        caches.append(build_cache(lm, directory, s, n, progress=progress))
-    return caches[0], caches[1]
+        caches.append(build_cache(lm, directory, spec, n, progress=progress))
+    return caches
+
+
+def prepare_activations(spec: CacheSpec, tokens: int, eval_tokens: int, root: str | Path = "cache",
+                        device: str = "cpu", model_dtype: str = "float32",
+                        progress: bool = True) -> tuple[ActivationCache, ActivationCache]:
+    """(training cache, held-out cache) of `spec`."""
+    train_cache, eval_cache = ensure_caches([(spec, tokens), (replace(spec, split="eval"), eval_tokens)],
+                                            root, device, model_dtype, progress)
+    return train_cache, eval_cache

@@ -12,6 +12,8 @@ import torch
 from .activations import StreamSource, rebatch
 from .cache import CacheError, CacheSpec
 from .harvesting import harvested_batches
+from .packing import pack
+from .text import documents
 
 
 def harvested_activations(lm, spec: CacheSpec, batch_contexts: int = 16) -> Iterator[torch.Tensor]:
@@ -50,3 +52,13 @@ def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
     if not first:
         raise CacheError(f"{spec.dataset} has no held-out text to evaluate on")
     return first[0]
+
+
+def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
+    """The first n packed contexts [<= n, ctx_len] of the held-out documents."""
+    docs = documents(spec.dataset, "eval", spec.text_column)
+    contexts = list(itertools.islice(pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id,
+                                          lm.tokenizer.eos_token_id), n))
+    if not contexts:
+        raise CacheError(f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens")
+    return torch.tensor(contexts)

@@ -9,6 +9,7 @@ Per token t with input x_t, reconstruction x^_t and code f_t:
   l2_ratio    = mean_t ||x^_t|| / ||x_t||                               (shrinkage)
   relative_reconstruction_bias = E||x^||^2 / E<x, x^>
   l0          = mean_t #{i : f_ti != 0}, with its histogram
+  latent_density = per latent, the fraction of tokens on which it is active
   dead_fraction  = fraction of latents never active; dense_fraction = active on > 10% of tokens
 """
 
@@ -89,6 +90,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "relative_reconstruction_bias": sums["xhat_sq"] / sums["x_dot_xhat"],
         "l0": sums["l0"] / n,
         "l0_histogram": [int(c) for c in l0_counts[: last + 1]],
+        "latent_density": density.tolist(),
         "dead_fraction": (density == 0).double().mean().item(),
         "dense_fraction": (density > DENSE_DENSITY).double().mean().item(),
     }

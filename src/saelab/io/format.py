@@ -104,14 +104,19 @@ def read_config(path: Path) -> SAEConfig:
         raise SAEFormatError(f"{cfg_file}: {err}") from None
 
 
-def read_tensors(file: Path, cfg: SAEConfig) -> dict[str, torch.Tensor]:
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, refusing pickles and damaged files."""
     if not file.is_file():
         raise SAEFormatError(f"{file.parent} has no {file.name}")
     _check_safetensors_header(file)
     try:
-        tensors = load_file(str(file))
+        return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise SAEFormatError(f"{file} is corrupt or truncated: {err}") from None
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, file: Path) -> None:
+    """Names, shapes, dtypes and finiteness of saelab-named tensors against cfg."""
     want = expected_shapes(cfg)
     missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     if missing or extra:
@@ -130,15 +135,11 @@ def read_tensors(file: Path, cfg: SAEConfig) -> dict[str, torch.Tensor]:
         unset_threshold = cfg.arch == "batchtopk" and name == "threshold"
         if not unset_threshold and not torch.isfinite(tensors[name]).all():
             raise SAEFormatError(f"{file}: tensor {name} contains NaN or Inf")
-    return tensors
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    path = Path(path)
-    if not path.is_dir():
-        raise SAEFormatError(f"no SAE directory at {path}")
-    cfg = read_config(path)
-    tensors = read_tensors(path / WEIGHTS_NAME, cfg)
+def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
+    """An SAE in eval mode from saelab-named tensors (checked against cfg first)."""
+    check_tensors(tensors, cfg, path)
     sae = SAE(cfg)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -149,4 +150,12 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
             sae.log_threshold.copy_(tensors["threshold"].log())
         if cfg.arch == "batchtopk":
             sae.threshold.copy_(tensors["threshold"])
-    return sae.to(device).eval()
+    return sae.eval()
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    path = Path(path)
+    if not path.is_dir():
+        raise SAEFormatError(f"no SAE directory at {path}")
+    cfg = read_config(path)
+    return sae_from_tensors(cfg, read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME).to(device)

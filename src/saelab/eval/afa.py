@@ -1,0 +1,74 @@
+"""The approximate-feature-activation analysis of Lee et al. (2025), for any SAE.
+
+Per token, with z the input as the SAE sees it (after its input scaling; a saved SAE has
+expected_norm folded in, so z is the raw activation) and f its code:
+  f~       = [f_1 ||W_dec,1||, ..., f_h ||W_dec,h||, ||b_dec||]   (b_dec counts as one more feature)
+  eps_LBO  = | ||z||^2 - ||f~||^2 | / ((h - 1) ||f~||^2)            the smallest eps consistent
+             with ||z||^2 / (1 + eps (h-1)) <= ||f~||^2 <= ||z||^2 / (1 - eps (h-1))
+Decoder quasi-orthogonality: max and mean |cos(w_i, w_j)| over i != j, in row blocks so that
+h x h is never held in memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.activations import check_batch, check_d_in, open_source
+
+
+@torch.no_grad()
+def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x [n, d_in] -> per-token norm_z, norm_f_tilde, eps_lbo (each [n])."""
+    sae.eval()
+    x = x.reshape(-1, sae.cfg.d_in)
+    z = sae._scale(x, sae.input_stats(x))
+    f = sae.encode(x)
+    f_tilde_sq = (f * sae.W_dec.norm(dim=1)).square().sum(-1) + sae.b_dec.square().sum()
+    z_sq = z.square().sum(-1)
+    h = sae.cfg.d_sae
+    return {
+        "norm_z": z_sq.sqrt(),
+        "norm_f_tilde": f_tilde_sq.sqrt(),
+        "eps_lbo": (z_sq - f_tilde_sq).abs() / ((h - 1) * f_tilde_sq.clamp_min(1e-30)),
+    }
+
+
+def afa_over(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """afa_stats over a whole activation source, concatenated."""
+    source = open_source(data)
+    check_d_in(source, sae.cfg.d_in)
+    parts, n = [], 0
+    for i, x in enumerate(source.chunks(batch_size)):
+        if max_tokens is not None:
+            x = x[: max_tokens - n]
+            if not len(x):
+                break
+        check_batch(x, sae.cfg.d_in, f"{source.name}, evaluation batch {i}")
+        parts.append(afa_stats(sae, x))
+        n += len(x)
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def summarize(stats: dict[str, torch.Tensor]) -> dict:
+    """Median and quartiles of eps_LBO and of ||f~|| / ||z||."""
+    ratio = stats["norm_f_tilde"] / stats["norm_z"].clamp_min(1e-30)
+    out = {}
+    for name, values in (("eps_lbo", stats["eps_lbo"]), ("f_tilde_over_z", ratio)):
+        q = torch.quantile(values.double()[: 2**24], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        out.update({f"{name}_q25": q[0].item(), f"{name}_median": q[1].item(), f"{name}_q75": q[2].item()})
+    return out
+
+
+@torch.no_grad()
+def decoder_orthogonality(W_dec: torch.Tensor, block: int = 2048) -> dict:
+    """max and mean |cos(w_i, w_j)| over pairs i != j of decoder rows, computed block by block."""
+    rows = W_dec / W_dec.norm(dim=1, keepdim=True)
+    h = len(rows)
+    largest, total = 0.0, 0.0
+    for lo in range(0, h, block):
+        cos = (rows[lo : lo + block] @ rows.T).abs()
+        idx = torch.arange(lo, min(lo + block, h))
+        cos[idx - lo, idx] = 0
+        largest = max(largest, cos.max().item())
+        total += cos.double().sum().item()
+    return {"decoder_max_abs_cos": largest, "decoder_mean_abs_cos": total / (h * (h - 1))}

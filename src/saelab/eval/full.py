@@ -1,0 +1,49 @@
+"""The full evaluation of one SAE: reconstruction metrics, AFA analysis, decoder statistics,
+BatchTopK's inference L0, optionally downstream CE/KL; written as eval.json plus PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .afa import afa_over, decoder_orthogonality, summarize
+from .downstream import downstream
+from .metrics import evaluate
+from .plots import density_plot, l0_histogram_plot, zf_plot
+
+AFA_TOKENS = 32_768
+PLOTS = {"zf": "zf_plot.png", "l0": "l0_histogram.png", "density": "latent_density.png"}
+
+
+def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, layer: int | None = None,
+                    site: str | None = None, batch_size: int = 4096) -> dict:
+    """Evaluate `sae` on activations `data`; with model and input_ids also downstream. Writes
+    out_dir/eval.json and the plots; returns the results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate(sae, data, batch_size=batch_size)
+    stats = afa_over(sae, data, batch_size=batch_size, max_tokens=AFA_TOKENS)
+    results.update(summarize(stats))
+    results.update(decoder_orthogonality(sae.W_dec.detach()))
+    if sae.cfg.arch == "batchtopk":
+        results["trained_k"] = sae.cfg.k
+        results["inference_l0_minus_k"] = results["l0"] - sae.cfg.k
+    if model is not None:
+        results.update(downstream(sae, model, input_ids, layer, site))
+    name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={sae.cfg.k}" if sae.cfg.k else "")
+    zf_plot(stats["norm_z"], stats["norm_f_tilde"], out_dir / PLOTS["zf"], f"ZF plot: {name}")
+    l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=sae.cfg.k, title=f"L0 per token: {name}")
+    density_plot(results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}")
+    results["plots"] = dict(PLOTS)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+SUMMARY_KEYS = ("nmse", "fvu", "explained_variance", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias",
+                "l0", "dead_fraction", "dense_fraction", "eps_lbo_median", "f_tilde_over_z_median",
+                "decoder_max_abs_cos", "inference_l0_minus_k", "ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_degradation",
+                "ce_loss_recovered", "kl")
+
+
+def summary_lines(results: dict) -> list[str]:
+    return [f"  {key:<30} {results[key]:.4f}" for key in SUMMARY_KEYS if key in results]

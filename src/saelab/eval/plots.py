@@ -1,0 +1,65 @@
+"""Evaluation figures as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BAND_C = (0.25, 0.5, 1.0)
+MAX_POINTS = 20_000
+
+
+def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> None:
+    """Scatter of ||z|| (x) against ||f~|| (y), the line y = x and the bands of slopes
+    sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}."""
+    z, f = np.asarray(norm_z, dtype=float), np.asarray(norm_f_tilde, dtype=float)
+    if len(z) > MAX_POINTS:
+        pick = np.random.default_rng(0).choice(len(z), MAX_POINTS, replace=False)
+        z, f = z[pick], f[pick]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(z, f, s=3, alpha=0.3, color="tab:blue", label="tokens", rasterized=True)
+    top = max(z.max(), f.max()) * 1.05
+    xs = np.array([0, top])
+    ax.plot(xs, xs, color="black", lw=1, label="||f~|| = ||z||")
+    for c, style in zip(BAND_C, (":", "--", "-.")):
+        ax.plot(xs, xs * math.sqrt(1 / (1 + c)), color="tab:red", ls=style, lw=1, label=f"c = {c}")
+        if c < 1:
+            ax.plot(xs, xs * math.sqrt(1 / (1 - c)), color="tab:red", ls=style, lw=1)
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="||z|| (input)", ylabel="||f~|| (code, with b_dec)",
+           title=title or "ZF plot")
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+
+
+def l0_histogram_plot(counts: list[int], path: str | Path, k: int | None = None, title: str = "") -> None:
+    """Tokens per number of active latents (BatchTopK paper, Figure 3), with the trained k."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
+    if k is not None:
+        ax.axvline(k, color="tab:red", ls="--", lw=1, label=f"k = {k}")
+        ax.legend()
+    ax.set(xlabel="active latents per token", ylabel="tokens", title=title or "L0 per token")
+    _save(fig, path)
+
+
+def density_plot(density: list[float], path: str | Path, title: str = "") -> None:
+    """Histogram of log10 firing density per latent; dead latents counted at the left."""
+    d = np.asarray(density, dtype=float)
+    dead = int((d == 0).sum())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if (d > 0).any():
+        ax.hist(np.log10(d[d > 0]), bins=60, color="tab:blue")
+    ax.set(xlabel="log10 firing density", ylabel="latents", title=(title or "Latent density") + f" ({dead} dead)")
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

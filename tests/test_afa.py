@@ -1,0 +1,68 @@
+"""AFA statistics, decoder quasi-orthogonality and the plots, against independent computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from saelab import afa_stats
+from saelab.eval.afa import decoder_orthogonality, summarize
+from saelab.eval.plots import density_plot, l0_histogram_plot, zf_plot
+
+from conftest import make_sae, randomize
+
+
+@pytest.mark.parametrize("input_scaling", ["none", "per_token"])
+def test_afa_stats_match_numpy(input_scaling):
+    sae = randomize(make_sae("topk", k=5, input_scaling=input_scaling))
+    with torch.no_grad():
+        sae.W_dec *= torch.rand(64, 1) + 0.5  # decoder norms != 1 must be accounted for
+    x = torch.randn(40, 16) * 3
+    got = afa_stats(sae, x)
+    f = sae.encode(x).detach().numpy().astype(np.float64)
+    W, b = sae.W_dec.detach().numpy().astype(np.float64), sae.b_dec.detach().numpy().astype(np.float64)
+    z = x.numpy().astype(np.float64)
+    if input_scaling == "per_token":
+        z = (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + 1e-5)
+    f_tilde = np.concatenate([f * np.linalg.norm(W, axis=1), np.broadcast_to(np.linalg.norm(b), (40, 1))], axis=1)
+    nz, nf = np.linalg.norm(z, axis=1), np.linalg.norm(f_tilde, axis=1)
+    np.testing.assert_allclose(got["norm_z"], nz, rtol=1e-4)
+    np.testing.assert_allclose(got["norm_f_tilde"], nf, rtol=1e-4)
+    np.testing.assert_allclose(got["eps_lbo"], np.abs(nz**2 - nf**2) / (63 * nf**2), rtol=1e-3, atol=1e-9)
+    s = summarize(got)
+    assert s["eps_lbo_median"] == pytest.approx(np.median(got["eps_lbo"].numpy()), rel=1e-5)
+
+
+def test_orthonormal_decoder_satisfies_the_bound_exactly():
+    sae = make_sae("relu", d_in=8, d_sae=8)
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(8, 8))
+        sae.W_dec.copy_(q)
+        sae.W_enc.copy_(q.T)
+    coords = torch.rand(10, 8)  # positive coordinates in the basis q: relu keeps them all, f = coords
+    stats = afa_stats(sae, coords @ q)
+    torch.testing.assert_close(stats["norm_f_tilde"], stats["norm_z"], rtol=1e-4, atol=1e-4)
+    assert stats["eps_lbo"].max() < 1e-4
+
+
+def test_decoder_orthogonality_in_blocks_equals_brute_force():
+    W = torch.randn(300, 16)
+    got = decoder_orthogonality(W, block=64)
+    rows = W / W.norm(dim=1, keepdim=True)
+    cos = (rows @ rows.T).abs().fill_diagonal_(0)
+    assert got["decoder_max_abs_cos"] == pytest.approx(cos.max().item(), rel=1e-5)
+    assert got["decoder_mean_abs_cos"] == pytest.approx(cos.sum().item() / (300 * 299), rel=1e-5)
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    import matplotlib.image
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(1, 10, 500)
+    zf_plot(z, z * rng.uniform(0.7, 1.1, 500), tmp_path / "zf.png")
+    l0_histogram_plot([0, 5, 20, 9, 3], tmp_path / "l0.png", k=2)
+    density_plot([0.0, 0.1, 0.01, 0.001], tmp_path / "d.png")
+    for name in ("zf.png", "l0.png", "d.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01
