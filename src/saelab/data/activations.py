@@ -37,6 +37,24 @@ def check_d_in(source, d_in: int) -> None:
         raise DataError(f"activations have d_in={source.d_in}, but the SAE has d_in={d_in}")
 
 
+def evaluation_batches(data, d_in: int, batch_size: int = 4096, max_tokens: int | None = None
+                       ) -> Iterator[torch.Tensor]:
+    """Every row of `data` once (at most max_tokens), in checked batches [<= batch_size, d_in]."""
+    source = open_source(data)
+    check_d_in(source, d_in)
+    n = 0
+    for i, x in enumerate(source.chunks(batch_size)):
+        if max_tokens is not None:
+            x = x[: max_tokens - n]
+            if not len(x):
+                return
+        check_batch(x, d_in, f"{source.name}, evaluation batch {i}")
+        n += len(x)
+        yield x
+    if n == 0:
+        raise DataError(f"{source.name}: no evaluation tokens")
+
+
 class ArraySource:
     """Rows [start, stop) of a 2-d array (torch tensor or numpy array / memmap)."""
 

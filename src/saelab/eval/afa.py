@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.activations import check_batch, check_d_in, open_source
+from ..data.activations import evaluation_batches
 
 
 @torch.no_grad()
@@ -35,17 +35,7 @@ def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def afa_over(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
     """afa_stats over a whole activation source, concatenated."""
-    source = open_source(data)
-    check_d_in(source, sae.cfg.d_in)
-    parts, n = [], 0
-    for i, x in enumerate(source.chunks(batch_size)):
-        if max_tokens is not None:
-            x = x[: max_tokens - n]
-            if not len(x):
-                break
-        check_batch(x, sae.cfg.d_in, f"{source.name}, evaluation batch {i}")
-        parts.append(afa_stats(sae, x))
-        n += len(x)
+    parts = [afa_stats(sae, x) for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.activations import check_batch, check_d_in, open_source
+from ..data.activations import evaluation_batches
 
 DENSE_DENSITY = 0.1
 
@@ -42,19 +42,12 @@ class _Variance:
 def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict:
     """Metrics of `sae` (in eval mode: inference semantics) on `data`; see the module doc."""
     sae.eval()
-    source = open_source(data)
-    check_d_in(source, sae.cfg.d_in)
     sums = dict.fromkeys(["nmse", "sse", "cos", "l2_ratio", "xhat_sq", "x_dot_xhat", "l0"], 0.0)
     variance = _Variance()
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     l0_counts = torch.zeros(sae.cfg.d_sae + 1, dtype=torch.float64)
     n = 0
-    for i, x in enumerate(source.chunks(batch_size)):
-        if max_tokens is not None:
-            x = x[: max_tokens - n]
-            if not len(x):
-                break
-        check_batch(x, sae.cfg.d_in, f"{source.name}, evaluation batch {i}")
+    for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens):
         f = sae.encode(x)
         x_hat = sae.decode(f, sae.input_stats(x)).double()
         x = x.double()
@@ -74,8 +67,6 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         fired += active.sum(0)
         l0_counts += torch.bincount(l0, minlength=sae.cfg.d_sae + 1)
         n += len(x)
-    if n == 0:
-        raise ValueError(f"{source.name}: no evaluation tokens")
     density = fired / n
     fvu = sums["sse"] / variance.m2 if variance.m2 > 0 else float("nan")
     last = int(l0_counts.nonzero().max())
