@@ -26,6 +26,7 @@ from .io.external import load_any
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME
+from .train.distributed import init_from_env, is_distributed, rank
 from .train.loop import HISTORY_NAME, train_many
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
@@ -51,7 +52,8 @@ def _add_model_arguments(group, defaults: bool) -> None:
     group.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float16",
                        help="dtype of cached activations (default: float16)")
     group.add_argument("--model-dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
-    group.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    group.add_argument("--device", default="cpu",
+                       help="cpu or cuda, for the model and for training (default: cpu)")
 
 
 def _spec(args, split: str = "train") -> CacheSpec:
@@ -246,6 +248,10 @@ def dictionary_recovery(sae: SAE, dictionary: torch.Tensor) -> float:
 
 
 def cmd_train(args) -> None:
+    if is_distributed():
+        if not (args.activations or args.synthetic) or args.out is None:
+            sys.exit("saelab: error: under torchrun, train from --activations (build it first with saelab cache) "
+                     "or --synthetic, and name the run with --out")
     out = _run_dir(args)
     train_source, eval_source, dictionary = _load_data(args)
     grid = _grid(args)
@@ -258,14 +264,17 @@ def cmd_train(args) -> None:
             input_scaling=args.input_scaling, metadata=_metadata(args),
         )
         run = out if len(grid) == 1 else out / (arch if k is None else f"{arch}-k{k}")
-        saes.append(SAE(cfg, seed=args.seed))
+        saes.append(SAE(cfg, seed=args.seed).to(args.device))
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
             seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every,
             resume=args.resume, progress=not args.no_progress,
         ))
-        print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
+        if rank() == 0:
+            print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
     results = train_many(saes, train_source, train_cfgs)
+    if rank() != 0:
+        return
     for result, train_cfg in zip(results, train_cfgs):
         run = Path(train_cfg.out_dir)
         (run / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
@@ -361,7 +370,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
+    distributed = init_from_env()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, OfflineError) as err:
         sys.exit(f"saelab: error: {err}")
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()

@@ -35,7 +35,8 @@ def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def afa_over(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
     """afa_stats over a whole activation source, concatenated."""
-    parts = [afa_stats(sae, x) for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)]
+    parts = [{key: t.cpu() for key, t in afa_stats(sae, x.to(sae.W_dec.device)).items()}
+             for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 

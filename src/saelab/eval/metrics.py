@@ -47,7 +47,10 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     l0_counts = torch.zeros(sae.cfg.d_sae + 1, dtype=torch.float64)
     n = 0
+    device = sae.W_dec.device
+    fired, l0_counts = fired.to(device), l0_counts.to(device)
     for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens):
+        x = x.to(device)
         f = sae.encode(x)
         x_hat = sae.decode(f, sae.input_stats(x)).double()
         x = x.double()

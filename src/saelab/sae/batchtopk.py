@@ -9,6 +9,8 @@ large minima of the first, untrained batches fade out quickly.
 
 import torch
 
+from ..train.distributed import all_gather_cat, is_distributed, world_size
+
 
 class ThresholdNotEstimated(RuntimeError):
     """A batchtopk SAE is used in eval mode before training estimated its threshold."""
@@ -28,10 +30,25 @@ def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        return _global_batch_topk(sae, a)
     flat = a.flatten()
     values, indices = flat.topk(min(a.shape[0] * sae.cfg.k, flat.numel()), sorted=False)
     _update_threshold(sae, values.detach())
     return torch.zeros_like(flat).scatter(0, indices, values).view_as(a)
+
+
+def _global_batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
+    """Top n*k over the global batch (all ranks, n = global batch size): each rank offers its
+    n*k largest values, the (n*k)-th largest of all offers is the cut, every rank keeps what is
+    at or above it. Ties at the cut aside, this is the single-process batch top-k."""
+    budget = a.shape[0] * world_size() * sae.cfg.k
+    flat = a.flatten()
+    offers = flat.detach().topk(min(budget, flat.numel()), sorted=False).values
+    everything = all_gather_cat(offers)
+    kept = everything.topk(min(budget, everything.numel()), sorted=False).values
+    _update_threshold(sae, kept)
+    return a * (a >= kept.min())
 
 
 @torch.no_grad()

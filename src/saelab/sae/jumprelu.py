@@ -10,6 +10,8 @@ It may turn negative, which pushes thresholds down when L0 is below the target.
 
 import torch
 
+from ..train.distributed import all_reduce
+
 TARGET_RATE = 0.05
 INITIAL_TARGET_LAMBDA = 0.0
 
@@ -56,5 +58,6 @@ def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
     l0 = Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
     lam = sae.l0_lambda.clone()
     if sae.cfg.k is not None and sae.training:
-        sae.l0_lambda.add_(TARGET_RATE * (l0.detach() / sae.cfg.k - 1))
+        batch_l0 = all_reduce(l0.detach().clone(), "mean")
+        sae.l0_lambda.add_(TARGET_RATE * (batch_l0 / sae.cfg.k - 1))
     return {"l0": lam * l0}

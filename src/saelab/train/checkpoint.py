@@ -21,6 +21,6 @@ def load_checkpoint(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_NAME} in {out_dir}")
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises several types for damaged files
         raise ValueError(f"cannot resume: {path} is unreadable ({err})") from None

@@ -2,7 +2,8 @@
 tracking in tokens, JSON-lines history, atomic checkpoints and bit-exact resume.
 
 `train_many` trains several SAEs on the same batches in one pass over the data (one harvest,
-one read of the cache); `train` is the single-SAE case.
+one read of the cache); `train` is the single-SAE case. Under torchrun, batch_size is the
+global batch and each rank trains on its slice of it (see distributed.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .distributed import all_gather_cat, all_reduce, is_distributed, rank, world_size
 from .init import initialize_from_data
 from .schedule import lr_factor
 
@@ -36,22 +38,40 @@ class TrainResult:
     steps: int = 0
 
 
+class _LossForward(torch.nn.Module):
+    """sae.loss as a forward(), so DistributedDataParallel can wrap it."""
+
+    def __init__(self, sae: SAE):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x, dead):
+        out = self.sae.loss(x, dead)
+        return out.loss, out.codes, out.terms
+
+
 class Trainer:
-    """One SAE's optimizer, schedule, dead-latent counters, history and files."""
+    """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
+    the loss goes through DDP and only rank 0 writes files."""
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+        self.loss_fn = _LossForward(sae)
+        if is_distributed():
+            self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+        self.device = sae.W_dec.device
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
         self.step = 0
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-        if self.out_dir:
+        self.writes = self.out_dir is not None and rank() == 0
+        if self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self._restore()
-        if self.out_dir:  # the history file holds exactly the records of the steps done so far
+        if self.writes:  # the history file holds exactly the records of the steps done so far
             (self.out_dir / HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def _restore(self) -> None:
@@ -64,12 +84,14 @@ class Trainer:
         self.sae.load_state_dict(state["sae"])
         self.sae.cfg.input_scale = float(self.sae.input_scale)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.since_fired = state["step"], state["since_fired"]
+        self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
         path = self.out_dir / HISTORY_NAME
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
         self.history = [r for r in records if r["step"] <= self.step]
 
     def checkpoint(self) -> None:
+        if not self.writes:
+            return
         save_checkpoint(self.cfg.out_dir, {
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -87,43 +109,43 @@ class Trainer:
         Adam with the scheduled lr -> renormalise decoder rows."""
         sae, cfg = self.sae, self.cfg
         if self.step == 0:
-            initialize_from_data(sae, x)
+            initialize_from_data(sae, all_gather_cat(x))
         lr = cfg.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens
-        out = sae.loss(x, dead)
+        loss, codes, terms = self.loss_fn(x, dead)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         sae.remove_parallel_gradient()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         self.optimizer.step()
         sae.normalize_decoder()
 
-        self.since_fired += len(x)
-        self.since_fired[(out.codes > 0).any(0)] = 0
+        self.since_fired += len(x) * world_size()
+        self.since_fired[all_reduce((codes > 0).any(0).int(), "max").bool()] = 0
         self.step += 1
         if self.step % cfg.log_every and self.step != self.total_steps:
             return None
         record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
-                  "loss": sum(out.terms.values()).item()}
-        record.update({name: value.item() for name, value in out.terms.items()})
-        record["l0"] = (out.codes > 0).sum(-1).float().mean().item()
+                  "loss": sum(terms.values()).item()}
+        record.update({name: value.item() for name, value in terms.items()})
+        record["l0"] = (codes > 0).sum(-1).float().mean().item()
         record["dead_fraction"] = dead.float().mean().item()
         if sae.cfg.arch == "batchtopk":
             record["threshold"] = sae.threshold.item()
         if sae.cfg.arch == "jumprelu":
             record["l0_lambda"] = sae.l0_lambda.item()
         self.history.append(record)
-        if self.out_dir:
+        if self.writes:
             with open(self.out_dir / HISTORY_NAME, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         return record
 
     def finish(self) -> TrainResult:
         self.sae.eval()
-        if self.out_dir:
+        if self.writes:
             self.sae.save(self.out_dir)
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         return TrainResult(sae=self.sae, history=self.history, tokens=self.step * self.cfg.batch_size,
@@ -154,6 +176,10 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
     for sae in saes:
         check_d_in(source, sae.cfg.d_in)
     cfg = cfgs[0]
+    n_ranks, me = world_size(), rank()
+    if cfg.batch_size % n_ranks:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes")
+    per_rank = cfg.batch_size // n_ranks
     total_steps = _total_steps(source, cfg)
     trainers = [Trainer(sae, c, total_steps) for sae, c in zip(saes, cfgs)]
     start = trainers[0].step
@@ -163,7 +189,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
     batches = source.batches(cfg.batch_size, cfg.seed, skip_tokens=start * cfg.batch_size)
     name = "+".join(sorted({s.cfg.arch for s in saes}))
     bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
-               disable=not cfg.progress, desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""))
+               disable=not cfg.progress or me != 0, desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""))
     for sae in saes:
         sae.train()
     with bar:
@@ -173,12 +199,13 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
             check_batch(x, saes[0].cfg.d_in, f"{source.name}, batch {step}")
+            x = x[me * per_rank : (me + 1) * per_rank].to(trainers[0].device, non_blocking=True)
             records = [t.train_step(x) for t in trainers]
-            bar.update(len(x))
+            bar.update(cfg.batch_size)
             if records[0] is not None:
                 bar.set_postfix(loss=f"{records[0]['loss']:.4g}", l0=f"{records[0]['l0']:.1f}")
             every, tokens = cfg.checkpoint_every_tokens, (step + 1) * cfg.batch_size
-            if every and tokens // every > (tokens - len(x)) // every and step + 1 < total_steps:
+            if every and tokens // every > (tokens - cfg.batch_size) // every and step + 1 < total_steps:
                 for t in trainers:
                     t.checkpoint()
     return [t.finish() for t in trainers]
