@@ -168,3 +168,31 @@ def test_auxk_loss_matches_hand_computation():
         e_hat = sum(a[i] * sae.W_dec[i].detach() for i in top)
         want += ((x[t] - x_hat[t]) - e_hat).square().sum().item()
     assert aux_loss(sae, x, x_hat, pre, dead).item() == pytest.approx(want / 5, rel=1e-5)
+
+
+def test_top_entries_is_exact_with_and_without_fallback():
+    from saelab.sae.batchtopk import top_entries
+
+    a = torch.rand(30, 50)
+    for matrix in (a, torch.cat([a[:29], a[29:] + 10])):  # the second has one dominant row: fallback
+        values, rows, cols = top_entries(matrix, 60, per_row=8)
+        want = matrix.flatten().topk(60).values
+        torch.testing.assert_close(values.sort().values, want.sort().values)
+        torch.testing.assert_close(matrix[rows, cols], values)
+
+
+@pytest.mark.parametrize("prefix, width", [(12, 12), (2, 24)])
+def test_topafa_prefix_search_equals_full_sort(prefix, width, monkeypatch):
+    from saelab.sae import topafa
+
+    monkeypatch.setattr(topafa, "PREFIX", prefix)
+    sae = randomize(make_sae("topafa", d_sae=24))
+    with torch.no_grad():
+        sae.b_dec.zero_()
+    x = torch.randn(40, 16) * 0.2  # small targets: k* <= 3 for every row
+    a = torch.relu(sae.pre_activation(x).detach())
+    k_star, order = chosen_k(sae, a, x)
+    assert order.shape[1] == width  # the prefix sufficed (12), or the full sort ran (2)
+    norms = sae.W_dec.norm(dim=1).detach().numpy()
+    for i in range(40):
+        assert k_star[i].item() == _brute_force_k(a[i].numpy(), norms, (x[i] - sae.b_dec).norm().item())

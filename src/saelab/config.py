@@ -102,6 +102,8 @@ class TrainConfig:
     which the learning rate decays linearly to 0.
     dead_tokens: a latent is dead when it has not fired for this many training tokens.
     checkpoint_every_tokens: None disables checkpoints (they need `out_dir`).
+    sparse: train topk/batchtopk/topafa through the sparse path (sae/sparse.py); False uses
+    the dense reference path (same results to float tolerance, slower).
     """
 
     batch_size: int = 4096
@@ -118,6 +120,7 @@ class TrainConfig:
     resume: bool = False
     log_every: int = 10
     progress: bool = True
+    sparse: bool = True
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

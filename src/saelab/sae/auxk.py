@@ -18,3 +18,19 @@ def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead:
     codes = torch.zeros_like(dead_pre).scatter(-1, chosen, values)
     residual_hat = codes @ sae.W_dec[dead_idx]
     return (residual - residual_hat).square().sum(-1).mean()
+
+
+def aux_loss_sparse(sae, x, x_hat, pre, dead, x_in) -> torch.Tensor:
+    """aux_loss on the sparse path: pre carries no gradient, the chosen entries go through
+    sparse.select and are decoded with an embedding bag."""
+    from .sparse import decode, select
+
+    dead_idx = dead.nonzero().squeeze(1)
+    k = min(sae.cfg.aux_k, dead_idx.numel())
+    if k == 0:
+        return pre.new_zeros(())
+    chosen = pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
+    rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
+    code = select(pre, rows, dead_idx[chosen].flatten(), x_in, sae.W_enc, sae.b_enc)
+    residual = (x - x_hat).detach()
+    return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

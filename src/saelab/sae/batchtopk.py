@@ -18,37 +18,60 @@ class ThresholdNotEstimated(RuntimeError):
 
 def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     a = torch.relu(pre)
-    if sae.training:
-        return _batch_topk(sae, a)
-    theta = sae.threshold
-    if torch.isnan(theta):
+    if not sae.training:
+        return a * (a > _threshold(sae))
+    mask = torch.zeros_like(a, dtype=torch.bool)
+    mask[select(sae, pre.detach(), x)] = True
+    return a * mask
+
+
+@torch.no_grad()
+def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-major (rows, cols) of the active entries of a = relu(pre) [n, h]; in training mode
+    the batch top-k (updating the threshold), in eval mode a > theta.
+
+    In one process: the n*k largest positive entries. Under torchrun the batch is the global
+    batch (n summed over ranks): each rank offers its n*k largest values, the (n*k)-th largest
+    of all offers is the cut, every rank keeps its offers at or above it (ties at the cut
+    aside, the single-process selection)."""
+    a = torch.relu(pre)
+    if not sae.training:
+        return (a > _threshold(sae)).nonzero(as_tuple=True)
+    budget = a.shape[0] * world_size() * sae.cfg.k
+    values, rows, cols = top_entries(a, min(budget, a.numel()), per_row=4 * sae.cfg.k)
+    kept = values
+    if is_distributed():
+        everything = all_gather_cat(values)
+        kept = everything.topk(min(budget, everything.numel()), sorted=False).values
+    cut = kept.min()
+    _update_threshold(sae, kept)
+    keep = (values >= cut) & (values > 0)
+    order = (rows[keep] * a.shape[1] + cols[keep]).argsort()
+    return rows[keep][order], cols[keep][order]
+
+
+def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor, ...]:
+    """(values, rows, cols) of the `count` largest entries of a [n, h], exactly, without a
+    selection over all n*h values: first each row's `per_row` largest, then the largest among
+    those. Exact unless some row has all its candidates at or above the result's minimum (it
+    might hold more); then the selection is redone over everything."""
+    n, h = a.shape
+    if per_row < h:
+        candidates, cand_cols = a.topk(per_row, dim=1, sorted=False)
+        values, pos = candidates.flatten().topk(count, sorted=False)
+        if not (candidates.min(dim=1).values >= values.min()).any():
+            return values, pos // per_row, cand_cols.flatten()[pos]
+    values, flat = a.flatten().topk(count, sorted=False)
+    return values, flat // h, flat % h
+
+
+def _threshold(sae) -> torch.Tensor:
+    if torch.isnan(sae.threshold):
         raise ThresholdNotEstimated(
             "this batchtopk SAE has no inference threshold yet (it is estimated during training); "
             "train it first, or call sae.train() to encode with batch top-k over the given batch"
         )
-    return a * (a > theta)
-
-
-def _batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        return _global_batch_topk(sae, a)
-    flat = a.flatten()
-    values, indices = flat.topk(min(a.shape[0] * sae.cfg.k, flat.numel()), sorted=False)
-    _update_threshold(sae, values.detach())
-    return torch.zeros_like(flat).scatter(0, indices, values).view_as(a)
-
-
-def _global_batch_topk(sae, a: torch.Tensor) -> torch.Tensor:
-    """Top n*k over the global batch (all ranks, n = global batch size): each rank offers its
-    n*k largest values, the (n*k)-th largest of all offers is the cut, every rank keeps what is
-    at or above it. Ties at the cut aside, this is the single-process batch top-k."""
-    budget = a.shape[0] * world_size() * sae.cfg.k
-    flat = a.flatten()
-    offers = flat.detach().topk(min(budget, flat.numel()), sorted=False).values
-    everything = all_gather_cat(offers)
-    kept = everything.topk(min(budget, everything.numel()), sorted=False).values
-    _update_threshold(sae, kept)
-    return a * (a >= kept.min())
+    return sae.threshold
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import SAEConfig
 from . import auxk, batchtopk, jumprelu, relu, topafa, topk
+from . import sparse as sparse_code
 
 RULES = {"relu": relu, "topk": topk, "batchtopk": batchtopk, "jumprelu": jumprelu, "topafa": topafa}
 USES_AUXK = ("topk", "batchtopk", "topafa")
@@ -26,7 +27,8 @@ PER_TOKEN_EPS = 1e-5
 class LossOutput:
     loss: torch.Tensor  # scalar, differentiable
     terms: dict[str, torch.Tensor]  # each weighted term, detached
-    codes: torch.Tensor  # [n, d_sae]
+    fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
+    l0: torch.Tensor  # scalar: mean active latents per token
 
 
 class SAE(nn.Module):
@@ -116,19 +118,35 @@ class SAE(nn.Module):
         return self.decode(f, stats).reshape(x.shape)
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> LossOutput:
+    def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None, sparse: bool = True) -> LossOutput:
         """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
-        ||x' - x_hat'||^2 + arch penalty + aux_coefficient * L_aux (topk/batchtopk/topafa)."""
+        ||x' - x_hat'||^2 + arch penalty + aux_coefficient * L_aux (topk/batchtopk/topafa).
+        sparse: the top-k family trains through sparse.py (same values and gradients as the
+        dense reference path, without [n, d_sae] codes or dense backward products)."""
         self._check_input(x)
         x = self._scale(x, self.input_stats(x))
-        f, pre = self._encode_scaled(x)
-        x_hat = f @ self.W_dec + self.b_dec
+        rule = RULES[self.cfg.arch]
+        use_aux = self.cfg.arch in USES_AUXK and dead is not None and self.cfg.aux_coefficient > 0
+        if sparse and self.cfg.arch in USES_AUXK:
+            x_in = x - self.b_dec
+            with torch.no_grad():
+                pre = x_in @ self.W_enc + self.b_enc
+            code = sparse_code.select(pre, *rule.select(self, pre, x), x_in, self.W_enc, self.b_enc)
+            x_hat = sparse_code.decode(code, self.W_dec) + self.b_dec
+            f, fired = code, torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
+            l0 = torch.tensor(len(code.values) / len(x))
+            aux = (lambda: auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in)) if use_aux else None
+        else:
+            f, pre = self._encode_scaled(x)
+            x_hat = f @ self.W_dec + self.b_dec
+            fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
+            aux = (lambda: auxk.aux_loss(self, x, x_hat, pre, dead)) if use_aux else None
         terms = {"mse": (x - x_hat).square().sum(-1).mean()}
-        terms.update(RULES[self.cfg.arch].penalty(self, f, pre, x))
-        if self.cfg.arch in USES_AUXK and dead is not None and self.cfg.aux_coefficient > 0:
-            terms["aux"] = self.cfg.aux_coefficient * auxk.aux_loss(self, x, x_hat, pre, dead)
+        terms.update(rule.penalty(self, f, pre, x))
+        if aux is not None:
+            terms["aux"] = self.cfg.aux_coefficient * aux()
         loss = sum(terms.values())
-        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, f)
+        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

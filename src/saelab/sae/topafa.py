@@ -8,24 +8,47 @@ Loss term: lam_afa * (||f||_2 - ||x||_2)^2, averaged over tokens.
 import torch
 
 
-def chosen_k(sae, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """k* per sample [n] and the latent order by score [n, h]."""
+PREFIX = 512
+
+
+def chosen_k(sae, a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k* per sample [n] and the latents by descending score [n, >= max k*].
+
+    The gap |sqrt(c_j) - t| falls until sqrt(c_j) crosses t and rises after, so a prefix of
+    the PREFIX best scores suffices for a row whose prefix crosses t or ends in zeros; only if
+    some row needs more are all h scores sorted (the reference method's O(h log h))."""
     target = (x - sae.b_dec).norm(dim=-1, keepdim=True)
     scores = (a * sae.W_dec.norm(dim=1)).square()
+    if PREFIX < scores.shape[-1]:
+        top, order = scores.topk(PREFIX, dim=-1, sorted=True)
+        cumulative = top.cumsum(-1).sqrt()
+        if ((cumulative[:, -1:] >= target) | (top[:, -1:] == 0)).all():
+            return (cumulative - target).abs().argmin(-1) + 1, order
     sorted_scores, order = scores.sort(dim=-1, descending=True)
-    gap = (sorted_scores.cumsum(-1).sqrt() - target).abs()
-    return gap.argmin(-1) + 1, order
+    return (sorted_scores.cumsum(-1).sqrt() - target).abs().argmin(-1) + 1, order
+
+
+@torch.no_grad()
+def selection(sae, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Boolean mask [n, h] of each row's k* highest-scoring latents."""
+    k_star, order = chosen_k(sae, a, x)
+    ranks = torch.arange(order.shape[-1], device=a.device)
+    return torch.zeros_like(a, dtype=torch.bool).scatter(-1, order, ranks < k_star[:, None])
 
 
 def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     a = torch.relu(pre)
-    with torch.no_grad():
-        k_star, order = chosen_k(sae, a, x)
-        ranks = torch.arange(a.shape[-1], device=a.device)
-        keep = torch.zeros_like(a, dtype=torch.bool).scatter(-1, order, ranks < k_star[:, None])
-    return a * keep
+    return a * selection(sae, a.detach(), x)
+
+
+def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the kept latents with a positive value, for the sparse path."""
+    a = torch.relu(pre)
+    return (selection(sae, a, x) & (a > 0)).nonzero(as_tuple=True)
 
 
 def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
-    afa = (f.norm(dim=-1) - x.norm(dim=-1)).square().mean()
+    """f: dense codes or a SparseCode."""
+    afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - x.norm(dim=-1)
+    afa = afa.square().mean()
     return {"afa": sae.cfg.afa_coefficient * afa}

@@ -9,5 +9,12 @@ def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
 
 
+def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of each row's k largest pre-activations, row-major."""
+    indices = pre.topk(sae.cfg.k, dim=-1, sorted=False).indices
+    n, k = indices.shape
+    return torch.arange(n, device=pre.device).repeat_interleave(k), indices.flatten()
+
+
 def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
     return {}

@@ -41,13 +41,13 @@ class TrainResult:
 class _LossForward(torch.nn.Module):
     """sae.loss as a forward(), so DistributedDataParallel can wrap it."""
 
-    def __init__(self, sae: SAE):
+    def __init__(self, sae: SAE, sparse: bool):
         super().__init__()
-        self.sae = sae
+        self.sae, self.sparse = sae, sparse
 
     def forward(self, x, dead):
-        out = self.sae.loss(x, dead)
-        return out.loss, out.codes, out.terms
+        out = self.sae.loss(x, dead, sparse=self.sparse)
+        return out.loss, out.fired, out.l0, out.terms
 
 
 class Trainer:
@@ -56,7 +56,7 @@ class Trainer:
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
-        self.loss_fn = _LossForward(sae)
+        self.loss_fn = _LossForward(sae, cfg.sparse)
         if is_distributed():
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
@@ -114,7 +114,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens
-        loss, codes, terms = self.loss_fn(x, dead)
+        loss, fired, l0, terms = self.loss_fn(x, dead)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_gradient()
@@ -124,14 +124,14 @@ class Trainer:
         sae.normalize_decoder()
 
         self.since_fired += len(x) * world_size()
-        self.since_fired[all_reduce((codes > 0).any(0).int(), "max").bool()] = 0
+        self.since_fired[all_reduce(fired.int(), "max").bool()] = 0
         self.step += 1
         if self.step % cfg.log_every and self.step != self.total_steps:
             return None
         record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
                   "loss": sum(terms.values()).item()}
         record.update({name: value.item() for name, value in terms.items()})
-        record["l0"] = (codes > 0).sum(-1).float().mean().item()
+        record["l0"] = l0.item()
         record["dead_fraction"] = dead.float().mean().item()
         if sae.cfg.arch == "batchtopk":
             record["threshold"] = sae.threshold.item()

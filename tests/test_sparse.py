@@ -1,0 +1,61 @@
+"""The sparse training path equals the dense reference path: losses and every gradient."""
+
+import copy
+
+import pytest
+import torch
+
+from saelab.sae.sparse import SparseCode, decode, select
+
+from conftest import make_sae, randomize
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "topafa", "relu", "jumprelu"])
+@pytest.mark.parametrize("input_scaling", ["none", "per_token"])
+def test_sparse_and_dense_paths_agree(arch, input_scaling):
+    dense = randomize(make_sae(arch, k=5, aux_k=7, input_scaling=input_scaling)).train()
+    sparse = copy.deepcopy(dense)
+    x = torch.randn(50, 16) * 2
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True  # AuxK over a third of the latents
+    out_d = dense.loss(x, dead, sparse=False)
+    out_s = sparse.loss(x, dead, sparse=True)
+    assert out_d.terms.keys() == out_s.terms.keys()
+    for name in out_d.terms:
+        torch.testing.assert_close(out_s.terms[name], out_d.terms[name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(out_s.fired, out_d.fired)
+    torch.testing.assert_close(out_s.l0.float(), out_d.l0.float())
+    out_d.loss.backward()
+    out_s.loss.backward()
+    for (name, p_d), p_s in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(p_s.grad, p_d.grad, rtol=1e-4, atol=1e-5, msg=name)
+    if arch == "batchtopk":
+        torch.testing.assert_close(sparse.threshold, dense.threshold)
+
+
+def test_sparse_code_decode_matches_dense_matmul():
+    rows = torch.tensor([0, 0, 2, 3, 3, 3])
+    cols = torch.tensor([1, 4, 0, 2, 3, 4])
+    values = torch.rand(6)
+    code = SparseCode(rows, cols, values, n=5)
+    W = torch.randn(6, 3)
+    torch.testing.assert_close(decode(code, W), code.to_dense(6) @ W)
+    torch.testing.assert_close(code.row_norms(), code.to_dense(6).norm(dim=1))
+
+
+def test_selected_pre_backward_touches_only_the_selection():
+    x_in = torch.randn(4, 3, requires_grad=True)
+    W = torch.randn(3, 5, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    pre = (x_in @ W + b).detach()
+    rows, cols = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 4, 2])
+    select(pre, rows, cols, x_in, W, b).values.sum().backward()
+    reference = [t.grad.clone() for t in (x_in, W, b)]
+    for t in (x_in, W, b):
+        t.grad = None
+    mask = torch.zeros(4, 5)
+    mask[rows, cols] = 1
+    (torch.relu(x_in @ W + b) * mask).sum().backward()
+    for got, want in zip(reference, (x_in.grad, W.grad, b.grad)):
+        torch.testing.assert_close(got, want)
+    assert (reference[1][:, [1, 3]] == 0).all()  # latents 1 and 3 were never selected
