@@ -13,7 +13,7 @@ import torch
 from . import __version__
 from .config import ARCHS, INPUT_SCALINGS, SAEConfig, TrainConfig
 from .data.activations import open_source
-from .data.cache import STORAGE_DTYPES, ActivationCache, CacheError, CacheSpec, build_cache, read_manifest
+from .data.cache import STORAGE_DTYPES, ActivationCache, CacheSpec, build_cache, check_spec, read_manifest
 from .data.hooks import SITES
 from .data.models import DTYPES, load_model
 from .data.network import OfflineError
@@ -225,10 +225,7 @@ def _load_data(args):
 def _check_request(cache: ActivationCache, args) -> None:
     """A cache passed with --activations must agree with any --model/--layer/--site/--dataset given."""
     given = {key: getattr(args, key) for key in ("model", "layer", "site", "dataset") if getattr(args, key) is not None}
-    diffs = [f"{k}: cache has {cache.manifest['spec'][k]!r}, requested {v!r}"
-             for k, v in given.items() if cache.manifest["spec"][k] != v]
-    if diffs:
-        raise CacheError(f"the cache in {cache.directory} does not match the request: " + "; ".join(diffs))
+    check_spec(cache.manifest, given, cache.directory)
 
 
 def _metadata(args) -> dict:

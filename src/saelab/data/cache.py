@@ -76,10 +76,12 @@ def read_manifest(directory: str | Path) -> dict:
         raise CacheError(f"{path} is not valid JSON: {err}") from None
 
 
-def check_spec(manifest: dict, spec: CacheSpec, directory) -> None:
-    """Raise a CacheError listing every field where the cache differs from the request."""
+def check_spec(manifest: dict, requested: CacheSpec | dict, directory) -> None:
+    """Raise a CacheError listing every field where the cache differs from the request (a
+    whole CacheSpec, or a dict of just the fields the user named)."""
+    fields = asdict(requested) if isinstance(requested, CacheSpec) else requested
     diffs = [f"{k}: cache has {manifest['spec'].get(k)!r}, requested {v!r}"
-             for k, v in asdict(spec).items() if manifest["spec"].get(k) != v]
+             for k, v in fields.items() if manifest["spec"].get(k) != v]
     if diffs:
         raise CacheError(f"the cache in {directory} does not match the request: " + "; ".join(diffs))
 
