@@ -131,10 +131,9 @@ def rebatch(pieces: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.T
 class StreamSource:
     """An iterable of tensors [m, d_in], consumed once, in order."""
 
-    def __init__(self, iterable: Iterable, name: str = "iterable"):
-        self.iterable, self.name = iterable, name
+    def __init__(self, iterable: Iterable, name: str = "iterable", d_in: int | None = None):
+        self.iterable, self.name, self.d_in = iterable, name, d_in
         self.n_tokens = None
-        self.d_in = None
 
     def _pieces(self) -> Iterator[torch.Tensor]:
         for piece in self.iterable:

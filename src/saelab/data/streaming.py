@@ -11,9 +11,7 @@ import torch
 
 from .activations import StreamSource, rebatch
 from .cache import CacheError, CacheSpec
-from .harvesting import harvested_batches
-from .packing import pack
-from .text import documents
+from .harvesting import harvested_batches, packed_contexts
 
 
 def harvested_activations(lm, spec: CacheSpec, batch_contexts: int = 16) -> Iterator[torch.Tensor]:
@@ -40,10 +38,8 @@ def shuffle_buffer(pieces: Iterator[torch.Tensor], size: int, seed: int) -> Iter
 
 
 def streamed_source(lm, spec: CacheSpec, buffer_tokens: int = 65536, seed: int = 0) -> StreamSource:
-    source = StreamSource(shuffle_buffer(harvested_activations(lm, spec), buffer_tokens, seed),
-                          name=f"{spec.model} L{spec.layer} {spec.site} (streamed)")
-    source.d_in = lm.d_model
-    return source
+    return StreamSource(shuffle_buffer(harvested_activations(lm, spec), buffer_tokens, seed),
+                        name=f"{spec.model} L{spec.layer} {spec.site} (streamed)", d_in=lm.d_model)
 
 
 def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
@@ -56,9 +52,7 @@ def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
 
 def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
     """The first n packed contexts [<= n, ctx_len] of the held-out documents."""
-    docs = documents(spec.dataset, "eval", spec.text_column)
-    contexts = list(itertools.islice(pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id,
-                                          lm.tokenizer.eos_token_id), n))
+    contexts = list(itertools.islice(packed_contexts(lm, spec, "eval"), n))
     if not contexts:
         raise CacheError(f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens")
     return torch.tensor(contexts)
