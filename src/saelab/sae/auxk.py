@@ -7,9 +7,14 @@ codes @ W_dec[dead] (no bias); L_aux = mean over tokens of ||e - e_hat||^2; 0 wi
 import torch
 
 
-def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+def _dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(indices of the dead latents, how many each token may use: min(aux_k, #dead))."""
     dead_idx = dead.nonzero().squeeze(1)
-    k = min(sae.cfg.aux_k, dead_idx.numel())
+    return dead_idx, min(sae.cfg.aux_k, dead_idx.numel())
+
+
+def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    dead_idx, k = _dead_latents(sae, dead)
     if k == 0:
         return pre.new_zeros(())
     residual = (x - x_hat).detach()
@@ -25,8 +30,7 @@ def aux_loss_sparse(sae, x, x_hat, pre, dead, x_in) -> torch.Tensor:
     sparse.select and are decoded with an embedding bag."""
     from .sparse import decode, select
 
-    dead_idx = dead.nonzero().squeeze(1)
-    k = min(sae.cfg.aux_k, dead_idx.numel())
+    dead_idx, k = _dead_latents(sae, dead)
     if k == 0:
         return pre.new_zeros(())
     chosen = pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices

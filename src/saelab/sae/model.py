@@ -130,21 +130,21 @@ class SAE(nn.Module):
         if sparse and self.cfg.arch in USES_AUXK:
             x_in = x - self.b_dec
             with torch.no_grad():
-                pre = x_in @ self.W_enc + self.b_enc
+                pre = self.pre_activation(x)
             code = sparse_code.select(pre, *rule.select(self, pre, x), x_in, self.W_enc, self.b_enc)
-            x_hat = sparse_code.decode(code, self.W_dec) + self.b_dec
-            f, fired = code, torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
+            f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
+            fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0 = torch.tensor(len(code.values) / len(x))
-            aux = (lambda: auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in)) if use_aux else None
+            aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in) if use_aux else None
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
-            aux = (lambda: auxk.aux_loss(self, x, x_hat, pre, dead)) if use_aux else None
+            aux = auxk.aux_loss(self, x, x_hat, pre, dead) if use_aux else None
         terms = {"mse": (x - x_hat).square().sum(-1).mean()}
         terms.update(rule.penalty(self, f, pre, x))
         if aux is not None:
-            terms["aux"] = self.cfg.aux_coefficient * aux()
+            terms["aux"] = self.cfg.aux_coefficient * aux
         loss = sum(terms.values())
         return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0)
 
