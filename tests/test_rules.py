@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from saelab.sae import ThresholdNotEstimated
+from saelab.sae.model import RELU_ENCODER_INIT_SCALE
 from saelab.sae.jumprelu import JumpReLU, Step
 from saelab.sae.topafa import chosen_k
 
@@ -196,3 +197,13 @@ def test_topafa_prefix_search_equals_full_sort(prefix, width, monkeypatch):
     norms = sae.W_dec.norm(dim=1).detach().numpy()
     for i in range(40):
         assert k_star[i].item() == _brute_force_k(a[i].numpy(), norms, (x[i] - sae.b_dec).norm().item())
+
+
+def test_relu_starts_with_a_small_encoder_and_every_other_rule_with_the_transpose():
+    for arch in ("relu", "topk", "batchtopk", "jumprelu", "topafa"):
+        sae = make_sae(arch)
+        scale = RELU_ENCODER_INIT_SCALE if arch == "relu" else 1.0
+        torch.testing.assert_close(sae.W_enc, sae.W_dec.T * scale)
+    x = torch.randn(512, 16) * 4
+    x_hat = make_sae("relu", d_sae=256)(x)  # x8: the full transpose would give ~4x the input
+    assert 0.1 < (x_hat.norm(dim=1) / x.norm(dim=1)).median() < 1.0

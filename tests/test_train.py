@@ -1,12 +1,14 @@
 """The training loop: files, resume, data sources and bad data."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from saelab import SAE, SAEConfig, TrainConfig, train
+from saelab import SAE, SAEConfig, TrainConfig, cli, train
+from saelab.config import ConfigError
 from saelab.data.activations import DataError
 from saelab.train import loop
 from saelab.train.checkpoint import CHECKPOINT_NAME
@@ -197,3 +199,39 @@ def test_train_many_equals_separate_runs(tmp_path):
         train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(), _cfg(batch_size=64)])
     with pytest.raises(ValueError, match="distinct out_dir"):
         train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(tmp_path / "x"), _cfg(tmp_path / "x")])
+
+
+def test_history_goes_to_wandb_when_asked(tmp_path, monkeypatch):
+    import types
+
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class Run:
+        def log(self, record, step):
+            calls["log"].append((step, record))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    def init(**kw):
+        calls["init"].append(kw)
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    sae = make_sae("topk")
+    result = train(sae, torch.randn(2048, 16), TrainConfig(batch_size=256, total_tokens=2048, log_every=2,
+                                                           out_dir=str(tmp_path / "run"), wandb_project="proj",
+                                                           progress=False))
+    assert calls["init"][0]["project"] == "proj" and calls["init"][0]["name"] == "run"
+    assert calls["init"][0]["config"]["sae"]["arch"] == "topk"
+    assert [record for _, record in calls["log"]] == result.history and calls["finish"] == 1
+    assert [step for step, _ in calls["log"]] == [2, 4, 6, 8]
+
+
+def test_missing_wandb_is_named_before_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        train(make_sae("topk"), torch.randn(512, 16), TrainConfig(batch_size=256, wandb_project="p", progress=False))
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        cli.main(["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()

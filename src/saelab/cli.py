@@ -15,19 +15,22 @@ from .config import ARCHS, INPUT_SCALINGS, SAEConfig, TrainConfig
 from .data.activations import open_source
 from .data.cache import STORAGE_DTYPES, ActivationCache, CacheSpec, build_cache, check_spec, read_manifest
 from .data.hooks import SITES
-from .data.models import DTYPES, load_model
+from .data.models import DTYPES, load_model, load_tokenizer
 from .data.network import OfflineError
 from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
 from .eval.full import full_evaluation, summary_lines
+from .eval.report import read_results, write_report
 from .io.external import load_any
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
+from .sweep import Downstream, Point, read_grid_file, run_sweep, union
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.distributed import init_from_env, is_distributed, rank
 from .train.loop import HISTORY_NAME, train_many
+from .train.wandb_log import require_wandb
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
 DEFAULT = {"model": "builtin:smollm2-135m", "layer": 15, "site": "resid_post", "dataset": "builtin:wiki",
@@ -92,13 +95,8 @@ def cmd_cache(args) -> None:
           f"in {len(cache.shards)} shards: {args.out}")
 
 
-def _add_train_parser(commands) -> None:
-    p = commands.add_parser(
-        "train",
-        help="train an SAE on activations and evaluate it on a held-out slice",
-        description="Train an SAE, evaluate it on held-out activations and save it into --out. "
-        "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, batchtopk k=32 x8).",
-    )
+def _add_data_arguments(p, streaming: bool) -> None:
+    """Where training activations come from (train and sweep)."""
     data = p.add_argument_group(
         "data", f"one of: --activations; --synthetic; or a model to harvest from (default: {DEFAULT['model']} "
         f"block {DEFAULT['layer']} {DEFAULT['site']} on {DEFAULT['dataset']}, cached under --cache-dir)")
@@ -108,13 +106,48 @@ def _add_train_parser(commands) -> None:
                       help="generated activations from a known random dictionary (reports dictionary recovery)")
     _add_model_arguments(data, defaults=True)
     data.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
-    data.add_argument("--no-cache", action="store_true",
-                      help="harvest while training, through a shuffle buffer, without writing a cache")
-    data.add_argument("--shuffle-buffer", type=int, default=65536,
-                      help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
+    if streaming:
+        data.add_argument("--no-cache", action="store_true",
+                          help="harvest while training, through a shuffle buffer, without writing a cache")
+        data.add_argument("--shuffle-buffer", type=int, default=65536,
+                          help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
     data.add_argument("--eval-tokens", type=int, default=None,
                       help="held-out tokens for evaluation: from held-out documents when harvesting "
                       f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)")
+
+
+def _add_training_arguments(p, seeds: bool) -> None:
+    """Optimizer and data-amount flags shared by train and sweep (where --seed is a list)."""
+    opt = p.add_argument_group("training")
+    if seeds:
+        opt.add_argument("--seed", type=_list_of(int), default=None,
+                         help="seeds for initialisation and data order, a comma list (default: 0)")
+    else:
+        opt.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default: 0)")
+    opt.add_argument("--tokens", type=int, default=None,
+                     help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
+                     "else one pass over the training data)")
+    opt.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
+    opt.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
+    opt.add_argument("--dead-tokens", type=int, default=100_000,
+                     help="a latent is dead after this many tokens without firing (default: 100000)")
+    opt.add_argument("--aux-k", type=int, default=512, help="AuxK: dead latents used per token (default: 512)")
+    opt.add_argument("--aux-coefficient", type=float, default=1 / 32, help="AuxK loss weight (default: 1/32)")
+    opt.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
+                     help="write a checkpoint every this many tokens (default: 1000000)")
+    opt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    opt.add_argument("--wandb", nargs="?", const="saelab", metavar="PROJECT",
+                     help="also log training to Weights & Biases (project default: saelab; needs pip install wandb)")
+
+
+def _add_train_parser(commands) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train an SAE on activations and evaluate it on a held-out slice",
+        description="Train an SAE, evaluate it on held-out activations and save it into --out. "
+        "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, batchtopk k=32 x8).",
+    )
+    _add_data_arguments(p, streaming=True)
     sae = p.add_argument_group("SAE")
     sae.add_argument("--arch", type=_list_of(str, ARCHS), default=["batchtopk"],
                      help=f"architecture, or a comma list to train several on the same batches: "
@@ -132,25 +165,12 @@ def _add_train_parser(commands) -> None:
     sae.add_argument("--l0-coefficient", type=float, default=None,
                      help="jumprelu: a fixed L0 penalty weight instead of the --k target")
     sae.add_argument("--afa-coefficient", type=float, default=1 / 32, help="topafa: AFA loss weight (default: 1/32)")
-    sae.add_argument("--aux-k", type=int, default=512, help="AuxK: dead latents used per token (default: 512)")
-    sae.add_argument("--aux-coefficient", type=float, default=1 / 32, help="AuxK loss weight (default: 1/32)")
-    opt = p.add_argument_group("training")
-    opt.add_argument("--tokens", type=int, default=None,
-                     help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
-                     "else one pass over the training data)")
-    opt.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
-    opt.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
-    opt.add_argument("--dead-tokens", type=int, default=100_000,
-                     help="a latent is dead after this many tokens without firing (default: 100000)")
-    opt.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default: 0)")
+    _add_training_arguments(p, seeds=False)
     run = p.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", default=None,
                      help="run directory (default: runs/<date>-<time>-<arch>-k<k>)")
-    run.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
-                     help="write a checkpoint every this many tokens (default: 1000000)")
     run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
@@ -265,7 +285,7 @@ def cmd_train(args) -> None:
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
             seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every,
-            resume=args.resume, progress=not args.no_progress,
+            resume=args.resume, progress=not args.no_progress, wandb_project=args.wandb,
         ))
         if rank() == 0:
             print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
@@ -317,21 +337,26 @@ def _add_eval_parser(commands) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _eval_data(args, sae: SAE):
+    """--activations, or the held-out cache of the model/site/dataset recorded in the SAE's config
+    (harvested into --cache-dir if missing)."""
+    for key in ("model", "layer", "site", "dataset"):
+        if getattr(args, key) is None and key in sae.cfg.metadata:
+            setattr(args, key, sae.cfg.metadata[key])
+    if args.activations:
+        return open_source(args.activations)
+    if args.model is None or args.layer is None or args.dataset is None:
+        sys.exit("saelab: error: this SAE does not record the model it was trained on: pass --activations, "
+                 "or --model, --layer and --dataset")
+    (data,) = ensure_caches([(_spec(args, "eval"), args.eval_tokens)], args.cache_dir, args.device,
+                            args.model_dtype, progress=not args.no_progress)
+    return data
+
+
 def cmd_eval(args) -> None:
     sae = load_any(args.run)
-    meta = sae.cfg.metadata
     explicit_model = args.model is not None
-    for key in ("model", "layer", "site", "dataset"):
-        if getattr(args, key) is None and key in meta:
-            setattr(args, key, meta[key])
-    if args.activations:
-        data = open_source(args.activations)
-    else:
-        if args.model is None or args.layer is None or args.dataset is None:
-            sys.exit("saelab: error: this SAE does not record the model it was trained on: pass --activations, "
-                     "or --model, --layer and --dataset")
-        (data,) = ensure_caches([(_spec(args, "eval"), args.eval_tokens)], args.cache_dir, args.device,
-                                args.model_dtype, progress=not args.no_progress)
+    data = _eval_data(args, sae)
     model = input_ids = None
     if explicit_model:
         if args.dataset is None or args.layer is None:
@@ -347,6 +372,126 @@ def cmd_eval(args) -> None:
     print(f"written to {out}/: eval.json, " + ", ".join(results["plots"].values()))
 
 
+def _add_report_parser(commands) -> None:
+    p = commands.add_parser(
+        "report", help="write an HTML feature browser for an SAE: metrics, plots, top-activating contexts",
+        description="Write one self-contained HTML page (opens offline): the SAE's metrics and plots and, for "
+        "each of the most frequently firing latents (or --latents), its density, a histogram of its "
+        "activations and its top-activating held-out contexts with each token shaded by its activation. "
+        "Needs an activation cache (it keeps the token ids); by default the held-out cache of the model the "
+        "SAE was trained on.",
+    )
+    p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens or sparsify)")
+    p.add_argument("--activations", metavar="DIR", help="an activation cache (default: held-out text of the SAE's model)")
+    _add_model_arguments(p, defaults=False)
+    p.add_argument("--eval-tokens", type=int, default=DEFAULT["eval_tokens"],
+                   help=f"held-out tokens to harvest when no cache exists (default: {DEFAULT['eval_tokens']})")
+    p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
+    p.add_argument("--latents", type=_list_of(int), help="latent indices to show (default: the --top most frequent)")
+    p.add_argument("--top", type=int, default=32, help="how many latents to show (default: 32)")
+    p.add_argument("--contexts", type=int, default=8, help="top-activating contexts per latent (default: 8)")
+    p.add_argument("--out", metavar="FILE.html", help="the page (default: RUN/report.html)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> None:
+    sae = load_any(args.run)
+    data = _eval_data(args, sae)
+    if not isinstance(data, ActivationCache):
+        sys.exit(f"saelab: error: the feature browser needs token ids: pass an activation cache directory "
+                 f"(saelab cache ...), not {args.activations}")
+    run, out = Path(args.run), Path(args.out or Path(args.run) / "report.html")
+    results = read_results(run)
+    if results is None:  # evaluate first, so the page has metrics and plots
+        results = full_evaluation(sae, data, out.parent)
+        run = out.parent
+    plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
+    tokenizer = load_tokenizer(data.spec.model)
+    shown = write_report(sae, data, out, tokenizer, results, plots, latents=args.latents, top_n=args.top,
+                         n_contexts=args.contexts)
+    print(f"feature browser with {len(shown)} latents on {data.n_tokens} held-out tokens: {out}")
+
+
+def _add_sweep_parser(commands) -> None:
+    p = commands.add_parser(
+        "sweep", help="train and evaluate a grid of SAEs on the same activations: one table, Pareto plots",
+        description="Train every SAE of a grid (architecture x k or sparsity coefficient x expansion x input "
+        "scaling x seed) on the same batches, evaluate each fully (with downstream CE/KL when the activations "
+        "come from a model), and write results.csv, results.json and Pareto plots (NMSE, CE degradation, "
+        "explained variance and MSE against L0) into --out. Rerunning the same command resumes an "
+        "interrupted sweep. Same data flags as saelab train.",
+    )
+    _add_data_arguments(p, streaming=False)
+    grid = p.add_argument_group("grid", "comma lists; their product is the grid (or give --config)")
+    grid.add_argument("--config", metavar="SWEEP.toml",
+                      help="a TOML file of axes, possibly several [[grid]] tables whose union is the sweep")
+    grid.add_argument("--arch", "--archs", type=_list_of(str, ARCHS), help="architectures (default: batchtopk)")
+    grid.add_argument("--k", type=_list_of(int),
+                      help="k for topk/batchtopk, target L0 for jumprelu without --l0-coefficient (default: 32)")
+    grid.add_argument("--expansion", type=_list_of(int), help="d_sae / d_in (default: 8)")
+    grid.add_argument("--input-scaling", type=_list_of(str, INPUT_SCALINGS), help="(default: per_token)")
+    grid.add_argument("--l1-coefficient", type=_list_of(float), help="relu: L1 weights (default: 5)")
+    grid.add_argument("--l0-coefficient", type=_list_of(float), help="jumprelu: fixed L0 weights instead of --k targets")
+    grid.add_argument("--afa-coefficient", type=_list_of(float), help="topafa: AFA loss weights (default: 1/32)")
+    _add_training_arguments(p, seeds=True)
+    p.add_argument("--downstream-contexts", type=int, default=32,
+                   help="held-out contexts for CE/KL with each SAE spliced in; 0 skips it (default: 32)")
+    p.add_argument("--out", metavar="DIR", default="runs/sweep", help="sweep directory (default: runs/sweep)")
+    p.set_defaults(func=cmd_sweep, no_cache=False)
+
+
+GRID_FLAGS = {"arch": "--arch", "k": "--k", "expansion": "--expansion", "input_scaling": "--input-scaling",
+              "seed": "--seed", "l1_coefficient": "--l1-coefficient", "l0_coefficient": "--l0-coefficient",
+              "afa_coefficient": "--afa-coefficient"}
+
+
+def _sweep_points(args) -> list[Point]:
+    axes = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key) is not None}
+    if args.config:
+        if axes:
+            sys.exit(f"saelab: error: give the grid either in {args.config} or by flags "
+                     f"({', '.join(GRID_FLAGS[key] for key in axes)}), not both")
+        return union(read_grid_file(args.config))
+    return union([axes])
+
+
+def _sweep_downstream(args) -> Downstream | None:
+    """The model and held-out contexts for CE/KL, when the activations come from a model."""
+    if args.downstream_contexts <= 0 or args.synthetic:
+        return None
+    if args.activations:
+        path = Path(args.activations)
+        if not path.is_dir():
+            return None
+        spec = CacheSpec(**{**read_manifest(path)["spec"], "split": "eval"})
+    else:
+        spec = _spec(args, "eval")
+    print(f"loading {spec.model} for the downstream CE/KL ...")
+    model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+    return Downstream(model, heldout_contexts(model, spec, args.downstream_contexts), spec.layer, spec.site)
+
+
+def cmd_sweep(args) -> None:
+    if is_distributed():
+        sys.exit("saelab: error: run sweeps in one process (use torchrun with saelab train)")
+    points = _sweep_points(args)
+    train_source, eval_source, _ = _load_data(args)
+    downstream = _sweep_downstream(args)
+    train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
+                            dead_tokens=args.dead_tokens, checkpoint_every_tokens=args.checkpoint_every,
+                            out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb)
+    rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
+                     sae_options={"aux_k": args.aux_k, "aux_coefficient": args.aux_coefficient,
+                                  "metadata": _metadata(args)},
+                     downstream=downstream, device=args.device, batch_size_eval=args.batch_size)
+    columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median") if c in rows[0]]
+    print("\n" + f"{'SAE':<44}" + "".join(f"{c:>20}" for c in columns))
+    for row in rows:
+        print(f"{row['name']:<44}" + "".join(f"{row[c]:>20.4f}" for c in columns))
+    print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saelab",
@@ -358,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_parser(commands)
     _add_train_parser(commands)
     _add_eval_parser(commands)
+    _add_sweep_parser(commands)
+    _add_report_parser(commands)
     return parser
 
 
@@ -369,6 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     distributed = init_from_env()
     try:
+        if getattr(args, "wandb", None):
+            require_wandb()  # before any harvesting or training
         args.func(args)
     except (ValueError, FileNotFoundError, OfflineError) as err:
         sys.exit(f"saelab: error: {err}")

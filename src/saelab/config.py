@@ -104,6 +104,7 @@ class TrainConfig:
     checkpoint_every_tokens: None disables checkpoints (they need `out_dir`).
     sparse: train topk/batchtopk/topafa through the sparse path (sae/sparse.py); False uses
     the dense reference path (same results to float tolerance, slower).
+    wandb_project: also log the history to this Weights & Biases project (needs wandb).
     """
 
     batch_size: int = 4096
@@ -121,6 +122,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     sparse: bool = True
+    wandb_project: str | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

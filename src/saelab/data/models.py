@@ -83,17 +83,24 @@ def _resolve(spec: str) -> tuple[str, dict]:
 
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
     """Load a causal or masked LM and its tokenizer for harvesting, in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     location, kwargs = _resolve(spec)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = AutoConfig.from_pretrained(location, **kwargs)
     auto = AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(location, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load model {spec!r}: {err}") from None
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    return LanguageModel(model=model.to(device).eval(), tokenizer=tokenizer, name=spec)
+    return LanguageModel(model=model.to(device).eval(), tokenizer=load_tokenizer(spec), name=spec)
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of a model spec (as load_model takes), without loading the weights."""
+    from transformers import AutoTokenizer
+
+    location, kwargs = _resolve(spec)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return AutoTokenizer.from_pretrained(location, **kwargs)

@@ -31,63 +31,80 @@ def _logits(net, ids, mask):
     return net(input_ids=ids, attention_mask=mask).logits.float()
 
 
-@torch.inference_mode()
-def downstream(sae, model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
-               attention_mask: torch.Tensor | None = None, batch_size: int = 8) -> dict:
-    """CE/KL metrics of `sae` spliced into `model` (a LanguageModel or causal LM module)."""
+def _prepare(model, input_ids, layer, site, attention_mask, batch_size, d_in: int | None = None):
+    """(hf model, [(ids, mask)] batches), after checking the model, the site and the inputs."""
     net = _hf_model(model)
     site_module(net, layer, site)  # a clear error for a layer/site the model does not have
     if not hasattr(net, "get_output_embeddings") or net.get_output_embeddings() is None:
         raise ValueError(f"{type(net).__name__} has no language-model head: downstream CE needs a causal LM")
-    d_model = net.config.hidden_size
-    if d_model != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, but {site} of this model has width {d_model}")
+    if d_in is not None and net.config.hidden_size != d_in:
+        raise ValueError(f"the SAE has d_in={d_in}, but {site} of this model has width {net.config.hidden_size}")
     if input_ids.ndim != 2 or input_ids.shape[1] < 3:
         raise ValueError(f"input_ids must be [batch, seq >= 3], got {tuple(input_ids.shape)}")
     device = next(net.parameters()).device
-    sae = sae.to(device).eval()
     mask_all = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     batches = [(input_ids[i : i + batch_size].to(device), mask_all[i : i + batch_size].to(device))
                for i in range(0, len(input_ids), batch_size)]
+    return net, batches
 
-    total, count = torch.zeros(d_model, dtype=torch.float64, device=device), 0
+
+def _predictions(net, ids, mask):
+    """Logits [m, vocab] of the predictions at positions 1 .. seq-2 whose input and target are
+    real tokens, and their targets [m]."""
+    valid = (mask[:, 1:-1] * mask[:, 2:]).bool()
+    return _logits(net, ids, mask)[:, 1:-1][valid], ids[:, 2:][valid]
+
+
+@torch.inference_mode()
+def ablation_losses(model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
+                    attention_mask: torch.Tensor | None = None, batch_size: int = 8) -> dict:
+    """ce_zero and ce_mean: CE with the site zero-ablated or replaced by its mean over the
+    evaluation tokens. They do not depend on the SAE, so a sweep computes them once."""
+    net, batches = _prepare(model, input_ids, layer, site, attention_mask, batch_size)
+    total, count = None, 0
     for ids, mask in batches:
         acts = harvest(net, ids, layer, site, attention_mask=mask)[:, 1:]
         keep = mask[:, 1:].bool()
-        total += acts[keep].double().sum(0)
+        total = acts[keep].double().sum(0) + (0 if total is None else total)
         count += int(keep.sum())
     mean = (total / count).float()
-
-    variants = {
-        "sae": _keep_bos(lambda a: sae(a.float())),
-        "zero": _keep_bos(torch.zeros_like),
-        "mean": _keep_bos(lambda a: mean.expand_as(a)),
-    }
-    sums = dict.fromkeys(["clean", "sae", "zero", "mean", "kl"], 0.0)
-    n = 0
+    sums, n = {"zero": 0.0, "mean": 0.0}, 0
     for ids, mask in batches:
-        # predictions at positions 1 .. seq-2 of tokens 2 .. seq-1, where both are real tokens
-        valid = (mask[:, 1:-1] * mask[:, 2:]).bool()
-        targets = ids[:, 2:][valid]
-        clean = _logits(net, ids, mask)[:, 1:-1][valid]
-        sums["clean"] += F.cross_entropy(clean, targets, reduction="sum").item()
-        clean_logp = clean.log_softmax(-1)
-        for name, fn in variants.items():
-            with splice(net, layer, site, fn):
-                logits = _logits(net, ids, mask)[:, 1:-1][valid]
+        for name, fn in (("zero", torch.zeros_like), ("mean", lambda a: mean.expand_as(a))):
+            with splice(net, layer, site, _keep_bos(fn)):
+                logits, targets = _predictions(net, ids, mask)
             sums[name] += F.cross_entropy(logits, targets, reduction="sum").item()
-            if name == "sae":
-                sums["kl"] += F.kl_div(logits.log_softmax(-1), clean_logp, log_target=True, reduction="sum").item()
-        n += int(valid.sum())
-    ce = {name: sums[name] / n for name in ("clean", "sae", "zero", "mean")}
-    gap = ce["zero"] - ce["clean"]
+        n += len(targets)
+    return {"ce_zero": sums["zero"] / n, "ce_mean": sums["mean"] / n}
+
+
+@torch.inference_mode()
+def downstream(sae, model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
+               attention_mask: torch.Tensor | None = None, batch_size: int = 8,
+               ablations: dict | None = None) -> dict:
+    """CE/KL metrics of `sae` spliced into `model` (a LanguageModel or causal LM module).
+    `ablations`: the result of ablation_losses on the same inputs, if already computed."""
+    net, batches = _prepare(model, input_ids, layer, site, attention_mask, batch_size, d_in=sae.cfg.d_in)
+    sae = sae.to(next(net.parameters()).device).eval()
+    ablations = ablations or ablation_losses(net, input_ids, layer, site, attention_mask, batch_size)
+    sums, n = {"clean": 0.0, "sae": 0.0, "kl": 0.0}, 0
+    for ids, mask in batches:
+        clean, targets = _predictions(net, ids, mask)
+        with splice(net, layer, site, _keep_bos(lambda a: sae(a.float()))):
+            logits, _ = _predictions(net, ids, mask)
+        sums["clean"] += F.cross_entropy(clean, targets, reduction="sum").item()
+        sums["sae"] += F.cross_entropy(logits, targets, reduction="sum").item()
+        sums["kl"] += F.kl_div(logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="sum").item()
+        n += len(targets)
+    ce_clean, ce_sae, ce_zero = sums["clean"] / n, sums["sae"] / n, ablations["ce_zero"]
+    gap = ce_zero - ce_clean
     return {
-        "ce_clean": ce["clean"],
-        "ce_sae": ce["sae"],
-        "ce_zero": ce["zero"],
-        "ce_mean": ce["mean"],
-        "ce_degradation": ce["sae"] - ce["clean"],
-        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / gap if gap != 0 else float("nan"),
+        "ce_clean": ce_clean,
+        "ce_sae": ce_sae,
+        "ce_zero": ce_zero,
+        "ce_mean": ablations["ce_mean"],
+        "ce_degradation": ce_sae - ce_clean,
+        "ce_loss_recovered": (ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
         "kl": sums["kl"] / n,
         "n_predictions": n,
     }

@@ -16,9 +16,10 @@ PLOTS = {"zf": "zf_plot.png", "l0": "l0_histogram.png", "density": "latent_densi
 
 
 def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, layer: int | None = None,
-                    site: str | None = None, batch_size: int = 4096) -> dict:
-    """Evaluate `sae` on activations `data`; with model and input_ids also downstream. Writes
-    out_dir/eval.json and the plots; returns the results."""
+                    site: str | None = None, batch_size: int = 4096, ablations: dict | None = None) -> dict:
+    """Evaluate `sae` on activations `data`; with model and input_ids also downstream (reusing
+    `ablations`, see downstream.ablation_losses, when given). Writes out_dir/eval.json and the
+    plots; returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = evaluate(sae, data, batch_size=batch_size)
@@ -29,7 +30,7 @@ def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, 
         results["trained_k"] = sae.cfg.k
         results["inference_l0_minus_k"] = results["l0"] - sae.cfg.k
     if model is not None:
-        results.update(downstream(sae, model, input_ids, layer, site))
+        results.update(downstream(sae, model, input_ids, layer, site, ablations=ablations))
     name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={sae.cfg.k}" if sae.cfg.k else "")
     zf_plot(stats["norm_z"], stats["norm_f_tilde"], out_dir / PLOTS["zf"], f"ZF plot: {name}")
     l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=sae.cfg.k, title=f"L0 per token: {name}")

@@ -59,6 +59,24 @@ def density_plot(density: list[float], path: str | Path, title: str = "") -> Non
     _save(fig, path)
 
 
+def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, series: list[str]) -> None:
+    """`metric` (y) against L0 (x), one line per distinct value of the `series` keys, points in
+    order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot)."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if metric in row and "l0" in row:
+            name = " ".join(str(row[key]) for key in series)
+            lines.setdefault(name, []).append((row["l0"], row[metric]))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, points in sorted(lines.items()):
+        x, y = zip(*sorted(points))
+        ax.plot(x, y, marker="o", ms=4, lw=1.2, label=name)
+    ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=f"{label} vs L0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def _save(fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

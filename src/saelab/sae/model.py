@@ -21,6 +21,12 @@ from . import sparse as sparse_code
 RULES = {"relu": relu, "topk": topk, "batchtopk": batchtopk, "jumprelu": jumprelu, "topafa": topafa}
 USES_AUXK = ("topk", "batchtopk", "topafa")
 PER_TOKEN_EPS = 1e-5
+# relu: W_enc = 0.1 W_dec^T at init. With the full-scale transpose about half of the latents
+# fire with O(1) pre-activations and Adam needs thousands of steps to push them below zero;
+# a small encoder starts near-sparse codes (as Anthropic's April 2024 update, which sets
+# W_enc = W_dec^T with decoder norms of 0.1). Measured on SmolLM2 L15, 200k tokens, x8: L0 ~300 and
+# NMSE 0.45 against L0 ~2200 and NMSE 1.7 with the full-scale transpose.
+RELU_ENCODER_INIT_SCALE = 0.1
 
 
 @dataclass
@@ -41,7 +47,8 @@ class SAE(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_enc = nn.Parameter(W_dec.T.clone())
+        scale = RELU_ENCODER_INIT_SCALE if cfg.arch == "relu" else 1.0
+        self.W_enc = nn.Parameter(W_dec.T.clone() * scale)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))

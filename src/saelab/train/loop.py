@@ -22,6 +22,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, is_distributed, rank, world_size
 from .init import initialize_from_data
 from .schedule import lr_factor
+from .wandb_log import start_run
 
 HISTORY_NAME = "history.jsonl"
 # TrainConfig fields that must agree between a checkpoint and the run that resumes it
@@ -73,6 +74,10 @@ class Trainer:
             self._restore()
         if self.writes:  # the history file holds exactly the records of the steps done so far
             (self.out_dir / HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.wandb = None
+        if cfg.wandb_project and rank() == 0:
+            self.wandb = start_run(cfg.wandb_project, self.out_dir.name if self.out_dir else None,
+                                   {"sae": sae.cfg.to_dict(), "train": cfg.to_dict()}, cfg.out_dir)
 
     def _restore(self) -> None:
         state = load_checkpoint(self.cfg.out_dir)
@@ -141,6 +146,8 @@ class Trainer:
         if self.writes:
             with open(self.out_dir / HISTORY_NAME, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=self.step)
         return record
 
     def finish(self) -> TrainResult:
@@ -148,6 +155,8 @@ class Trainer:
         if self.writes:
             self.sae.save(self.out_dir)
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        if self.wandb is not None:
+            self.wandb.finish()
         return TrainResult(sae=self.sae, history=self.history, tokens=self.step * self.cfg.batch_size,
                            steps=self.step)
 

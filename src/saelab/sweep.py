@@ -1,0 +1,240 @@
+"""Sweeps: a grid of SAEs trained on the same batches, each fully evaluated, one results table
+and Pareto plots.
+
+A grid is the product of its axes. Every point has an architecture, an expansion factor
+(d_sae = expansion * d_in), an input scaling, a seed and one sparsity knob, which depends on
+the architecture: k for topk/batchtopk, the target L0 k or `l0_coefficient` for jumprelu,
+`l1_coefficient` for relu, `afa_coefficient` for topafa. A sweep is the union of one or more
+grids (several `[[grid]]` tables in a TOML file), so, say, the input-scaling axis can cover
+only topk and batchtopk.
+
+A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
+`results.csv` and `results.json` (one row per point) and the Pareto plots. Running the same
+sweep again skips finished points, evaluates trained ones and resumes interrupted ones from
+their checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from itertools import product
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import ARCHS, INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
+from .eval.downstream import ablation_losses
+from .eval.full import full_evaluation
+from .eval.plots import pareto_plot
+from .io.format import WEIGHTS_NAME
+from .sae.model import SAE
+from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .train.loop import HISTORY_NAME, RESUME_KEYS, train_many
+
+DEFAULT_AXES = {"arch": ["batchtopk"], "k": [32], "expansion": [8], "seed": [0], "input_scaling": ["per_token"],
+                "l1_coefficient": [5.0], "afa_coefficient": [1 / 32], "l0_coefficient": []}
+TRAIN_CONFIG_NAME = "train_config.json"
+RESULTS = ("results.csv", "results.json")
+# (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
+PARETO = (("nmse", "normalized MSE", "pareto_nmse.png"),
+          ("ce_degradation", "CE degradation (nats)", "pareto_ce.png"),
+          ("explained_variance", "explained variance", "pareto_ev.png"),
+          ("mse", "MSE ||x - x_hat||^2 per token", "pareto_mse.png"))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One SAE of a sweep; fields that the architecture does not use are None."""
+
+    arch: str
+    expansion: int
+    input_scaling: str
+    seed: int
+    k: int | None = None
+    l1_coefficient: float | None = None
+    l0_coefficient: float | None = None
+    afa_coefficient: float | None = None
+
+    @property
+    def name(self) -> str:
+        knob = {"k": "k{}", "l1_coefficient": "l1-{:g}", "l0_coefficient": "l0c-{:g}", "afa_coefficient": "afa-{:g}"}
+        sparsity = "-".join(fmt.format(getattr(self, key)) for key, fmt in knob.items() if getattr(self, key) is not None)
+        return f"{self.arch}-{sparsity}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
+
+    def sae_config(self, d_in: int, **options) -> SAEConfig:
+        """The SAEConfig of this point; `options` sets the fields the grid does not (aux_k, ...)."""
+        knobs = {key: getattr(self, key) for key in ("l1_coefficient", "afa_coefficient") if getattr(self, key) is not None}
+        return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.expansion * d_in, k=self.k,
+                         l0_coefficient=self.l0_coefficient, input_scaling=self.input_scaling,
+                         **{**options, **knobs})
+
+
+def expand(axes: dict) -> list[Point]:
+    """The points of one grid; `axes` maps axis names to lists (missing axes take DEFAULT_AXES)."""
+    unknown = sorted(set(axes) - set(DEFAULT_AXES))
+    if unknown:
+        raise ConfigError(f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(DEFAULT_AXES)}")
+    axes = {**DEFAULT_AXES, **{key: value if isinstance(value, list) else [value] for key, value in axes.items()}}
+    for arch in axes["arch"]:
+        if arch not in ARCHS:
+            raise ConfigError(f"unknown arch {arch!r} in sweep; choose from {', '.join(ARCHS)}")
+    for scaling in axes["input_scaling"]:
+        if scaling not in INPUT_SCALINGS:
+            raise ConfigError(f"unknown input_scaling {scaling!r}; choose from {', '.join(INPUT_SCALINGS)}")
+    points = []
+    for arch, expansion, scaling, seed in product(axes["arch"], axes["expansion"], axes["input_scaling"], axes["seed"]):
+        base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
+        if arch in ("topk", "batchtopk") or (arch == "jumprelu" and not axes["l0_coefficient"]):
+            knobs = [{"k": int(k)} for k in axes["k"]]
+        elif arch == "jumprelu":
+            knobs = [{"l0_coefficient": float(c)} for c in axes["l0_coefficient"]]
+        elif arch == "relu":
+            knobs = [{"l1_coefficient": float(c)} for c in axes["l1_coefficient"]]
+        else:
+            knobs = [{"afa_coefficient": float(c)} for c in axes["afa_coefficient"]]
+        points += [replace(base, **knob) for knob in knobs]
+    return points
+
+
+def union(grids: list[dict]) -> list[Point]:
+    """The points of several grids, each once, in order of first appearance."""
+    return list(dict.fromkeys(point for grid in grids for point in expand(grid)))
+
+
+def read_grid_file(path: str | Path) -> list[dict]:
+    """The grids of a TOML file: top-level axes apply to every [[grid]] table; with no [[grid]]
+    table the top level is the one grid.
+
+        expansion = 8
+        [[grid]]
+        arch = ["topk", "batchtopk"]
+        k = [16, 32, 64]
+        input_scaling = ["per_token", "expected_norm"]
+        [[grid]]
+        arch = "relu"
+        l1_coefficient = [2, 5]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    grids = spec.pop("grid", [{}])
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        raise ConfigError(f"{path}: 'grid' must be an array of tables ([[grid]])")
+    return [{**spec, **grid} for grid in grids]
+
+
+def _state(run: Path) -> str:
+    """'evaluated', 'trained', 'interrupted' or 'new'."""
+    if (run / "eval.json").is_file() and (run / WEIGHTS_NAME).is_file():
+        return "evaluated"
+    if (run / WEIGHTS_NAME).is_file():
+        return "trained"
+    return "interrupted" if (run / CHECKPOINT_NAME).is_file() else "new"
+
+
+def _check_settings(run: Path, cfg: TrainConfig) -> None:
+    """A finished point may be reused only if it was trained with the same settings."""
+    path = run / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        return
+    saved, now = json.loads(path.read_text()), cfg.to_dict()
+    changed = [key for key in RESUME_KEYS if saved.get(key) != now[key]]
+    if changed:
+        raise ConfigError(f"{run} was trained with different {', '.join(changed)} than this sweep; "
+                          "use another --out or the same settings")
+
+
+@dataclass
+class Downstream:
+    """What the sweep needs to splice each SAE into its model: the model, held-out contexts
+    [n, ctx_len], the hook layer and site."""
+
+    model: object
+    input_ids: object
+    layer: int
+    site: str
+
+
+def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, train_cfg: TrainConfig,
+              sae_options: dict | None = None, downstream: Downstream | None = None, device: str = "cpu",
+              batch_size_eval: int = 4096) -> list[dict]:
+    """Train and evaluate every point not yet done in `out`, then write the results table and the
+    Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
+    `train_cfg` gives the shared training settings (its out_dir and resume are set per point)."""
+    if not points:
+        raise ConfigError("the sweep grid is empty")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sae_options = sae_options or {}
+    runs = {point: out / point.name for point in points}
+    cfgs = {point: replace(train_cfg, seed=point.seed, out_dir=str(run), resume=False) for point, run in runs.items()}
+    states = {point: _state(run) for point, run in runs.items()}
+    for point, state in states.items():
+        if state != "new":
+            _check_settings(runs[point], cfgs[point])
+    ablations = {}
+
+    def evaluate(point: Point, sae: SAE) -> None:
+        extra = {}
+        if downstream is not None:
+            if not ablations:
+                ablations.update(ablation_losses(downstream.model, downstream.input_ids, downstream.layer, downstream.site))
+            extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
+                     "site": downstream.site, "ablations": ablations}
+        results = full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, **extra)
+        history = (runs[point] / HISTORY_NAME).read_text().splitlines()
+        results.update(d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, point=asdict(point),
+                       train_tokens=json.loads(history[-1])["tokens"] if history else 0)
+        (runs[point] / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    groups: dict[tuple[int, int], list[Point]] = {}
+    for point in points:
+        if states[point] in ("new", "interrupted"):
+            step = load_checkpoint(runs[point])["step"] if states[point] == "interrupted" else 0
+            groups.setdefault((point.seed, step), []).append(point)
+    done = sum(state == "evaluated" for state in states.values())
+    print(f"sweep of {len(points)} SAEs in {out}: {done} done, "
+          f"{sum(s == 'trained' for s in states.values())} to evaluate, "
+          f"{sum(len(g) for g in groups.values())} to train in {len(groups)} pass(es) over the data")
+    for (seed, step), group in groups.items():
+        saes = [SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group]
+        group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
+        train_many(saes, train_source, group_cfgs)
+        for point, cfg in zip(group, group_cfgs):
+            (runs[point] / TRAIN_CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            states[point] = "trained"
+    for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
+                      disable=not train_cfg.progress):
+        evaluate(point, SAE.load(runs[point], device=device))
+    rows = [result_row(json.loads((runs[p] / "eval.json").read_text()), p) for p in points]
+    write_results(rows, out)
+    return rows
+
+
+def result_row(results: dict, point: Point) -> dict:
+    """One row of the results table: the point, then every scalar of its eval.json."""
+    row = {"name": point.name, **asdict(point)}
+    row.update({key: value for key, value in results.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row})
+    return row
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    """results.csv, results.json and the Pareto plots (x = L0, one line per architecture)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / RESULTS[0], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / RESULTS[1]).write_text(json.dumps(rows, indent=1) + "\n")
+    varied = [key for key in ("input_scaling", "expansion") if len({row[key] for row in rows}) > 1]
+    for metric, label, name in PARETO:
+        if any(metric in row for row in rows):
+            pareto_plot(rows, metric, label, out / name, series=["arch", *varied])

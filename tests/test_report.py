@@ -1,0 +1,130 @@
+"""The feature browser: latent statistics against brute force, the page, the command, and the
+page rendered in a real headless browser (Debian's chromium)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saelab import SAE, SAEConfig, cli
+from saelab.data.cache import CacheSpec, build_cache
+from saelab.eval.report import BEFORE, latent_examples, report_html, write_report
+
+from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model saved to disk, an activation cache of it and a trained-looking random SAE."""
+    root = tmp_path_factory.mktemp("report")
+    model_dir = root / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    text = root / "docs.jsonl"
+    text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100} <b>" for j in range(20))})
+                              for i in range(60)))
+    spec = CacheSpec(model=str(model_dir), layer=1, site="resid_post", dataset=str(text), split="eval", ctx_len=16,
+                     dtype="float32")
+    cache = build_cache(tiny_lm("llama"), root / "cache", spec, 600, shard_tokens=200, progress=False)
+    sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none", metadata={"model": str(model_dir)}),
+              seed=0)
+    return root, cache, sae
+
+
+def _brute_force(sae, cache):
+    shards = [cache.load_shard(i) for i in range(len(cache.shards))]
+    acts = torch.cat([s["activations"] for s in shards])
+    ctx = torch.cat([s["context"] for s in shards])
+    pos = torch.cat([s["position"] for s in shards])
+    tokens = {int(s["first_context"]) + j: row for s in shards for j, row in enumerate(s["tokens"])}
+    with torch.no_grad():
+        codes = sae.encode(acts)
+    return codes, ctx, pos, tokens
+
+
+def test_latents_contexts_and_shading_match_brute_force(setup):
+    _, cache, sae = setup
+    codes, ctx, pos, tokens = _brute_force(sae, cache)
+    counts = (codes > 0).sum(0)
+    shown = latent_examples(sae, cache, top_n=5, n_contexts=3)
+    assert [lt.index for lt in shown] == sorted(range(64), key=lambda i: (-int(counts[i]), i))[:5]
+    for lt in shown:
+        values = codes[:, lt.index]
+        assert lt.density == pytest.approx(float((values > 0).float().mean()))
+        assert lt.max_activation == pytest.approx(float(values.max()))
+        assert sum(lt.histogram[0]) == int((values > 0).sum())
+        best = int(values.argmax())
+        first, peak = lt.contexts[0], lt.peaks[0]
+        assert first[peak] == (int(tokens[int(ctx[best])][pos[best]]), pytest.approx(float(values[best])))
+        # every shown token carries the latent's activation at that (context, position), 0 for BOS
+        c = int(ctx[best])
+        for q, (token_id, value) in enumerate(first):
+            position = int(pos[best]) - peak + q
+            rows = ((ctx == c) & (pos == position)).nonzero().flatten()
+            assert token_id == int(tokens[c][position])
+            assert value == pytest.approx(float(values[rows[0]]) if len(rows) else 0.0)
+        assert peak == min(BEFORE, int(pos[best]))
+        expected, seen = [], set()  # the top activations, at most one per packed context
+        for r in values.argsort(descending=True).tolist():
+            if len(expected) == 3 or values[r] <= 0:
+                break
+            if int(ctx[r]) not in seen:
+                seen.add(int(ctx[r]))
+                expected.append(pytest.approx(float(values[r])))
+        assert [c[p][1] for c, p in zip(lt.contexts, lt.peaks)] == expected
+
+
+def test_page_escapes_text_and_bad_requests_are_named(setup):
+    _, cache, sae = setup
+    shown = latent_examples(sae, cache, latents=[3, 7], n_contexts=2)
+    page = report_html(sae, shown, tiny_tokenizer(), {"nmse": 0.25})
+    assert page.count("class='latent'") == 2 and "id='latent-7'" in page
+    assert "&lt;unk&gt;" in page and "<unk>" not in page  # token text is escaped
+    assert re.search(r"class='tok[^']*' style='background-color: rgba\(255, 110, 0, 0\.\d+\)'", page)
+    with pytest.raises(ValueError, match=r"latent\(s\) \[64\] out of range"):
+        latent_examples(sae, cache, latents=[64])
+    wide = SAE(SAEConfig(arch="topk", d_in=16, d_sae=32, k=2), seed=0)
+    with pytest.raises(ValueError, match="d_in=16, but the activations"):
+        latent_examples(wide, cache)
+
+
+def test_report_command(setup, tmp_path, capsys):
+    root, cache, sae = setup
+    run = tmp_path / "run"
+    sae.save(run)
+    cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2"])
+    assert "feature browser with 4 latents" in capsys.readouterr().out
+    page = (run / "report.html").read_text()
+    assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
+    np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
+    with pytest.raises(SystemExit, match="needs token ids"):
+        cli.main(["report", str(run), "--activations", str(tmp_path / "acts.npy")])
+
+
+def test_page_renders_in_headless_chromium(setup, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("SAELAB_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium), but SAELAB_REQUIRE_BROWSER is set")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    _, cache, sae = setup
+    page = tmp_path / "report.html"
+    write_report(sae, cache, page, tiny_tokenizer(), {"nmse": 0.25}, top_n=6, n_contexts=3)
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--no-first-run", "--hide-scrollbars", "--window-size=1100,1400",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="latent"') == 6
+    assert len(re.findall(r'class="tok[^"]*" style="background-color: rgba\(255, 110, 0, 0?\.\d+\)"', dom)) > 20
+    assert dom.count('class="context"') >= 6 and "<svg" in dom
+    shot = Path(os.environ.get("SAELAB_SCREENSHOT_DIR", tmp_path)) / "report.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000

@@ -1,0 +1,181 @@
+"""Sweeps: grid expansion, TOML grids, one pass per seed, the results table, resume, and the CLI."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from saelab import SAE, TrainConfig, cli, evaluate, train
+from saelab.config import ConfigError
+from saelab.data.activations import open_source
+from saelab.eval import downstream as downstream_module
+from saelab.eval.downstream import ablation_losses, downstream
+from saelab.sweep import Downstream, Point, expand, read_grid_file, run_sweep, union
+from saelab.train import loop
+
+from tiny_models import tiny_model
+
+
+def test_grid_expansion_uses_each_architectures_own_knob():
+    points = expand({"arch": ["topk", "relu", "topafa", "jumprelu"], "k": [4, 8], "l1_coefficient": [1, 2, 3],
+                     "afa_coefficient": [0.1], "seed": [0, 1]})
+    by_arch = {arch: [p for p in points if p.arch == arch] for arch in ("topk", "relu", "topafa", "jumprelu")}
+    assert [len(v) for v in by_arch.values()] == [4, 6, 2, 4]
+    assert {p.k for p in by_arch["topk"]} == {4, 8} and all(p.l1_coefficient is None for p in by_arch["topk"])
+    assert {p.l1_coefficient for p in by_arch["relu"]} == {1.0, 2.0, 3.0} and all(p.k is None for p in by_arch["relu"])
+    assert all(p.afa_coefficient == 0.1 for p in by_arch["topafa"])
+    jump = expand({"arch": ["jumprelu"], "l0_coefficient": [0.5], "k": [4, 8]})
+    assert jump == [Point("jumprelu", 8, "per_token", 0, l0_coefficient=0.5)]
+    assert len({p.name for p in points}) == len(points)
+    assert Point("batchtopk", 8, "per_token", 0, k=32).name == "batchtopk-k32-x8-per_token-s0"
+
+
+def test_union_keeps_each_point_once_and_bad_axes_are_named():
+    grids = [{"arch": ["topk", "batchtopk"], "k": [4]}, {"arch": ["topk"], "k": [4, 8]}]
+    assert [p.name for p in union(grids)] == ["topk-k4-x8-per_token-s0", "batchtopk-k4-x8-per_token-s0",
+                                              "topk-k8-x8-per_token-s0"]
+    with pytest.raises(ConfigError, match="unknown sweep axis kk"):
+        expand({"kk": [1]})
+    with pytest.raises(ConfigError, match="unknown arch 'gated'"):
+        expand({"arch": ["gated"]})
+    with pytest.raises(ConfigError, match="unknown input_scaling"):
+        expand({"input_scaling": ["layernorm"]})
+
+
+def test_toml_grids_share_top_level_axes(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_text('expansion = 4\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
+                    'input_scaling = ["per_token", "expected_norm"]\n[[grid]]\narch = "relu"\nl1_coefficient = [2, 5]\n')
+    points = union(read_grid_file(path))
+    assert len(points) == 10 and {p.expansion for p in points} == {4}
+    assert {p.input_scaling for p in points if p.arch == "relu"} == {"per_token"}
+    path.write_text("arch = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_grid_file(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_grid_file(tmp_path / "missing.toml")
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(6144, 16, generator=gen) * torch.linspace(0.5, 2, 16)
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"batch_size": 512, "total_tokens": 4096, "lr": 1e-3, "progress": False, **kw})
+
+
+def test_sweep_points_equal_separately_trained_saes(data, tmp_path):
+    train_source, eval_source = open_source(data).split(1024)
+    points = union([{"arch": ["topk", "batchtopk", "relu"], "k": [2, 4], "expansion": [2], "seed": [0, 1]}])
+    rows = run_sweep(points, train_source, eval_source, tmp_path, _cfg())
+    assert len(rows) == 10
+    table = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [r["name"] for r in table] == [p.name for p in points]
+    assert json.loads((tmp_path / "results.json").read_text()) == rows
+    for name in ("pareto_nmse.png", "pareto_ev.png", "pareto_mse.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "pareto_ce.png").exists()  # no model, no CE
+
+    # one point trained alone on the same data, seed and settings gives the same SAE and metrics
+    point = Point("batchtopk", 2, "per_token", 1, k=4)
+    alone = SAE(point.sae_config(16), seed=1)
+    train(alone, train_source, _cfg(seed=1))
+    swept = SAE.load(tmp_path / point.name)
+    torch.testing.assert_close(swept.W_dec, alone.W_dec)
+    row = next(r for r in rows if r["name"] == point.name)
+    assert row["nmse"] == pytest.approx(evaluate(alone.eval(), eval_source)["nmse"], rel=1e-6)
+    assert (row["train_tokens"], row["d_in"], row["d_sae"]) == (4096, 16, 32)
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(data, tmp_path, monkeypatch):
+    train_source, eval_source = open_source(data).split(1024)
+    points = union([{"arch": ["topk", "jumprelu"], "k": [4], "expansion": [2]}])
+    cfg = _cfg(checkpoint_every_tokens=1024, out_dir=str(tmp_path))
+    reference = run_sweep(points, train_source, eval_source, tmp_path / "whole", cfg)
+
+    steps = {"n": 0}
+    original = loop.Trainer.train_step
+
+    def dies_at_step_5(self, x):
+        steps["n"] += 1
+        if steps["n"] > 2 * 5:  # two SAEs per step
+            raise KeyboardInterrupt
+        return original(self, x)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(points, train_source, eval_source, tmp_path / "cut", cfg)
+    assert all((tmp_path / "cut" / p.name / "checkpoint.pt").is_file() for p in points)
+    steps["n"] = -1000
+    resumed = run_sweep(points, train_source, eval_source, tmp_path / "cut", cfg)
+    assert steps["n"] == -1000 + 2 * 4  # from the checkpoint at step 4 to step 8, not from the start
+    for a, b in zip(reference, resumed):
+        assert a["nmse"] == pytest.approx(b["nmse"], rel=1e-6) and a["l0"] == pytest.approx(b["l0"], rel=1e-6)
+
+    # a finished point is neither retrained nor re-evaluated; one that lost its eval.json is evaluated again
+    (tmp_path / "cut" / points[1].name / "eval.json").unlink()
+    monkeypatch.setattr(loop.Trainer, "train_step", original)
+    monkeypatch.setattr("saelab.sweep.train_many", lambda *a: pytest.fail("nothing should train"))
+    again = run_sweep(points, train_source, eval_source, tmp_path / "cut", cfg)
+    assert again[1]["nmse"] == pytest.approx(resumed[1]["nmse"], rel=1e-6)
+
+
+def test_finished_points_with_other_settings_are_refused(data, tmp_path):
+    train_source, eval_source = open_source(data).split(1024)
+    points = union([{"arch": ["topk"], "k": [4], "expansion": [2]}])
+    run_sweep(points, train_source, eval_source, tmp_path, _cfg())
+    with pytest.raises(ConfigError, match="different lr"):
+        run_sweep(points, train_source, eval_source, tmp_path, TrainConfig(
+            batch_size=512, total_tokens=4096, lr=2e-3, progress=False))
+    with pytest.raises(ConfigError, match="grid is empty"):
+        run_sweep([], train_source, eval_source, tmp_path, _cfg())
+
+
+def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, monkeypatch):
+    model = tiny_model("llama").eval()
+    ids = torch.randint(1, 128, (4, 12))
+    from saelab.data.hooks import harvest
+    with torch.no_grad():
+        acts = harvest(model, torch.randint(1, 128, (64, 16)), 0, "resid_post").reshape(-1, 32)
+    train_source, eval_source = open_source(acts).split(256)
+    calls = {"n": 0}
+    original = downstream_module.ablation_losses
+
+    def counted(*args, **kw):
+        calls["n"] += 1
+        return original(*args, **kw)
+
+    monkeypatch.setattr("saelab.sweep.ablation_losses", counted)
+    points = union([{"arch": ["topk", "batchtopk"], "k": [2, 4], "expansion": [2]}])
+    rows = run_sweep(points, train_source, eval_source, tmp_path, _cfg(total_tokens=512, batch_size=128),
+                     downstream=Downstream(model, ids, 0, "resid_post"))
+    assert calls["n"] == 1
+    assert all("ce_degradation" in row and "kl" in row for row in rows)
+    assert (tmp_path / "pareto_ce.png").is_file()
+    # the precomputed ablations give the same numbers as computing them inside downstream
+    sae = SAE.load(tmp_path / points[0].name)
+    assert downstream(sae, model, ids, 0, ablations=ablation_losses(model, ids, 0)) == downstream(sae, model, ids, 0)
+
+
+def test_sweep_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+                                      "train_tokens": 2048})
+    grid = tmp_path / "grid.toml"
+    grid.write_text('expansion = 2\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [2, 4]\n'
+                    '[[grid]]\narch = "relu"\nl1_coefficient = [1, 3]\n')
+    out = tmp_path / "sweep"
+    cli.main(["sweep", "--synthetic", "--config", str(grid), "--batch-size", "256", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "6 to train in 1 pass" in printed and "relu-l1-3-x2-per_token-s0" in printed
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["arch"] for r in rows} == {"topk", "batchtopk", "relu"}
+    cli.main(["sweep", "--synthetic", "--config", str(grid), "--batch-size", "256", "--out", str(out), "--no-progress"])
+    assert "6 done, 0 to evaluate, 0 to train" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not both"):
+        cli.main(["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--synthetic", "--archs", "topk,gated", "--out", str(out)])
+    assert "invalid choice ['gated']" in capsys.readouterr().err
