@@ -145,3 +145,25 @@ def test_streaming_mixes_contexts_and_matches_the_cache(lm, text, tmp_path):
     source = streamed_source(lm, _spec(text), buffer_tokens=256)
     sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4), seed=0)
     assert train(sae, source, TrainConfig(batch_size=64, total_tokens=640, progress=False)).steps == 10
+
+
+def test_each_rank_reads_only_its_own_shards(lm, text, tmp_path, monkeypatch):
+    cache = build_cache(lm, tmp_path / "c", _spec(text), 600, shard_tokens=100, progress=False)
+    n_shards = len(cache.shards)
+    read: dict[int, set] = {0: set(), 1: set()}
+    original = ActivationCache.load_shard
+    for r in (0, 1):
+        monkeypatch.setattr(ActivationCache, "load_shard",
+                            lambda self, i, r=r: read[r].add(self.shard_ids[i]) or original(self, i))
+        part = cache.batches(50, seed=3, part=(r, 2))
+        rows = torch.cat([next(part) for _ in range(6)])
+        assert rows.shape == (300, cache.d_in)
+    assert read[0] == set(range(0, n_shards, 2)) and read[1] == set(range(1, n_shards, 2))
+    # a part is the shuffled stream of its sub-cache, and resumes at a rank-local position
+    resumed = cache.batches(50, seed=3, skip_tokens=100, part=(1, 2))
+    again = cache.batches(50, seed=3, part=(1, 2))
+    for _ in range(2):
+        next(again)
+    torch.testing.assert_close(next(resumed), next(again))
+    with pytest.raises(CacheError, match="cannot be split over 99 processes"):
+        cache.batches(50, seed=0, part=(0, 99))

@@ -39,7 +39,7 @@ def test_two_processes_equal_one(acts, tmp_path, arch):
     single = load_file(str(tmp_path / "single" / "sae.safetensors"))
     multi = load_file(str(tmp_path / "multi" / "sae.safetensors"))
     for name in single:
-        torch.testing.assert_close(multi[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(multi[name], single[name], rtol=1e-4, atol=1e-5)
     assert result.stdout.count("held-out evaluation") == 1  # only rank 0 evaluates and prints
 
 
@@ -48,3 +48,37 @@ def test_torchrun_refuses_harvesting(tmp_path):
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", "train",
                              "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "under torchrun" in result.stderr
+
+
+def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
+    """Under torchrun each rank reads its own shards; the result equals one process trained on
+    the ranks' batches concatenated (rank 0's rows first)."""
+    import json
+
+    from saelab import SAE, SAEConfig, TrainConfig, train
+    from saelab.data.cache import ActivationCache, CacheSpec, build_cache
+
+    from tiny_models import tiny_lm
+
+    text = tmp_path / "docs.jsonl"
+    text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+                              for i in range(200)))
+    spec = CacheSpec(model="tiny", layer=1, site="resid_post", dataset=str(text), ctx_len=8, dtype="float32")
+    cache = build_cache(tiny_lm("llama"), tmp_path / "cache", spec, 3000, shard_tokens=300, progress=False)
+    args = ["train", "--activations", str(cache.directory), "--arch", "topk", "--k", "4", "--expansion", "4",
+            "--tokens", "2048", "--batch-size", "128", "--lr", "3e-3", "--eval-tokens", "300", "--dead-tokens", "512",
+            "--out", str(tmp_path / "multi"), "--no-progress"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", *args],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    train_part = cache.split(300)[0]
+    parts = [train_part.batches(64, seed=0, part=(r, 2)) for r in range(2)]
+    global_batches = [torch.cat([next(p) for p in parts]) for _ in range(2048 // 128)]
+    single = SAE(SAEConfig(arch="topk", d_in=32, d_sae=128, k=4), seed=0)
+    train(single, global_batches, TrainConfig(batch_size=128, total_tokens=2048, lr=3e-3, dead_tokens=512,
+                                              progress=False))
+    multi = load_file(str(tmp_path / "multi" / "sae.safetensors"))
+    for name in ("W_dec", "W_enc", "b_enc", "b_dec"):
+        torch.testing.assert_close(multi[name], getattr(single, name).detach(), rtol=1e-4, atol=1e-5)

@@ -115,6 +115,20 @@ def test_data_order_covers_every_row_once_per_epoch():
     torch.testing.assert_close(torch.cat([next(resumed)[:, 0] for _ in range(3)]), rows[8:20])
 
 
+def test_rank_parts_of_array_and_stream_sources_make_the_global_batch():
+    from saelab.data.activations import ArraySource, StreamSource
+
+    data = torch.randn(1000, 4)
+    for n in (2, 3):
+        whole = ArraySource(data).batches(96, seed=5, skip_tokens=96)
+        parts = [ArraySource(data).batches(96 // n, seed=5, skip_tokens=96 // n, part=(r, n)) for r in range(n)]
+        for _ in range(12):  # crosses an epoch boundary
+            torch.testing.assert_close(torch.cat([next(p) for p in parts]), next(whole))
+        streams = [StreamSource(iter(data.split(100)), d_in=4).batches(96 // n, 0, skip_tokens=96 // n, part=(r, n))
+                   for r in range(n)]
+        torch.testing.assert_close(torch.cat([next(s) for s in streams]), data[96:192])
+
+
 @pytest.mark.parametrize("bad, message", [(float("nan"), "NaN/Inf"), (float("inf"), "NaN/Inf")])
 def test_nonfinite_batch_is_named(bad, message):
     data = torch.randn(512, 16)
@@ -166,21 +180,28 @@ def test_expected_norm_scale_estimate():
     assert scaled.square().sum(1).mean().item() == pytest.approx(16, rel=0.3)
 
 
-def test_jumprelu_lagrange_multiplier_follows_the_l0_error():
-    from saelab.sae.jumprelu import TARGET_RATE
+def test_jumprelu_lagrange_multiplier_follows_the_l0_error(monkeypatch):
+    from saelab.sae.jumprelu import TARGET_RATE, update_multiplier
 
     sae = make_sae("jumprelu", k=6).train()
     x = torch.randn(64, 16)
     before = sae.l0_lambda.item()
-    terms = sae.loss(x).terms
+    out = sae.loss(x)
+    update_multiplier(sae, out.l0)
     l0 = (sae.encode(x) > 0).sum(1).float().mean().item()
+    assert out.l0.item() == pytest.approx(l0)
     assert sae.l0_lambda.item() == pytest.approx(before + TARGET_RATE * (l0 / 6 - 1), rel=1e-5)
-    assert terms["l0"].item() == pytest.approx(before * l0, abs=1e-6)
+    assert out.terms["l0"].item() == pytest.approx(before * l0, abs=1e-6)
     with torch.no_grad():
         sae.log_threshold.fill_(5.0)  # nothing fires: lambda must fall (pushing thresholds down)
     raised = sae.l0_lambda.item()
-    sae.loss(x)
+    update_multiplier(sae, sae.loss(x).l0)
     assert sae.l0_lambda.item() == pytest.approx(raised - TARGET_RATE)
+
+    calls = []  # the trainer applies it once per step, with the step's L0
+    monkeypatch.setattr(loop.jumprelu, "update_multiplier", lambda sae, l0: calls.append(l0.item()))
+    train(make_sae("jumprelu", k=6), x.repeat(3, 1), TrainConfig(batch_size=64, total_tokens=192, progress=False))
+    assert len(calls) == 3 and all(c > 0 for c in calls)
 
 
 def test_train_many_equals_separate_runs(tmp_path):
@@ -235,3 +256,17 @@ def test_missing_wandb_is_named_before_training(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="pip install wandb"):
         cli.main(["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+def test_bf16_autocast_and_compile_train_close_to_float32(arch):
+    x = torch.randn(1024, 16) * torch.linspace(0.5, 3, 16)
+    losses = {}
+    for flags in ({}, {"bf16": True}, {"compile": True}):
+        result = train(make_sae(arch, input_scaling="per_token"), x,
+                       TrainConfig(batch_size=256, total_tokens=1024, lr=1e-3, log_every=1, progress=False, **flags))
+        losses[str(flags)] = [r["loss"] for r in result.history]
+    reference = losses["{}"]
+    assert losses["{'bf16': True}"] == pytest.approx(reference, rel=2e-2)
+    assert losses["{'bf16': True}"] != reference  # the matmul really ran in bfloat16
+    assert losses["{'compile': True}"] == pytest.approx(reference, rel=1e-4)

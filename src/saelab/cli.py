@@ -136,6 +136,9 @@ def _add_training_arguments(p, seeds: bool) -> None:
     opt.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
                      help="write a checkpoint every this many tokens (default: 1000000)")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    opt.add_argument("--bf16", action="store_true",
+                     help="bfloat16 autocast for the encoder matmul (faster on GPUs and CPUs with native bf16)")
+    opt.add_argument("--compile", action="store_true", help="torch.compile the loss (see bench/RESULTS.md)")
     opt.add_argument("--wandb", nargs="?", const="saelab", metavar="PROJECT",
                      help="also log training to Weights & Biases (project default: saelab; needs pip install wandb)")
 
@@ -285,7 +288,8 @@ def cmd_train(args) -> None:
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
             seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every,
-            resume=args.resume, progress=not args.no_progress, wandb_project=args.wandb,
+            resume=args.resume, progress=not args.no_progress, wandb_project=args.wandb, bf16=args.bf16,
+            compile=args.compile,
         ))
         if rank() == 0:
             print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
@@ -480,7 +484,8 @@ def cmd_sweep(args) -> None:
     downstream = _sweep_downstream(args)
     train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
                             dead_tokens=args.dead_tokens, checkpoint_every_tokens=args.checkpoint_every,
-                            out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb)
+                            out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb,
+                            bf16=args.bf16, compile=args.compile)
     rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
                      sae_options={"aux_k": args.aux_k, "aux_coefficient": args.aux_coefficient,
                                   "metadata": _metadata(args)},

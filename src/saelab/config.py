@@ -105,6 +105,10 @@ class TrainConfig:
     sparse: train topk/batchtopk/topafa through the sparse path (sae/sparse.py); False uses
     the dense reference path (same results to float tolerance, slower).
     wandb_project: also log the history to this Weights & Biases project (needs wandb).
+    bf16: run the loss under bfloat16 autocast (the encoder matmul, and for relu/jumprelu the
+    decoder matmul, in bfloat16; the sparse path selects on bfloat16 pre-activations and keeps
+    everything else in float32). Off by default: CPUs without native bfloat16 run it slower.
+    compile: torch.compile the loss (off by default; see bench/RESULTS.md for when it helps).
     """
 
     batch_size: int = 4096
@@ -123,6 +127,8 @@ class TrainConfig:
     progress: bool = True
     sparse: bool = True
     wandb_project: str | None = None
+    bf16: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

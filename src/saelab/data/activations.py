@@ -86,9 +86,15 @@ class ArraySource:
         rows = np.sort(index.numpy()) + self.start
         return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
+                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
         """Endless shuffled batches: stream position p reads row perm_e[p mod N] with e = p // N
-        and perm_e = randperm(N) seeded by seed * 1_000_003 + e."""
+        and perm_e = randperm(N) seeded by seed * 1_000_003 + e.
+
+        part=(r, n): data-parallel rank r of n reads only its share, rows r*b .. (r+1)*b - 1 of
+        each global batch of n*b rows (b = batch_size; skip_tokens counts this rank's rows), so
+        the global batches are the same for every n."""
+        r, n = part
         perms: dict[int, torch.Tensor] = {}
 
         def perm(epoch: int) -> torch.Tensor:
@@ -99,12 +105,12 @@ class ArraySource:
                 perms[epoch] = torch.randperm(self.n_tokens, generator=gen)
             return perms[epoch]
 
-        position = skip_tokens
+        position = skip_tokens * n
         while True:
-            positions = torch.arange(position, position + batch_size)
+            positions = torch.arange(position + r * batch_size, position + (r + 1) * batch_size)
             epochs, offsets = positions // self.n_tokens, positions % self.n_tokens
             index = torch.cat([perm(int(e))[offsets[epochs == e]] for e in epochs.unique()])
-            position += batch_size
+            position += batch_size * n
             yield self._rows(index)
 
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -143,16 +149,20 @@ class StreamSource:
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
         return rebatch(self._pieces(), batch_size)
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
-        """Full batches in stream order, after skipping the first skip_tokens tokens."""
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
+                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        """Full batches in stream order, after skipping the first skip_tokens tokens. A stream
+        cannot be split: with part=(r, n) every rank reads global batches of n * batch_size
+        rows and keeps its share."""
+        r, n = part
         skipped = 0
-        for batch in self.chunks(batch_size):
-            if len(batch) < batch_size:
+        for batch in self.chunks(batch_size * n):
+            if len(batch) < batch_size * n:
                 return
-            if skipped < skip_tokens:
+            if skipped < skip_tokens * n:
                 skipped += len(batch)
                 continue
-            yield batch
+            yield batch[r * batch_size : (r + 1) * batch_size]
 
 
 def open_source(data, name: str | None = None) -> ArraySource | StreamSource:

@@ -233,6 +233,17 @@ class ActivationCache:
                 to_skip = 0
             epoch += 1
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0) -> Iterator[torch.Tensor]:
-        """Endless shuffled batches; the stream from position p is the same on every call."""
+    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
+                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        """Endless shuffled batches; the stream from position p is the same on every call.
+
+        part=(r, n): data-parallel rank r of n reads only shards r, r + n, r + 2n, ... (the
+        shuffled stream of that sub-cache), so no shard is read by two ranks; skip_tokens counts
+        this rank's rows. The global batch is then the ranks' batches concatenated."""
+        r, n = part
+        if n > 1:
+            if len(self.shard_ids) < n:
+                raise CacheError(f"{self.directory}: {len(self.shard_ids)} shards cannot be split over {n} "
+                                 "processes; rebuild the cache with a smaller --shard-tokens")
+            return ActivationCache(self.directory, shards=self.shard_ids[r::n]).batches(batch_size, seed, skip_tokens)
         return rebatch(self._shuffled_pieces(seed, skip_tokens), batch_size)

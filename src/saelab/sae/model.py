@@ -136,8 +136,8 @@ class SAE(nn.Module):
         use_aux = self.cfg.arch in USES_AUXK and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and self.cfg.arch in USES_AUXK:
             x_in = x - self.b_dec
-            with torch.no_grad():
-                pre = self.pre_activation(x)
+            with torch.no_grad():  # float() undoes a bfloat16 autocast: only the matmul is bf16
+                pre = self.pre_activation(x).float()
             code = sparse_code.select(pre, *rule.select(self, pre, x), x_in, self.W_enc, self.b_enc)
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)

@@ -3,7 +3,8 @@ tracking in tokens, JSON-lines history, atomic checkpoints and bit-exact resume.
 
 `train_many` trains several SAEs on the same batches in one pass over the data (one harvest,
 one read of the cache); `train` is the single-SAE case. Under torchrun, batch_size is the
-global batch and each rank trains on its slice of it (see distributed.py).
+global batch and each rank reads and trains on its share of it (see distributed.py and the
+sources' `part` argument).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
+from ..sae import jumprelu
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, is_distributed, rank, world_size
@@ -58,6 +60,8 @@ class Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
         self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
         self.loss_fn = _LossForward(sae, cfg.sparse)
+        if cfg.compile:
+            self.loss_fn = torch.compile(self.loss_fn)
         if is_distributed():
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
@@ -119,9 +123,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens
-        loss, fired, l0, terms = self.loss_fn(x, dead)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, fired, l0, terms = self.loss_fn(x, dead)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sae.cfg.arch == "jumprelu":
+            jumprelu.update_multiplier(sae, l0)
         sae.remove_parallel_gradient()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -195,7 +202,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
     if any(t.step != start for t in trainers):
         raise ConfigError("the checkpoints of SAEs trained together are at different steps")
 
-    batches = source.batches(cfg.batch_size, cfg.seed, skip_tokens=start * cfg.batch_size)
+    batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))
     bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
                disable=not cfg.progress or me != 0, desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""))
@@ -208,7 +215,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
             check_batch(x, saes[0].cfg.d_in, f"{source.name}, batch {step}")
-            x = x[me * per_rank : (me + 1) * per_rank].to(trainers[0].device, non_blocking=True)
+            x = x.to(trainers[0].device, non_blocking=True)
             records = [t.train_step(x) for t in trainers]
             bar.update(cfg.batch_size)
             if records[0] is not None:
