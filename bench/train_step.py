@@ -1,12 +1,15 @@
 """SAE training-step throughput: saelab's sparse path vs its dense reference path vs the roofline.
 
 python bench/train_step.py [--d-sae 4608 18432] [--archs topk batchtopk topafa] [--repeats 3]
+                           [--extra bf16 compile]
 
 For each size, in one process: the matmul FLOP/s of the encoder product ([4096, 576] @ [576,
 d_sae]) gives the roofline, 2 * d_in * d_sae FLOPs per token (the dense encoder product, which
 exact top-k cannot avoid). Then full training steps (loss, backward, decoder-gradient
 projection, clipping, Adam, renormalisation: Trainer.train_step) alternate between the sparse
-and the dense path on the same batch; medians of `--repeats` timed steps after a warm-up.
+and the dense path (and, with --extra, the sparse path under bfloat16 autocast or
+torch.compile) on the same batch; medians of `--repeats` timed steps after a warm-up (for
+compile, after the compilation).
 """
 
 import argparse
@@ -38,22 +41,30 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extra", nargs="*", default=[], choices=["bf16", "compile"],
+                        help="also time the sparse path with these TrainConfig flags")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timings, profile one sparse step per arch and size (torch.profiler): "
+                        "the operators that take the time")
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.d_in)
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"d_in={args.d_in}, k={args.k}, batch={args.batch}, medians of {args.repeats}")
     print(f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} {'roofline':>9} "
-          f"{'% roofline':>10}")
+          f"{'% roofline':>10}" + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra))
+    profiles = []
     for d_sae in args.d_sae:
         roofline = matmul_flops(x, torch.randn(args.d_in, d_sae), args.repeats) / (2 * args.d_in * d_sae)
         for arch in args.archs:
             trainers = {}
-            for path in ("sparse", "dense"):
+            for path in ("sparse", "dense", *args.extra):
                 sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=args.k), seed=0)
-                cfg = TrainConfig(batch_size=args.batch, sparse=path == "sparse", progress=False)
+                flags = {path: True} if path in args.extra else {}
+                cfg = TrainConfig(batch_size=args.batch, sparse=path != "dense", progress=False, **flags)
                 trainers[path] = Trainer(sae, cfg, total_steps=1000)
-                trainers[path].train_step(x)  # warm-up, data-driven initialisation
+                for _ in range(2 if path == "compile" else 1):  # warm-up, initialisation, compilation
+                    trainers[path].train_step(x)
             times = {path: [] for path in trainers}
             for _ in range(args.repeats):
                 for path, trainer in trainers.items():
@@ -62,7 +73,18 @@ def main() -> None:
                     times[path].append(time.perf_counter() - start)
             rate = {path: args.batch / statistics.median(t) for path, t in times.items()}
             print(f"{arch:<10} {d_sae:>6} {rate['sparse']:>13.0f} {rate['dense']:>12.0f} "
-                  f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} {100 * rate['sparse'] / roofline:>9.0f}%")
+                  f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} {100 * rate['sparse'] / roofline:>9.0f}%"
+                  + "".join(f" {rate[e]:>20.0f}" for e in args.extra))
+            if args.profile:
+                profiles.append((arch, d_sae, profile_step(trainers["sparse"], x)))
+    for arch, d_sae, table in profiles:
+        print(f"\nprofile of one sparse {arch} step at d_sae={d_sae} (self CPU time):\n{table}")
+
+
+def profile_step(trainer: Trainer, x: torch.Tensor) -> str:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.train_step(x)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch
     batch (n summed over ranks): each rank offers its n*k largest values, the (n*k)-th largest
     of all offers is the cut, every rank keeps its offers at or above it (ties at the cut
     aside, the single-process selection)."""
-    a = torch.relu(pre)
-    if not sae.training:
-        return (a > _threshold(sae)).nonzero(as_tuple=True)
-    budget = a.shape[0] * world_size() * sae.cfg.k
-    values, rows, cols = top_entries(a, min(budget, a.numel()), per_row=4 * sae.cfg.k)
+    if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
+        return (pre > _threshold(sae)).nonzero(as_tuple=True)
+    # the largest entries of pre are those of relu(pre) wherever they are positive, and only
+    # positive ones are kept: select on pre and clip the candidates, not all of pre
+    budget = pre.shape[0] * world_size() * sae.cfg.k
+    values, rows, cols = top_entries(pre, min(budget, pre.numel()), per_row=4 * sae.cfg.k)
+    values = values.clamp_min(0)
     kept = values
     if is_distributed():
         everything = all_gather_cat(values)
@@ -46,7 +48,7 @@ def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch
     cut = kept.min()
     _update_threshold(sae, kept)
     keep = (values >= cut) & (values > 0)
-    order = (rows[keep] * a.shape[1] + cols[keep]).argsort()
+    order = (rows[keep] * pre.shape[1] + cols[keep]).argsort()
     return rows[keep][order], cols[keep][order]
 
 

@@ -90,7 +90,8 @@ class SAE(nn.Module):
 
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        return (x_scaled - self.b_dec) @ self.W_enc + self.b_enc
+        """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation (addmm)."""
+        return torch.addmm(self.b_enc, x_scaled - self.b_dec, self.W_enc)
 
     def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.pre_activation(x_scaled)
