@@ -5,13 +5,16 @@ python bench/outliers.py runs/reproduction [--activations CACHE_DIR] [--factor 1
 
 For every topk/batchtopk SAE of a sweep directory, on the held-out activations (by default the
 eval cache named by the SAEs' metadata under cache/): NMSE over all tokens, over the outlier
-tokens (norm > factor x the median norm) and over the rest, and the fraction of the total
-squared error that the outliers carry; for batchtopk also the same with per-token top-k
-inference (k = the trained k) instead of the global threshold, and the L0 on each group.
-NMSE here is sum ||x - x_hat||^2 / sum ||x - mean||^2 over the group.
+tokens (norm > factor x the median norm) and over the rest, FVU, and the fraction of the total
+squared error that the outliers carry; for batchtopk also the same with two other inference
+rules instead of the learned global threshold: per-token top-k (k = the trained k), and batch
+top-k over held-out batches of 4096 tokens (the training rule); and the L0 on each group.
+NMSE is the mean over the group's tokens of ||x - x_hat||^2 / ||x||^2 (as in eval.json); fvu_all
+is sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, which the outliers dominate.
 """
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -34,11 +37,16 @@ def held_out(sae: SAE, override: str | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(sae: SAE, x: torch.Tensor, per_token_topk: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_hat, L0 per token) with the SAE's own inference, or per-token top-k of its pre-activations."""
-    if not per_token_topk:
+def reconstruct(sae: SAE, x: torch.Tensor, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat, L0 per token) with the SAE's own inference ("own"), per-token top-k of its
+    pre-activations ("top-k"), or batch top-k over batches of 4096 tokens ("batch top-k")."""
+    if rule == "own":
         codes = sae.encode(x)
         return sae(x), (codes > 0).sum(-1)
+    if rule == "batch top-k":
+        trainee = copy.deepcopy(sae).train()  # training mode updates the threshold: use a copy
+        parts = [(trainee(b), (trainee.encode(b) > 0).sum(-1)) for b in x.split(4096)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     stats = sae.input_stats(x)
     pre = sae.pre_activation(sae._scale(x, stats))
     values, index = pre.topk(sae.cfg.k, dim=-1)
@@ -63,15 +71,17 @@ def main() -> None:
             outlier = norms > args.factor * norms.median()
             print(f"{len(x)} held-out tokens; {int(outlier.sum())} outliers (norm > {args.factor:g} x median "
                   f"{norms.median():.0f}; their median norm {norms[outlier].median():.0f})\n")
-        for per_token in ([False, True] if sae.cfg.arch == "batchtopk" else [False]):
-            x_hat, l0 = reconstruct(sae, x, per_token)
+        for rule in (["own", "top-k", "batch top-k"] if sae.cfg.arch == "batchtopk" else ["own"]):
+            x_hat, l0 = reconstruct(sae, x, rule)
             err = (x - x_hat).square().sum(-1)
-            var = (x - x.mean(0)).square().sum(-1)
+            ratio = err / x.square().sum(-1)
             group = {"all": torch.ones_like(outlier), "outliers": outlier, "rest": ~outlier}
-            row = {"run": run.name + (" (top-k inference)" if per_token else "")}
+            row = {"run": run.name + ("" if rule == "own" else f" ({rule} inference)")}
             for name, mask in group.items():
-                row[f"nmse_{name}"] = (err[mask].sum() / var[mask].sum()).item()
-                row[f"l0_{name}"] = l0[mask].float().mean().item()
+                row[f"nmse_{name}"] = ratio[mask].mean().item()
+            for name in ("outliers", "rest"):
+                row[f"l0_{name}"] = l0[group[name]].float().mean().item()
+            row["fvu_all"] = (err.sum() / (x - x.mean(0)).square().sum()).item()
             row["error_share_outliers"] = (err[outlier].sum() / err.sum()).item()
             rows.append(row)
     columns = list(rows[0])

@@ -71,6 +71,9 @@ def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, ser
     for name, points in sorted(lines.items()):
         x, y = zip(*sorted(points))
         ax.plot(x, y, marker="o", ms=4, lw=1.2, label=name)
+    l0s = [x for points in lines.values() for x, _ in points]
+    if l0s and min(l0s) > 0 and max(l0s) / min(l0s) > 10:
+        ax.set_xscale("log")
     ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=f"{label} vs L0")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
