@@ -305,6 +305,8 @@ def cmd_train(args) -> None:
         evaluation["train_tokens"] = result.tokens
         (run / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
         _print_summary(run, evaluation)
+        if isinstance(eval_source, ActivationCache):  # it keeps token ids: the browser can show text
+            print(f"  browse its latents:         saelab report {run}")
 
 
 def _print_summary(out: Path, results: dict) -> None:
