@@ -299,11 +299,10 @@ def cmd_train(args) -> None:
     for result, train_cfg in zip(results, train_cfgs):
         run = Path(train_cfg.out_dir)
         (run / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
-        evaluation = full_evaluation(result.sae, eval_source, run, batch_size=args.batch_size)
+        extra = {"train_tokens": result.tokens}
         if dictionary is not None:
-            evaluation["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
-        evaluation["train_tokens"] = result.tokens
-        (run / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+            extra["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
+        evaluation = full_evaluation(result.sae, eval_source, run, batch_size=args.batch_size, extra=extra)
         _print_summary(run, evaluation)
         if isinstance(eval_source, ActivationCache):  # it keeps token ids: the browser can show text
             print(f"  browse its latents:         saelab report {run}")

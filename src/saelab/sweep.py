@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import ARCHS, INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
-from .eval.full import full_evaluation
+from .eval.full import EVAL_NAME, full_evaluation
 from .eval.plots import pareto_plot
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
@@ -132,7 +132,7 @@ def read_grid_file(path: str | Path) -> list[dict]:
 
 def _state(run: Path) -> str:
     """'evaluated', 'trained', 'interrupted' or 'new'."""
-    if (run / "eval.json").is_file() and (run / WEIGHTS_NAME).is_file():
+    if (run / EVAL_NAME).is_file() and (run / WEIGHTS_NAME).is_file():
         return "evaluated"
     if (run / WEIGHTS_NAME).is_file():
         return "trained"
@@ -188,11 +188,10 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
                 ablations.update(ablation_losses(downstream.model, downstream.input_ids, downstream.layer, downstream.site))
             extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
                      "site": downstream.site, "ablations": ablations}
-        results = full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, **extra)
         history = (runs[point] / HISTORY_NAME).read_text().splitlines()
-        results.update(d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, point=asdict(point),
-                       train_tokens=json.loads(history[-1])["tokens"] if history else 0)
-        (runs[point] / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+        fields = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
+                  "train_tokens": json.loads(history[-1])["tokens"] if history else 0}
+        full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=fields, **extra)
 
     groups: dict[tuple[int, int], list[Point]] = {}
     for point in points:
@@ -213,7 +212,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
                       disable=not train_cfg.progress):
         evaluate(point, SAE.load(runs[point], device=device))
-    rows = [result_row(json.loads((runs[p] / "eval.json").read_text()), p) for p in points]
+    rows = [result_row(json.loads((runs[p] / EVAL_NAME).read_text()), p) for p in points]
     write_results(rows, out)
     return rows
 

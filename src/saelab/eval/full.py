@@ -6,20 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..io.atomic import atomic_write
 from .afa import afa_over, decoder_orthogonality, summarize
 from .downstream import downstream
 from .metrics import evaluate
 from .plots import density_plot, l0_histogram_plot, zf_plot
 
 AFA_TOKENS = 32_768
+EVAL_NAME = "eval.json"
 PLOTS = {"zf": "zf_plot.png", "l0": "l0_histogram.png", "density": "latent_density.png"}
 
 
 def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, layer: int | None = None,
-                    site: str | None = None, batch_size: int = 4096, ablations: dict | None = None) -> dict:
+                    site: str | None = None, batch_size: int = 4096, ablations: dict | None = None,
+                    extra: dict | None = None) -> dict:
     """Evaluate `sae` on activations `data`; with model and input_ids also downstream (reusing
-    `ablations`, see downstream.ablation_losses, when given). Writes out_dir/eval.json and the
-    plots; returns the results."""
+    `ablations`, see downstream.ablation_losses, when given). Writes out_dir/eval.json (with
+    `extra` fields such as train_tokens added, atomically) and the plots; returns the results."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = evaluate(sae, data, batch_size=batch_size)
@@ -36,7 +39,8 @@ def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, 
     l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=sae.cfg.k, title=f"L0 per token: {name}")
     density_plot(results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}")
     results["plots"] = dict(PLOTS)
-    (out_dir / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
+    results.update(extra or {})
+    atomic_write(out_dir / EVAL_NAME, lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
     return results
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..data.cache import ActivationCache
+from .full import EVAL_NAME
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
 HISTOGRAM_BINS = 30
@@ -194,5 +195,5 @@ def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, resul
 
 
 def read_results(run: Path) -> dict | None:
-    file = run / "eval.json"
+    file = run / EVAL_NAME
     return json.loads(file.read_text()) if file.is_file() else None
