@@ -56,7 +56,7 @@ def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
     import json
 
     from saelab import SAE, SAEConfig, TrainConfig, train
-    from saelab.data.cache import ActivationCache, CacheSpec, build_cache
+    from saelab.data.cache import CacheSpec, build_cache
 
     from tiny_models import tiny_lm
 

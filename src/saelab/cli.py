@@ -26,7 +26,7 @@ from .eval.report import read_results, write_report
 from .io.external import load_any
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
-from .sweep import Downstream, Point, read_grid_file, run_sweep, union
+from .sweep import TRAIN_CONFIG_NAME, Downstream, Point, read_grid_file, run_sweep, union
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.distributed import init_from_env, is_distributed, rank
 from .train.loop import HISTORY_NAME, train_many
@@ -298,7 +298,7 @@ def cmd_train(args) -> None:
         return
     for result, train_cfg in zip(results, train_cfgs):
         run = Path(train_cfg.out_dir)
-        (run / "train_config.json").write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
+        (run / TRAIN_CONFIG_NAME).write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
         extra = {"train_tokens": result.tokens}
         if dictionary is not None:
             extra["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)

@@ -61,11 +61,11 @@ def ablation_losses(model, input_ids: torch.Tensor, layer: int, site: str = "res
     """ce_zero and ce_mean: CE with the site zero-ablated or replaced by its mean over the
     evaluation tokens. They do not depend on the SAE, so a sweep computes them once."""
     net, batches = _prepare(model, input_ids, layer, site, attention_mask, batch_size)
-    total, count = None, 0
+    total, count = 0.0, 0
     for ids, mask in batches:
         acts = harvest(net, ids, layer, site, attention_mask=mask)[:, 1:]
         keep = mask[:, 1:].bool()
-        total = acts[keep].double().sum(0) + (0 if total is None else total)
+        total = total + acts[keep].double().sum(0)
         count += int(keep.sum())
     mean = (total / count).float()
     sums, n = {"zero": 0.0, "mean": 0.0}, 0
