@@ -14,7 +14,6 @@ is sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, which the outliers 
 """
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -44,8 +43,9 @@ def reconstruct(sae: SAE, x: torch.Tensor, rule: str) -> tuple[torch.Tensor, tor
         codes = sae.encode(x)
         return sae(x), (codes > 0).sum(-1)
     if rule == "batch top-k":
-        trainee = copy.deepcopy(sae).train()  # training mode updates the threshold: use a copy
-        parts = [(trainee(b), (trainee.encode(b) > 0).sum(-1)) for b in x.split(4096)]
+        sae.train()  # batch semantics; encoding never moves the threshold
+        parts = [(sae(b), (sae.encode(b) > 0).sum(-1)) for b in x.split(4096)]
+        sae.eval()
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     stats = sae.input_stats(x)
     pre = sae.pre_activation(sae._scale(x, stats))

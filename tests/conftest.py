@@ -24,3 +24,14 @@ def randomize(sae: SAE, seed: int = 1) -> SAE:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
         sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
     return sae
+
+
+def estimate_threshold(sae: SAE, x: torch.Tensor) -> SAE:
+    """What one training step does to a batchtopk threshold (the loss's smallest kept value,
+    then the trainer's update), without changing the parameters; returns sae in eval mode."""
+    from saelab.sae.batchtopk import update_threshold
+
+    sae.train()
+    with torch.no_grad():
+        update_threshold(sae, sae.loss(x).smallest_active)
+    return sae.eval()

@@ -10,7 +10,7 @@ from saelab import SAE
 from saelab.io.format import SAEFormatError
 from saelab.sae.model import SAE as SAEModule
 
-from conftest import make_sae, randomize
+from conftest import estimate_threshold, make_sae, randomize
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
 
@@ -18,7 +18,7 @@ ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
 def _ready(arch, **kw):
     sae = randomize(make_sae(arch, **kw))
     if arch == "batchtopk":
-        sae.train().encode(torch.randn(64, 16))
+        estimate_threshold(sae, torch.randn(64, 16))
     return sae.eval()
 
 

@@ -25,6 +25,15 @@ def test_topk_keeps_exactly_k_largest_per_row():
         assert (code > 0).sum() == min(5, (row > 0).sum())
 
 
+def _training_step_threshold(sae, x):
+    """What a training step does to the threshold: the loss's smallest kept value, then the update."""
+    from saelab.sae.batchtopk import update_threshold
+
+    out = sae.loss(x)
+    update_threshold(sae, out.smallest_active)
+    return out
+
+
 def test_batchtopk_training_keeps_n_times_k_over_the_batch():
     sae = randomize(make_sae("batchtopk", k=3)).train()
     x = torch.randn(40, 16)
@@ -35,15 +44,34 @@ def test_batchtopk_training_keeps_n_times_k_over_the_batch():
     np.testing.assert_allclose(f, np.where(a >= cutoff, a, 0), rtol=1e-6)
     per_sample = (f > 0).sum(1)
     assert per_sample.min() != per_sample.max()  # variable allocation, mean k
+    for sparse in (True, False):
+        fresh = randomize(make_sae("batchtopk", k=3)).train()
+        out = fresh.loss(x, sparse=sparse)
+        assert out.smallest_active.item() == pytest.approx(cutoff, rel=1e-6)
+    _training_step_threshold(sae, x)
     assert sae.threshold.item() == pytest.approx(cutoff, rel=1e-6)
+
+
+def test_encoding_in_training_mode_never_moves_the_threshold():
+    sae = randomize(make_sae("batchtopk", k=3)).train()
+    sae.encode(torch.randn(40, 16))
+    assert torch.isnan(sae.threshold)  # no training step yet
+    _training_step_threshold(sae, torch.randn(40, 16))
+    theta = sae.threshold.clone()
+    for _ in range(3):
+        sae.encode(torch.randn(40, 16) * 5)
+        sae(torch.randn(40, 16))
+    assert sae.threshold == theta and sae.threshold_updates.item() == 1
 
 
 def test_batchtopk_threshold_is_a_mean_then_an_ema_of_batch_minima():
     sae = randomize(make_sae("batchtopk", k=3, threshold_momentum=0.75)).train()
     minima = []
     for _ in range(6):
-        f = sae.encode(torch.randn(20, 16))
+        x = torch.randn(20, 16)
+        f = sae.encode(x)
         minima.append(f[f > 0].min().item())
+        _training_step_threshold(sae, x)
     want = sum(minima[:4]) / 4  # a plain mean while 1 - 1/t < 0.75
     for m in minima[4:]:
         want = 0.75 * want + 0.25 * m
@@ -52,7 +80,7 @@ def test_batchtopk_threshold_is_a_mean_then_an_ema_of_batch_minima():
 
 def test_batchtopk_eval_is_batch_independent():
     sae = randomize(make_sae("batchtopk", k=3)).train()
-    sae.encode(torch.randn(64, 16))
+    _training_step_threshold(sae, torch.randn(64, 16))
     sae.eval()
     x = torch.randn(30, 16)
     together = sae.encode(x).detach()
@@ -208,3 +236,103 @@ def test_relu_starts_with_a_small_encoder_and_every_other_rule_with_the_transpos
     x = torch.randn(512, 16) * 4
     x_hat = make_sae("relu", d_sae=256)(x)  # x8: the full transpose would give ~4x the input
     assert 0.1 < (x_hat.norm(dim=1) / x.norm(dim=1)).median() < 1.0
+
+
+def _brute_force_batch_topk(pre: torch.Tensor, count: int) -> set:
+    """{(row, col)} of the `count` largest positive entries of pre, by a full sort."""
+    order = sorted(((v, i, j) for i, row in enumerate(pre.tolist()) for j, v in enumerate(row)), reverse=True)
+    return {(i, j) for v, i, j in order[:count] if v > 0}
+
+
+def _simulated_ranks(pre: torch.Tensor, k: int, n_ranks: int) -> set:
+    """global_batch_topk on n_ranks slices of pre, with the gather done by hand."""
+    from saelab.sae.batchtopk import global_batch_topk, local_offers
+
+    parts = pre.chunk(n_ranks)
+    offers = torch.cat([local_offers(p, len(p) * n_ranks * k, k)[0] for p in parts])
+    chosen = set()
+    for r, part in enumerate(parts):
+        rows, cols = global_batch_topk(part, k, n_ranks, lambda values: offers)
+        chosen |= {(r * len(part) + i, j) for i, j in zip(rows.tolist(), cols.tolist())}
+    return chosen
+
+
+@pytest.mark.parametrize("n_ranks", range(1, 17))
+def test_global_batch_topk_is_exact_for_any_world_size(n_ranks):
+    gen = torch.Generator().manual_seed(n_ranks)
+    k, rows_per_rank, h = 3, 4, 40
+    pre = torch.randn(rows_per_rank * n_ranks, h, generator=gen)
+    pre[0] += 8  # one row holds much of the budget (more than 4k of its entries)
+    pre[-1] = -pre[-1].abs() - 0.1  # an all-negative row
+    assert _simulated_ranks(pre, k, n_ranks) == _brute_force_batch_topk(pre, len(pre) * k)
+
+
+def test_batchtopk_training_mode_on_a_few_positive_entries_keeps_only_those():
+    sae = make_sae("batchtopk", k=3, d_in=4, d_sae=6).train()
+    pre = torch.full((5, 6), -1.0)
+    pre[2, 1], pre[4, 5] = 2.0, 0.5
+    from saelab.sae.batchtopk import global_batch_topk
+
+    rows, cols = global_batch_topk(pre, sae.cfg.k, 1, lambda v: v)
+    assert list(zip(rows.tolist(), cols.tolist())) == [(2, 1), (4, 5)]
+
+
+def test_topk_sparse_path_counts_only_positive_selections():
+    sae = make_sae("topk", k=4)
+    with torch.no_grad():  # pre-activations b_enc: two latents positive, the rest negative
+        sae.W_enc.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.b_enc[[3, 7]] = 1.0
+    out = sae.loss(torch.randn(10, 16), dead=torch.zeros(64, dtype=torch.bool))
+    assert out.l0.item() == 2
+    assert out.fired.nonzero().flatten().tolist() == [3, 7]
+    dense = sae.loss(torch.randn(10, 16), dead=torch.zeros(64, dtype=torch.bool), sparse=False)
+    assert dense.l0.item() == 2 and dense.fired.nonzero().flatten().tolist() == [3, 7]
+
+
+def _reference_loss_terms(sae, x):
+    """The authors' loss terms (SewoongLee/top-afa-sae training/sae.py, TopAFASAE), rewritten in
+    numpy: l2 = mean over elements of (x_hat - x)^2, afa = c * mean_t (||f_t|| - ||x_t||)^2,
+    with x the preprocessed input (standardised per token when input_unit_norm)."""
+    raw = x.double().numpy()
+    if sae.cfg.input_scaling == "per_token":
+        centred = raw - raw.mean(-1, keepdims=True)
+        xs = centred / (centred.std(-1, ddof=1, keepdims=True) + 1e-5)
+    else:
+        xs = raw
+    W_enc, b_enc = sae.W_enc.detach().double().numpy(), sae.b_enc.detach().double().numpy()
+    W_dec, b_dec = sae.W_dec.detach().double().numpy(), sae.b_dec.detach().double().numpy()
+    acts = np.maximum((xs - b_dec) @ W_enc + b_enc, 0)
+    f = np.zeros_like(acts)
+    for t in range(len(xs)):  # brute-force top-AFA selection per token
+        k = _brute_force_k(acts[t], np.linalg.norm(W_dec, axis=1), np.linalg.norm(xs[t] - b_dec))
+        top = np.argsort(-(acts[t] * np.linalg.norm(W_dec, axis=1)) ** 2, kind="stable")[:k]
+        f[t, top] = acts[t, top]
+    x_hat = f @ W_dec + b_dec
+    l2 = ((x_hat - xs) ** 2).mean()
+    afa = sae.cfg.afa_coefficient * ((np.linalg.norm(f, axis=1) - np.linalg.norm(xs, axis=1)) ** 2).mean()
+    return l2, afa
+
+
+@pytest.mark.parametrize("scaling", ["none", "per_token"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_topafa_afa_term_has_the_reference_weight(scaling, sparse):
+    """The ratio AFA term / reconstruction term equals the reference's for the same coefficient."""
+    sae = randomize(make_sae("topafa", d_in=16, d_sae=48, afa_coefficient=1 / 32, input_scaling=scaling))
+    x = torch.randn(30, 16) * 2 + 0.5
+    out = sae.loss(x, sparse=sparse)
+    l2, afa = _reference_loss_terms(sae, x)
+    assert out.terms["afa"].item() / out.terms["mse"].item() == pytest.approx(afa / l2, rel=1e-4)
+
+
+def test_jumprelu_l0_coefficient_is_in_per_element_units():
+    """||x - x_hat||^2 summed over d_in + d_in * lam * L0 is d_in times the reference's
+    mean-over-elements error + lam * L0: the same trade-off for the same lam."""
+    sae = randomize(make_sae("jumprelu", k=None, l0_coefficient=0.004))
+    x = torch.randn(30, 16)
+    out = sae.loss(x)
+    f = sae.encode(x).detach()
+    x_hat = (f @ sae.W_dec + sae.b_dec).detach()
+    l2_reference = (x_hat - x).square().mean().item()
+    l0_reference = 0.004 * (f != 0).sum(-1).float().mean().item()
+    assert out.terms["l0"].item() / out.terms["mse"].item() == pytest.approx(l0_reference / l2_reference, rel=1e-5)

@@ -1,10 +1,12 @@
 """The approximate-feature-activation analysis of Lee et al. (2025), for any SAE.
 
-Per token, with z the input as the SAE sees it (after its input scaling; a saved SAE has
-expected_norm folded in, so z is the raw activation) and f its code:
+Per token, with z the input as the SAE sees it (after its input scaling) and f its code:
   f~       = [f_1 ||W_dec,1||, ..., f_h ||W_dec,h||, ||b_dec||]   (b_dec counts as one more feature)
   eps_LBO  = | ||z||^2 - ||f~||^2 | / ((h - 1) ||f~||^2)            the smallest eps consistent
              with ||z||^2 / (1 + eps (h-1)) <= ||f~||^2 <= ||z||^2 / (1 - eps (h-1))
+Norms are reported in the units of the raw input: ||z|| and ||f~|| divided by the input
+scaling's multiplier (per_token: times the token's std, so ||z|| = ||x - mean(x)||;
+expected_norm: divided by s), which leaves eps_LBO and ||f~|| / ||z|| unchanged.
 Decoder quasi-orthogonality: max and mean |cos(w_i, w_j)| over i != j, in row blocks so that
 h x h is never held in memory.
 """
@@ -18,17 +20,19 @@ from ..data.activations import evaluation_batches
 
 @torch.no_grad()
 def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """x [n, d_in] -> per-token norm_z, norm_f_tilde, eps_lbo (each [n])."""
+    """x [n, d_in] -> per-token norm_z, norm_f_tilde (raw input units), eps_lbo (each [n])."""
     sae.eval()
     x = x.reshape(-1, sae.cfg.d_in)
-    z = sae._scale(x, sae.input_stats(x))
+    stats = sae.input_stats(x)
+    z = sae._scale(x, stats)
+    to_raw = 1 / torch.as_tensor(stats[0], dtype=x.dtype).reshape(-1) if sae.cfg.input_scaling != "none" else 1.0
     f = sae.encode(x)
     f_tilde_sq = (f * sae.W_dec.norm(dim=1)).square().sum(-1) + sae.b_dec.square().sum()
     z_sq = z.square().sum(-1)
     h = sae.cfg.d_sae
     return {
-        "norm_z": z_sq.sqrt(),
-        "norm_f_tilde": f_tilde_sq.sqrt(),
+        "norm_z": z_sq.sqrt() * to_raw,
+        "norm_f_tilde": f_tilde_sq.sqrt() * to_raw,
         "eps_lbo": (z_sq - f_tilde_sq).abs() / ((h - 1) * f_tilde_sq.clamp_min(1e-30)),
     }
 

@@ -15,26 +15,42 @@ BAND_C = (0.25, 0.5, 1.0)
 MAX_POINTS = 20_000
 
 
-def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> None:
-    """Scatter of ||z|| (x) against ||f~|| (y), the line y = x and the bands of slopes
-    sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}."""
+LOG_SPAN = 20  # log axes when the norms span more than this factor (massive first-token norms)
+
+
+def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
+    """Scatter of ||z|| (x) against ||f~|| (y) in raw input units, the line y = x and the bands
+    of slopes sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}. Where the
+    norms span decades (a few tokens 100x the median), both axes are logarithmic so ordinary
+    tokens are not squashed into the origin (the bands are then parallel lines). Returns
+    whether the axes are logarithmic."""
     z, f = np.asarray(norm_z, dtype=float), np.asarray(norm_f_tilde, dtype=float)
     if len(z) > MAX_POINTS:
         pick = np.random.default_rng(0).choice(len(z), MAX_POINTS, replace=False)
         z, f = z[pick], f[pick]
+    both = np.concatenate([z, f])
+    positive = both[both > 0]
+    log = len(positive) > 0 and positive.max() / np.percentile(positive, 1) > LOG_SPAN
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.scatter(z, f, s=3, alpha=0.3, color="tab:blue", label="tokens", rasterized=True)
-    top = max(z.max(), f.max()) * 1.05
-    xs = np.array([0, top])
+    top = both.max() * 1.05
+    if log:
+        bottom = np.percentile(positive, 0.1) / 1.5
+        xs = np.geomspace(bottom, top, 50)
+    else:
+        bottom, xs = 0.0, np.array([0, top])
     ax.plot(xs, xs, color="black", lw=1, label="||f~|| = ||z||")
     for c, style in zip(BAND_C, (":", "--", "-.")):
         ax.plot(xs, xs * math.sqrt(1 / (1 + c)), color="tab:red", ls=style, lw=1, label=f"c = {c}")
         if c < 1:
             ax.plot(xs, xs * math.sqrt(1 / (1 - c)), color="tab:red", ls=style, lw=1)
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="||z|| (input)", ylabel="||f~|| (code, with b_dec)",
-           title=title or "ZF plot")
+    if log:
+        ax.set(xscale="log", yscale="log")
+    ax.set(xlim=(bottom, top), ylim=(bottom, top), xlabel="||z|| (input, raw units)" + (", log" if log else ""),
+           ylabel="||f~|| (code, with b_dec)" + (", log" if log else ""), title=title or "ZF plot")
     ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
+    return bool(log)
 
 
 def l0_histogram_plot(counts: list[int], path: str | Path, k: int | None = None, title: str = "") -> None:

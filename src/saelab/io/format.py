@@ -3,12 +3,16 @@ W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] for jumprelu or [] for batc
 
 `expected_norm` scaling is folded into the weights on save, so a saved SAE works on raw
 activations with identical codes: W_enc *= s, W_dec /= s, b_dec /= s (thresholds stay in
-pre-activation units). Loading never unpickles: only safetensors is read.
+pre-activation units), and cfg.json records s as metadata.folded_input_scale. Loading unfolds
+it again (unit-norm decoder rows, input_scale = s), so a loaded SAE trains on like the one that
+was saved; other libraries' readers see the folded tensors. Loading never unpickles: only
+safetensors is read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -140,7 +144,16 @@ def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, file: Path) 
 def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
     """An SAE in eval mode from saelab-named tensors (checked against cfg first)."""
     check_tensors(tensors, cfg, path)
+    folded = float(cfg.metadata.get("folded_input_scale", 1.0)) if cfg.input_scaling == "expected_norm" else 1.0
+    if not (math.isfinite(folded) and folded > 0):
+        raise SAEFormatError(f"{path}: metadata.folded_input_scale must be a positive number, got {folded}")
+    if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
+        tensors = {**tensors, "W_enc": tensors["W_enc"] / folded, "W_dec": tensors["W_dec"] * folded,
+                   "b_dec": tensors["b_dec"] * folded}
+        metadata = {key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"}
+        cfg = SAEConfig.from_dict({**cfg.to_dict(), "input_scale": folded, "metadata": metadata})
     sae = SAE(cfg)
+    sae.initialized = True
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(tensors[name])

@@ -4,12 +4,13 @@ Training: keep the n*k largest entries of a = relu(pre) over the whole batch [n,
 Inference: f = a * (a > theta), with theta the running average of the smallest positive value
 kept by the batch top-k during training, so codes do not depend on the batch. The average is a
 plain mean over the first 1 / (1 - m) batches and an EMA with momentum m after that, so the
-large minima of the first, untrained batches fade out quickly.
+large minima of the first, untrained batches fade out quickly. Only a training step moves theta
+(`update_threshold`, called by the trainer); encoding in training mode never does.
 """
 
 import torch
 
-from ..train.distributed import all_gather_cat, is_distributed, world_size
+from ..train.distributed import all_gather_cat, world_size
 
 
 class ThresholdNotEstimated(RuntimeError):
@@ -28,35 +29,42 @@ def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-major (rows, cols) of the active entries of a = relu(pre) [n, h]; in training mode
-    the batch top-k (updating the threshold), in eval mode a > theta.
-
-    In one process: the n*k largest positive entries. Under torchrun the batch is the global
-    batch (n summed over ranks): each rank offers its n*k largest values, the (n*k)-th largest
-    of all offers is the cut, every rank keeps its offers at or above it (ties at the cut
-    aside, the single-process selection)."""
+    the batch top-k over the global batch (n summed over ranks), in eval mode a > theta."""
     if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
         return (pre > _threshold(sae)).nonzero(as_tuple=True)
-    # the largest entries of pre are those of relu(pre) wherever they are positive, and only
-    # positive ones are kept: select on pre and clip the candidates, not all of pre
-    budget = pre.shape[0] * world_size() * sae.cfg.k
-    values, rows, cols = top_entries(pre, min(budget, pre.numel()), per_row=4 * sae.cfg.k)
-    values = values.clamp_min(0)
-    kept = values
-    if is_distributed():
-        everything = all_gather_cat(values)
-        kept = everything.topk(min(budget, everything.numel()), sorted=False).values
-    cut = kept.min()
-    _update_threshold(sae, kept)
+    return global_batch_topk(pre, sae.cfg.k, world_size(), all_gather_cat)
+
+
+def global_batch_topk(pre: torch.Tensor, k: int, n_ranks: int, gather) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of the top n*k positive entries of the global batch, exactly.
+
+    pre [n, h] is this rank's slice of a global batch of n * n_ranks rows; gather concatenates
+    a tensor over ranks. Each rank offers its `budget` = n * n_ranks * k largest entries (the
+    global top `budget` can hold no more of them); the budget-th largest offer of all ranks is
+    the cut and every rank keeps its positive offers at or above it (ties at the cut aside: all
+    tied entries are kept, as a single process would keep a top-k's choice among them)."""
+    budget = pre.shape[0] * n_ranks * k
+    values, rows, cols = local_offers(pre, budget, k)
+    offered = gather(values)
+    cut = offered.topk(min(budget, offered.numel()), sorted=False).values.min()
     keep = (values >= cut) & (values > 0)
     order = (rows[keep] * pre.shape[1] + cols[keep]).argsort()
     return rows[keep][order], cols[keep][order]
+
+
+def local_offers(pre: torch.Tensor, budget: int, k: int) -> tuple[torch.Tensor, ...]:
+    """(values, rows, cols) of this rank's min(budget, n*h) largest entries of pre [n, h],
+    found from per-row candidates: 4k per row, and never fewer than the budget in all."""
+    n, h = pre.shape
+    per_row = min(h, max(4 * k, -(-budget // n)))
+    return top_entries(pre, min(budget, pre.numel()), per_row)
 
 
 def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor, ...]:
     """(values, rows, cols) of the `count` largest entries of a [n, h], exactly, without a
     selection over all n*h values: first each row's `per_row` largest, then the largest among
     those. Exact unless some row has all its candidates at or above the result's minimum (it
-    might hold more); then the selection is redone over everything."""
+    might hold more); then the selection is redone over everything. Needs count <= n*per_row."""
     n, h = a.shape
     if per_row < h:
         candidates, cand_cols = a.topk(per_row, dim=1, sorted=False)
@@ -70,24 +78,26 @@ def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor
 def _threshold(sae) -> torch.Tensor:
     if torch.isnan(sae.threshold):
         raise ThresholdNotEstimated(
-            "this batchtopk SAE has no inference threshold yet (it is estimated during training); "
-            "train it first, or call sae.train() to encode with batch top-k over the given batch"
+            "this batchtopk SAE has no inference threshold yet (training estimates it); train it "
+            "first, or call sae.train() to encode with batch top-k over the given batch (batch-"
+            "dependent codes; encoding never changes the threshold)"
         )
     return sae.threshold
 
 
 @torch.no_grad()
-def _update_threshold(sae, kept: torch.Tensor) -> None:
-    """theta <- m_t * theta + (1 - m_t) * min(kept > 0), m_t = min(m, 1 - 1/t) at update t."""
-    positive = kept[kept > 0]
-    if positive.numel() == 0:
+def update_threshold(sae, smallest_kept: torch.Tensor) -> None:
+    """After a training step whose batch top-k kept nothing smaller than `smallest_kept` (over
+    all ranks; inf if it kept nothing): theta <- m_t theta + (1 - m_t) smallest_kept,
+    m_t = min(m, 1 - 1/t) at update t."""
+    if not torch.isfinite(smallest_kept):
         return
     sae.threshold_updates += 1
     momentum = min(sae.cfg.threshold_momentum, 1 - 1 / sae.threshold_updates.item())
     if torch.isnan(sae.threshold):
-        sae.threshold.copy_(positive.min())
+        sae.threshold.copy_(smallest_kept)
     else:
-        sae.threshold.lerp_(positive.min(), 1 - momentum)
+        sae.threshold.lerp_(smallest_kept.to(sae.threshold), 1 - momentum)
 
 
 def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ class LossOutput:
     terms: dict[str, torch.Tensor]  # each weighted term, detached
     fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
     l0: torch.Tensor  # scalar: mean active latents per token
+    smallest_active: torch.Tensor  # scalar: the smallest positive code value (inf if none)
 
 
 class SAE(nn.Module):
@@ -61,6 +62,7 @@ class SAE(nn.Module):
             lam = jumprelu.INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
             self.register_buffer("l0_lambda", torch.tensor(float(lam)))
         self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
+        self.initialized = False  # set once b_dec and the input scale come from data (or a file)
 
     # -- input scaling -----------------------------------------------------------------------
     def input_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -143,18 +145,22 @@ class SAE(nn.Module):
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0 = torch.tensor(len(code.values) / len(x))
+            active = code.values.detach()
             aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in) if use_aux else None
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
             aux = auxk.aux_loss(self, x, x_hat, pre, dead) if use_aux else None
+            active = f.detach()[f.detach() > 0] if self.cfg.arch == "batchtopk" else f.new_zeros(0)
+        active = active[active > 0]
+        smallest = active.min() if active.numel() else torch.tensor(float("inf"), device=x.device)
         terms = {"mse": (x - x_hat).square().sum(-1).mean()}
         terms.update(rule.penalty(self, f, pre, x))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         loss = sum(terms.values())
-        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0)
+        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0, smallest)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

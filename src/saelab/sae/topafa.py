@@ -2,7 +2,10 @@
 
 a = relu(pre); target t = ||x - b_dec||; scores s_i = (a_i ||W_dec,i||)^2 sorted descending with
 cumulative sums c_j; k* = argmin_j |sqrt(c_j) - t| + 1; keep those k* latents.
-Loss term: lam_afa * (||f||_2 - ||x||_2)^2, averaged over tokens.
+Loss term: d_in * lam_afa * (||f||_2 - ||x||_2)^2, averaged over tokens. saelab's
+reconstruction term is summed over d_in; the authors' (SewoongLee/top-afa-sae) is a mean over
+elements, and their lam_afa (1/128 .. 1/16) is in those units. The factor d_in keeps the ratio
+AFA term / reconstruction term equal to the reference's for the same lam_afa.
 """
 
 import torch
@@ -51,4 +54,4 @@ def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
     """f: dense codes or a SparseCode."""
     afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - x.norm(dim=-1)
     afa = afa.square().mean()
-    return {"afa": sae.cfg.afa_coefficient * afa}
+    return {"afa": sae.cfg.d_in * sae.cfg.afa_coefficient * afa}

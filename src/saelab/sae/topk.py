@@ -10,10 +10,13 @@ def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of each row's k largest pre-activations, row-major."""
-    indices = pre.topk(sae.cfg.k, dim=-1, sorted=False).indices
+    """(rows, cols) of each row's k largest pre-activations that are positive (the active
+    latents: a non-positive one codes 0), row-major."""
+    values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
     n, k = indices.shape
-    return torch.arange(n, device=pre.device).repeat_interleave(k), indices.flatten()
+    rows = torch.arange(n, device=pre.device).repeat_interleave(k)
+    positive = values.flatten() > 0
+    return rows[positive], indices.flatten()[positive]
 
 
 def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:

@@ -50,9 +50,10 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In place: sum / max / mean over ranks."""
+    """In place: sum / max / min / mean over ranks."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        ops = {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        dist.all_reduce(t, op=ops.get(op, dist.ReduceOp.SUM))
         if op == "mean":
             t /= world_size()
     return t

@@ -1,10 +1,40 @@
-"""Initialisation from the first training batch: input scale, b_dec, jumprelu thresholds."""
+"""Initialisation from data: the input scale (from many tokens), then b_dec and jumprelu
+thresholds from the first training batch."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
+
+from ..data.activations import check_batch
+from .distributed import all_reduce
+
+NORM_TOKENS = 2**18  # tokens behind the expected_norm scale (SAELens: about 1000 batches)
+NORM_SEED = 2_718_281  # a fixed data order: the scale does not depend on the training seed
+NORM_BATCH = 4096
+
+
+@torch.no_grad()
+def mean_squared_norm(source, part: tuple[int, int] = (0, 1)) -> float | None:
+    """E||x||^2 over min(NORM_TOKENS, all) tokens of a source, in float64: every row when the
+    source has no more, else NORM_TOKENS rows of a fixed shuffle (under torchrun each rank reads
+    its share and the sums are reduced). None for a stream, which cannot be read twice."""
+    if source.n_tokens is None:
+        return None
+    if source.n_tokens <= NORM_TOKENS:
+        batches, shared = source.chunks(NORM_BATCH), False
+    else:
+        n_batches = max(1, NORM_TOKENS // (NORM_BATCH * part[1]))
+        batches, shared = itertools.islice(source.batches(NORM_BATCH, NORM_SEED, part=part), n_batches), True
+    sums = torch.zeros(2, dtype=torch.float64)
+    for i, x in enumerate(batches):
+        check_batch(x, source.d_in, f"{source.name}, input-norm batch {i}")
+        sums += torch.tensor([x.double().square().sum().item(), len(x)], dtype=torch.float64)
+    if shared:
+        all_reduce(sums)
+    return (sums[0] / sums[1]).item()
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -21,13 +51,17 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 
 
 @torch.no_grad()
-def initialize_from_data(sae, x: torch.Tensor) -> None:
-    """x [n, d_in] raw activations. Sets s (expected_norm: E||s x||^2 = d_in), b_dec to the
-    geometric median of the scaled batch, and for jumprelu with a target L0 k each latent's
-    threshold to its (1 - k/d_sae) quantile of pre-activations, so training starts near L0 = k."""
+def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None) -> None:
+    """x [n, d_in] raw activations of the first batch; squared_norm E||x||^2 over many tokens
+    (mean_squared_norm; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 =
+    d_in), b_dec to the geometric median of the scaled batch, and for jumprelu with a target L0
+    k each latent's threshold to its (1 - k/d_sae) quantile of pre-activations, so training
+    starts near L0 = k."""
     cfg = sae.cfg
     if cfg.input_scaling == "expected_norm":
-        scale = math.sqrt(cfg.d_in / x.double().square().sum(1).mean().item())
+        if squared_norm is None:
+            squared_norm = x.double().square().sum(1).mean().item()
+        scale = math.sqrt(cfg.d_in / squared_norm)
         sae.input_scale.fill_(scale)
         cfg.input_scale = scale
     scaled = sae._scale(x, sae.input_stats(x))
@@ -37,3 +71,4 @@ def initialize_from_data(sae, x: torch.Tensor) -> None:
         rank = max(1, min(len(x), round(len(x) * (1 - cfg.k / cfg.d_sae))))
         quantile = pre.kthvalue(rank, dim=0).values
         sae.log_threshold.copy_(quantile.clamp_min(cfg.jumprelu_init_threshold).log())
+    sae.initialized = True

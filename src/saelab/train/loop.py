@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
-from ..sae import jumprelu
+from ..sae import batchtopk, jumprelu
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, is_distributed, rank, world_size
-from .init import initialize_from_data
+from .init import initialize_from_data, mean_squared_norm
 from .schedule import lr_factor
 from .wandb_log import start_run
 
@@ -50,7 +50,7 @@ class _LossForward(torch.nn.Module):
 
     def forward(self, x, dead):
         out = self.sae.loss(x, dead, sparse=self.sparse)
-        return out.loss, out.fired, out.l0, out.terms
+        return out.loss, out.fired, out.l0, out.terms, out.smallest_active
 
 
 class Trainer:
@@ -70,6 +70,7 @@ class Trainer:
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
         self.step = 0
+        self.squared_norm = None  # E||x||^2 for expected_norm, set by train_many before step 0
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         self.writes = self.out_dir is not None and rank() == 0
         if self.writes:
@@ -117,18 +118,20 @@ class Trainer:
         loss -> backward -> remove the decoder-gradient component parallel to each row -> clip ->
         Adam with the scheduled lr -> renormalise decoder rows."""
         sae, cfg = self.sae, self.cfg
-        if self.step == 0:
-            initialize_from_data(sae, all_gather_cat(x))
+        if self.step == 0 and not sae.initialized:
+            initialize_from_data(sae, all_gather_cat(x), self.squared_norm)
         lr = cfg.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, fired, l0, terms = self.loss_fn(x, dead)
+            loss, fired, l0, terms, smallest_active = self.loss_fn(x, dead)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sae.cfg.arch == "jumprelu":
             jumprelu.update_multiplier(sae, l0)
+        if sae.cfg.arch == "batchtopk":
+            batchtopk.update_threshold(sae, all_reduce(smallest_active.detach().clone(), "min"))
         sae.remove_parallel_gradient()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -201,6 +204,10 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
     start = trainers[0].step
     if any(t.step != start for t in trainers):
         raise ConfigError("the checkpoints of SAEs trained together are at different steps")
+    if start == 0 and any(s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes):
+        squared_norm = mean_squared_norm(source, part=(me, n_ranks))
+        for t in trainers:
+            t.squared_norm = squared_norm
 
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))
