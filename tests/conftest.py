@@ -35,3 +35,18 @@ def estimate_threshold(sae: SAE, x: torch.Tensor) -> SAE:
     with torch.no_grad():
         update_threshold(sae, sae.loss(x).smallest_active)
     return sae.eval()
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the command line expecting a clean failure: exit status 2, no traceback, and a
+    `saelab...: error: ...` line on stderr, which is returned."""
+    from saelab import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("saelab") and ": error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -18,6 +18,8 @@ from saelab.eval.report import BEFORE, latent_examples, report_html, write_repor
 
 from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
 
+from conftest import cli_error
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -105,8 +107,7 @@ def test_report_command(setup, tmp_path, capsys):
     page = (run / "report.html").read_text()
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
     np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
-    with pytest.raises(SystemExit, match="needs token ids"):
-        cli.main(["report", str(run), "--activations", str(tmp_path / "acts.npy")])
+    assert re.search("needs token ids", cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")]))
 
 
 def test_page_renders_in_headless_chromium(setup, tmp_path):

@@ -1,6 +1,7 @@
 """The training loop: files, resume, data sources and bad data."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -14,7 +15,7 @@ from saelab.train import loop
 from saelab.train.checkpoint import CHECKPOINT_NAME
 from saelab.train.schedule import lr_factor
 
-from conftest import make_sae
+from conftest import cli_error, make_sae
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
 
@@ -75,22 +76,37 @@ def test_run_directory_contents(tmp_path):
     torch.testing.assert_close(loaded.encode(x), result.sae.encode(x), rtol=1e-5, atol=1e-5)
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("change, field", [
+    ({"lr": 1e-3}, "lr (was 0.003, now 0.001)"),
+    ({"grad_clip": None}, "grad_clip"),
+    ({"k": 3}, "k (was 4, now 3)"),
+    ({"input_scaling": "per_token"}, "input_scaling"),
+    ({"aux_coefficient": 0.5}, "aux_coefficient"),
+    ({"aux_k": 8}, "aux_k"),
+    ({"metadata": {"activations": "other.npy"}}, "metadata"),
+    ({"data": 999}, "n_tokens (was 1000, now 999)"),
+])
+def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch, change, field):
     def crash(*args):
         raise Interrupt
 
+    data = torch.randn(1000, 16)
     real = loop.Trainer.checkpoint
     monkeypatch.setattr(loop.Trainer, "checkpoint", lambda self: (real(self), crash()))
     with pytest.raises(Interrupt):
-        train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, checkpoint_every_tokens=300))
+        train(make_sae("topk"), data, _cfg(tmp_path, checkpoint_every_tokens=300))
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="different settings: lr"):
-        train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, lr=1e-3, resume=True))
+    sae_keys = {key: value for key, value in change.items() if key in SAEConfig.__dataclass_fields__}
+    train_keys = {key: value for key, value in change.items() if key in TrainConfig.__dataclass_fields__}
+    with pytest.raises(ConfigError, match="cannot resume .* different .* settings: " + re.escape(field)):
+        train(make_sae("topk", **sae_keys), data[: change.get("data", 1000)],
+              _cfg(tmp_path, resume=True, checkpoint_every_tokens=300, **train_keys))
+    train(make_sae("topk"), data, _cfg(tmp_path, resume=True, checkpoint_every_tokens=300))  # same: resumes
 
 
 def test_resume_without_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
-        train(make_sae("topk"), torch.randn(100, 16), _cfg(tmp_path, resume=True))
+        train(make_sae("topk"), torch.randn(1000, 16), _cfg(tmp_path, resume=True))
 
 
 def test_npy_file_and_iterable_sources(tmp_path):
@@ -250,12 +266,11 @@ def test_history_goes_to_wandb_when_asked(tmp_path, monkeypatch):
     assert [step for step, _ in calls["log"]] == [2, 4, 6, 8]
 
 
-def test_missing_wandb_is_named_before_training(tmp_path, monkeypatch):
+def test_missing_wandb_is_named_before_training(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
         train(make_sae("topk"), torch.randn(512, 16), TrainConfig(batch_size=256, wandb_project="p", progress=False))
-    with pytest.raises(SystemExit, match="pip install wandb"):
-        cli.main(["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")])
+    assert re.search("pip install wandb", cli_error(capsys, ["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")]))
     assert not (tmp_path / "r").exists()
 
 

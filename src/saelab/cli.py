@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +24,7 @@ from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
+from .errors import SaelabError
 from .eval.full import full_evaluation, summary_lines
 from .eval.report import read_results, write_report
 from .io.external import load_any
@@ -28,13 +32,52 @@ from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
 from .sweep import TRAIN_CONFIG_NAME, Downstream, Point, read_grid_file, run_sweep, union
 from .train.checkpoint import CHECKPOINT_NAME
-from .train.distributed import init_from_env, is_distributed, rank
+from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.loop import HISTORY_NAME, train_many
 from .train.wandb_log import require_wandb
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
 DEFAULT = {"model": "builtin:smollm2-135m", "layer": 15, "site": "resid_post", "dataset": "builtin:wiki",
            "tokens": 250_000, "eval_tokens": 16_384}
+MIN_EVAL_TOKENS = 64  # fewer held-out tokens give no meaningful variance, density or L0 histogram
+# what saelab writes into a run directory (--overwrite removes exactly these)
+RUN_FILES = (WEIGHTS_NAME, "cfg.json", "eval.json", "report.html", "zf_plot.png", "l0_histogram.png",
+             "latent_density.png", HISTORY_NAME, CHECKPOINT_NAME, TRAIN_CONFIG_NAME)
+
+
+class UsageError(SaelabError):
+    """Flags that contradict each other or are missing."""
+
+
+def _integer(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else f'>= {low}'}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _real(low: float = 0.0, strict: bool = False):
+    """argparse type: a finite float >= low (> low when strict)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+COUNT, INDEX, COEFFICIENT, RATE = _integer(1), _integer(0), _real(0.0), _real(0.0, strict=True)
 
 
 def _add_model_arguments(group, defaults: bool) -> None:
@@ -42,14 +85,14 @@ def _add_model_arguments(group, defaults: bool) -> None:
     group.add_argument("--model",
                        help="hub id, local directory, .gguf file or builtin:smollm2-135m"
                        + (f" (default: {DEFAULT['model']})" if defaults else ""))
-    group.add_argument("--layer", type=int, help="block index, from 0"
+    group.add_argument("--layer", type=INDEX, help="block index, from 0"
                        + (f" (default: {DEFAULT['layer']})" if defaults else ""))
     group.add_argument("--site", choices=SITES, help="hook site (default: resid_post)")
     group.add_argument("--dataset",
                        help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
                        + (f" (default: {DEFAULT['dataset']})" if defaults else ""))
     group.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
-    group.add_argument("--ctx-len", type=int, default=128, help="tokens per packed context, BOS first (default: 128)")
+    group.add_argument("--ctx-len", type=_integer(2), default=128, help="tokens per packed context, BOS first (default: 128)")
     group.add_argument("--include-special", action="store_true",
                        help="keep BOS/EOS/pad positions in the activations (default: left out)")
     group.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float16",
@@ -64,7 +107,7 @@ def _spec(args, split: str = "train") -> CacheSpec:
     missing = [flag for flag, value in (("--model", args.model), ("--layer", args.layer),
                                         ("--dataset", args.dataset)) if value is None]
     if missing:
-        sys.exit(f"saelab: error: {', '.join(missing)} required")
+        raise UsageError(f"{', '.join(missing)} required")
     return CacheSpec(model=args.model, layer=args.layer, site=args.site, dataset=args.dataset, split=split,
                      text_column=args.text_column, ctx_len=args.ctx_len, dtype=args.storage_dtype,
                      include_special=args.include_special)
@@ -79,8 +122,8 @@ def _add_cache_parser(commands) -> None:
     _add_model_arguments(p, defaults=False)
     p.add_argument("--split", choices=SPLITS, default="train",
                    help="train, or eval: the held-out documents (every 10th) (default: train)")
-    p.add_argument("--tokens", type=int, required=True, help="activations to harvest")
-    p.add_argument("--shard-tokens", type=int, default=65536, help="activations per shard (default: 65536)")
+    p.add_argument("--tokens", type=COUNT, required=True, help="activations to harvest")
+    p.add_argument("--shard-tokens", type=COUNT, default=65536, help="activations per shard (default: 65536)")
     p.add_argument("--out", metavar="DIR", required=True, help="cache directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)
@@ -109,9 +152,9 @@ def _add_data_arguments(p, streaming: bool) -> None:
     if streaming:
         data.add_argument("--no-cache", action="store_true",
                           help="harvest while training, through a shuffle buffer, without writing a cache")
-        data.add_argument("--shuffle-buffer", type=int, default=65536,
+        data.add_argument("--shuffle-buffer", type=COUNT, default=65536,
                           help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
-    data.add_argument("--eval-tokens", type=int, default=None,
+    data.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=None,
                       help="held-out tokens for evaluation: from held-out documents when harvesting "
                       f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)")
 
@@ -120,20 +163,22 @@ def _add_training_arguments(p, seeds: bool) -> None:
     """Optimizer and data-amount flags shared by train and sweep (where --seed is a list)."""
     opt = p.add_argument_group("training")
     if seeds:
-        opt.add_argument("--seed", type=_list_of(int), default=None,
+        opt.add_argument("--seed", type=_list_of(INDEX), default=None,
                          help="seeds for initialisation and data order, a comma list (default: 0)")
     else:
-        opt.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default: 0)")
-    opt.add_argument("--tokens", type=int, default=None,
+        opt.add_argument("--seed", type=INDEX, default=0, help="seed for initialisation and data order (default: 0)")
+    opt.add_argument("--tokens", type=COUNT, default=None,
                      help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
                      "else one pass over the training data)")
-    opt.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
-    opt.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: 3e-4)")
-    opt.add_argument("--dead-tokens", type=int, default=100_000,
+    opt.add_argument("--batch-size", type=COUNT, default=4096, help="tokens per batch (default: 4096)")
+    opt.add_argument("--lr", type=RATE, default=3e-4, help="Adam learning rate (default: 3e-4)")
+    opt.add_argument("--dead-tokens", type=COUNT, default=100_000,
                      help="a latent is dead after this many tokens without firing (default: 100000)")
-    opt.add_argument("--aux-k", type=int, default=512, help="AuxK: dead latents used per token (default: 512)")
-    opt.add_argument("--aux-coefficient", type=float, default=1 / 32, help="AuxK loss weight (default: 1/32)")
-    opt.add_argument("--checkpoint-every", type=int, default=1_000_000, metavar="TOKENS",
+    opt.add_argument("--aux-k", type=INDEX, default=512, help="AuxK: dead latents used per token (default: 512)")
+    opt.add_argument("--aux-coefficient", type=COEFFICIENT, default=1 / 32,
+                     help="AuxK loss weight, relative to the reconstruction error as in the BatchTopK and top-AFA "
+                     "reference code (default: 1/32)")
+    opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",
                      help="write a checkpoint every this many tokens (default: 1000000)")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")
     opt.add_argument("--bf16", action="store_true",
@@ -155,19 +200,24 @@ def _add_train_parser(commands) -> None:
     sae.add_argument("--arch", type=_list_of(str, ARCHS), default=["batchtopk"],
                      help=f"architecture, or a comma list to train several on the same batches: "
                      f"{', '.join(ARCHS)} (default: batchtopk)")
-    sae.add_argument("--k", type=_list_of(int), default=[32],
+    sae.add_argument("--k", type=_list_of(COUNT), default=[32],
                      help="latents per token: exact for topk, mean for batchtopk, the target L0 for jumprelu "
                      "without --l0-coefficient; ignored by relu and topafa; a comma list trains one SAE "
                      "per value (default: 32)")
-    sae.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in (default: 8)")
+    sae.add_argument("--expansion", type=COUNT, default=8, help="d_sae = expansion * d_in (default: 8)")
     sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="per_token",
                      help="per_token: standardise each token, undone on output (as the BatchTopK reference "
                      "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
                      "weights); none (default: per_token)")
-    sae.add_argument("--l1-coefficient", type=float, default=5.0, help="relu: L1 penalty weight (default: 5)")
-    sae.add_argument("--l0-coefficient", type=float, default=None,
-                     help="jumprelu: a fixed L0 penalty weight instead of the --k target")
-    sae.add_argument("--afa-coefficient", type=float, default=1 / 32, help="topafa: AFA loss weight (default: 1/32)")
+    sae.add_argument("--l1-coefficient", type=COEFFICIENT, default=5.0,
+                     help="relu: L1 penalty weight, against the squared error summed over d_in (SAELens and "
+                     "Anthropic units) (default: 5)")
+    sae.add_argument("--l0-coefficient", type=COEFFICIENT, default=None,
+                     help="jumprelu: a fixed L0 penalty weight instead of the --k target, in the BatchTopK paper's "
+                     "units (error as a mean over elements; the paper used 0.004-0.0008 for GPT-2)")
+    sae.add_argument("--afa-coefficient", type=COEFFICIENT, default=1 / 32,
+                     help="topafa: AFA loss weight in the top-AFA paper's units (error as a mean over elements; "
+                     "the paper used 1/128-1/16) (default: 1/32)")
     _add_training_arguments(p, seeds=False)
     run = p.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", default=None,
@@ -182,8 +232,8 @@ def _list_of(kind, choices=None):
     def parse(text: str) -> list:
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a comma list of {kind.__name__}: {text!r}") from None
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise argparse.ArgumentTypeError(f"not a comma list of {kind.__name__}: {text!r} ({err})") from None
         bad = [v for v in values if choices is not None and v not in choices]
         if bad or not values:
             raise argparse.ArgumentTypeError(f"invalid choice {bad or text!r} (choose from {', '.join(choices or [])})")
@@ -201,19 +251,46 @@ def _grid(args) -> list[tuple[str, int | None]]:
 
 
 def _run_dir(args) -> Path:
+    """The run directory: new, or (--resume) an interrupted run, or (--overwrite) a run whose
+    files are removed first."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
     if args.out is None:
         return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}-k{'+'.join(map(str, args.k))}"
     out = Path(args.out)
-    if not args.resume and not args.overwrite:
-        if list(out.glob(CHECKPOINT_NAME)) + list(out.glob(f"*/{CHECKPOINT_NAME}")):
-            sys.exit(f"saelab: {out} holds an interrupted run; pass --resume to continue it or --overwrite")
-        if list(out.glob(WEIGHTS_NAME)) + list(out.glob(f"*/{WEIGHTS_NAME}")):
-            sys.exit(f"saelab: {out} already holds a trained SAE; pass --overwrite or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a run directory")
+    if args.resume:
+        return out
+    runs = [out, *(p for p in out.glob("*") if p.is_dir())] if out.is_dir() else []
+    if args.overwrite:
+        for run in runs:
+            for name in RUN_FILES:
+                (run / name).unlink(missing_ok=True)
+    elif any((run / CHECKPOINT_NAME).is_file() for run in runs):
+        raise UsageError(f"{out} holds an interrupted run; pass --resume to continue it or --overwrite")
+    elif any((run / WEIGHTS_NAME).is_file() for run in runs):
+        raise UsageError(f"{out} already holds a trained SAE; pass --overwrite or choose another --out")
     return out
+
+
+def _check_data_flags(args) -> None:
+    """One source of training data, and no flag that the chosen source would ignore."""
+    model_flags = [f"--{key}" for key in ("model", "layer", "site", "dataset") if getattr(args, key) is not None]
+    if args.activations and args.synthetic:
+        raise UsageError("--activations and --synthetic name two data sources: choose one")
+    if args.synthetic and model_flags:
+        raise UsageError(f"--synthetic generates its data: {', '.join(model_flags)} would be ignored")
+    if args.activations and model_flags and not Path(args.activations).is_dir():
+        raise UsageError(f"{args.activations} is an array that records no model: {', '.join(model_flags)} would be "
+                         "ignored (they check a cache directory's manifest, or choose a model to harvest from)")
+    if (args.activations or args.synthetic) and getattr(args, "no_cache", False):
+        raise UsageError("--no-cache applies to harvesting from a model, not to --activations or --synthetic")
 
 
 def _load_data(args):
     """(training source, held-out source, ground-truth dictionary or None)."""
+    _check_data_flags(args)
     if args.activations:
         source, dictionary = open_source(args.activations), None
         if isinstance(source, ActivationCache):
@@ -241,6 +318,9 @@ def _load_data(args):
             args.tokens = DEMO["train_tokens"]
         source = open_source(x, name="generated")
     heldout = args.eval_tokens if args.eval_tokens is not None else min(65536, source.n_tokens // 10)
+    if heldout < MIN_EVAL_TOKENS:
+        raise UsageError(f"{source.name} has {source.n_tokens} tokens: too few to hold out {MIN_EVAL_TOKENS} for "
+                         "evaluation and train on the rest")
     train_source, eval_source = source.split(heldout)
     return train_source, eval_source, dictionary
 
@@ -270,9 +350,10 @@ def dictionary_recovery(sae: SAE, dictionary: torch.Tensor) -> float:
 def cmd_train(args) -> None:
     if is_distributed():
         if not (args.activations or args.synthetic) or args.out is None:
-            sys.exit("saelab: error: under torchrun, train from --activations (build it first with saelab cache) "
+            raise UsageError("under torchrun, train from --activations (build it first with saelab cache) "
                      "or --synthetic, and name the run with --out")
     out = _run_dir(args)
+    args.out = str(out)
     train_source, eval_source, dictionary = _load_data(args)
     grid = _grid(args)
     saes, train_cfgs = [], []
@@ -332,9 +413,9 @@ def _add_eval_parser(commands) -> None:
                    help="evaluation activations (default: harvest held-out text for the model/site the SAE was "
                    "trained on, as recorded in its cfg.json)")
     _add_model_arguments(p, defaults=False)
-    p.add_argument("--eval-tokens", type=int, default=DEFAULT["eval_tokens"],
+    p.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
                    help=f"held-out tokens to harvest (default: {DEFAULT['eval_tokens']})")
-    p.add_argument("--downstream-contexts", type=int, default=32,
+    p.add_argument("--downstream-contexts", type=INDEX, default=32,
                    help="held-out contexts for the downstream CE/KL (default: 32)")
     p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and plots (default: RUN)")
@@ -351,7 +432,7 @@ def _eval_data(args, sae: SAE):
     if args.activations:
         return open_source(args.activations)
     if args.model is None or args.layer is None or args.dataset is None:
-        sys.exit("saelab: error: this SAE does not record the model it was trained on: pass --activations, "
+        raise UsageError("this SAE does not record the model it was trained on: pass --activations, "
                  "or --model, --layer and --dataset")
     (data,) = ensure_caches([(_spec(args, "eval"), args.eval_tokens)], args.cache_dir, args.device,
                             args.model_dtype, progress=not args.no_progress)
@@ -365,7 +446,7 @@ def cmd_eval(args) -> None:
     model = input_ids = None
     if explicit_model:
         if args.dataset is None or args.layer is None:
-            sys.exit("saelab: error: downstream metrics need --model, --layer and --dataset")
+            raise UsageError("downstream metrics need --model, --layer and --dataset")
         spec = _spec(args, "eval")
         model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
         input_ids = heldout_contexts(model, spec, args.downstream_contexts)
@@ -389,22 +470,28 @@ def _add_report_parser(commands) -> None:
     p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens or sparsify)")
     p.add_argument("--activations", metavar="DIR", help="an activation cache (default: held-out text of the SAE's model)")
     _add_model_arguments(p, defaults=False)
-    p.add_argument("--eval-tokens", type=int, default=DEFAULT["eval_tokens"],
+    p.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
                    help=f"held-out tokens to harvest when no cache exists (default: {DEFAULT['eval_tokens']})")
     p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
-    p.add_argument("--latents", type=_list_of(int), help="latent indices to show (default: the --top most frequent)")
-    p.add_argument("--top", type=int, default=32, help="how many latents to show (default: 32)")
-    p.add_argument("--contexts", type=int, default=8, help="top-activating contexts per latent (default: 8)")
+    p.add_argument("--latents", type=_list_of(INDEX), help="latent indices to show (default: the --top most frequent)")
+    p.add_argument("--top", type=COUNT, default=32, help="how many latents to show (default: 32)")
+    p.add_argument("--contexts", type=COUNT, default=8, help="top-activating contexts per latent (default: 8)")
     p.add_argument("--out", metavar="FILE.html", help="the page (default: RUN/report.html)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> None:
+    if args.latents and len(set(args.latents)) != len(args.latents):
+        twice = sorted({i for i in args.latents if args.latents.count(i) > 1})
+        raise UsageError(f"--latents lists {', '.join(map(str, twice))} more than once")
     sae = load_any(args.run)
+    too_large = [i for i in args.latents or [] if i >= sae.cfg.d_sae]
+    if too_large:
+        raise UsageError(f"--latents {', '.join(map(str, too_large))}: this SAE has latents 0..{sae.cfg.d_sae - 1}")
     data = _eval_data(args, sae)
     if not isinstance(data, ActivationCache):
-        sys.exit(f"saelab: error: the feature browser needs token ids: pass an activation cache directory "
+        raise UsageError("the feature browser needs token ids: pass an activation cache directory "
                  f"(saelab cache ...), not {args.activations}")
     run, out = Path(args.run), Path(args.out or Path(args.run) / "report.html")
     results = read_results(run)
@@ -432,15 +519,18 @@ def _add_sweep_parser(commands) -> None:
     grid.add_argument("--config", metavar="SWEEP.toml",
                       help="a TOML file of axes, possibly several [[grid]] tables whose union is the sweep")
     grid.add_argument("--arch", "--archs", type=_list_of(str, ARCHS), help="architectures (default: batchtopk)")
-    grid.add_argument("--k", type=_list_of(int),
+    grid.add_argument("--k", type=_list_of(COUNT),
                       help="k for topk/batchtopk, target L0 for jumprelu without --l0-coefficient (default: 32)")
-    grid.add_argument("--expansion", type=_list_of(int), help="d_sae / d_in (default: 8)")
+    grid.add_argument("--expansion", type=_list_of(COUNT), help="d_sae / d_in (default: 8)")
     grid.add_argument("--input-scaling", type=_list_of(str, INPUT_SCALINGS), help="(default: per_token)")
-    grid.add_argument("--l1-coefficient", type=_list_of(float), help="relu: L1 weights (default: 5)")
-    grid.add_argument("--l0-coefficient", type=_list_of(float), help="jumprelu: fixed L0 weights instead of --k targets")
-    grid.add_argument("--afa-coefficient", type=_list_of(float), help="topafa: AFA loss weights (default: 1/32)")
+    grid.add_argument("--l1-coefficient", type=_list_of(COEFFICIENT),
+                      help="relu: L1 weights, against the error summed over d_in (default: 5)")
+    grid.add_argument("--l0-coefficient", type=_list_of(COEFFICIENT),
+                      help="jumprelu: fixed L0 weights instead of --k targets, per-element units (BatchTopK paper)")
+    grid.add_argument("--afa-coefficient", type=_list_of(COEFFICIENT),
+                      help="topafa: AFA loss weights, per-element units (top-AFA paper) (default: 1/32)")
     _add_training_arguments(p, seeds=True)
-    p.add_argument("--downstream-contexts", type=int, default=32,
+    p.add_argument("--downstream-contexts", type=INDEX, default=32,
                    help="held-out contexts for CE/KL with each SAE spliced in; 0 skips it (default: 32)")
     p.add_argument("--out", metavar="DIR", default="runs/sweep", help="sweep directory (default: runs/sweep)")
     p.set_defaults(func=cmd_sweep, no_cache=False)
@@ -455,7 +545,7 @@ def _sweep_points(args) -> list[Point]:
     axes = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key) is not None}
     if args.config:
         if axes:
-            sys.exit(f"saelab: error: give the grid either in {args.config} or by flags "
+            raise UsageError(f"give the grid either in {args.config} or by flags "
                      f"({', '.join(GRID_FLAGS[key] for key in axes)}), not both")
         return union(read_grid_file(args.config))
     return union([axes])
@@ -479,7 +569,7 @@ def _sweep_downstream(args) -> Downstream | None:
 
 def cmd_sweep(args) -> None:
     if is_distributed():
-        sys.exit("saelab: error: run sweeps in one process (use torchrun with saelab train)")
+        raise UsageError("run sweeps in one process (use torchrun with saelab train)")
     points = _sweep_points(args)
     train_source, eval_source, _ = _load_data(args)
     downstream = _sweep_downstream(args)
@@ -520,13 +610,55 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         return
-    distributed = init_from_env()
+    init_from_env()
     try:
+        _check_device(args)
         if getattr(args, "wandb", None):
             require_wandb()  # before any harvesting or training
-        args.func(args)
-    except (ValueError, FileNotFoundError, OfflineError) as err:
-        sys.exit(f"saelab: error: {err}")
+        with _removed_if_failed(args):
+            args.func(args)
+    except (SaelabError, ValueError, OSError) as err:
+        print(f"saelab: error: {_describe(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+        shutdown()
+
+
+def _describe(err: Exception) -> str:
+    """One line for an error: OSErrors name the path and what went wrong."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or err}: {err.filename}"
+    return str(err)
+
+
+def _check_device(args) -> None:
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch build sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: saelab runs on cpu or cuda")
+
+
+@contextmanager
+def _removed_if_failed(args):
+    """Run a command that writes into args.out (which it may set); if it fails and that
+    directory did not exist before and holds nothing to resume (no checkpoint, no cache shard),
+    remove it: a failed command leaves no half-made run or cache behind."""
+    given = getattr(args, "out", None)
+    existed = given is not None and Path(given).exists()
+    try:
+        yield
+    except BaseException:
+        out = getattr(args, "out", None)
+        path = Path(out) if out and not existed and rank() == 0 else None
+        if path is not None and path.is_dir():
+            if not (any(path.rglob(CHECKPOINT_NAME)) or any(path.rglob("shard-*.safetensors"))):
+                shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -6,11 +6,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .errors import SaelabError
+
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 INPUT_SCALINGS = ("none", "expected_norm", "per_token")
 
 
-class ConfigError(ValueError):
+class ConfigError(SaelabError, ValueError):
     """A configuration value is missing, out of range or inconsistent."""
 
 

@@ -30,9 +30,10 @@ from .eval.downstream import ablation_losses
 from .eval.full import EVAL_NAME, full_evaluation
 from .eval.plots import pareto_plot
 from .io.format import WEIGHTS_NAME
+from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .train.loop import HISTORY_NAME, RESUME_KEYS, train_many
+from .train.loop import HISTORY_NAME, NON_RESULT_KEYS, first_difference, train_many
 
 DEFAULT_AXES = {"arch": ["batchtopk"], "k": [32], "expansion": [8], "seed": [0], "input_scaling": ["per_token"],
                 "l1_coefficient": [5.0], "afa_coefficient": [1 / 32], "l0_coefficient": []}
@@ -144,10 +145,9 @@ def _check_settings(run: Path, cfg: TrainConfig) -> None:
     path = run / TRAIN_CONFIG_NAME
     if not path.is_file():
         return
-    saved, now = json.loads(path.read_text()), cfg.to_dict()
-    changed = [key for key in RESUME_KEYS if saved.get(key) != now[key]]
+    changed = first_difference(read_json_object(path), cfg.to_dict(), NON_RESULT_KEYS)
     if changed:
-        raise ConfigError(f"{run} was trained with different {', '.join(changed)} than this sweep; "
+        raise ConfigError(f"{run} was trained with different settings than this sweep: {changed}; "
                           "use another --out or the same settings")
 
 

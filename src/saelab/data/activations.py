@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import SaelabError
 
-class DataError(ValueError):
+
+class DataError(SaelabError, ValueError):
     """Activation data that cannot be used: missing, empty, wrong shape, NaN/Inf."""
 
 

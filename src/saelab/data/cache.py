@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_write
+from ..io.jsonfile import read_json_object
 from . import harvesting
 from .activations import DataError, rebatch
 
@@ -70,10 +71,13 @@ def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise CacheError(f"{directory} is not an activation cache (no {MANIFEST})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CacheError(f"{path} is not valid JSON: {err}") from None
+    manifest = read_json_object(path, CacheError, required=("spec", "d_in", "shards"))
+    if not isinstance(manifest["spec"], dict) or not isinstance(manifest["shards"], list):
+        raise CacheError(f"{path}: 'spec' must be an object and 'shards' a list")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not {"file", "n_tokens", "sha256"} <= set(shard):
+            raise CacheError(f"{path}: shard entry {i} needs file, n_tokens and sha256")
+    return manifest
 
 
 def check_spec(manifest: dict, requested: CacheSpec | dict, directory) -> None:

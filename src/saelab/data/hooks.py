@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import SaelabError
+
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 BLOCK_LIST_NAMES = ("layers", "h", "layer", "blocks")
 # submodule paths inside a block, first match wins: Llama/Mistral/Qwen/Gemma, GPT-2,
@@ -24,7 +26,7 @@ ATTN_PATHS = ("self_attn", "attn", "attention.output.dense", "attention")
 MLP_PATHS = ("mlp", "output.dense")
 
 
-class SiteError(ValueError):
+class SiteError(SaelabError, ValueError):
     """A layer or hook site that the model does not have."""
 
 

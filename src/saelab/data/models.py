@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import SaelabError
 from .hooks import blocks_of
 from .network import require_hub
 from .packaged import package_file
@@ -25,7 +26,7 @@ ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class ModelError(ValueError):
+class ModelError(SaelabError, ValueError):
     """A model that cannot be found or loaded."""
 
 

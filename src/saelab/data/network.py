@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 
+from ..errors import SaelabError
+
 HUB_HOST = "huggingface.co"
 
 
-class OfflineError(RuntimeError):
+class OfflineError(SaelabError, RuntimeError):
     """A hub model or dataset was requested, but the hub cannot be reached."""
 
 

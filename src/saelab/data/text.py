@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import SaelabError
 from .network import require_hub
 from .packaged import package_file
 
@@ -27,7 +28,7 @@ SPLITS = ("train", "eval")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class TextError(ValueError):
+class TextError(SaelabError, ValueError):
     """A text source that cannot be read or yields no text."""
 
 

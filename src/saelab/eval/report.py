@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data.cache import ActivationCache
+from ..io.jsonfile import read_json_object
 from .full import EVAL_NAME
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
@@ -196,4 +196,4 @@ def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, resul
 
 def read_results(run: Path) -> dict | None:
     file = run / EVAL_NAME
-    return json.loads(file.read_text()) if file.is_file() else None
+    return read_json_object(file) if file.is_file() else None

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from ..config import ConfigError, SAEConfig
 from ..sae.model import SAE
 from .atomic import atomic_write
+from .jsonfile import read_json_object
 from .format import CFG_NAME, FORMAT, WEIGHTS_NAME, SAEFormatError, export_tensors, load_sae, read_safetensors, sae_from_tensors
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -36,10 +37,7 @@ def detect_format(path: Path) -> str:
         raise SAEFormatError(f"no SAE directory at {path}")
     if not (path / CFG_NAME).is_file():
         raise SAEFormatError(f"{path} has no {CFG_NAME}: not an SAE directory of a known format")
-    try:
-        cfg = json.loads((path / CFG_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise SAEFormatError(f"{path / CFG_NAME} is not valid JSON: {err}") from None
+    cfg = read_json_object(path / CFG_NAME, SAEFormatError)
     if cfg.get("format") == FORMAT:
         return "saelab"
     if (path / SAELENS_WEIGHTS).is_file():
@@ -60,13 +58,13 @@ def load_any(path: str | Path, device: str = "cpu") -> SAE:
     kind = detect_format(path)
     if kind == "saelab":
         return load_sae(path, device)
-    cfg_dict = json.loads((path / CFG_NAME).read_text())
+    cfg_dict = read_json_object(path / CFG_NAME, SAEFormatError)
     weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
     tensors = read_safetensors(weights)
     translate = from_saelens if kind == "saelens" else from_sparsify
     try:
         cfg, tensors = translate(cfg_dict, tensors)
-    except (KeyError, ConfigError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
     return sae_from_tensors(cfg, tensors, weights).to(device)

@@ -22,15 +22,17 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..config import ConfigError, SAEConfig
+from ..errors import SaelabError
 from ..sae.model import SAE
 from .atomic import atomic_write
+from .jsonfile import read_json_object
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
 FORMAT = "saelab-sae"
 
 
-class SAEFormatError(ValueError):
+class SAEFormatError(SaelabError, ValueError):
     """An SAE directory is missing, incomplete, corrupt or inconsistent."""
 
 
@@ -95,10 +97,7 @@ def read_config(path: Path) -> SAEConfig:
     cfg_file = path / CFG_NAME
     if not cfg_file.is_file():
         raise SAEFormatError(f"{path} has no {CFG_NAME}")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise SAEFormatError(f"{cfg_file} is not valid JSON: {err}") from None
+    raw = read_json_object(cfg_file, SAEFormatError)
     if raw.pop("format", None) != FORMAT:
         raise SAEFormatError(f"{cfg_file} is not a saelab SAE config (missing \"format\": \"{FORMAT}\")")
     raw.pop("saelab_version", None)

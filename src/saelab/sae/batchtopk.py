@@ -10,10 +10,11 @@ large minima of the first, untrained batches fade out quickly. Only a training s
 
 import torch
 
+from ..errors import SaelabError
 from ..train.distributed import all_gather_cat, world_size
 
 
-class ThresholdNotEstimated(RuntimeError):
+class ThresholdNotEstimated(SaelabError, RuntimeError):
     """A batchtopk SAE is used in eval mode before training estimated its threshold."""
 
 

@@ -9,6 +9,7 @@ dead-latent counters, the jumprelu L0 controller and the data-driven initialisat
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -38,6 +39,18 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return True
+
+
+def shutdown() -> None:
+    """Leave the process group so that it is really destroyed now, while the interpreter is
+    alive. destroy_process_group only drops torch's own reference: a DistributedDataParallel
+    wrapper (freed only by the cycle collector) keeps the group, and so gloo's worker threads,
+    alive into interpreter finalization, where tearing them down aborts the process
+    ("terminate called without an active exception", SIGABRT) at random. Collect first."""
+    if is_distributed():
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
+from ..errors import SaelabError
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
 from ..sae import batchtopk, jumprelu
 from ..sae.model import SAE
@@ -27,10 +28,31 @@ from .schedule import lr_factor
 from .wandb_log import start_run
 
 HISTORY_NAME = "history.jsonl"
-# TrainConfig fields that must agree between a checkpoint and the run that resumes it
-RESUME_KEYS = ("batch_size", "lr", "betas", "total_tokens", "warmup_tokens", "decay_fraction", "seed", "dead_tokens")
+# TrainConfig fields that do not change the trained SAE; every other field must agree between a
+# checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
+NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "resume", "log_every", "progress", "wandb_project",
+                   "compile")
+# SAEConfig fields that training itself sets
+ESTIMATED_KEYS = ("input_scale",)
 # TrainConfig fields that SAEs trained together on one stream of batches must share
 SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens")
+
+
+class TrainingDiverged(SaelabError, RuntimeError):
+    """The loss or the parameters became NaN or infinite."""
+
+
+def first_difference(saved: dict, now: dict, ignore=()) -> str | None:
+    """'field (was X, now Y)' for the first field of `now` whose value differs in `saved`."""
+    for key, value in now.items():
+        if key not in ignore and saved.get(key) != value:
+            return f"{key} (was {saved.get(key)!r}, now {value!r})"
+    return None
+
+
+def data_identity(source) -> dict:
+    """What a checkpoint records of its training data: a resume must read the same source."""
+    return {"name": source.name, "d_in": source.d_in, "n_tokens": source.n_tokens}
 
 
 @dataclass
@@ -57,8 +79,8 @@ class Trainer:
     """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
     the loss goes through DDP and only rank 0 writes files."""
 
-    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int):
-        self.sae, self.cfg, self.total_steps = sae, cfg, total_steps
+    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None):
+        self.sae, self.cfg, self.total_steps, self.data = sae, cfg, total_steps, data
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
@@ -86,11 +108,14 @@ class Trainer:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.cfg.out_dir)
-        if state["sae_cfg"]["arch"] != self.sae.cfg.arch or state["sae_cfg"]["d_sae"] != self.sae.cfg.d_sae:
-            raise ConfigError(f"checkpoint in {self.cfg.out_dir} is for a different SAE ({state['sae_cfg']})")
-        changed = [k for k in RESUME_KEYS if state["train_cfg"][k] != self.cfg.to_dict()[k]]
-        if changed:
-            raise ConfigError(f"cannot resume {self.cfg.out_dir} with different settings: {', '.join(changed)}")
+        for what, saved, now, ignore in (
+                ("SAE", state["sae_cfg"], self.sae.cfg.to_dict(), ESTIMATED_KEYS),
+                ("training", state["train_cfg"], self.cfg.to_dict(), NON_RESULT_KEYS),
+                ("data", state.get("data", self.data), self.data or {}, ())):
+            changed = first_difference(saved, now, ignore)
+            if changed:
+                raise ConfigError(f"cannot resume {self.cfg.out_dir} with different {what} settings: {changed}; "
+                                  "rerun with the checkpoint's settings, or pass --overwrite to start again")
         self.sae.load_state_dict(state["sae"])
         self.sae.cfg.input_scale = float(self.sae.input_scale)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -100,6 +125,9 @@ class Trainer:
         self.history = [r for r in records if r["step"] <= self.step]
 
     def checkpoint(self) -> None:
+        """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
+        if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
+            self._diverged("the parameters contain NaN or Inf")
         if not self.writes:
             return
         save_checkpoint(self.cfg.out_dir, {
@@ -110,7 +138,16 @@ class Trainer:
             "since_fired": self.since_fired,
             "sae_cfg": self.sae.cfg.to_dict(),
             "train_cfg": self.cfg.to_dict(),
+            "data": self.data,
         })
+
+    def _diverged(self, what: str) -> None:
+        kept = self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).is_file()
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1} ({self.step * self.cfg.batch_size} tokens done): {what}. "
+            "Likely cause: a learning rate too high for these activations (try a smaller --lr, a longer warmup, "
+            "or --input-scaling per_token / expected_norm for activations of large norm)"
+            + (f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)" if kept else ""))
 
     def train_step(self, x: torch.Tensor) -> dict | None:
         """One optimizer step on batch x [n, d_in]; returns the history record when one is due.
@@ -126,6 +163,8 @@ class Trainer:
         dead = self.since_fired >= cfg.dead_tokens
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss, fired, l0, terms, smallest_active = self.loss_fn(x, dead)
+        if not torch.isfinite(loss):
+            self._diverged(f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sae.cfg.arch == "jumprelu":
@@ -172,12 +211,18 @@ class Trainer:
 
 
 def _total_steps(source, cfg: TrainConfig) -> int:
+    if source.n_tokens is not None and source.n_tokens < cfg.batch_size:
+        raise ConfigError(f"{source.name} has {source.n_tokens} training tokens, fewer than one batch of "
+                          f"{cfg.batch_size}: pass a smaller batch size (--batch-size) or more data")
     total = cfg.total_tokens
     if total is None:
         if isinstance(source, StreamSource):
             raise ConfigError("streamed data has no known length: set TrainConfig.total_tokens")
         total = source.n_tokens
-    return max(1, total // cfg.batch_size)
+    if total < cfg.batch_size:
+        raise ConfigError(f"total_tokens={total} is less than one batch of {cfg.batch_size}: "
+                          "train on more tokens (--tokens) or pass a smaller batch size (--batch-size)")
+    return total // cfg.batch_size
 
 
 def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResult]:
@@ -200,7 +245,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes")
     per_rank = cfg.batch_size // n_ranks
     total_steps = _total_steps(source, cfg)
-    trainers = [Trainer(sae, c, total_steps) for sae, c in zip(saes, cfgs)]
+    trainers = [Trainer(sae, c, total_steps, data_identity(source)) for sae, c in zip(saes, cfgs)]
     start = trainers[0].step
     if any(t.step != start for t in trainers):
         raise ConfigError("the checkpoints of SAEs trained together are at different steps")

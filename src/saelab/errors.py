@@ -1,0 +1,6 @@
+"""The base of every error saelab raises on purpose: bad input, bad files, a failed run. The
+command line prints these as one `saelab: error: ...` line (exit status 2), never a traceback."""
+
+
+class SaelabError(Exception):
+    """A problem saelab detected and can name (as opposed to a bug)."""
