@@ -82,3 +82,49 @@ def test_packing_starts_each_context_with_bos():
     assert ids.shape == (2, 6)
     mask = keep_mask(ids, {0, 1, 2})
     assert not mask[:, 0].any() and mask.sum() == (~torch.isin(ids, torch.tensor([0, 1, 2]))).sum()
+
+
+def test_plain_text_is_split_into_documents(tmp_path):
+    """A .txt corpus of paragraphs (the most common corpus a user has) gives documents and a
+    held-out split; text without blank lines is cut into chunks."""
+    paragraphs = [f"Paragraph {i} says " + " ".join(f"w{(i * 7 + j) % 50}" for j in range(40)) for i in range(300)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs) + "\n")
+    train, held = list(documents(str(tmp_path / "corpus.txt"))), list(documents(str(tmp_path / "corpus.txt"), "eval"))
+    assert held == paragraphs[9::10] and len(train) == 270
+    (tmp_path / "one_block.txt").write_text(" ".join(paragraphs))
+    pieces = list(documents(str(tmp_path / "one_block.txt"))) + list(documents(str(tmp_path / "one_block.txt"), "eval"))
+    assert len(pieces) > 20 and all(len(p) <= 4000 for p in pieces)
+    assert sorted(" ".join(pieces).split()) == sorted(" ".join(paragraphs).split())  # nothing lost
+
+
+def test_a_source_of_few_documents_still_holds_out_a_tenth(tmp_path):
+    docs = [" ".join(f"d{d}w{j}" for j in range(400)) for d in range(3)]
+    path = tmp_path / "few.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    train, held = list(documents(str(path))), list(documents(str(path), "eval"))
+    held_words, all_words = sum(len(h.split()) for h in held), sum(len(d.split()) for d in docs)
+    assert 0.05 < held_words / all_words < 0.2
+    assert sorted(" ".join(train + held).split()) == sorted(" ".join(docs).split())
+    (tmp_path / "tiny.txt").write_text("just a few words")
+    assert list(documents(str(tmp_path / "tiny.txt"))) == ["just a few words"]
+    with pytest.raises(TextError, match="too little text to hold out .* pass more text"):
+        list(documents(str(tmp_path / "tiny.txt"), "eval"))
+
+
+def test_train_and_report_on_a_plain_text_file(tmp_path, capsys):
+    """The new user's path: saelab train --model M --dataset corpus.txt, then saelab report."""
+    from saelab import cli
+
+    from tiny_models import tiny_model
+
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    paragraphs = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(60)) for i in range(300)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs))
+    run = tmp_path / "run"
+    cli.main(["train", "--model", str(model_dir), "--layer", "1", "--dataset", str(tmp_path / "corpus.txt"),
+              "--ctx-len", "16", "--tokens", "2048", "--eval-tokens", "256", "--batch-size", "256", "--arch", "topk",
+              "--k", "4", "--expansion", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-progress"])
+    cli.main(["report", str(run), "--cache-dir", str(tmp_path / "cache"), "--top", "3", "--no-progress"])
+    assert (run / "report.html").is_file()

@@ -331,3 +331,41 @@ def test_a_loaded_expected_norm_sae_trains_on(tmp_path):
     assert evaluate(loaded, x)["nmse"] == pytest.approx(before, rel=0.05)
     loaded.save(tmp_path / "again")  # folded once, not twice
     assert SAE.load(tmp_path / "again").cfg.input_scale == pytest.approx(sae.cfg.input_scale, rel=1e-3)
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from saelab.train.checkpoint import load_checkpoint
+    from saelab.train.loop import TrainingDiverged
+
+    real, calls = SAE.loss, []
+
+    def nan_at_step_4(self, x, dead=None, sparse=True):
+        out = real(self, x, dead, sparse)
+        calls.append(1)
+        if len(calls) == 4:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SAE, "loss", nan_at_step_4)
+    with pytest.raises(TrainingDiverged, match="diverged at step 4 .* learning rate .* checkpoint .* is kept"):
+        train(make_sae("topk"), torch.randn(2000, 16), _cfg(tmp_path, checkpoint_every_tokens=128))
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 3 and all(torch.isfinite(t).all() for t in state["sae"].values() if t.is_floating_point())
+    assert not (tmp_path / "sae.safetensors").exists()
+    monkeypatch.undo()
+    with pytest.raises(TrainingDiverged, match="diverged at step"):  # a real one: an absurd learning rate
+        train(make_sae("relu"), torch.randn(2000, 16) * 100, _cfg(lr=1e30, warmup_tokens=0, grad_clip=None))
+
+
+@pytest.mark.parametrize("data", [torch.arange(160).reshape(10, 16), np.ones((10, 16), dtype=np.int32),
+                                  [torch.ones(10, 16, dtype=torch.int64)]])
+def test_integer_activations_are_refused_by_the_api(data):
+    sae = make_sae("topk")
+    with pytest.raises(DataError, match="floating point"):
+        train(sae, data, _cfg())
+    with pytest.raises(DataError, match="floating point"):
+        from saelab import evaluate
+
+        evaluate(sae, data)
+    with pytest.raises(DataError, match="floating-point tensor"):
+        sae.encode(torch.ones(3, 16, dtype=torch.int64))

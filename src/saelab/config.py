@@ -16,6 +16,20 @@ class ConfigError(SaelabError, ValueError):
     """A configuration value is missing, out of range or inconsistent."""
 
 
+def _integer(name: str, value, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _number(name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf) -> None:
+    """A finite number in [low, high) (low excluded when strict); NaN and Inf are refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low) or value >= high:
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high < math.inf else "")
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
 def _from_dict(cls, d: dict):
     """Build `cls` from a dict, naming unknown keys instead of ignoring them."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -55,9 +69,7 @@ class SAEConfig:
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            _integer(name, getattr(self, name))
         if self.arch in ("topk", "batchtopk") and self.k is None:
             raise ConfigError(f"arch {self.arch!r} needs k (latents per sample)")
         if self.arch == "jumprelu" and (self.k is None) == (self.l0_coefficient is None):
@@ -65,27 +77,24 @@ class SAEConfig:
                 "jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)"
             )
         if self.k is not None:
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k <= 0:
-                raise ConfigError(f"k must be a positive integer, got {self.k!r}")
+            _integer("k", self.k)
             if self.k > self.d_sae:
                 raise ConfigError(f"k={self.k} is larger than d_sae={self.d_sae}")
         if self.input_scaling not in INPUT_SCALINGS:
             raise ConfigError(
                 f"unknown input_scaling {self.input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}"
             )
-        if not (math.isfinite(self.input_scale) and self.input_scale > 0):
-            raise ConfigError(f"input_scale must be a positive finite number, got {self.input_scale}")
+        _number("input_scale", self.input_scale, strict=True)
         for name in ("l1_coefficient", "afa_coefficient", "aux_coefficient"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0")
-        if self.l0_coefficient is not None and self.l0_coefficient < 0:
-            raise ConfigError("l0_coefficient must be >= 0")
-        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
-            raise ConfigError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
-        if self.aux_k < 0:
-            raise ConfigError("aux_k must be >= 0")
-        if not 0 <= self.threshold_momentum < 1:
-            raise ConfigError("threshold_momentum must be in [0, 1)")
+            _number(name, getattr(self, name))
+        if self.l0_coefficient is not None:
+            _number("l0_coefficient", self.l0_coefficient)
+        _number("jumprelu_bandwidth", self.jumprelu_bandwidth, strict=True)
+        _number("jumprelu_init_threshold", self.jumprelu_init_threshold, strict=True)
+        _integer("aux_k", self.aux_k, low=0)
+        _number("threshold_momentum", self.threshold_momentum, high=1.0)
+        if not isinstance(self.metadata, dict):
+            raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,27 +143,27 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-        if self.total_tokens is not None and self.total_tokens <= 0:
-            raise ConfigError(f"total_tokens must be positive, got {self.total_tokens}")
-        if self.warmup_tokens < 0 or self.dead_tokens <= 0:
-            raise ConfigError("warmup_tokens must be >= 0 and dead_tokens > 0")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ConfigError("decay_fraction must be in [0, 1]")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError("grad_clip must be positive or None")
+        _integer("batch_size", self.batch_size)
+        _number("lr", self.lr, strict=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas must be two numbers, got {self.betas!r}")
+        for beta in self.betas:
+            _number("betas", beta, high=1.0)
+        if self.total_tokens is not None:
+            _integer("total_tokens", self.total_tokens)
+        _integer("warmup_tokens", self.warmup_tokens, low=0)
+        _integer("dead_tokens", self.dead_tokens)
+        _number("decay_fraction", self.decay_fraction, high=1.0 + 1e-12)
+        if self.grad_clip is not None:
+            _number("grad_clip", self.grad_clip, strict=True)
+        _integer("seed", self.seed, low=0)
+        _integer("log_every", self.log_every)
         if self.checkpoint_every_tokens is not None:
-            if self.checkpoint_every_tokens <= 0:
-                raise ConfigError("checkpoint_every_tokens must be positive")
+            _integer("checkpoint_every_tokens", self.checkpoint_every_tokens)
             if self.out_dir is None:
                 raise ConfigError("checkpoints need out_dir")
         if self.resume and self.out_dir is None:
             raise ConfigError("resume needs out_dir (where the checkpoint is)")
-        if self.log_every <= 0:
-            raise ConfigError("log_every must be positive")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -63,6 +63,9 @@ class ArraySource:
     def __init__(self, array, start: int = 0, stop: int | None = None, name: str = "tensor"):
         if array.ndim < 2:
             raise DataError(f"{name}: activations must be [tokens, d_in], got shape {tuple(array.shape)}")
+        floating = array.is_floating_point() if isinstance(array, torch.Tensor) else np.issubdtype(array.dtype, np.floating)
+        if not floating:
+            raise DataError(f"{name}: activations must be floating point, got {array.dtype}")
         if array.ndim > 2:
             array = array.reshape(-1, array.shape[-1])
         self.array, self.name = array, name
@@ -144,8 +147,11 @@ class StreamSource:
         self.n_tokens = None
 
     def _pieces(self) -> Iterator[torch.Tensor]:
-        for piece in self.iterable:
-            piece = torch.as_tensor(piece).float()
+        for i, piece in enumerate(self.iterable):
+            piece = torch.as_tensor(piece)
+            if not piece.is_floating_point():
+                raise DataError(f"{self.name}, piece {i}: activations must be floating point, got {piece.dtype}")
+            piece = piece.float()
             yield piece.reshape(-1, piece.shape[-1])
 
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -183,8 +189,8 @@ def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
             raise DataError(f"{path}: expected a .npy file of activations [tokens, d_in] or a cache directory")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(f"{path}: not a readable .npy array ({err or type(err).__name__})") from None
         if not np.issubdtype(array.dtype, np.floating):
             raise DataError(f"{path}: activations must be floating point, got {array.dtype}")
         return ArraySource(array, name=str(path))

@@ -89,12 +89,13 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Langua
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     location, kwargs = _resolve(spec)
-    config = AutoConfig.from_pretrained(location, **kwargs)
-    auto = AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
-    try:
+    try:  # transformers and gguf raise many types for damaged files (struct.error, KeyError, ...)
+        config = AutoConfig.from_pretrained(location, **kwargs)
+        auto = AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
         model = auto.from_pretrained(location, dtype=DTYPES[dtype], **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model {spec!r}: {err}") from None
+    except Exception as err:
+        raise ModelError(f"cannot load model {spec!r} (damaged or unsupported files?): {type(err).__name__}: {err}"
+                         ) from None
     return LanguageModel(model=model.to(device).eval(), tokenizer=load_tokenizer(spec), name=spec)
 
 
@@ -104,4 +105,7 @@ def load_tokenizer(spec: str):
 
     location, kwargs = _resolve(spec)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return AutoTokenizer.from_pretrained(location, **kwargs)
+    try:
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except Exception as err:
+        raise ModelError(f"cannot load the tokenizer of {spec!r}: {type(err).__name__}: {err}") from None

@@ -46,7 +46,8 @@ def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
     """The first `tokens` activations [<= tokens, d_model] of the held-out documents, in memory."""
     first = list(itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")), tokens), 1))
     if not first:
-        raise CacheError(f"{spec.dataset} has no held-out text to evaluate on")
+        raise CacheError(f"{spec.dataset} gave no held-out tokens to evaluate on (its held-out documents are "
+                         "empty after tokenization): pass more text, or evaluate on a cache with --activations")
     return first[0]
 
 
@@ -54,5 +55,6 @@ def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
     """The first n packed contexts [<= n, ctx_len] of the held-out documents."""
     contexts = list(itertools.islice(packed_contexts(lm, spec, "eval"), n))
     if not contexts:
-        raise CacheError(f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens")
+        raise CacheError(f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens: "
+                         "pass more text, or a smaller --ctx-len")
     return torch.tensor(contexts)

@@ -2,17 +2,23 @@
 
 - builtin:wiki        gensim's shortened English Wikipedia dump, markup stripped with
                       mwparserfromhell
-- local files         .txt (one document per file), .jsonl and .parquet (one per row, column
-                      `text_column`), or a folder of them (searched recursively, sorted)
+- local files         .txt (documents separated by blank lines; text without blank lines is cut
+                      into chunks of about CHUNK_CHARS characters), .jsonl and .parquet (one
+                      per row, column `text_column`), or a folder of them (searched
+                      recursively, sorted)
 - a datasets name     streamed from the Hugging Face hub (needs network)
 
-Every source is split the same fixed way: every 10th document is held out (split="eval").
+Every source is split the same fixed way: every 10th document is held out (split="eval"). A
+source with fewer than MIN_DOCUMENTS documents is first cut into MIN_DOCUMENTS pieces of about
+equal length, so that about a tenth of its text is held out all the same.
 """
 
 from __future__ import annotations
 
 import bz2
+import itertools
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +30,9 @@ from .packaged import package_file
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_REQUIREMENT = "gensim==4.4.0"
 HELDOUT_EVERY = 10
+MIN_DOCUMENTS = 2 * HELDOUT_EVERY
+CHUNK_CHARS = 4000
+MIN_PIECE_CHARS = 200
 SPLITS = ("train", "eval")
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -49,9 +58,29 @@ def wiki_articles() -> Iterator[str]:
             yield mwparserfromhell.parse(text).strip_code().strip()
 
 
+def chunks(text: str, size: int) -> list[str]:
+    """text cut into pieces of about `size` characters, at whitespace where there is some."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = start + size
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            end = space if space > 0 else end
+        pieces.append(text[start:end].strip())
+        start = end
+    return [p for p in pieces if p]
+
+
+def text_documents(text: str) -> list[str]:
+    """Plain text as documents: paragraphs separated by blank lines, each longer one (or text
+    with no blank lines at all) cut into chunks of about CHUNK_CHARS characters."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return [piece for p in paragraphs for piece in (chunks(p, CHUNK_CHARS) if len(p) > CHUNK_CHARS else [p])]
+
+
 def _file_documents(path: Path, text_column: str) -> Iterator[str]:
     if path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield from text_documents(path.read_text(encoding="utf-8", errors="replace"))
     elif path.suffix == ".jsonl":
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -102,10 +131,29 @@ def documents(source: str, split: str = "train", text_column: str = "text") -> I
         raise TextError(f"no text file or folder at {source}")
     else:
         docs = _hub_documents(source, text_column)
+    docs = _enough_documents(d for d in docs if d.strip())
+    if docs is None:
+        raise TextError(f"{source} contains no text")
     held_out = split == "eval"
-    docs = (d for i, d in enumerate(d for d in docs if d.strip()) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held_out)
+    docs = (d for i, d in enumerate(docs) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held_out)
     first = next(docs, None)
     if first is None:
-        raise TextError(f"{source} ({split}) contains no text")
+        raise TextError(
+            f"{source} holds too little text to hold out any for evaluation (saelab holds out every "
+            f"{HELDOUT_EVERY}th document, after cutting a source of fewer than {MIN_DOCUMENTS} documents into "
+            f"{MIN_DOCUMENTS} pieces): pass more text, or evaluate on activations you have (--activations)"
+            if held_out else f"{source} holds no training text once every {HELDOUT_EVERY}th document is held out")
     yield first
     yield from docs
+
+
+def _enough_documents(docs: Iterator[str]) -> Iterator[str] | None:
+    """docs as they are when there are at least MIN_DOCUMENTS, else their text cut into about
+    MIN_DOCUMENTS equal pieces (of at least MIN_PIECE_CHARS); None if there is no text at all."""
+    head = list(itertools.islice(docs, MIN_DOCUMENTS))
+    if not head:
+        return None
+    if len(head) == MIN_DOCUMENTS:
+        return itertools.chain(head, docs)
+    size = max(MIN_PIECE_CHARS, sum(len(d) for d in head) // MIN_DOCUMENTS)
+    return iter([piece for d in head for piece in chunks(d, size)])

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import SAEConfig
+from ..data.activations import DataError
 from . import auxk, batchtopk, jumprelu, relu, topafa, topk
 from . import sparse as sparse_code
 
@@ -73,8 +74,11 @@ class SAE(nn.Module):
         return self.input_scale, 0.0
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"activations must be a floating-point tensor [..., d_in], got {kind}")
         if x.shape[-1] != self.cfg.d_in:
-            raise ValueError(
+            raise DataError(
                 f"input has last dimension {x.shape[-1]} but this SAE has d_in={self.cfg.d_in}"
             )
 
