@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo) against one process with the same global batch."""
+"""torchrun with 2 and 5 CPU processes (gloo) against one process with the same global batch."""
 
 import os
 import subprocess
@@ -22,17 +22,18 @@ def acts(tmp_path_factory):
 
 
 def _args(acts, out, arch):
-    return ["train", "--activations", str(acts), "--arch", arch, "--k", "4", "--expansion", "4", "--tokens", "4096",
-            "--batch-size", "256", "--lr", "3e-3", "--eval-tokens", "500", "--dead-tokens", "512",
+    return ["train", "--activations", str(acts), "--arch", arch, "--k", "4", "--expansion", "4", "--tokens", "3200",
+            "--batch-size", "320", "--lr", "3e-3", "--eval-tokens", "500", "--dead-tokens", "640",
             "--out", str(out), "--no-progress"]
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
-def test_two_processes_equal_one(acts, tmp_path, arch):
+@pytest.mark.parametrize("arch, processes", [("topk", 2), ("batchtopk", 2), ("jumprelu", 2), ("batchtopk", 5)])
+def test_several_processes_equal_one(acts, tmp_path, arch, processes):
+    """5 processes: more than 4 ranks used to crash BatchTopK's global selection at step 1."""
     cli.main(_args(acts, tmp_path / "single", arch))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab",
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(processes), "-m", "saelab",
                              *_args(acts, tmp_path / "multi", arch)], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

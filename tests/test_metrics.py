@@ -59,3 +59,13 @@ def test_perfect_reconstruction_has_zero_error():
     m = evaluate(sae, torch.randn(300, 4))
     assert m["nmse"] == pytest.approx(0, abs=1e-12) and m["explained_variance"] == pytest.approx(1)
     assert m["cosine_similarity"] == pytest.approx(1) and m["relative_reconstruction_bias"] == pytest.approx(1)
+
+
+@pytest.mark.parametrize("scaling", ["none", "expected_norm", "per_token"])
+def test_evaluate_reports_the_input_scaling_and_per_token_is_flagged(scaling):
+    from saelab.eval.full import PER_TOKEN_NOTE, summary_lines
+
+    sae = randomize(make_sae("topk", input_scaling=scaling))
+    m = evaluate(sae, torch.randn(200, 16))
+    assert m["input_scaling"] == scaling
+    assert (PER_TOKEN_NOTE in summary_lines(m)) == (scaling == "per_token")

@@ -50,5 +50,12 @@ SUMMARY_KEYS = ("nmse", "fvu", "explained_variance", "cosine_similarity", "l2_ra
                 "ce_loss_recovered", "kl")
 
 
+PER_TOKEN_NOTE = ("  note: per_token scaling hands each token's mean and std to the output for free, so these "
+                  "reconstruction and CE numbers are not like-for-like with SAEs that see raw activations")
+
+
 def summary_lines(results: dict) -> list[str]:
-    return [f"  {key:<30} {results[key]:.4f}" for key in SUMMARY_KEYS if key in results]
+    lines = [f"  {key:<30} {results[key]:.4f}" for key in SUMMARY_KEYS if key in results]
+    if results.get("input_scaling") == "per_token":
+        lines.append(PER_TOKEN_NOTE)
+    return lines

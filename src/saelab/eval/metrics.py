@@ -11,6 +11,9 @@ Per token t with input x_t, reconstruction x^_t and code f_t:
   l0          = mean_t #{i : f_ti != 0}, with its histogram
   latent_density = per latent, the fraction of tokens on which it is active
   dead_fraction  = fraction of latents never active; dense_fraction = active on > 10% of tokens
+  input_scaling  = the SAE's input scaling. With `per_token` the SAE sees (x - mean) / std and its
+                   output is mapped back with the token's own mean and std, which it gets for
+                   free: its nmse/fvu (and CE) are not like-for-like with SAEs on raw activations.
 """
 
 from __future__ import annotations
@@ -87,4 +90,5 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "latent_density": density.tolist(),
         "dead_fraction": (density == 0).double().mean().item(),
         "dense_fraction": (density > DENSE_DENSITY).double().mean().item(),
+        "input_scaling": sae.cfg.input_scaling,
     }
