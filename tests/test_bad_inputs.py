@@ -215,3 +215,21 @@ def test_overwrite_removes_the_old_runs_files(world, capsys, tmp_path):
     cli.main(args + ["--overwrite", "--k", "2"])
     assert not (tmp_path / "new-run" / "report.html").exists()
     assert SAE.load(tmp_path / "new-run").cfg.k == 2
+
+
+def test_a_failure_after_a_finished_sae_keeps_it(world, capsys, tmp_path, monkeypatch):
+    from saelab import cli
+
+    calls = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("evaluation broke")
+        return real(*args, **kwargs)
+
+    real = cli.full_evaluation
+    monkeypatch.setattr(cli, "full_evaluation", fail_on_second)
+    args = [a.format(w=tmp_path, acts=world / "acts.npy") for a in TRAIN] + ["--arch", "topk,relu"]
+    assert "evaluation broke" in cli_error(capsys, args)
+    assert SAE.load(tmp_path / "new-run" / "topk-k4").cfg.arch == "topk"  # trained and kept

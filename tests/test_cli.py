@@ -32,7 +32,8 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
     assert len((out / "history.jsonl").read_text().splitlines()) == 16 // 10 + 1
     sae = SAE.load(out)
     assert (sae.cfg.arch, sae.cfg.d_sae, sae.cfg.k) == ("batchtopk", 64, 4)
-    assert re.search("already holds a trained SAE", cli_error(capsys, ["train", "--activations", str(acts), "--out", str(out)]))
+    error = cli_error(capsys, ["train", "--activations", str(acts), "--out", str(out)])
+    assert re.search("already holds a trained SAE", error)
 
 
 def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
@@ -54,11 +55,13 @@ def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_bad_arguments_are_named(capsys, acts, tmp_path, args, message):
-    assert re.search(message, cli_error(capsys, ["train", "--activations", str(acts), "--out", str(tmp_path / "r"), *args]))
+    error = cli_error(capsys, ["train", "--activations", str(acts), "--out", str(tmp_path / "r"), *args])
+    assert re.search(message, error)
 
 
 def test_missing_activation_file(capsys, tmp_path):
-    assert re.search("no activation file or cache", cli_error(capsys, ["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")]))
+    error = cli_error(capsys, ["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")])
+    assert re.search("no activation file or cache", error)
 
 
 def test_help_explains_every_flag():
@@ -103,7 +106,8 @@ def test_cache_command_then_train_several_saes_on_it(model_dir, docs, tmp_path, 
     for run in runs:
         assert json.loads((out / run / "eval.json").read_text())["train_tokens"] == 640
     assert SAE.load(out / "topk-k8").cfg.k == 8
-    assert re.search("layer: cache has 1, requested 2", cli_error(capsys, ["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")]))
+    error = cli_error(capsys, ["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")])
+    assert re.search("layer: cache has 1, requested 2", error)
 
 
 def test_train_from_a_model_caches_then_reuses(model_dir, docs, tmp_path, capsys):
@@ -155,8 +159,9 @@ def test_eval_command_with_downstream_on_a_model(model_dir, docs, tmp_path, caps
     results = json.loads((tmp_path / "e" / "eval.json").read_text())
     for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_degradation", "ce_loss_recovered", "kl"):
         assert key in results and key in printed
-    assert re.search("layer 9 out of range", cli_error(capsys, ["eval", str(run), "--activations", str(cache), "--model", str(model_dir), "--layer", "9",
-                  "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "e2")]))
+    error = cli_error(capsys, ["eval", str(run), "--activations", str(cache), "--model", str(model_dir),
+                               "--layer", "9", "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "e2")])
+    assert re.search("layer 9 out of range", error)
 
 
 def test_eval_of_an_external_sae_and_bad_inputs(capsys, acts, tmp_path, model_dir, docs):
@@ -167,11 +172,13 @@ def test_eval_of_an_external_sae_and_bad_inputs(capsys, acts, tmp_path, model_di
     cli.main(["eval", str(tmp_path / "lens"), "--activations", str(acts), "--out", str(tmp_path / "e")])
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["n_tokens"] == 6000
     assert re.search("does not record the model", cli_error(capsys, ["eval", str(tmp_path / "lens")]))
-    assert re.search("d_in=16, but resid_post of this model has width 32", cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(acts), "--model", str(model_dir), "--layer", "0",
-                  "--dataset", str(docs), "--ctx-len", "16"]))
+    error = cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(acts), "--model", str(model_dir),
+                               "--layer", "0", "--dataset", str(docs), "--ctx-len", "16"])
+    assert re.search("d_in=16, but resid_post of this model has width 32", error)
     bad = np.load(acts)
     bad[10, 3] = np.nan
     np.save(tmp_path / "bad.npy", bad)
-    assert re.search("NaN", cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(tmp_path / "bad.npy")]))
+    error = cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(tmp_path / "bad.npy")])
+    assert re.search("NaN", error)
     (tmp_path / "junk").mkdir()
     assert re.search("no cfg.json", cli_error(capsys, ["eval", str(tmp_path / "junk"), "--activations", str(acts)]))

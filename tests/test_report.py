@@ -107,7 +107,8 @@ def test_report_command(setup, tmp_path, capsys):
     page = (run / "report.html").read_text()
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
     np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
-    assert re.search("needs token ids", cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")]))
+    error = cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")])
+    assert re.search("needs token ids", error)
 
 
 def test_page_renders_in_headless_chromium(setup, tmp_path):

@@ -177,5 +177,7 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
     assert {r["arch"] for r in rows} == {"topk", "batchtopk", "relu"}
     cli.main(["sweep", "--synthetic", "--config", str(grid), "--batch-size", "256", "--out", str(out), "--no-progress"])
     assert "6 done, 0 to evaluate, 0 to train" in capsys.readouterr().out
-    assert re.search("not both", cli_error(capsys, ["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)]))
-    assert "invalid choice ['gated']" in cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,gated", "--out", str(out)])
+    error = cli_error(capsys, ["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)])
+    assert re.search("not both", error)
+    error = cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,gated", "--out", str(out)])
+    assert "invalid choice ['gated']" in error

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab import SAE, SAEConfig, TrainConfig, cli, train
+from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.config import ConfigError
 from saelab.data.activations import DataError
 from saelab.train import loop
@@ -270,7 +270,8 @@ def test_missing_wandb_is_named_before_training(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
         train(make_sae("topk"), torch.randn(512, 16), TrainConfig(batch_size=256, wandb_project="p", progress=False))
-    assert re.search("pip install wandb", cli_error(capsys, ["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")]))
+    error = cli_error(capsys, ["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")])
+    assert re.search("pip install wandb", error)
     assert not (tmp_path / "r").exists()
 
 

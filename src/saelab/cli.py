@@ -19,7 +19,6 @@ from .data.activations import open_source
 from .data.cache import STORAGE_DTYPES, ActivationCache, CacheSpec, build_cache, check_spec, read_manifest
 from .data.hooks import SITES
 from .data.models import DTYPES, load_model, load_tokenizer
-from .data.network import OfflineError
 from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.text import SPLITS
@@ -92,7 +91,8 @@ def _add_model_arguments(group, defaults: bool) -> None:
                        help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
                        + (f" (default: {DEFAULT['dataset']})" if defaults else ""))
     group.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
-    group.add_argument("--ctx-len", type=_integer(2), default=128, help="tokens per packed context, BOS first (default: 128)")
+    group.add_argument("--ctx-len", type=_integer(2), default=128,
+                       help="tokens per packed context, BOS first (default: 128)")
     group.add_argument("--include-special", action="store_true",
                        help="keep BOS/EOS/pad positions in the activations (default: left out)")
     group.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float16",
@@ -351,7 +351,7 @@ def cmd_train(args) -> None:
     if is_distributed():
         if not (args.activations or args.synthetic) or args.out is None:
             raise UsageError("under torchrun, train from --activations (build it first with saelab cache) "
-                     "or --synthetic, and name the run with --out")
+                             "or --synthetic, and name the run with --out")
     out = _run_dir(args)
     args.out = str(out)
     train_source, eval_source, dictionary = _load_data(args)
@@ -433,7 +433,7 @@ def _eval_data(args, sae: SAE):
         return open_source(args.activations)
     if args.model is None or args.layer is None or args.dataset is None:
         raise UsageError("this SAE does not record the model it was trained on: pass --activations, "
-                 "or --model, --layer and --dataset")
+                         "or --model, --layer and --dataset")
     (data,) = ensure_caches([(_spec(args, "eval"), args.eval_tokens)], args.cache_dir, args.device,
                             args.model_dtype, progress=not args.no_progress)
     return data
@@ -492,7 +492,7 @@ def cmd_report(args) -> None:
     data = _eval_data(args, sae)
     if not isinstance(data, ActivationCache):
         raise UsageError("the feature browser needs token ids: pass an activation cache directory "
-                 f"(saelab cache ...), not {args.activations}")
+                         f"(saelab cache ...), not {args.activations}")
     run, out = Path(args.run), Path(args.out or Path(args.run) / "report.html")
     results = read_results(run)
     if results is None:  # evaluate first, so the page has metrics and plots
@@ -546,7 +546,7 @@ def _sweep_points(args) -> list[Point]:
     if args.config:
         if axes:
             raise UsageError(f"give the grid either in {args.config} or by flags "
-                     f"({', '.join(GRID_FLAGS[key] for key in axes)}), not both")
+                             f"({', '.join(GRID_FLAGS[key] for key in axes)}), not both")
         return union(read_grid_file(args.config))
     return union([axes])
 
@@ -649,8 +649,9 @@ def _check_device(args) -> None:
 @contextmanager
 def _removed_if_failed(args):
     """Run a command that writes into args.out (which it may set); if it fails and that
-    directory did not exist before and holds nothing to resume (no checkpoint, no cache shard),
-    remove it: a failed command leaves no half-made run or cache behind."""
+    directory did not exist before and holds nothing to keep (no checkpoint to resume, no
+    trained SAE, no cache shard), remove it: a failed command leaves no half-made run or cache
+    behind, and never removes a finished artifact."""
     given = getattr(args, "out", None)
     existed = given is not None and Path(given).exists()
     try:
@@ -659,6 +660,7 @@ def _removed_if_failed(args):
         out = getattr(args, "out", None)
         path = Path(out) if out and not existed and rank() == 0 else None
         if path is not None and path.is_dir():
-            if not (any(path.rglob(CHECKPOINT_NAME)) or any(path.rglob("shard-*.safetensors"))):
+            keep = (CHECKPOINT_NAME, WEIGHTS_NAME, "shard-*.safetensors")
+            if not any(any(path.rglob(pattern)) for pattern in keep):
                 shutil.rmtree(path, ignore_errors=True)
         raise

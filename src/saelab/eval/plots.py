@@ -19,11 +19,12 @@ LOG_SPAN = 20  # log axes when the norms span more than this factor (massive fir
 
 
 def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
-    """Scatter of ||z|| (x) against ||f~|| (y) in raw input units, the line y = x and the bands
-    of slopes sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}. Where the
-    norms span decades (a few tokens 100x the median), both axes are logarithmic so ordinary
-    tokens are not squashed into the origin (the bands are then parallel lines). Returns
-    whether the axes are logarithmic."""
+    """Left: the ZF plot, ||z|| (x) against ||f~|| (y) in raw input units, the line y = x and
+    the bands of slopes sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}.
+    Right: the ratio view, ||f~|| / ||z|| against ||z||, where the bands are horizontal lines,
+    so how far ordinary tokens sit from the diagonal stays readable. Where the norms span
+    decades (a few tokens 100x the median), the norm axes are logarithmic so ordinary tokens
+    are not squashed into the origin. Returns whether they are."""
     z, f = np.asarray(norm_z, dtype=float), np.asarray(norm_f_tilde, dtype=float)
     if len(z) > MAX_POINTS:
         pick = np.random.default_rng(0).choice(len(z), MAX_POINTS, replace=False)
@@ -31,24 +32,31 @@ def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
     both = np.concatenate([z, f])
     positive = both[both > 0]
     log = len(positive) > 0 and positive.max() / np.percentile(positive, 1) > LOG_SPAN
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(z, f, s=3, alpha=0.3, color="tab:blue", label="tokens", rasterized=True)
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(10.5, 4.8))
     top = both.max() * 1.05
-    if log:
-        bottom = np.percentile(positive, 0.1) / 1.5
-        xs = np.geomspace(bottom, top, 50)
-    else:
-        bottom, xs = 0.0, np.array([0, top])
+    bottom = np.percentile(positive, 0.1) / 1.5 if log else 0.0
+    xs = np.geomspace(bottom, top, 50) if log else np.array([0, top])
+    ax.scatter(z, f, s=3, alpha=0.3, color="tab:blue", label="tokens", rasterized=True)
     ax.plot(xs, xs, color="black", lw=1, label="||f~|| = ||z||")
+    ratio = f / np.maximum(z, 1e-30)
+    ratio_ax.scatter(z, ratio, s=3, alpha=0.3, color="tab:blue", rasterized=True)
+    ratio_ax.axhline(1.0, color="black", lw=1)
     for c, style in zip(BAND_C, (":", "--", "-.")):
-        ax.plot(xs, xs * math.sqrt(1 / (1 + c)), color="tab:red", ls=style, lw=1, label=f"c = {c}")
-        if c < 1:
-            ax.plot(xs, xs * math.sqrt(1 / (1 - c)), color="tab:red", ls=style, lw=1)
+        slopes = [math.sqrt(1 / (1 + c))] + ([math.sqrt(1 / (1 - c))] if c < 1 else [])
+        for i, slope in enumerate(slopes):
+            ax.plot(xs, xs * slope, color="tab:red", ls=style, lw=1, label=f"c = {c}" if i == 0 else None)
+            ratio_ax.axhline(slope, color="tab:red", ls=style, lw=1)
     if log:
         ax.set(xscale="log", yscale="log")
-    ax.set(xlim=(bottom, top), ylim=(bottom, top), xlabel="||z|| (input, raw units)" + (", log" if log else ""),
-           ylabel="||f~|| (code, with b_dec)" + (", log" if log else ""), title=title or "ZF plot")
+        ratio_ax.set_xscale("log")
+    suffix = ", log" if log else ""
+    ax.set(xlim=(bottom, top), ylim=(bottom, top), xlabel=f"||z|| (input, raw units{suffix})",
+           ylabel=f"||f~|| (code, with b_dec{suffix})", title=title or "ZF plot")
     ax.legend(fontsize=7, loc="upper left")
+    low, high = np.percentile(ratio, [0.5, 99.5]) if len(ratio) else (0.5, 1.5)
+    ratio_ax.set(ylim=(min(low, math.sqrt(0.5)) - 0.05, max(high, 1.0) + 0.05),
+                 xlabel=f"||z|| (input, raw units{suffix})", ylabel="||f~|| / ||z||",
+                 title=f"ratio view (median {np.median(ratio):.3f})" if len(ratio) else "ratio view")
     _save(fig, path)
     return bool(log)
 
