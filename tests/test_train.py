@@ -52,6 +52,8 @@ def test_resume_is_bit_exact(arch, tmp_path, monkeypatch):
         train(make_sae(arch, input_scaling="expected_norm"), data, cfg)
     monkeypatch.setattr(loop.Trainer, "checkpoint", real_checkpoint)
     assert (tmp_path / "cut" / CHECKPOINT_NAME).exists()
+    with open(tmp_path / "cut" / "history.jsonl", "a") as fh:
+        fh.write('{"step": 7, "tok')  # a record cut off by the interruption
     # the resumed SAE starts from a fresh object: everything must come from the checkpoint
     resumed = train(make_sae(arch, input_scaling="expected_norm"), data,
                     _cfg(tmp_path / "cut", checkpoint_every_tokens=300, resume=True))

@@ -33,7 +33,7 @@ from .io.format import WEIGHTS_NAME
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .train.loop import HISTORY_NAME, NON_RESULT_KEYS, first_difference, train_many
+from .train.loop import NON_RESULT_KEYS, first_difference, read_history, train_many
 
 DEFAULT_AXES = {"arch": ["batchtopk"], "k": [32], "expansion": [8], "seed": [0], "input_scaling": ["per_token"],
                 "l1_coefficient": [5.0], "afa_coefficient": [1 / 32], "l0_coefficient": []}
@@ -188,9 +188,9 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
                 ablations.update(ablation_losses(downstream.model, downstream.input_ids, downstream.layer, downstream.site))
             extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
                      "site": downstream.site, "ablations": ablations}
-        history = (runs[point] / HISTORY_NAME).read_text().splitlines()
+        history = read_history(runs[point])
         fields = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
-                  "train_tokens": json.loads(history[-1])["tokens"] if history else 0}
+                  "train_tokens": history[-1]["tokens"] if history else 0}
         full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=fields, **extra)
 
     groups: dict[tuple[int, int], list[Point]] = {}
@@ -212,7 +212,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
                       disable=not train_cfg.progress):
         evaluate(point, SAE.load(runs[point], device=device))
-    rows = [result_row(json.loads((runs[p] / EVAL_NAME).read_text()), p) for p in points]
+    rows = [result_row(read_json_object(runs[p] / EVAL_NAME), p) for p in points]
     write_results(rows, out)
     return rows
 

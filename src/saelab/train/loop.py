@@ -42,6 +42,20 @@ class TrainingDiverged(SaelabError, RuntimeError):
     """The loss or the parameters became NaN or infinite."""
 
 
+def read_history(run: Path) -> list[dict]:
+    """The records of run/history.jsonl; a line cut off by an interruption is skipped."""
+    path = Path(run) / HISTORY_NAME
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
 def first_difference(saved: dict, now: dict, ignore=()) -> str | None:
     """'field (was X, now Y)' for the first field of `now` whose value differs in `saved`."""
     for key, value in now.items():
@@ -120,9 +134,7 @@ class Trainer:
         self.sae.cfg.input_scale = float(self.sae.input_scale)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
-        path = self.out_dir / HISTORY_NAME
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-        self.history = [r for r in records if r["step"] <= self.step]
+        self.history = [r for r in read_history(self.out_dir) if r["step"] <= self.step]
 
     def checkpoint(self) -> None:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
