@@ -10,9 +10,18 @@ def _seed():
 
 
 def make_sae(arch="topk", d_in=16, d_sae=64, k=4, **kw) -> SAE:
-    if arch in ("relu", "topafa"):
-        k = None
-    cfg = SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k, input_scaling=kw.pop("input_scaling", "none"), **kw)
+    """A small SAE; settings the architecture does not take (k for relu, aux_k for jumprelu)
+    are dropped, so one call serves every architecture."""
+    from dataclasses import fields
+
+    from saelab.sae.registry import architecture
+
+    takes = {f.name for f in fields(architecture(arch).settings)}
+    settings = {key: value for key, value in {"k": k, **kw}.items() if key in takes}
+    if arch == "jumprelu" and settings.get("l0_coefficient") is not None:
+        settings.pop("k", None)
+    cfg = SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, input_scaling=kw.get("input_scaling", "none"),
+                    input_scale=kw.get("input_scale", 1.0), metadata=kw.get("metadata"), **settings)
     return SAE(cfg, seed=0)
 
 

@@ -118,5 +118,5 @@ def test_unknown_and_unsupported_directories(tmp_path):
     _write_saelens(tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights())
     with pytest.raises(SAEFormatError, match="W_enc has shape"):
         load_any(tmp_path / "n")
-    with pytest.raises(ValueError, match="top-AFA"):
+    with pytest.raises(ValueError, match="SAELens has no topafa"):
         export(make_sae("topafa", d_in=D, d_sae=H), tmp_path / "x", "saelens")

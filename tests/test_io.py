@@ -70,7 +70,7 @@ def test_file_names_and_shapes(tmp_path):
     _ready("jumprelu", k=4).save(tmp_path / "j")
     t = load_file(str(tmp_path / "j" / "sae.safetensors"))
     assert {n: tuple(v.shape) for n, v in t.items()} == {
-        "W_enc": (16, 64), "b_enc": (64,), "W_dec": (64, 16), "b_dec": (16,), "threshold": (64,)
+        "W_enc": (16, 64), "b_enc": (64,), "W_dec": (64, 16), "b_dec": (16,), "threshold": (64,), "l0_lambda": ()
     }
 
 
@@ -117,9 +117,10 @@ def test_config_that_disagrees_with_tensors(tmp_path):
     cfg["d_sae"] = 32
     cfg["k"] = 4
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEFormatError, match="W_enc has shape"):
+    with pytest.raises(SAEFormatError, match="has shape .* needs"):
         SAE.load(tmp_path)
     cfg["d_sae"], cfg["arch"] = 64, "jumprelu"
+    del cfg["aux_k"], cfg["aux_coefficient"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(SAEFormatError, match="missing \\['threshold'\\]"):
         SAE.load(tmp_path)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from saelab.sae import ThresholdNotEstimated
-from saelab.sae.model import RELU_ENCODER_INIT_SCALE
-from saelab.sae.jumprelu import JumpReLU, Step, update_multiplier
+from saelab.sae.jumprelu import JumpReLU, Step
+from saelab.sae.relu import RELU_ENCODER_INIT_SCALE
 from saelab.sae.topafa import chosen_k
 
 from conftest import make_sae, randomize
@@ -122,7 +122,7 @@ def test_jumprelu_target_mode_raises_lambda_above_target():
     sae = randomize(make_sae("jumprelu", k=2)).train()
     before = sae.l0_lambda.item()
     out = sae.loss(torch.randn(32, 16))  # L0 >> 2 at these thresholds: lambda must grow
-    update_multiplier(sae, out.l0)
+    sae.arch.after_step(sae, out)
     assert sae.l0_lambda.item() > before
 
 

@@ -25,13 +25,15 @@ def test_grid_expansion_uses_each_architectures_own_knob():
                      "afa_coefficient": [0.1], "seed": [0, 1]})
     by_arch = {arch: [p for p in points if p.arch == arch] for arch in ("topk", "relu", "topafa", "jumprelu")}
     assert [len(v) for v in by_arch.values()] == [4, 6, 2, 4]
-    assert {p.k for p in by_arch["topk"]} == {4, 8} and all(p.l1_coefficient is None for p in by_arch["topk"])
-    assert {p.l1_coefficient for p in by_arch["relu"]} == {1.0, 2.0, 3.0} and all(p.k is None for p in by_arch["relu"])
-    assert all(p.afa_coefficient == 0.1 for p in by_arch["topafa"])
+    assert {(p.knob, p.value) for p in by_arch["topk"]} == {("k", 4), ("k", 8)}
+    assert {(p.knob, p.value) for p in by_arch["relu"]} == {("l1_coefficient", v) for v in (1, 2, 3)}
+    assert all((p.knob, p.value) == ("afa_coefficient", 0.1) for p in by_arch["topafa"])
     jump = expand({"arch": ["jumprelu"], "l0_coefficient": [0.5], "k": [4, 8]})
-    assert jump == [Point("jumprelu", 8, "per_token", 0, l0_coefficient=0.5)]
+    assert jump == [Point("jumprelu", 8, "per_token", 0, knob="l0_coefficient", value=0.5)]
+    assert "k" not in jump[0].sae_config(16).to_dict()["metadata"] and jump[0].sae_config(16).k is None
     assert len({p.name for p in points}) == len(points)
-    assert Point("batchtopk", 8, "per_token", 0, k=32).name == "batchtopk-k32-x8-per_token-s0"
+    assert Point("batchtopk", 8, "per_token", 0, knob="k", value=32).name == "batchtopk-k32-x8-per_token-s0"
+    assert Point("relu", 8, "per_token", 0, knob="l1_coefficient", value=3).name == "relu-l1-3-x8-per_token-s0"
 
 
 def test_union_keeps_each_point_once_and_bad_axes_are_named():
@@ -83,7 +85,7 @@ def test_sweep_points_equal_separately_trained_saes(data, tmp_path):
     assert not (tmp_path / "pareto_ce.png").exists()  # no model, no CE
 
     # one point trained alone on the same data, seed and settings gives the same SAE and metrics
-    point = Point("batchtopk", 2, "per_token", 1, k=4)
+    point = Point("batchtopk", 2, "per_token", 1, knob="k", value=4)
     alone = SAE(point.sae_config(16), seed=1)
     train(alone, train_source, _cfg(seed=1))
     swept = SAE.load(tmp_path / point.name)

@@ -98,7 +98,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch, change, fi
     with pytest.raises(Interrupt):
         train(make_sae("topk"), data, _cfg(tmp_path, checkpoint_every_tokens=300))
     monkeypatch.undo()
-    sae_keys = {key: value for key, value in change.items() if key in SAEConfig.__dataclass_fields__}
+    sae_keys = {key: value for key, value in change.items() if key not in set(TrainConfig.__dataclass_fields__) | {"data"}}
     train_keys = {key: value for key, value in change.items() if key in TrainConfig.__dataclass_fields__}
     with pytest.raises(ConfigError, match="cannot resume .* different .* settings: " + re.escape(field)):
         train(make_sae("topk", **sae_keys), data[: change.get("data", 1000)],
@@ -199,13 +199,13 @@ def test_expected_norm_scale_estimate():
 
 
 def test_jumprelu_lagrange_multiplier_follows_the_l0_error(monkeypatch):
-    from saelab.sae.jumprelu import TARGET_RATE, update_multiplier
+    from saelab.sae.jumprelu import TARGET_RATE, JumpReLUArchitecture
 
     sae = make_sae("jumprelu", k=6).train()
     x = torch.randn(64, 16)
     before = sae.l0_lambda.item()
     out = sae.loss(x)
-    update_multiplier(sae, out.l0)
+    sae.arch.after_step(sae, out)
     l0 = (sae.encode(x) > 0).sum(1).float().mean().item()
     assert out.l0.item() == pytest.approx(l0)
     # lambda in per-element units: its step is TARGET_RATE / d_in, its term d_in * lambda * L0
@@ -214,11 +214,11 @@ def test_jumprelu_lagrange_multiplier_follows_the_l0_error(monkeypatch):
     with torch.no_grad():
         sae.log_threshold.fill_(5.0)  # nothing fires: lambda must fall (pushing thresholds down)
     raised = sae.l0_lambda.item()
-    update_multiplier(sae, sae.loss(x).l0)
+    sae.arch.after_step(sae, sae.loss(x))
     assert sae.l0_lambda.item() == pytest.approx(raised - TARGET_RATE / 16)
 
     calls = []  # the trainer applies it once per step, with the step's L0
-    monkeypatch.setattr(loop.jumprelu, "update_multiplier", lambda sae, l0: calls.append(l0.item()))
+    monkeypatch.setattr(JumpReLUArchitecture, "after_step", lambda self, sae, out: calls.append(out.l0.item()))
     train(make_sae("jumprelu", k=6), x.repeat(3, 1), TrainConfig(batch_size=64, total_tokens=192, progress=False))
     assert len(calls) == 3 and all(c > 0 for c in calls)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import ARCHS, INPUT_SCALINGS, SAEConfig, TrainConfig
+from .config import INPUT_SCALINGS, SAEConfig, TrainConfig
 from .data.activations import open_source
 from .data.cache import STORAGE_DTYPES, ActivationCache, CacheSpec, build_cache, check_spec, read_manifest
 from .data.hooks import SITES
@@ -24,12 +23,16 @@ from .data.streaming import heldout_activations, heldout_contexts, streamed_sour
 from .data.text import SPLITS
 from .data.synthetic import synthetic_activations
 from .errors import SaelabError
+from .flags import (COUNT, INDEX, RATE, UsageError, add_settings_flags, check_settings_apply,
+                    given_settings, grid_of, integer, knobs, list_of)
 from .eval.full import full_evaluation, summary_lines
 from .eval.report import read_results, write_report
 from .io.external import load_any
 from .io.format import WEIGHTS_NAME
 from .sae.model import SAE
-from .sweep import TRAIN_CONFIG_NAME, Downstream, Point, read_grid_file, run_sweep, union
+from .sae.registry import ARCHITECTURES
+from .sweep import (DEFAULT_ARCH, DEFAULT_EXPANSION, DEFAULT_K, TRAIN_CONFIG_NAME, Downstream, Point, knob_label,
+                    read_grid_file, run_sweep, union)
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.loop import HISTORY_NAME, train_many
@@ -44,41 +47,6 @@ RUN_FILES = (WEIGHTS_NAME, "cfg.json", "eval.json", "report.html", "zf_plot.png"
              "latent_density.png", HISTORY_NAME, CHECKPOINT_NAME, TRAIN_CONFIG_NAME)
 
 
-class UsageError(SaelabError):
-    """Flags that contradict each other or are missing."""
-
-
-def _integer(low: int):
-    """argparse type: an integer >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else f'>= {low}'}, got {value}")
-        return value
-    parse.__name__ = "int"
-    return parse
-
-
-def _real(low: float = 0.0, strict: bool = False):
-    """argparse type: a finite float >= low (> low when strict)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {low:g}, got {text}")
-        return value
-    parse.__name__ = "float"
-    return parse
-
-
-COUNT, INDEX, COEFFICIENT, RATE = _integer(1), _integer(0), _real(0.0), _real(0.0, strict=True)
-
-
 def _add_model_arguments(group, defaults: bool) -> None:
     """--model/--layer/--site/--dataset and the harvesting options shared by cache and train."""
     group.add_argument("--model",
@@ -91,7 +59,7 @@ def _add_model_arguments(group, defaults: bool) -> None:
                        help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
                        + (f" (default: {DEFAULT['dataset']})" if defaults else ""))
     group.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
-    group.add_argument("--ctx-len", type=_integer(2), default=128,
+    group.add_argument("--ctx-len", type=integer(2), default=128,
                        help="tokens per packed context, BOS first (default: 128)")
     group.add_argument("--include-special", action="store_true",
                        help="keep BOS/EOS/pad positions in the activations (default: left out)")
@@ -154,7 +122,7 @@ def _add_data_arguments(p, streaming: bool) -> None:
                           help="harvest while training, through a shuffle buffer, without writing a cache")
         data.add_argument("--shuffle-buffer", type=COUNT, default=65536,
                           help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
-    data.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=None,
+    data.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=None,
                       help="held-out tokens for evaluation: from held-out documents when harvesting "
                       f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)")
 
@@ -163,7 +131,7 @@ def _add_training_arguments(p, seeds: bool) -> None:
     """Optimizer and data-amount flags shared by train and sweep (where --seed is a list)."""
     opt = p.add_argument_group("training")
     if seeds:
-        opt.add_argument("--seed", type=_list_of(INDEX), default=None,
+        opt.add_argument("--seed", type=list_of(INDEX), default=None,
                          help="seeds for initialisation and data order, a comma list (default: 0)")
     else:
         opt.add_argument("--seed", type=INDEX, default=0, help="seed for initialisation and data order (default: 0)")
@@ -174,10 +142,6 @@ def _add_training_arguments(p, seeds: bool) -> None:
     opt.add_argument("--lr", type=RATE, default=3e-4, help="Adam learning rate (default: 3e-4)")
     opt.add_argument("--dead-tokens", type=COUNT, default=100_000,
                      help="a latent is dead after this many tokens without firing (default: 100000)")
-    opt.add_argument("--aux-k", type=INDEX, default=512, help="AuxK: dead latents used per token (default: 512)")
-    opt.add_argument("--aux-coefficient", type=COEFFICIENT, default=1 / 32,
-                     help="AuxK loss weight, relative to the reconstruction error as in the BatchTopK and top-AFA "
-                     "reference code (default: 1/32)")
     opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",
                      help="write a checkpoint every this many tokens (default: 1000000)")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -197,27 +161,18 @@ def _add_train_parser(commands) -> None:
     )
     _add_data_arguments(p, streaming=True)
     sae = p.add_argument_group("SAE")
-    sae.add_argument("--arch", type=_list_of(str, ARCHS), default=["batchtopk"],
+    sae.add_argument("--arch", type=list_of(str, list(ARCHITECTURES)), default=[DEFAULT_ARCH],
                      help=f"architecture, or a comma list to train several on the same batches: "
-                     f"{', '.join(ARCHS)} (default: batchtopk)")
-    sae.add_argument("--k", type=_list_of(COUNT), default=[32],
-                     help="latents per token: exact for topk, mean for batchtopk, the target L0 for jumprelu "
-                     "without --l0-coefficient; ignored by relu and topafa; a comma list trains one SAE "
-                     "per value (default: 32)")
-    sae.add_argument("--expansion", type=COUNT, default=8, help="d_sae = expansion * d_in (default: 8)")
+                     f"{', '.join(ARCHITECTURES)} (default: {DEFAULT_ARCH})")
+    sae.add_argument("--expansion", type=COUNT, default=DEFAULT_EXPANSION,
+                     help=f"d_sae = expansion * d_in (default: {DEFAULT_EXPANSION})")
     sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="per_token",
                      help="per_token: standardise each token, undone on output (as the BatchTopK reference "
                      "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
                      "weights); none (default: per_token)")
-    sae.add_argument("--l1-coefficient", type=COEFFICIENT, default=5.0,
-                     help="relu: L1 penalty weight, against the squared error summed over d_in (SAELens and "
-                     "Anthropic units) (default: 5)")
-    sae.add_argument("--l0-coefficient", type=COEFFICIENT, default=None,
-                     help="jumprelu: a fixed L0 penalty weight instead of the --k target, in the BatchTopK paper's "
-                     "units (error as a mean over elements; the paper used 0.004-0.0008 for GPT-2)")
-    sae.add_argument("--afa-coefficient", type=COEFFICIENT, default=1 / 32,
-                     help="topafa: AFA loss weight in the top-AFA paper's units (error as a mean over elements; "
-                     "the paper used 1/128-1/16) (default: 1/32)")
+    settings = p.add_argument_group("architecture settings", "each applies to the architectures it names; a "
+                                    "comma list of a sparsity setting (k, coefficients) trains one SAE per value")
+    add_settings_flags(settings, DEFAULT_K)
     _add_training_arguments(p, seeds=False)
     run = p.add_argument_group("run")
     run.add_argument("--out", metavar="RUN", default=None,
@@ -227,26 +182,14 @@ def _add_train_parser(commands) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _list_of(kind, choices=None):
-    """argparse type: a comma-separated list of `kind`, each in `choices` if given."""
-    def parse(text: str) -> list:
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except (ValueError, argparse.ArgumentTypeError) as err:
-            raise argparse.ArgumentTypeError(f"not a comma list of {kind.__name__}: {text!r} ({err})") from None
-        bad = [v for v in values if choices is not None and v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f"invalid choice {bad or text!r} (choose from {', '.join(choices or [])})")
-        return values
-    return parse
-
-
-def _grid(args) -> list[tuple[str, int | None]]:
-    """(arch, k) for every SAE to train; k is None where the architecture takes no k."""
+def _grid(args) -> list[tuple[str, str | None, object, dict]]:
+    """(arch, knob, value, other settings) for every SAE to train."""
+    given = given_settings(args)
+    check_settings_apply(given, args.arch)
     grid = []
     for arch in args.arch:
-        takes_k = arch in ("topk", "batchtopk") or (arch == "jumprelu" and args.l0_coefficient is None)
-        grid += [(arch, k) for k in args.k] if takes_k else [(arch, None)]
+        knob, values, others = grid_of(arch, given, DEFAULT_K)
+        grid += [(arch, knob, value, others) for value in values]
     return grid
 
 
@@ -256,7 +199,7 @@ def _run_dir(args) -> Path:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: choose one")
     if args.out is None:
-        return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}-k{'+'.join(map(str, args.k))}"
+        return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}"
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a run directory")
@@ -357,14 +300,13 @@ def cmd_train(args) -> None:
     train_source, eval_source, dictionary = _load_data(args)
     grid = _grid(args)
     saes, train_cfgs = [], []
-    for arch, k in grid:
-        cfg = SAEConfig(
-            arch=arch, d_in=train_source.d_in, d_sae=args.expansion * train_source.d_in, k=k,
-            l1_coefficient=args.l1_coefficient, l0_coefficient=args.l0_coefficient,
-            afa_coefficient=args.afa_coefficient, aux_k=args.aux_k, aux_coefficient=args.aux_coefficient,
-            input_scaling=args.input_scaling, metadata=_metadata(args),
-        )
-        run = out if len(grid) == 1 else out / (arch if k is None else f"{arch}-k{k}")
+    for arch, knob, value, others in grid:
+        cfg = SAEConfig(arch=arch, d_in=train_source.d_in, d_sae=args.expansion * train_source.d_in,
+                        input_scaling=args.input_scaling, metadata=_metadata(args),
+                        **others, **({knob: value} if knob else {}))
+        several = sum(a == arch for a, *_ in grid) > 1
+        label = f"{arch}-{knob_label(knob).format(value)}" if knob and (knob == "k" or several) else arch
+        run = out if len(grid) == 1 else out / label
         saes.append(SAE(cfg, seed=args.seed).to(args.device))
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
@@ -373,7 +315,7 @@ def cmd_train(args) -> None:
             compile=args.compile,
         ))
         if rank() == 0:
-            print(f"training {arch}{'' if k is None else f' k={k}'} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
+            print(f"training {arch}{f' {knob}={value}' if knob else ''} d_in={cfg.d_in} d_sae={cfg.d_sae} -> {run}")
     results = train_many(saes, train_source, train_cfgs)
     if rank() != 0:
         return
@@ -413,7 +355,7 @@ def _add_eval_parser(commands) -> None:
                    help="evaluation activations (default: harvest held-out text for the model/site the SAE was "
                    "trained on, as recorded in its cfg.json)")
     _add_model_arguments(p, defaults=False)
-    p.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
+    p.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
                    help=f"held-out tokens to harvest (default: {DEFAULT['eval_tokens']})")
     p.add_argument("--downstream-contexts", type=INDEX, default=32,
                    help="held-out contexts for the downstream CE/KL (default: 32)")
@@ -470,10 +412,10 @@ def _add_report_parser(commands) -> None:
     p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens or sparsify)")
     p.add_argument("--activations", metavar="DIR", help="an activation cache (default: held-out text of the SAE's model)")
     _add_model_arguments(p, defaults=False)
-    p.add_argument("--eval-tokens", type=_integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
+    p.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
                    help=f"held-out tokens to harvest when no cache exists (default: {DEFAULT['eval_tokens']})")
     p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
-    p.add_argument("--latents", type=_list_of(INDEX), help="latent indices to show (default: the --top most frequent)")
+    p.add_argument("--latents", type=list_of(INDEX), help="latent indices to show (default: the --top most frequent)")
     p.add_argument("--top", type=COUNT, default=32, help="how many latents to show (default: 32)")
     p.add_argument("--contexts", type=COUNT, default=8, help="top-activating contexts per latent (default: 8)")
     p.add_argument("--out", metavar="FILE.html", help="the page (default: RUN/report.html)")
@@ -518,17 +460,14 @@ def _add_sweep_parser(commands) -> None:
     grid = p.add_argument_group("grid", "comma lists; their product is the grid (or give --config)")
     grid.add_argument("--config", metavar="SWEEP.toml",
                       help="a TOML file of axes, possibly several [[grid]] tables whose union is the sweep")
-    grid.add_argument("--arch", "--archs", type=_list_of(str, ARCHS), help="architectures (default: batchtopk)")
-    grid.add_argument("--k", type=_list_of(COUNT),
-                      help="k for topk/batchtopk, target L0 for jumprelu without --l0-coefficient (default: 32)")
-    grid.add_argument("--expansion", type=_list_of(COUNT), help="d_sae / d_in (default: 8)")
-    grid.add_argument("--input-scaling", type=_list_of(str, INPUT_SCALINGS), help="(default: per_token)")
-    grid.add_argument("--l1-coefficient", type=_list_of(COEFFICIENT),
-                      help="relu: L1 weights, against the error summed over d_in (default: 5)")
-    grid.add_argument("--l0-coefficient", type=_list_of(COEFFICIENT),
-                      help="jumprelu: fixed L0 weights instead of --k targets, per-element units (BatchTopK paper)")
-    grid.add_argument("--afa-coefficient", type=_list_of(COEFFICIENT),
-                      help="topafa: AFA loss weights, per-element units (top-AFA paper) (default: 1/32)")
+    grid.add_argument("--arch", "--archs", type=list_of(str, list(ARCHITECTURES)),
+                      help=f"architectures (default: {DEFAULT_ARCH})")
+    grid.add_argument("--expansion", type=list_of(COUNT), help=f"d_sae / d_in (default: {DEFAULT_EXPANSION})")
+    grid.add_argument("--input-scaling", type=list_of(str, INPUT_SCALINGS), help="(default: per_token)")
+    settings = p.add_argument_group("architecture settings", "a sparsity setting (k, coefficients) is an axis "
+                                    "of the grid for the architectures it is the knob of; the others apply to "
+                                    "every SAE that takes them")
+    add_settings_flags(settings, DEFAULT_K)
     _add_training_arguments(p, seeds=True)
     p.add_argument("--downstream-contexts", type=INDEX, default=32,
                    help="held-out contexts for CE/KL with each SAE spliced in; 0 skips it (default: 32)")
@@ -536,17 +475,18 @@ def _add_sweep_parser(commands) -> None:
     p.set_defaults(func=cmd_sweep, no_cache=False)
 
 
-GRID_FLAGS = {"arch": "--arch", "k": "--k", "expansion": "--expansion", "input_scaling": "--input-scaling",
-              "seed": "--seed", "l1_coefficient": "--l1-coefficient", "l0_coefficient": "--l0-coefficient",
-              "afa_coefficient": "--afa-coefficient"}
+GRID_AXES = ("arch", "expansion", "input_scaling", "seed")
 
 
 def _sweep_points(args) -> list[Point]:
-    axes = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key) is not None}
+    """The grid from the flags (or --config): the architecture knobs given are axes too."""
+    given = given_settings(args)
+    axes = {key: getattr(args, key) for key in GRID_AXES if getattr(args, key) is not None}
+    axes.update({key: value for key, value in given.items() if key in knobs()})
     if args.config:
         if axes:
-            raise UsageError(f"give the grid either in {args.config} or by flags "
-                             f"({', '.join(GRID_FLAGS[key] for key in axes)}), not both")
+            flags = ", ".join("--" + key.replace("_", "-") for key in axes)
+            raise UsageError(f"give the grid either in {args.config} or by flags ({flags}), not both")
         return union(read_grid_file(args.config))
     return union([axes])
 
@@ -567,6 +507,13 @@ def _sweep_downstream(args) -> Downstream | None:
     return Downstream(model, heldout_contexts(model, spec, args.downstream_contexts), spec.layer, spec.site)
 
 
+def _sweep_options(args, points: list[Point]) -> dict:
+    """The settings given that are not knobs: each applies to the points whose arch takes it."""
+    options = {key: value for key, value in given_settings(args).items() if key not in knobs()}
+    check_settings_apply(options, sorted({p.arch for p in points}))
+    return options
+
+
 def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
@@ -578,8 +525,7 @@ def cmd_sweep(args) -> None:
                             out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb,
                             bf16=args.bf16, compile=args.compile)
     rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
-                     sae_options={"aux_k": args.aux_k, "aux_coefficient": args.aux_coefficient,
-                                  "metadata": _metadata(args)},
+                     sae_options={**_sweep_options(args, points), "metadata": _metadata(args)},
                      downstream=downstream, device=args.device, batch_size_eval=args.batch_size)
     columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median") if c in rows[0]]
     print("\n" + f"{'SAE':<44}" + "".join(f"{c:>20}" for c in columns))

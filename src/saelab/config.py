@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import SaelabError
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 INPUT_SCALINGS = ("none", "expected_norm", "per_token")
 
 
@@ -16,13 +15,13 @@ class ConfigError(SaelabError, ValueError):
     """A configuration value is missing, out of range or inconsistent."""
 
 
-def _integer(name: str, value, low: int = 1) -> None:
+def check_integer(name: str, value, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
 
 
-def _number(name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf) -> None:
+def check_number(name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf) -> None:
     """A finite number in [low, high) (low excluded when strict); NaN and Inf are refused."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low) or value >= high:
@@ -39,69 +38,89 @@ def _from_dict(cls, d: dict):
     return cls(**d)
 
 
-@dataclass
 class SAEConfig:
-    """What an SAE is: architecture, sizes, sparsity and input scaling.
+    """What an SAE is: architecture, sizes, input scaling, and the architecture's own settings
+    as keywords (k, l1_coefficient, l0_coefficient, afa_coefficient, aux_k, ...: see each
+    architecture's Settings in sae/). A keyword the architecture does not take is an error
+    (None counts as not given). Settings read as attributes: cfg.k.
 
-    k: latents per sample for topk, mean latents per sample for batchtopk, the target L0 for
-    jumprelu when `l0_coefficient` is None; unused by relu and topafa.
     input_scale: the scalar s of `expected_norm` (inputs are multiplied by s inside the SAE);
     estimated by the trainer, folded into the weights when the SAE is saved.
     """
 
-    arch: str
-    d_in: int
-    d_sae: int
-    k: int | None = None
-    l1_coefficient: float = 5.0
-    l0_coefficient: float | None = None
-    jumprelu_bandwidth: float = 0.001
-    jumprelu_init_threshold: float = 0.001
-    afa_coefficient: float = 1 / 32
-    aux_k: int = 512
-    aux_coefficient: float = 1 / 32
-    threshold_momentum: float = 0.9
-    input_scaling: str = "per_token"
-    input_scale: float = 1.0
-    metadata: dict = field(default_factory=dict)
+    def __init__(self, arch: str, d_in: int, d_sae: int, input_scaling: str = "per_token",
+                 input_scale: float = 1.0, metadata: dict | None = None, **settings):
+        from .sae.registry import architecture
 
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        spec = architecture(arch)
+        self.arch, self.d_in, self.d_sae = arch, d_in, d_sae
+        self.input_scaling, self.input_scale = input_scaling, input_scale
+        self.metadata = {} if metadata is None else metadata
         for name in ("d_in", "d_sae"):
-            _integer(name, getattr(self, name))
-        if self.arch in ("topk", "batchtopk") and self.k is None:
-            raise ConfigError(f"arch {self.arch!r} needs k (latents per sample)")
-        if self.arch == "jumprelu" and (self.k is None) == (self.l0_coefficient is None):
-            raise ConfigError(
-                "jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)"
-            )
-        if self.k is not None:
-            _integer("k", self.k)
-            if self.k > self.d_sae:
-                raise ConfigError(f"k={self.k} is larger than d_sae={self.d_sae}")
+            check_integer(name, getattr(self, name))
         if self.input_scaling not in INPUT_SCALINGS:
             raise ConfigError(
                 f"unknown input_scaling {self.input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}"
             )
-        _number("input_scale", self.input_scale, strict=True)
-        for name in ("l1_coefficient", "afa_coefficient", "aux_coefficient"):
-            _number(name, getattr(self, name))
-        if self.l0_coefficient is not None:
-            _number("l0_coefficient", self.l0_coefficient)
-        _number("jumprelu_bandwidth", self.jumprelu_bandwidth, strict=True)
-        _number("jumprelu_init_threshold", self.jumprelu_init_threshold, strict=True)
-        _integer("aux_k", self.aux_k, low=0)
-        _number("threshold_momentum", self.threshold_momentum, high=1.0)
+        check_number("input_scale", self.input_scale, strict=True)
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
+        names = [f.name for f in dataclasses.fields(spec.settings)]
+        given = {key: value for key, value in settings.items() if value is not None}
+        wrong = sorted(set(given) - set(names))
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)} do(es) not apply to arch {arch!r} "
+                              f"(its settings: {', '.join(names) or 'none'})")
+        self.settings = spec.settings(**given)
+        try:
+            self.settings.check(d_sae)
+        except ConfigError as err:
+            raise ConfigError(f"arch {arch!r}: {err}") from None
+
+    def __getattr__(self, name: str):
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            return getattr(settings, name)
+        raise AttributeError(f"{self.__dict__.get('arch')} SAEs have no setting {name!r}")
+
+    def get(self, name: str, default=None):
+        """A setting's value, or `default` when the architecture has no such setting."""
+        return getattr(self.settings, name, default)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SAEConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"SAEConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"arch": self.arch, "d_in": self.d_in, "d_sae": self.d_sae, **dataclasses.asdict(self.settings),
+                "input_scaling": self.input_scaling, "input_scale": self.input_scale, "metadata": self.metadata}
 
     @classmethod
-    def from_dict(cls, d: dict) -> SAEConfig:
-        return _from_dict(cls, d)
+    def from_dict(cls, d: dict, legacy: bool = False) -> SAEConfig:
+        """The config of to_dict. legacy: a cfg.json of saelab 0.1, which wrote every
+        architecture's settings: those the architecture does not take are dropped."""
+        from .sae.registry import ARCHITECTURES, architecture
+
+        d = dict(d)
+        if "arch" not in d:
+            raise ConfigError("the config has no arch")
+        common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
+        own = {f.name for f in dataclasses.fields(architecture(d["arch"]).settings)}
+        known = {f.name for spec in ARCHITECTURES.values() for f in dataclasses.fields(spec.settings)}
+        unknown = sorted(set(d) - common - known)
+        if unknown:
+            raise ConfigError(f"unknown SAEConfig field(s): {', '.join(unknown)}")
+        if legacy:
+            d = {key: value for key, value in d.items() if key in common or key in own}
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
+
+    def replace(self, **changes) -> SAEConfig:
+        return SAEConfig.from_dict({**self.to_dict(), **changes})
 
 
 @dataclass
@@ -143,23 +162,23 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        _integer("batch_size", self.batch_size)
-        _number("lr", self.lr, strict=True)
+        check_integer("batch_size", self.batch_size)
+        check_number("lr", self.lr, strict=True)
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas!r}")
         for beta in self.betas:
-            _number("betas", beta, high=1.0)
+            check_number("betas", beta, high=1.0)
         if self.total_tokens is not None:
-            _integer("total_tokens", self.total_tokens)
-        _integer("warmup_tokens", self.warmup_tokens, low=0)
-        _integer("dead_tokens", self.dead_tokens)
-        _number("decay_fraction", self.decay_fraction, high=1.0 + 1e-12)
+            check_integer("total_tokens", self.total_tokens)
+        check_integer("warmup_tokens", self.warmup_tokens, low=0)
+        check_integer("dead_tokens", self.dead_tokens)
+        check_number("decay_fraction", self.decay_fraction, high=1.0 + 1e-12)
         if self.grad_clip is not None:
-            _number("grad_clip", self.grad_clip, strict=True)
-        _integer("seed", self.seed, low=0)
-        _integer("log_every", self.log_every)
+            check_number("grad_clip", self.grad_clip, strict=True)
+        check_integer("seed", self.seed, low=0)
+        check_integer("log_every", self.log_every)
         if self.checkpoint_every_tokens is not None:
-            _integer("checkpoint_every_tokens", self.checkpoint_every_tokens)
+            check_integer("checkpoint_every_tokens", self.checkpoint_every_tokens)
             if self.out_dir is None:
                 raise ConfigError("checkpoints need out_dir")
         if self.resume and self.out_dir is None:

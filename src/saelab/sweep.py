@@ -2,9 +2,9 @@
 and Pareto plots.
 
 A grid is the product of its axes. Every point has an architecture, an expansion factor
-(d_sae = expansion * d_in), an input scaling, a seed and one sparsity knob, which depends on
-the architecture: k for topk/batchtopk, the target L0 k or `l0_coefficient` for jumprelu,
-`l1_coefficient` for relu, `afa_coefficient` for topafa. A sweep is the union of one or more
+(d_sae = expansion * d_in), an input scaling, a seed and one sparsity knob, a setting that the
+architecture names (Architecture.knobs: k for topk/batchtopk, the target L0 k or
+`l0_coefficient` for jumprelu, `l1_coefficient` for relu, `afa_coefficient` for topafa). A sweep is the union of one or more
 grids (several `[[grid]]` tables in a TOML file), so, say, the input-scaling axis can cover
 only topk and batchtopk.
 
@@ -19,24 +19,24 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from itertools import product
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import ARCHS, INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
+from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
 from .eval.full import EVAL_NAME, full_evaluation
 from .eval.plots import pareto_plot
 from .io.format import WEIGHTS_NAME
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
+from .sae.registry import ARCHITECTURES, architecture
 from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, read_history, train_many
 
-DEFAULT_AXES = {"arch": ["batchtopk"], "k": [32], "expansion": [8], "seed": [0], "input_scaling": ["per_token"],
-                "l1_coefficient": [5.0], "afa_coefficient": [1 / 32], "l0_coefficient": []}
+DEFAULT_ARCH, DEFAULT_K, DEFAULT_EXPANSION = "batchtopk", 32, 8  # the command line's defaults
 TRAIN_CONFIG_NAME = "train_config.json"
 RESULTS = ("results.csv", "results.json")
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
@@ -46,57 +46,77 @@ PARETO = (("nmse", "normalized MSE", "pareto_nmse.png"),
           ("mse", "MSE ||x - x_hat||^2 per token", "pareto_mse.png"))
 
 
+def knob_label(knob: str) -> str:
+    """The format of a knob's value in a point's name (from its settings field: k{}, l1-{:g})."""
+    for arch in ARCHITECTURES.values():
+        for f in fields(arch.settings):
+            if f.name == knob and f.metadata.get("label"):
+                return f.metadata["label"]
+    return knob + "-{}"
+
+
+def default_axes() -> dict[str, list]:
+    """Every axis a grid may name, with its default: the knobs of all architectures take their
+    settings' defaults (k: DEFAULT_K; none for a knob without a default)."""
+    axes = {"arch": [DEFAULT_ARCH], "expansion": [DEFAULT_EXPANSION], "seed": [0], "input_scaling": ["per_token"]}
+    for arch in ARCHITECTURES.values():
+        defaults = {f.name: f.default for f in fields(arch.settings)}
+        for knob in arch.knobs:
+            default = DEFAULT_K if knob == "k" else defaults[knob]
+            axes.setdefault(knob, [] if default is None else [default])
+    return axes
+
+
 @dataclass(frozen=True)
 class Point:
-    """One SAE of a sweep; fields that the architecture does not use are None."""
+    """One SAE of a sweep: its architecture's sparsity knob (a setting) and its value."""
 
     arch: str
     expansion: int
     input_scaling: str
     seed: int
-    k: int | None = None
-    l1_coefficient: float | None = None
-    l0_coefficient: float | None = None
-    afa_coefficient: float | None = None
+    knob: str | None = None
+    value: float | int | None = None
 
     @property
     def name(self) -> str:
-        knob = {"k": "k{}", "l1_coefficient": "l1-{:g}", "l0_coefficient": "l0c-{:g}", "afa_coefficient": "afa-{:g}"}
-        sparsity = "-".join(fmt.format(getattr(self, key)) for key, fmt in knob.items() if getattr(self, key) is not None)
+        sparsity = knob_label(self.knob).format(self.value) if self.knob else "default"
         return f"{self.arch}-{sparsity}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
 
+    def row(self) -> dict:
+        """The point as columns of the results table (the knob under its own name)."""
+        row = {"arch": self.arch, "expansion": self.expansion, "input_scaling": self.input_scaling, "seed": self.seed}
+        return {**row, **({self.knob: self.value} if self.knob else {})}
+
     def sae_config(self, d_in: int, **options) -> SAEConfig:
-        """The SAEConfig of this point; `options` sets the fields the grid does not (aux_k, ...)."""
-        knobs = {key: getattr(self, key) for key in ("l1_coefficient", "afa_coefficient") if getattr(self, key) is not None}
-        return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.expansion * d_in, k=self.k,
-                         l0_coefficient=self.l0_coefficient, input_scaling=self.input_scaling,
-                         **{**options, **knobs})
+        """The SAEConfig of this point; `options` sets other settings (aux_k, metadata, ...),
+        each only for the architectures that take it."""
+        takes = {f.name for f in fields(architecture(self.arch).settings)} - set(architecture(self.arch).knobs)
+        settings = {key: value for key, value in options.items() if key in takes}
+        knob = {self.knob: self.value} if self.knob else {}
+        return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.expansion * d_in, input_scaling=self.input_scaling,
+                         metadata=options.get("metadata"), **settings, **knob)
 
 
 def expand(axes: dict) -> list[Point]:
-    """The points of one grid; `axes` maps axis names to lists (missing axes take DEFAULT_AXES)."""
-    unknown = sorted(set(axes) - set(DEFAULT_AXES))
+    """The points of one grid; `axes` maps axis names to lists (missing axes take default_axes).
+    Each architecture varies the first of its knobs whose axis is not empty."""
+    defaults = default_axes()
+    unknown = sorted(set(axes) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(DEFAULT_AXES)}")
-    axes = {**DEFAULT_AXES, **{key: value if isinstance(value, list) else [value] for key, value in axes.items()}}
+        raise ConfigError(f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(defaults)}")
+    axes = {**defaults, **{key: value if isinstance(value, list) else [value] for key, value in axes.items()}}
     for arch in axes["arch"]:
-        if arch not in ARCHS:
-            raise ConfigError(f"unknown arch {arch!r} in sweep; choose from {', '.join(ARCHS)}")
+        architecture(arch)  # a ConfigError names an unknown one
     for scaling in axes["input_scaling"]:
         if scaling not in INPUT_SCALINGS:
             raise ConfigError(f"unknown input_scaling {scaling!r}; choose from {', '.join(INPUT_SCALINGS)}")
     points = []
     for arch, expansion, scaling, seed in product(axes["arch"], axes["expansion"], axes["input_scaling"], axes["seed"]):
         base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
-        if arch in ("topk", "batchtopk") or (arch == "jumprelu" and not axes["l0_coefficient"]):
-            knobs = [{"k": int(k)} for k in axes["k"]]
-        elif arch == "jumprelu":
-            knobs = [{"l0_coefficient": float(c)} for c in axes["l0_coefficient"]]
-        elif arch == "relu":
-            knobs = [{"l1_coefficient": float(c)} for c in axes["l1_coefficient"]]
-        else:
-            knobs = [{"afa_coefficient": float(c)} for c in axes["afa_coefficient"]]
-        points += [replace(base, **knob) for knob in knobs]
+        knob = next((name for name in architecture(arch).knobs if axes[name]), None)
+        values = axes[knob] if knob else [None]
+        points += [replace(base, knob=knob, value=value) for value in values]
     return points
 
 
@@ -189,9 +209,9 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
             extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
                      "site": downstream.site, "ablations": ablations}
         history = read_history(runs[point])
-        fields = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
+        recorded = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
                   "train_tokens": history[-1]["tokens"] if history else 0}
-        full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=fields, **extra)
+        full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=recorded, **extra)
 
     groups: dict[tuple[int, int], list[Point]] = {}
     for point in points:
@@ -219,7 +239,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
 
 def result_row(results: dict, point: Point) -> dict:
     """One row of the results table: the point, then every scalar of its eval.json."""
-    row = {"name": point.name, **asdict(point)}
+    row = {"name": point.name, **point.row()}
     row.update({key: value for key, value in results.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row})
     return row

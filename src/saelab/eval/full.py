@@ -1,5 +1,6 @@
 """The full evaluation of one SAE: reconstruction metrics, AFA analysis, decoder statistics,
-BatchTopK's inference L0, optionally downstream CE/KL; written as eval.json plus PNG plots."""
+the architecture's own results (BatchTopK's inference L0), optionally downstream CE/KL;
+written as eval.json plus PNG plots."""
 
 from __future__ import annotations
 
@@ -29,14 +30,13 @@ def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, 
     stats = afa_over(sae, data, batch_size=batch_size, max_tokens=AFA_TOKENS)
     results.update(summarize(stats))
     results.update(decoder_orthogonality(sae.W_dec.detach()))
-    if sae.cfg.arch == "batchtopk":
-        results["trained_k"] = sae.cfg.k
-        results["inference_l0_minus_k"] = results["l0"] - sae.cfg.k
+    results.update(sae.arch.evaluation(sae, results))
     if model is not None:
         results.update(downstream(sae, model, input_ids, layer, site, ablations=ablations))
-    name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={sae.cfg.k}" if sae.cfg.k else "")
+    target = sae.arch.target_l0(sae)
+    name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={target}" if target else "")
     zf_plot(stats["norm_z"], stats["norm_f_tilde"], out_dir / PLOTS["zf"], f"ZF plot: {name}")
-    l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=sae.cfg.k, title=f"L0 per token: {name}")
+    l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=target, title=f"L0 per token: {name}")
     density_plot(results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}")
     results["plots"] = dict(PLOTS)
     results.update(extra or {})

@@ -159,7 +159,8 @@ def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = No
                 plots: list[Path] | None = None, title: str | None = None) -> str:
     """The whole page as one string."""
     cfg = sae.cfg
-    name = title or f"{cfg.arch} SAE, d_sae={cfg.d_sae}" + (f", k={cfg.k}" if cfg.k else "")
+    target = sae.arch.target_l0(sae)
+    name = title or f"{cfg.arch} SAE, d_sae={cfg.d_sae}" + (f", k={target}" if target else "")
     meta = ", ".join(f"{k}: {v}" for k, v in cfg.metadata.items() if k in ("model", "layer", "site", "dataset"))
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>",

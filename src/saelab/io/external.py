@@ -22,12 +22,12 @@ from safetensors.torch import save_file
 
 from ..config import ConfigError, SAEConfig
 from ..sae.model import SAE
+from ..sae.registry import ARCHITECTURES
 from .atomic import atomic_write
 from .jsonfile import read_json_object
 from .format import CFG_NAME, FORMAT, WEIGHTS_NAME, SAEFormatError, export_tensors, load_sae, read_safetensors, sae_from_tensors
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_ARCHS = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
 
 
@@ -72,41 +72,36 @@ def load_any(path: str | Path, device: str = "cpu") -> SAE:
 
 # -- SAELens ------------------------------------------------------------------------------------
 def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
+    """The architecture whose saelens_names include cfg["architecture"] reads its tensors."""
+    readers = {name: arch for arch in ARCHITECTURES.values() for name in arch.saelens_names}
     arch_name = cfg.get("architecture", "standard")
-    if arch_name not in SAELENS_ARCHS:
-        raise ConfigError(f"SAELens architecture {arch_name!r} is not supported (supported: {', '.join(SAELENS_ARCHS)})")
+    if arch_name not in readers:
+        raise ConfigError(f"SAELens architecture {arch_name!r} is not supported (supported: {', '.join(readers)})")
     norm = cfg.get("normalize_activations", "none")
     if norm not in SAELENS_NORMS:
         raise ConfigError(f"normalize_activations={norm!r} is not supported (supported: none, layer_norm)")
-    arch = SAELENS_ARCHS[arch_name]
-    k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k")) if arch == "topk" else None
-    tensors = {name: t.float() for name, t in tensors.items() if name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    if arch == "jumprelu" and "threshold" not in tensors:
-        raise KeyError("threshold")
+    arch = readers[arch_name]
+    settings, tensors = arch.from_saelens(cfg, {name: t.float() for name, t in tensors.items()})
     if not cfg.get("apply_b_dec_to_input", True):
+        if "b_enc" not in tensors:
+            raise ConfigError(f"apply_b_dec_to_input=false is not supported for SAELens {arch_name!r} SAEs")
         tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
     sae_cfg = SAEConfig(
-        arch=arch, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), k=k,
-        l0_coefficient=0.0 if arch == "jumprelu" else None,
-        input_scaling=SAELENS_NORMS[norm],
-        metadata={key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg},
+        arch=arch.name, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), input_scaling=SAELENS_NORMS[norm],
+        metadata={key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg}, **settings,
     )
     return sae_cfg, tensors
 
 
 def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
-    """batchtopk is written as a jumprelu with its global threshold on every latent."""
+    """The architecture lays its tensors out as SAELens does (batchtopk: a jumprelu with its
+    global threshold on every latent)."""
     tensors, cfg = export_tensors(sae)
-    if cfg.arch == "topafa":
-        raise ConfigError("SAELens has no top-AFA architecture")
-    arch = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[cfg.arch]
-    if cfg.arch == "batchtopk":
-        tensors["threshold"] = tensors["threshold"].expand(cfg.d_sae).contiguous()
+    fields, tensors = sae.arch.to_saelens(sae, tensors)
     out = {
-        "architecture": arch, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
+        **fields, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "layer_norm" if cfg.input_scaling == "per_token" else "none",
-        **({"k": cfg.k} if arch == "topk" else {}),
     }
     return out, tensors
 

@@ -1,5 +1,8 @@
-"""The SAE directory: `cfg.json` + `sae.safetensors` (W_enc [d_in, d_sae], b_enc [d_sae],
-W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] for jumprelu or [] for batchtopk).
+"""The SAE directory: `cfg.json` + `sae.safetensors`, the SAE's whole state dict (W_enc
+[d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] and each architecture's own
+tensors, in its file layout: a jumprelu's `threshold` [d_sae], a batchtopk's `threshold` []),
+so a new architecture's tensors round-trip with no change here. The input scale lives in
+cfg.json, not in the file.
 
 `expected_norm` scaling is folded into the weights on save, so a saved SAE works on raw
 activations with identical codes: W_enc *= s, W_dec /= s, b_dec /= s (thresholds stay in
@@ -30,51 +33,36 @@ from .jsonfile import read_json_object
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
 FORMAT = "saelab-sae"
+FORMAT_VERSION = 2  # 1 (no format_version): cfg.json held every architecture's settings
 
 
 class SAEFormatError(SaelabError, ValueError):
     """An SAE directory is missing, incomplete, corrupt or inconsistent."""
 
 
-def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
-    shapes = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "b_enc": (cfg.d_sae,),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-    }
-    if cfg.arch == "jumprelu":
-        shapes["threshold"] = (cfg.d_sae,)
-    if cfg.arch == "batchtopk":
-        shapes["threshold"] = ()
-    return shapes
+def file_tensors(sae: SAE) -> dict[str, torch.Tensor]:
+    """The state dict in the architecture's file layout, without the input scale (in cfg.json)."""
+    state = {name: t.detach() for name, t in sae.state_dict().items() if name != "input_scale"}
+    return sae.arch.to_file(state)
 
 
 def export_tensors(sae: SAE) -> tuple[dict[str, torch.Tensor], SAEConfig]:
     """The tensors and config as written to disk, with the input scale folded in."""
     cfg = SAEConfig.from_dict(sae.cfg.to_dict())
     s = float(sae.input_scale)
-    tensors = {
-        "W_enc": sae.W_enc.detach() * s,
-        "b_enc": sae.b_enc.detach().clone(),
-        "W_dec": sae.W_dec.detach() / s,
-        "b_dec": sae.b_dec.detach() / s,
-    }
-    if cfg.arch == "jumprelu":
-        tensors["threshold"] = sae.log_threshold.detach().exp()
-    if cfg.arch == "batchtopk":
-        tensors["threshold"] = sae.threshold.detach().clone()
+    tensors = file_tensors(sae)
+    tensors.update(W_enc=tensors["W_enc"] * s, W_dec=tensors["W_dec"] / s, b_dec=tensors["b_dec"] / s)
     if cfg.input_scaling == "expected_norm":
         cfg.metadata = {**cfg.metadata, "folded_input_scale": cfg.metadata.get("folded_input_scale", 1.0) * s}
     cfg.input_scale = 1.0
-    return {name: t.float().contiguous().cpu() for name, t in tensors.items()}, cfg
+    return {name: (t.float() if t.is_floating_point() else t).contiguous().cpu() for name, t in tensors.items()}, cfg
 
 
 def save_sae(sae: SAE, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors, cfg = export_tensors(sae)
-    cfg_json = {"format": FORMAT, "saelab_version": __version__, **cfg.to_dict()}
+    cfg_json = {"format": FORMAT, "format_version": FORMAT_VERSION, "saelab_version": __version__, **cfg.to_dict()}
     atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
     atomic_write(path / CFG_NAME, lambda p: p.write_text(json.dumps(cfg_json, indent=2) + "\n"))
 
@@ -101,8 +89,9 @@ def read_config(path: Path) -> SAEConfig:
     if raw.pop("format", None) != FORMAT:
         raise SAEFormatError(f"{cfg_file} is not a saelab SAE config (missing \"format\": \"{FORMAT}\")")
     raw.pop("saelab_version", None)
+    legacy = raw.pop("format_version", 1) < FORMAT_VERSION
     try:
-        return SAEConfig.from_dict(raw)
+        return SAEConfig.from_dict(raw, legacy=legacy)
     except (ConfigError, TypeError) as err:
         raise SAEFormatError(f"{cfg_file}: {err}") from None
 
@@ -118,50 +107,49 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise SAEFormatError(f"{file} is corrupt or truncated: {err}") from None
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, file: Path) -> None:
-    """Names, shapes, dtypes and finiteness of saelab-named tensors against cfg."""
-    want = expected_shapes(cfg)
-    missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+def check_tensors(tensors: dict[str, torch.Tensor], sae: SAE, file: Path) -> None:
+    """Names, shapes, dtypes and finiteness of file-layout tensors against a fresh SAE of the
+    same config; tensors the architecture lists as optional (training state that older files
+    lack) may be missing."""
+    want = file_tensors(sae)
+    missing = sorted(set(want) - set(tensors) - set(sae.arch.optional_in_file))
+    extra = sorted(set(tensors) - set(want))
     if missing or extra:
         raise SAEFormatError(
-            f"{file} does not match cfg.json (arch={cfg.arch}): missing {missing or 'none'}, "
+            f"{file} does not match cfg.json (arch={sae.cfg.arch}): missing {missing or 'none'}, "
             f"unexpected {extra or 'none'}"
         )
-    for name, shape in want.items():
-        if tuple(tensors[name].shape) != shape:
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(want[name].shape):
             raise SAEFormatError(
-                f"{file}: tensor {name} has shape {tuple(tensors[name].shape)}, but cfg.json "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {shape}"
+                f"{file}: tensor {name} has shape {tuple(tensor.shape)}, but cfg.json "
+                f"(d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) needs {tuple(want[name].shape)}"
             )
-        if not tensors[name].is_floating_point():
-            raise SAEFormatError(f"{file}: tensor {name} has dtype {tensors[name].dtype}, expected float")
-        unset_threshold = cfg.arch == "batchtopk" and name == "threshold"
-        if not unset_threshold and not torch.isfinite(tensors[name]).all():
+        if tensor.is_floating_point() != want[name].is_floating_point():
+            raise SAEFormatError(f"{file}: tensor {name} has dtype {tensor.dtype}, expected {want[name].dtype}")
+        if tensor.is_floating_point() and name not in sae.arch.unset_when_nan and not torch.isfinite(tensor).all():
             raise SAEFormatError(f"{file}: tensor {name} contains NaN or Inf")
 
 
 def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
-    """An SAE in eval mode from saelab-named tensors (checked against cfg first)."""
-    check_tensors(tensors, cfg, path)
+    """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
     folded = float(cfg.metadata.get("folded_input_scale", 1.0)) if cfg.input_scaling == "expected_norm" else 1.0
     if not (math.isfinite(folded) and folded > 0):
         raise SAEFormatError(f"{path}: metadata.folded_input_scale must be a positive number, got {folded}")
     if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
+        metadata = {key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"}
+        cfg = cfg.replace(input_scale=folded, metadata=metadata)
+    sae = SAE(cfg)
+    check_tensors(tensors, sae, path)
+    if folded != 1.0:
         tensors = {**tensors, "W_enc": tensors["W_enc"] / folded, "W_dec": tensors["W_dec"] * folded,
                    "b_dec": tensors["b_dec"] * folded}
-        metadata = {key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"}
-        cfg = SAEConfig.from_dict({**cfg.to_dict(), "input_scale": folded, "metadata": metadata})
-    sae = SAE(cfg)
+    try:
+        state = sae.arch.from_file(tensors)
+    except ConfigError as err:
+        raise SAEFormatError(f"{path}: {err}") from None
+    sae.load_state_dict({**sae.state_dict(), **state})
     sae.initialized = True
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, name).copy_(tensors[name])
-        if cfg.arch == "jumprelu":
-            if (tensors["threshold"] <= 0).any():
-                raise SAEFormatError(f"{path}: jumprelu thresholds must be positive")
-            sae.log_threshold.copy_(tensors["threshold"].log())
-        if cfg.arch == "batchtopk":
-            sae.threshold.copy_(tensors["threshold"])
     return sae.eval()
 
 

@@ -4,7 +4,25 @@ e = (x - x_hat).detach(); the top aux_k of relu(pre) among dead latents only giv
 codes @ W_dec[dead] (no bias); L_aux = mean over tokens of ||e - e_hat||^2; 0 with no dead latents.
 """
 
+from dataclasses import dataclass
+
 import torch
+
+from ..config import check_integer, check_number
+from .architecture import Settings, setting
+
+
+@dataclass(kw_only=True)
+class AuxKSettings(Settings):
+    """The AuxK keywords of the architectures that use it."""
+
+    aux_k: int = setting(512, "AuxK: dead latents used per token (Gao et al.)")
+    aux_coefficient: float = setting(1 / 32, "AuxK loss weight, relative to the reconstruction error as in the "
+                                             "BatchTopK and top-AFA reference code")
+
+    def check(self, d_sae: int) -> None:
+        check_integer("aux_k", self.aux_k, low=0)
+        check_number("aux_coefficient", self.aux_coefficient)
 
 
 def _dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -35,6 +53,6 @@ def aux_loss_sparse(sae, x, x_hat, pre, dead, x_in) -> torch.Tensor:
         return pre.new_zeros(())
     chosen = pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
     rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
-    code = select(pre, rows, dead_idx[chosen].flatten(), x_in, sae.W_enc, sae.b_enc)
+    code = select(pre, rows, dead_idx[chosen].flatten(), x_in, sae.W_enc, sae.encoder_bias)
     residual = (x - x_hat).detach()
     return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

@@ -8,32 +8,73 @@ large minima of the first, untrained batches fade out quickly. Only a training s
 (`update_threshold`, called by the trainer); encoding in training mode never does.
 """
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import check_number
 from ..errors import SaelabError
-from ..train.distributed import all_gather_cat, world_size
+from .architecture import SAELENS_TENSORS, Architecture, pick, setting
+from .topk import KSettings
 
 
 class ThresholdNotEstimated(SaelabError, RuntimeError):
     """A batchtopk SAE is used in eval mode before training estimated its threshold."""
 
 
-def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    a = torch.relu(pre)
-    if not sae.training:
-        return a * (a > _threshold(sae))
-    mask = torch.zeros_like(a, dtype=torch.bool)
-    mask[select(sae, pre.detach(), x)] = True
-    return a * mask
+@dataclass(kw_only=True)
+class BatchTopKSettings(KSettings):
+    threshold_momentum: float = setting(0.9, "EMA momentum of the inference threshold (after a plain mean over "
+                                             "the first 1 / (1 - momentum) steps)")
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        check_number("threshold_momentum", self.threshold_momentum, high=1.0)
 
 
-@torch.no_grad()
-def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-major (rows, cols) of the active entries of a = relu(pre) [n, h]; in training mode
-    the batch top-k over the global batch (n summed over ranks), in eval mode a > theta."""
-    if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
-        return (pre > _threshold(sae)).nonzero(as_tuple=True)
-    return global_batch_topk(pre, sae.cfg.k, world_size(), all_gather_cat)
+class BatchTopK(Architecture):
+    name = "batchtopk"
+    settings = BatchTopKSettings
+    knobs = ("k",)
+    uses_auxk = True
+    unset_when_nan = ("threshold",)
+    optional_in_file = ("threshold_updates",)
+
+    def add_state(self, sae):
+        sae.register_buffer("threshold", torch.tensor(float("nan")))
+        sae.register_buffer("threshold_updates", torch.tensor(0))
+
+    def activate(self, sae, pre, x):
+        a = torch.relu(pre)
+        if not sae.training:
+            return a * (a > _threshold(sae))
+        mask = torch.zeros_like(a, dtype=torch.bool)
+        mask[self.select(sae, pre.detach(), x)] = True
+        return a * mask
+
+    @torch.no_grad()
+    def select(self, sae, pre, x):
+        """Row-major (rows, cols) of the active entries of a = relu(pre) [n, h]; in training
+        mode the batch top-k over the global batch (n summed over ranks), in eval mode a > theta."""
+        if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
+            return (pre > _threshold(sae)).nonzero(as_tuple=True)
+        ranks = sae.collectives
+        return global_batch_topk(pre, sae.cfg.k, ranks.world_size, ranks.gather)
+
+    def after_step(self, sae, out):
+        update_threshold(sae, sae.collectives.reduce(out.smallest_active.clone(), "min"))
+
+    def record(self, sae):
+        return {"threshold": sae.threshold.item()}
+
+    def evaluation(self, sae, results):
+        """The inference L0 under the learned threshold against the trained k."""
+        return {"trained_k": sae.cfg.k, "inference_l0_minus_k": results["l0"] - sae.cfg.k}
+
+    def to_saelens(self, sae, tensors):
+        """A jumprelu SAE with the global threshold on every latent."""
+        threshold = tensors["threshold"].expand(sae.cfg.d_sae).contiguous()
+        return {"architecture": "jumprelu"}, {**pick(tensors, *SAELENS_TENSORS), "threshold": threshold}
 
 
 def global_batch_topk(pre: torch.Tensor, k: int, n_ranks: int, gather) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +141,3 @@ def update_threshold(sae, smallest_kept: torch.Tensor) -> None:
     else:
         sae.threshold.lerp_(smallest_kept.to(sae.threshold), 1 - momentum)
 
-
-def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
-    return {}

@@ -7,16 +7,43 @@ Loss: ||x - x_hat||^2 + d_in * lam * L0. lam is in the units of the BatchTopK pa
 (reconstruction error as a mean over elements, lam 0.004 .. 0.0008 for GPT-2); saelab sums the
 error over d_in, so the penalty carries the factor d_in to mean the same trade-off.
 With a target L0 (cfg.k), lam is a Lagrange multiplier of the constraint L0 = k, updated by dual
-ascent after each training step (update_multiplier). It may turn negative, which pushes
+ascent after each training step (after_step). It may turn negative, which pushes
 thresholds down when L0 is below the target.
 """
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from ..train.distributed import all_reduce
+from ..config import ConfigError, check_integer, check_number
+from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
 
 TARGET_RATE = 0.05  # multiplier step in units of the summed error: lam moves by TARGET_RATE / d_in
 INITIAL_TARGET_LAMBDA = 0.0
+
+
+@dataclass(kw_only=True)
+class JumpReLUSettings(Settings):
+    k: int | None = setting(None, "the target L0 (a Lagrange multiplier adapts the penalty)", label="k{}")
+    l0_coefficient: float | None = setting(None, "a fixed L0 penalty weight instead of the --k target, "
+                                                 "in the BatchTopK paper's units (error as a mean over elements; "
+                                                 "the paper used 0.004-0.0008 for GPT-2)", label="l0c-{:g}")
+    jumprelu_bandwidth: float = setting(0.001, "bandwidth eps of the straight-through estimators")
+    jumprelu_init_threshold: float = setting(0.001, "initial threshold (a floor under the data-driven "
+                                                    "initialisation with a target L0)")
+
+    def check(self, d_sae: int) -> None:
+        if (self.k is None) == (self.l0_coefficient is None):
+            raise ConfigError("jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)")
+        if self.k is not None:
+            check_integer("k", self.k)
+            if self.k > d_sae:
+                raise ConfigError(f"k={self.k} is larger than d_sae={d_sae}")
+        else:
+            check_number("l0_coefficient", self.l0_coefficient)
+        check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, strict=True)
+        check_number("jumprelu_init_threshold", self.jumprelu_init_threshold, strict=True)
 
 
 def _kernel(pre, threshold, eps):
@@ -53,19 +80,66 @@ class Step(torch.autograd.Function):
         return torch.zeros_like(pre), grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
 
 
-def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return JumpReLU.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth)
+class JumpReLUArchitecture(Architecture):
+    name = "jumprelu"
+    settings = JumpReLUSettings
+    knobs = ("l0_coefficient", "k")
+    saelens_names = ("jumprelu",)
+    optional_in_file = ("l0_lambda",)
 
+    def add_state(self, sae):
+        cfg = sae.cfg
+        sae.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        lam = INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
+        sae.register_buffer("l0_lambda", torch.tensor(float(lam)))
 
-def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
-    l0 = Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
-    return {"l0": sae.cfg.d_in * sae.l0_lambda * l0}
+    def to_file(self, tensors):
+        """The thresholds themselves, as SAELens stores them."""
+        tensors = dict(tensors)
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
+        return tensors
 
+    def from_file(self, tensors):
+        tensors = dict(tensors)
+        threshold = tensors.pop("threshold")
+        if (threshold <= 0).any():
+            raise ConfigError("jumprelu thresholds must be positive")
+        tensors["log_threshold"] = threshold.log()
+        return tensors
 
-@torch.no_grad()
-def update_multiplier(sae, l0: torch.Tensor) -> None:
-    """Dual ascent after a training step with target L0 k, on the batch L0 over all ranks:
-    lam += rate / d_in * (L0 / k - 1). Outside the loss, so the loss is a pure function (torch.compile)."""
-    if sae.cfg.k is not None:
-        l0 = all_reduce(l0.detach().clone(), "mean")
-        sae.l0_lambda.add_(TARGET_RATE / sae.cfg.d_in * (l0 / sae.cfg.k - 1))
+    def activate(self, sae, pre, x):
+        return JumpReLU.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth)
+
+    def penalty(self, sae, f, pre, x):
+        l0 = Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+        return {"l0": sae.cfg.d_in * sae.l0_lambda * l0}
+
+    @torch.no_grad()
+    def after_step(self, sae, out):
+        """Dual ascent with a target L0 k, on the batch L0 over all ranks:
+        lam += rate / d_in * (L0 / k - 1). Outside the loss, so the loss is a pure function."""
+        if sae.cfg.k is not None:
+            l0 = sae.collectives.reduce(out.l0.detach().clone(), "mean")
+            sae.l0_lambda.add_(TARGET_RATE / sae.cfg.d_in * (l0 / sae.cfg.k - 1))
+
+    def record(self, sae):
+        return {"l0_lambda": sae.l0_lambda.item()}
+
+    @torch.no_grad()
+    def initialize(self, sae, x_scaled):
+        """With a target L0 k, each latent's threshold at its (1 - k/d_sae) quantile of the
+        first batch's pre-activations, so training starts near L0 = k."""
+        cfg = sae.cfg
+        if cfg.k is None:
+            return
+        pre = sae.pre_activation(x_scaled)
+        rank = max(1, min(len(x_scaled), round(len(x_scaled) * (1 - cfg.k / cfg.d_sae))))
+        quantile = pre.kthvalue(rank, dim=0).values
+        sae.log_threshold.copy_(quantile.clamp_min(cfg.jumprelu_init_threshold).log())
+
+    def to_saelens(self, sae, tensors):
+        return {"architecture": "jumprelu"}, pick(tensors, *SAELENS_TENSORS, "threshold")
+
+    def from_saelens(self, cfg, tensors):
+        return {"l0_coefficient": 0.0}, pick(tensors, *SAELENS_TENSORS, "threshold")
+

@@ -2,12 +2,13 @@
 
 pre = (x' - b_dec) @ W_enc + b_enc;  f = rule(pre);  x_hat' = f @ W_dec + b_dec
 where x' is the scaled input: x' = s x (`expected_norm`), x' = (x - mean) / std per token
-(`per_token`), or x' = x (`none`); outputs are mapped back to the units of x.
+(`per_token`), or x' = x (`none`); outputs are mapped back to the units of x. Everything
+particular to an architecture (the rule, its tensors and loss terms) comes from `self.arch`
+(sae/architecture.py); the module holds what all share.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +17,12 @@ from torch import nn
 
 from ..config import SAEConfig
 from ..data.activations import DataError
-from . import auxk, batchtopk, jumprelu, relu, topafa, topk
+from . import auxk
 from . import sparse as sparse_code
+from .architecture import Collectives
+from .registry import architecture
 
-RULES = {"relu": relu, "topk": topk, "batchtopk": batchtopk, "jumprelu": jumprelu, "topafa": topafa}
-USES_AUXK = ("topk", "batchtopk", "topafa")
 PER_TOKEN_EPS = 1e-5
-# relu: W_enc = 0.1 W_dec^T at init. With the full-scale transpose about half of the latents
-# fire with O(1) pre-activations and Adam needs thousands of steps to push them below zero;
-# a small encoder starts near-sparse codes (as Anthropic's April 2024 update, which sets
-# W_enc = W_dec^T with decoder norms of 0.1). Measured on SmolLM2 L15, 200k tokens, x8: L0 ~300 and
-# NMSE 0.45 against L0 ~2200 and NMSE 1.7 with the full-scale transpose.
-RELU_ENCODER_INIT_SCALE = 0.1
 
 
 @dataclass
@@ -36,7 +31,14 @@ class LossOutput:
     terms: dict[str, torch.Tensor]  # each weighted term, detached
     fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
     l0: torch.Tensor  # scalar: mean active latents per token
-    smallest_active: torch.Tensor  # scalar: the smallest positive code value (inf if none)
+    code: object  # the codes, detached: a SparseCode on the sparse path, else dense [n, d_sae]
+
+    @property
+    def smallest_active(self) -> torch.Tensor:
+        """The smallest positive code value of the batch (inf if none): BatchTopK's cut."""
+        values = self.code.values if isinstance(self.code, sparse_code.SparseCode) else self.code[self.code > 0]
+        values = values[values > 0]
+        return values.min() if values.numel() else torch.tensor(float("inf"), device=values.device)
 
 
 class SAE(nn.Module):
@@ -46,24 +48,22 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int | None = None):
         super().__init__()
         self.cfg = cfg
+        self.arch = architecture(cfg.arch)
+        self.collectives = Collectives()  # the trainer sets torch.distributed's under torchrun
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        scale = RELU_ENCODER_INIT_SCALE if cfg.arch == "relu" else 1.0
-        self.W_enc = nn.Parameter(W_dec.T.clone() * scale)
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_enc = nn.Parameter(W_dec.T.clone() * self.arch.encoder_init_scale)
+        self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.arch == "batchtopk":
-            self.register_buffer("threshold", torch.tensor(float("nan")))
-            self.register_buffer("threshold_updates", torch.tensor(0))
-        if cfg.arch == "jumprelu":
-            init = math.log(cfg.jumprelu_init_threshold)
-            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), init))
-            lam = jumprelu.INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
-            self.register_buffer("l0_lambda", torch.tensor(float(lam)))
         self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
+        self.arch.add_state(self)
         self.initialized = False  # set once b_dec and the input scale come from data (or a file)
+
+    @property
+    def encoder_bias(self) -> nn.Parameter:
+        return getattr(self, self.arch.encoder_bias)
 
     # -- input scaling -----------------------------------------------------------------------
     def input_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -97,11 +97,11 @@ class SAE(nn.Module):
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
         """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation (addmm)."""
-        return torch.addmm(self.b_enc, x_scaled - self.b_dec, self.W_enc)
+        return torch.addmm(self.encoder_bias, x_scaled - self.b_dec, self.W_enc)
 
     def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.pre_activation(x_scaled)
-        return RULES[self.cfg.arch].activate(self, pre, x_scaled), pre
+        return self.arch.activate(self, pre, x_scaled), pre
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> dense codes [..., d_sae] (batchtopk in training mode: top n*k over
@@ -134,37 +134,37 @@ class SAE(nn.Module):
     # -- training ----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None, sparse: bool = True) -> LossOutput:
         """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
-        ||x' - x_hat'||^2 + arch penalty + aux_coefficient * L_aux (topk/batchtopk/topafa).
-        sparse: the top-k family trains through sparse.py (same values and gradients as the
-        dense reference path, without [n, d_sae] codes or dense backward products)."""
+        the architecture's reconstruction term (||x' - x_hat'||^2) + its penalty terms +
+        aux_coefficient * L_aux where it uses AuxK.
+        sparse: architectures with a sparse selection train through sparse.py (same values and
+        gradients as the dense reference path, without [n, d_sae] codes or dense backward
+        products)."""
         self._check_input(x)
         x = self._scale(x, self.input_stats(x))
-        rule = RULES[self.cfg.arch]
-        use_aux = self.cfg.arch in USES_AUXK and dead is not None and self.cfg.aux_coefficient > 0
-        if sparse and self.cfg.arch in USES_AUXK:
+        arch = self.arch
+        use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
+        if sparse and arch.select is not None:
             x_in = x - self.b_dec
             with torch.no_grad():  # float() undoes a bfloat16 autocast: only the matmul is bf16
                 pre = self.pre_activation(x).float()
-            code = sparse_code.select(pre, *rule.select(self, pre, x), x_in, self.W_enc, self.b_enc)
+            code = sparse_code.select(pre, *arch.select(self, pre, x), x_in, self.W_enc, self.encoder_bias)
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0 = torch.tensor(len(code.values) / len(x))
-            active = code.values.detach()
+            detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
             aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in) if use_aux else None
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
+            detached = f.detach()
             aux = auxk.aux_loss(self, x, x_hat, pre, dead) if use_aux else None
-            active = f.detach()[f.detach() > 0] if self.cfg.arch == "batchtopk" else f.new_zeros(0)
-        active = active[active > 0]
-        smallest = active.min() if active.numel() else torch.tensor(float("inf"), device=x.device)
-        terms = {"mse": (x - x_hat).square().sum(-1).mean()}
-        terms.update(rule.penalty(self, f, pre, x))
+        terms = {"mse": arch.reconstruction(self, x, f, x_hat)}
+        terms.update(arch.penalty(self, f, pre, x))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         loss = sum(terms.values())
-        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0, smallest)
+        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0, detached)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -1,13 +1,50 @@
 """ReLU SAE with the decoder-norm-weighted L1 penalty: f = relu(pre)."""
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import check_number
+from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
 
-def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.relu(pre)
+# W_enc = 0.1 W_dec^T at init. With the full-scale transpose about half of the latents fire
+# with O(1) pre-activations and Adam needs thousands of steps to push them below zero; a small
+# encoder starts near-sparse codes (as Anthropic's April 2024 update, which sets W_enc = W_dec^T
+# with decoder norms of 0.1). Measured on SmolLM2 L15, 200k tokens, x8: L0 ~300 and NMSE 0.45
+# against L0 ~2200 and NMSE 1.7 with the full-scale transpose.
+RELU_ENCODER_INIT_SCALE = 0.1
 
 
-def penalty(sae, f: torch.Tensor, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """lam * sum_i f_i ||W_dec,i||, averaged over tokens."""
-    l1 = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    return {"l1": sae.cfg.l1_coefficient * l1}
+@dataclass(kw_only=True)
+class L1Settings(Settings):
+    l1_coefficient: float = setting(5.0, "L1 penalty weight, against the squared error summed "
+                                         "over d_in (SAELens and Anthropic units)", label="l1-{:g}")
+
+    def check(self, d_sae: int) -> None:
+        check_number("l1_coefficient", self.l1_coefficient)
+
+
+def weighted_l1(sae, f: torch.Tensor) -> torch.Tensor:
+    """sum_i f_i ||W_dec,i||, averaged over tokens."""
+    return (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+
+
+class ReLU(Architecture):
+    name = "relu"
+    settings = L1Settings
+    knobs = ("l1_coefficient",)
+    encoder_init_scale = RELU_ENCODER_INIT_SCALE
+    saelens_names = ("standard", "relu")
+
+    def activate(self, sae, pre, x):
+        return torch.relu(pre)
+
+    def penalty(self, sae, f, pre, x):
+        """lam * sum_i f_i ||W_dec,i||, averaged over tokens."""
+        return {"l1": sae.cfg.l1_coefficient * weighted_l1(sae, f)}
+
+    def to_saelens(self, sae, tensors):
+        return {"architecture": "standard"}, pick(tensors, *SAELENS_TENSORS)
+
+    def from_saelens(self, cfg, tensors):
+        return {}, pick(tensors, *SAELENS_TENSORS)

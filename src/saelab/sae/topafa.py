@@ -8,10 +8,25 @@ elements, and their lam_afa (1/128 .. 1/16) is in those units. The factor d_in k
 AFA term / reconstruction term equal to the reference's for the same lam_afa.
 """
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import check_number
+from .architecture import Architecture, setting
+from .auxk import AuxKSettings
 
 PREFIX = 512
+
+
+@dataclass(kw_only=True)
+class TopAFASettings(AuxKSettings):
+    afa_coefficient: float = setting(1 / 32, "AFA loss weight in the top-AFA paper's units (error as a "
+                                             "mean over elements; the paper used 1/128-1/16)", label="afa-{:g}")
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        check_number("afa_coefficient", self.afa_coefficient)
 
 
 def chosen_k(sae, a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,19 +54,22 @@ def selection(sae, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(a, dtype=torch.bool).scatter(-1, order, ranks < k_star[:, None])
 
 
-def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    a = torch.relu(pre)
-    return a * selection(sae, a.detach(), x)
+class TopAFA(Architecture):
+    name = "topafa"
+    settings = TopAFASettings
+    knobs = ("afa_coefficient",)
+    uses_auxk = True
 
+    def activate(self, sae, pre, x):
+        a = torch.relu(pre)
+        return a * selection(sae, a.detach(), x)
 
-def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the kept latents with a positive value, for the sparse path."""
-    a = torch.relu(pre)
-    return (selection(sae, a, x) & (a > 0)).nonzero(as_tuple=True)
+    def select(self, sae, pre, x):
+        """(rows, cols) of the kept latents with a positive value, for the sparse path."""
+        a = torch.relu(pre)
+        return (selection(sae, a, x) & (a > 0)).nonzero(as_tuple=True)
 
-
-def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
-    """f: dense codes or a SparseCode."""
-    afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - x.norm(dim=-1)
-    afa = afa.square().mean()
-    return {"afa": sae.cfg.d_in * sae.cfg.afa_coefficient * afa}
+    def penalty(self, sae, f, pre, x):
+        """f: dense codes or a SparseCode."""
+        afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - x.norm(dim=-1)
+        return {"afa": sae.cfg.d_in * sae.cfg.afa_coefficient * afa.square().mean()}

@@ -1,23 +1,52 @@
 """TopK SAE (Gao et al. 2024): keep the k largest entries of relu(pre) in each sample."""
 
+from dataclasses import dataclass
+
 import torch
 
-
-def activate(sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """pre [n, h] -> f [n, h] with at most k nonzeros per row (fewer when fewer are positive)."""
-    values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+from ..config import ConfigError, check_integer
+from .architecture import SAELENS_TENSORS, Architecture, pick, setting
+from .auxk import AuxKSettings
 
 
-def select(sae, pre: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of each row's k largest pre-activations that are positive (the active
-    latents: a non-positive one codes 0), row-major."""
-    values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-    n, k = indices.shape
-    rows = torch.arange(n, device=pre.device).repeat_interleave(k)
-    positive = values.flatten() > 0
-    return rows[positive], indices.flatten()[positive]
+@dataclass(kw_only=True)
+class KSettings(AuxKSettings):
+    k: int | None = setting(None, "latents per token: exact for topk, the mean over the batch for batchtopk, "
+                                  "the target L0 for jumprelu", label="k{}")
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        if self.k is None:
+            raise ConfigError("this architecture needs k (latents per sample)")
+        check_integer("k", self.k)
+        if self.k > d_sae:
+            raise ConfigError(f"k={self.k} is larger than d_sae={d_sae}")
 
 
-def penalty(sae, f, pre, x) -> dict[str, torch.Tensor]:
-    return {}
+class TopK(Architecture):
+    name = "topk"
+    settings = KSettings
+    knobs = ("k",)
+    uses_auxk = True
+    saelens_names = ("topk",)
+
+    def activate(self, sae, pre, x):
+        """pre [n, h] -> f [n, h] with at most k nonzeros per row (fewer when fewer are positive)."""
+        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+    def select(self, sae, pre, x):
+        """(rows, cols) of each row's k largest pre-activations that are positive (the active
+        latents: a non-positive one codes 0), row-major."""
+        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        n, k = indices.shape
+        rows = torch.arange(n, device=pre.device).repeat_interleave(k)
+        positive = values.flatten() > 0
+        return rows[positive], indices.flatten()[positive]
+
+    def to_saelens(self, sae, tensors):
+        return {"architecture": "topk", "k": sae.cfg.k}, pick(tensors, *SAELENS_TENSORS)
+
+    def from_saelens(self, cfg, tensors):
+        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        return {"k": int(k)}, pick(tensors, *SAELENS_TENSORS)

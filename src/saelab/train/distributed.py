@@ -15,6 +15,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..sae.architecture import Collectives
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -51,6 +53,11 @@ def shutdown() -> None:
         gc.collect()
         dist.destroy_process_group()
         gc.collect()
+
+
+def collectives() -> Collectives:
+    """What an SAE needs to reach the other ranks (sae/architecture.py): this process group's."""
+    return Collectives(world_size(), all_gather_cat, all_reduce) if is_distributed() else Collectives()
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Initialisation from data: the input scale (from many tokens), then b_dec and jumprelu
-thresholds from the first training batch."""
+"""Initialisation from data: the input scale (from many tokens), then b_dec and the
+architecture's own initialisation from the first training batch."""
 
 from __future__ import annotations
 
@@ -54,9 +54,8 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None) -> None:
     """x [n, d_in] raw activations of the first batch; squared_norm E||x||^2 over many tokens
     (mean_squared_norm; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 =
-    d_in), b_dec to the geometric median of the scaled batch, and for jumprelu with a target L0
-    k each latent's threshold to its (1 - k/d_sae) quantile of pre-activations, so training
-    starts near L0 = k."""
+    d_in), b_dec to the geometric median of the scaled batch, then the architecture's own
+    initialisation (jumprelu: thresholds near the target L0)."""
     cfg = sae.cfg
     if cfg.input_scaling == "expected_norm":
         if squared_norm is None:
@@ -66,9 +65,5 @@ def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None
         cfg.input_scale = scale
     scaled = sae._scale(x, sae.input_stats(x))
     sae.b_dec.copy_(geometric_median(scaled.double()).float())
-    if cfg.arch == "jumprelu" and cfg.k is not None:
-        pre = sae.pre_activation(scaled)
-        rank = max(1, min(len(x), round(len(x) * (1 - cfg.k / cfg.d_sae))))
-        quantile = pre.kthvalue(rank, dim=0).values
-        sae.log_threshold.copy_(quantile.clamp_min(cfg.jumprelu_init_threshold).log())
+    sae.arch.initialize(sae, scaled)
     sae.initialized = True

@@ -19,10 +19,9 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..errors import SaelabError
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
-from ..sae import batchtopk, jumprelu
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .distributed import all_gather_cat, all_reduce, is_distributed, rank, world_size
+from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
 from .init import initialize_from_data, mean_squared_norm
 from .schedule import lr_factor
 from .wandb_log import start_run
@@ -85,8 +84,7 @@ class _LossForward(torch.nn.Module):
         self.sae, self.sparse = sae, sparse
 
     def forward(self, x, dead):
-        out = self.sae.loss(x, dead, sparse=self.sparse)
-        return out.loss, out.fired, out.l0, out.terms, out.smallest_active
+        return self.sae.loss(x, dead, sparse=self.sparse)
 
 
 class Trainer:
@@ -95,6 +93,7 @@ class Trainer:
 
     def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None):
         self.sae, self.cfg, self.total_steps, self.data = sae, cfg, total_steps, data
+        sae.collectives = collectives()
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
@@ -174,15 +173,13 @@ class Trainer:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, fired, l0, terms, smallest_active = self.loss_fn(x, dead)
+            out = self.loss_fn(x, dead)
+        loss, terms = out.loss, out.terms
         if not torch.isfinite(loss):
             self._diverged(f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if sae.cfg.arch == "jumprelu":
-            jumprelu.update_multiplier(sae, l0)
-        if sae.cfg.arch == "batchtopk":
-            batchtopk.update_threshold(sae, all_reduce(smallest_active.detach().clone(), "min"))
+        sae.arch.after_step(sae, out)
         sae.remove_parallel_gradient()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
@@ -190,19 +187,16 @@ class Trainer:
         sae.normalize_decoder()
 
         self.since_fired += len(x) * world_size()
-        self.since_fired[all_reduce(fired.int(), "max").bool()] = 0
+        self.since_fired[all_reduce(out.fired.int(), "max").bool()] = 0
         self.step += 1
         if self.step % cfg.log_every and self.step != self.total_steps:
             return None
         record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
                   "loss": sum(terms.values()).item()}
         record.update({name: value.item() for name, value in terms.items()})
-        record["l0"] = l0.item()
+        record["l0"] = out.l0.item()
         record["dead_fraction"] = dead.float().mean().item()
-        if sae.cfg.arch == "batchtopk":
-            record["threshold"] = sae.threshold.item()
-        if sae.cfg.arch == "jumprelu":
-            record["l0_lambda"] = sae.l0_lambda.item()
+        record.update(sae.arch.record(sae))
         self.history.append(record)
         if self.writes:
             with open(self.out_dir / HISTORY_NAME, "a") as fh:

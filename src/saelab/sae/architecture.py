@@ -1,0 +1,127 @@
+"""What an SAE architecture is: one object per architecture owns everything particular to it
+(its settings, extra tensors, activation rule, loss terms, what follows an optimizer step, what
+it logs and how other libraries store it). The SAE module, the trainer, the evaluation, the file
+formats, sweeps and the command line ask it; none of them branches on an architecture's name.
+
+Adding an architecture: one file in sae/ with a subclass of Architecture (and of Settings for
+its keywords), plus one line in registry.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from ..config import ConfigError
+
+
+def setting(default, help: str, label: str | None = None):
+    """A settings field: `help` is its command-line help; `label` (a format string) names the
+    field's value in a sweep point's name when the field is the architecture's sparsity knob."""
+    return field(default=default, metadata={"help": help, "label": label})
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """An architecture's keywords of SAEConfig; `check` validates them (with d_sae)."""
+
+    def check(self, d_sae: int) -> None:
+        pass
+
+
+def setting_names(settings_class) -> list[str]:
+    return [f.name for f in fields(settings_class)]
+
+
+SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
+    """The named tensors (a KeyError names one that is missing)."""
+    return {name: tensors[name] for name in names}
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """How an SAE reaches the other data-parallel ranks: concatenate a tensor over ranks,
+    reduce one in place ("sum", "mean", "max", "min"). The default is a single process; the
+    trainer sets torch.distributed's (train/distributed.py) under torchrun."""
+
+    world_size: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    reduce: Callable[..., torch.Tensor] = lambda t, op="sum": t
+
+
+class Architecture:
+    """The default behaviour; subclasses override what differs. `name` is the value of
+    SAEConfig.arch, `settings` the dataclass of its keywords, `knobs` the settings a sweep may
+    vary (the first whose axis is given is used)."""
+
+    name: str = ""
+    settings: type[Settings] = Settings
+    knobs: tuple[str, ...] = ()
+    uses_auxk = False  # AuxK loss on dead latents (settings need aux_k, aux_coefficient)
+    encoder_init_scale = 1.0  # W_enc = scale * W_dec^T at initialisation
+    encoder_bias = "b_enc"  # the name of the encoder bias (gated: b_gate)
+    unset_when_nan: tuple[str, ...] = ()  # saved tensors that may be NaN (not yet estimated)
+    optional_in_file: tuple[str, ...] = ()  # training state that files of older versions lack
+    saelens_names: tuple[str, ...] = ()  # SAELens "architecture" values read as this one
+
+    # -- tensors ------------------------------------------------------------------------------
+    def add_state(self, sae) -> None:
+        """Register extra parameters and buffers on a new SAE."""
+
+    def to_file(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state as saved (e.g. a threshold instead of its logarithm); from_file inverts it."""
+        return tensors
+
+    def from_file(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors
+
+    # -- the code ----------------------------------------------------------------------------
+    def activate(self, sae, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Dense codes [n, h] from the pre-activation [n, h] (x: the scaled input [n, d])."""
+        raise NotImplementedError
+
+    # select(sae, pre, x) -> (rows, cols) of the active entries, row-major, for the sparse
+    # training path (sae/sparse.py); None: the architecture trains through the dense path.
+    select = None
+
+    # -- the loss ----------------------------------------------------------------------------
+    def reconstruction(self, sae, x: torch.Tensor, code, x_hat: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term: mean over tokens of ||x - x_hat||^2 (summed over d_in)."""
+        return (x - x_hat).square().sum(-1).mean()
+
+    def penalty(self, sae, f, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra weighted loss terms (f: dense codes or a SparseCode)."""
+        return {}
+
+    def after_step(self, sae, out) -> None:
+        """After each optimizer step (out: the step's LossOutput): multipliers, thresholds."""
+
+    def record(self, sae) -> dict[str, float]:
+        """What the history logs of this architecture after a step."""
+        return {}
+
+    # -- initialisation and evaluation -------------------------------------------------------
+    def initialize(self, sae, x_scaled: torch.Tensor) -> None:
+        """Data-dependent initialisation from the first (scaled) batch, after b_dec."""
+
+    def target_l0(self, sae) -> int | None:
+        """The L0 the architecture was asked for, if any (marked on the L0 histogram)."""
+        return getattr(sae.cfg.settings, "k", None)
+
+    def evaluation(self, sae, results: dict) -> dict:
+        """Extra evaluation results, from the reconstruction metrics."""
+        return {}
+
+    # -- other libraries ---------------------------------------------------------------------
+    def to_saelens(self, sae, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(SAELens config fields, tensors) for SAELens' layout."""
+        raise ConfigError(f"SAELens has no {self.name} architecture")
+
+    def from_saelens(self, cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(settings keywords, saelab-named tensors) from an SAELens config and tensors."""
+        raise ConfigError(f"cannot read {self.name} SAEs from SAELens")

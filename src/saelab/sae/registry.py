@@ -1,0 +1,25 @@
+"""The registry of SAE architectures: adding one is a file in sae/ and a line here."""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+from .architecture import Architecture
+from .batchtopk import BatchTopK
+from .jumprelu import JumpReLUArchitecture
+from .relu import ReLU
+from .topafa import TopAFA
+from .topk import TopK
+
+ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
+    ReLU(),
+    TopK(),
+    BatchTopK(),
+    JumpReLUArchitecture(),
+    TopAFA(),
+)}
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown arch {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
