@@ -80,8 +80,9 @@ def add_settings_flags(group, k_default: int) -> None:
     k_default). Every default is None here, so what was given can be told from what was not."""
     for name, (f, archs) in _settings_fields().items():
         default = k_default if name == "k" else (None if f.default is MISSING else f.default)
-        element = COUNT if name == "k" or "widths" in name else (INDEX if isinstance(default, int) else COEFFICIENT)
-        kind = list_of(element) if name in knobs() or "widths" in name else element
+        listed = "list" in str(f.type)  # a list-valued setting (matryoshka_widths) takes a comma list of counts
+        element = COUNT if name == "k" or listed else (INDEX if "int" in str(f.type) else COEFFICIENT)
+        kind = list_of(element) if name in knobs() or listed else element
         shown = f" (default: {default:g})" if isinstance(default, float) else (
             f" (default: {default})" if default is not None else "")
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
