@@ -9,15 +9,16 @@ import torch
 from saelab import SAE
 from saelab.io.format import SAEFormatError
 from saelab.sae.model import SAE as SAEModule
+from saelab.sae.registry import ARCHITECTURES
 
 from conftest import estimate_threshold, make_sae, randomize
 
-ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
+ARCHS = list(ARCHITECTURES)
 
 
 def _ready(arch, **kw):
     sae = randomize(make_sae(arch, **kw))
-    if arch == "batchtopk":
+    if "threshold" in sae.arch.unset_when_nan:  # batch top-k rules: estimate the inference threshold
         estimate_threshold(sae, torch.randn(64, 16))
     return sae.eval()
 

@@ -6,6 +6,7 @@ import torch
 
 from saelab.sae import ThresholdNotEstimated
 from saelab.sae.jumprelu import JumpReLU, Step
+from saelab.sae.registry import ARCHITECTURES
 from saelab.sae.relu import RELU_ENCODER_INIT_SCALE
 from saelab.sae.topafa import chosen_k
 
@@ -162,7 +163,7 @@ def test_topafa_edge_cases():
     assert chosen_k(sae, small, torch.tensor([[100.0, 0, 0, 0]]))[0].item() == 2
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "topafa"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_decoder_rows_stay_unit_norm_after_steps(arch):
     from saelab import TrainConfig, train
 
@@ -229,9 +230,9 @@ def test_topafa_prefix_search_equals_full_sort(prefix, width, monkeypatch):
 
 
 def test_relu_starts_with_a_small_encoder_and_every_other_rule_with_the_transpose():
-    for arch in ("relu", "topk", "batchtopk", "jumprelu", "topafa"):
+    for arch in ARCHITECTURES:
         sae = make_sae(arch)
-        scale = RELU_ENCODER_INIT_SCALE if arch == "relu" else 1.0
+        scale = RELU_ENCODER_INIT_SCALE if arch in ("relu", "gated") else 1.0
         torch.testing.assert_close(sae.W_enc, sae.W_dec.T * scale)
     x = torch.randn(512, 16) * 4
     x_hat = make_sae("relu", d_sae=256)(x)  # x8: the full transpose would give ~4x the input

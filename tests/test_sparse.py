@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from saelab.sae.sparse import SparseCode, decode, select
+from saelab.sae.registry import ARCHITECTURES
 
 from conftest import make_sae, randomize
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "topafa", "relu", "jumprelu"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("input_scaling", ["none", "per_token"])
 def test_sparse_and_dense_paths_agree(arch, input_scaling):
     dense = randomize(make_sae(arch, k=5, aux_k=7, input_scaling=input_scaling)).train()

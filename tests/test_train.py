@@ -14,10 +14,11 @@ from saelab.data.activations import DataError
 from saelab.train import loop
 from saelab.train.checkpoint import CHECKPOINT_NAME
 from saelab.train.schedule import lr_factor
+from saelab.sae.registry import ARCHITECTURES
 
 from conftest import cli_error, make_sae
 
-ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "topafa"]
+ARCHS = list(ARCHITECTURES)
 
 
 def _cfg(tmp_path=None, **kw):

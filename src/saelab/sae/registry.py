@@ -6,6 +6,7 @@ from ..config import ConfigError
 from .architecture import Architecture
 from .batchtopk import BatchTopK
 from .jumprelu import JumpReLUArchitecture
+from .matryoshka import Matryoshka
 from .relu import ReLU
 from .topafa import TopAFA
 from .topk import TopK
@@ -16,6 +17,7 @@ ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
     BatchTopK(),
     JumpReLUArchitecture(),
     TopAFA(),
+    Matryoshka(),
 )}
 
 

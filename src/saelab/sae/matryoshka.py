@@ -1,0 +1,59 @@
+"""Matryoshka BatchTopK SAE (Bussmann, Nabeshima, Karvonen, Nanda 2025).
+
+The BatchTopK activation over all latents (training: the n*k largest entries of relu(pre) over
+the batch; inference: relu(pre) above the learned global threshold), trained so that nested
+prefixes m_1 < ... < m_G = d_sae of the dictionary each reconstruct on their own:
+  reconstruction = (1/G) sum_g ||x - (f[:, :m_g] W_dec[:m_g] + b_dec)||^2
+Early latents must then carry general features and later ones specific ones (less feature
+absorption). The paper writes a sum over the prefixes; its reference code
+(bartbussmann/matryoshka_sae) averages them, and that average is what the AuxK weight is relative
+to, so saelab averages too: aux_coefficient = 1/32 means the same trade-off as there (the
+reference also counts b_dec alone as one more prefix; saelab does not).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from .architecture import setting
+from .batchtopk import BatchTopK, BatchTopKSettings
+from .sparse import SparseCode, decode
+
+
+@dataclass(kw_only=True)
+class MatryoshkaSettings(BatchTopKSettings):
+    matryoshka_widths: list[int] | None = setting(
+        None, "increasing prefix widths of the dictionary, the last equal to d_sae (default: d_sae/16, "
+              "d_sae/4, d_sae/2, d_sae)")
+
+    def check(self, d_sae: int) -> None:
+        super().check(d_sae)
+        if self.matryoshka_widths is None:
+            self.matryoshka_widths = sorted({max(1, d_sae // 16), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
+        widths = self.matryoshka_widths
+        if (not isinstance(widths, list) or not widths or any(not isinstance(w, int) or isinstance(w, bool)
+                                                               for w in widths)):
+            raise ConfigError(f"matryoshka_widths must be a list of integers, got {widths!r}")
+        if any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 or widths[-1] != d_sae:
+            raise ConfigError(f"matryoshka_widths must increase from >= 1 to d_sae={d_sae}, got {widths}")
+
+
+class Matryoshka(BatchTopK):
+    name = "matryoshka"
+    settings = MatryoshkaSettings
+
+    def reconstruction(self, sae, x, code, x_hat):
+        """The mean over prefixes m of ||x - x_hat_m||^2 (per token, summed over d_in), where
+        x_hat_m decodes only the latents below m (code: dense [n, h] or a SparseCode)."""
+        errors = []
+        for m in sae.cfg.matryoshka_widths[:-1]:
+            if isinstance(code, SparseCode):
+                inside = code.cols < m
+                prefix = decode(SparseCode(code.rows[inside], code.cols[inside], code.values[inside], code.n),
+                                sae.W_dec) + sae.b_dec
+            else:
+                prefix = code[:, :m] @ sae.W_dec[:m] + sae.b_dec
+            errors.append((x - prefix).square().sum(-1).mean())
+        errors.append((x - x_hat).square().sum(-1).mean())  # the last prefix is the whole dictionary
+        return torch.stack(errors).mean()
