@@ -39,7 +39,10 @@ SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
-    """The named tensors (a KeyError names one that is missing)."""
+    """The named tensors; a ConfigError names those that are missing."""
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise ConfigError(f"missing tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))})")
     return {name: tensors[name] for name in names}
 
 
