@@ -12,7 +12,7 @@ from saelab.config import ConfigError
         ({"arch": "topk", "k": 0}, "k must be a positive integer"),
         ({"arch": "batchtopk", "k": -3}, "k must be a positive integer"),
         ({"arch": "topk"}, "needs k"),
-        ({"arch": "gated"}, "unknown arch 'gated'"),
+        ({"arch": "ladder"}, "unknown arch 'ladder'"),
         ({"arch": "jumprelu"}, "exactly one of k"),
         ({"arch": "jumprelu", "k": 4, "l0_coefficient": 1.0}, "exactly one of k"),
         ({"arch": "relu", "input_scaling": "layer"}, "unknown input_scaling"),

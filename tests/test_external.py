@@ -112,8 +112,8 @@ def test_unknown_and_unsupported_directories(tmp_path):
         load_any(tmp_path / "d")
     with pytest.raises(SAEFormatError, match="no cfg.json"):
         load_any(tmp_path)
-    _write_saelens(tmp_path / "g", {"architecture": "gated", "d_in": D, "d_sae": H}, _weights())
-    with pytest.raises(SAEFormatError, match="architecture 'gated' is not supported"):
+    _write_saelens(tmp_path / "g", {"architecture": "skip_transcoder", "d_in": D, "d_sae": H}, _weights())
+    with pytest.raises(SAEFormatError, match="architecture 'skip_transcoder' is not supported"):
         load_any(tmp_path / "g")
     _write_saelens(tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights())
     with pytest.raises(SAEFormatError, match="W_enc has shape"):

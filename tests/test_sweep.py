@@ -42,8 +42,8 @@ def test_union_keeps_each_point_once_and_bad_axes_are_named():
                                               "topk-k8-x8-per_token-s0"]
     with pytest.raises(ConfigError, match="unknown sweep axis kk"):
         expand({"kk": [1]})
-    with pytest.raises(ConfigError, match="unknown arch 'gated'"):
-        expand({"arch": ["gated"]})
+    with pytest.raises(ConfigError, match="unknown arch 'ladder'"):
+        expand({"arch": ["ladder"]})
     with pytest.raises(ConfigError, match="unknown input_scaling"):
         expand({"input_scaling": ["layernorm"]})
 
@@ -181,5 +181,5 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
     assert "6 done, 0 to evaluate, 0 to train" in capsys.readouterr().out
     error = cli_error(capsys, ["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)])
     assert re.search("not both", error)
-    error = cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,gated", "--out", str(out)])
-    assert "invalid choice ['gated']" in error
+    error = cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,ladder", "--out", str(out)])
+    assert "invalid choice ['ladder']" in error

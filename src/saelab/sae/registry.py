@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import ConfigError
 from .architecture import Architecture
 from .batchtopk import BatchTopK
+from .gated import Gated
 from .jumprelu import JumpReLUArchitecture
 from .matryoshka import Matryoshka
 from .relu import ReLU
@@ -18,6 +19,7 @@ ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
     JumpReLUArchitecture(),
     TopAFA(),
     Matryoshka(),
+    Gated(),
 )}
 
 
