@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from saelab import SAE, cli
+from saelab import SAE, cli, sources
 
 from conftest import cli_error
 
@@ -37,7 +37,7 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
 
 
 def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
                                       "train_tokens": 4096})
     cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
               "--no-progress"])

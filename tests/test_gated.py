@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saelab import SAE, SAEConfig, TrainConfig, cli, evaluate, train
+from saelab import SAE, SAEConfig, TrainConfig, cli, evaluate, sources, train
 from saelab.io.external import export, load_any
 
 from conftest import randomize
@@ -85,7 +85,7 @@ def test_training_lowers_the_error_and_a_larger_l1_gives_sparser_codes():
 
 
 def test_a_sweep_over_the_new_and_old_architectures(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
                                       "train_tokens": 2048})
     out = tmp_path / "sweep"
     cli.main(["sweep", "--synthetic", "--archs", "topk,batchtopk,matryoshka,gated", "--k", "4", "--expansion", "2",

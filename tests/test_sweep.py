@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from saelab import SAE, TrainConfig, cli, evaluate, train
+from saelab import SAE, TrainConfig, cli, evaluate, sources, train
 from saelab.config import ConfigError
 from saelab.data.activations import open_source
 from saelab.eval import downstream as downstream_module
@@ -166,7 +166,7 @@ def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, mon
 
 
 def test_sweep_command(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
                                       "train_tokens": 2048})
     grid = tmp_path / "grid.toml"
     grid.write_text('expansion = 2\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [2, 4]\n'

@@ -4,3 +4,7 @@ command line prints these as one `saelab: error: ...` line (exit status 2), neve
 
 class SaelabError(Exception):
     """A problem saelab detected and can name (as opposed to a bug)."""
+
+
+class UsageError(SaelabError):
+    """Command-line flags that contradict each other or are missing."""

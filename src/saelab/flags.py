@@ -1,6 +1,7 @@
-"""Command-line flags made from the configuration: argparse types that range-check values, and
-one flag per architecture setting, generated from the settings dataclasses in sae/ (the field's
-help and default are the flag's), so names and defaults have one source."""
+"""Command-line flags: argparse types that range-check values; one flag per architecture
+setting, generated from the settings dataclasses in sae/ (the field's help and default are the
+flag's), so names and defaults have one source; the groups of flags that several commands
+share; and what the flags ask for (the SAEs of saelab train, the grid of saelab sweep)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import argparse
 import math
 from dataclasses import MISSING, fields
 
-from .errors import SaelabError
+import torch
+
+from .config import INPUT_SCALINGS
+from .data.cache import STORAGE_DTYPES
+from .data.hooks import SITES
+from .data.models import DTYPES
+from .errors import UsageError
 from .sae.registry import ARCHITECTURES, architecture
-
-
-class UsageError(SaelabError):
-    """Flags that contradict each other or are missing."""
+from .sources import DEFAULT, MIN_EVAL_TOKENS
+from .sweep import DEFAULT_ARCH, DEFAULT_EXPANSION, DEFAULT_K, Point, read_grid_file, union
 
 
 def integer(low: int):
@@ -80,7 +85,7 @@ def add_settings_flags(group, k_default: int) -> None:
     k_default). Every default is None here, so what was given can be told from what was not."""
     for name, (f, archs) in _settings_fields().items():
         default = k_default if name == "k" else (None if f.default is MISSING else f.default)
-        listed = "list" in str(f.type)  # a list-valued setting (matryoshka_widths) takes a comma list of counts
+        listed = "list" in str(f.type)  # a list-valued setting takes a comma list of counts
         element = COUNT if name == "k" or listed else (INDEX if "int" in str(f.type) else COEFFICIENT)
         kind = list_of(element) if name in knobs() or listed else element
         shown = f" (default: {default:g})" if isinstance(default, float) else (
@@ -114,3 +119,152 @@ def grid_of(arch: str, given: dict, k_default: int) -> tuple[str | None, list, d
     values = given.get(knob, [defaults[knob]]) if knob else [None]
     others = {name: value for name, value in given.items() if name in takes and name not in spec.knobs}
     return knob, values, others
+
+def add_model_arguments(group, defaults: bool) -> None:
+    """--model/--layer/--site/--dataset and the harvesting options shared by cache and train."""
+    group.add_argument("--model",
+                       help="hub id, local directory, .gguf file or builtin:smollm2-135m"
+                       + (f" (default: {DEFAULT['model']})" if defaults else ""))
+    group.add_argument("--layer", type=INDEX, help="block index, from 0"
+                       + (f" (default: {DEFAULT['layer']})" if defaults else ""))
+    group.add_argument("--site", choices=SITES, help="hook site (default: resid_post)")
+    group.add_argument("--dataset",
+                       help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
+                       + (f" (default: {DEFAULT['dataset']})" if defaults else ""))
+    group.add_argument("--text-column", default="text", help="column/field holding the text (default: text)")
+    group.add_argument("--ctx-len", type=integer(2), default=128,
+                       help="tokens per packed context, BOS first (default: 128)")
+    group.add_argument("--include-special", action="store_true",
+                       help="keep BOS/EOS/pad positions in the activations (default: left out)")
+    group.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float16",
+                       help="dtype of cached activations (default: float16)")
+    group.add_argument("--model-dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
+    group.add_argument("--device", default="cpu",
+                       help="cpu or cuda, for the model and for training (default: cpu)")
+
+
+def add_data_arguments(p, streaming: bool) -> None:
+    """Where training activations come from (train and sweep)."""
+    data = p.add_argument_group(
+        "data", f"one of: --activations; --synthetic; or a model to harvest from (default: {DEFAULT['model']} "
+        f"block {DEFAULT['layer']} {DEFAULT['site']} on {DEFAULT['dataset']}, cached under --cache-dir)")
+    data.add_argument("--activations", metavar="FILE.npy|DIR",
+                      help="activations [tokens, d_in]: a .npy file or an activation cache directory")
+    data.add_argument("--synthetic", action="store_true",
+                      help="generated activations from a known random dictionary (reports dictionary recovery)")
+    add_model_arguments(data, defaults=True)
+    data.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
+    if streaming:
+        data.add_argument("--no-cache", action="store_true",
+                          help="harvest while training, through a shuffle buffer, without writing a cache")
+        data.add_argument("--shuffle-buffer", type=COUNT, default=65536,
+                          help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)")
+    data.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=None,
+                      help="held-out tokens for evaluation: from held-out documents when harvesting "
+                      f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)")
+
+
+def add_training_arguments(p, seeds: bool) -> None:
+    """Optimizer and data-amount flags shared by train and sweep (where --seed is a list)."""
+    opt = p.add_argument_group("training")
+    if seeds:
+        opt.add_argument("--seed", type=list_of(INDEX), default=None,
+                         help="seeds for initialisation and data order, a comma list (default: 0)")
+    else:
+        opt.add_argument("--seed", type=INDEX, default=0, help="seed for initialisation and data order (default: 0)")
+    opt.add_argument("--tokens", type=COUNT, default=None,
+                     help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
+                     "else one pass over the training data)")
+    opt.add_argument("--batch-size", type=COUNT, default=4096, help="tokens per batch (default: 4096)")
+    opt.add_argument("--lr", type=RATE, default=3e-4, help="Adam learning rate (default: 3e-4)")
+    opt.add_argument("--dead-tokens", type=COUNT, default=100_000,
+                     help="a latent is dead after this many tokens without firing (default: 100000)")
+    opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",
+                     help="write a checkpoint every this many tokens (default: 1000000)")
+    opt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    opt.add_argument("--bf16", action="store_true",
+                     help="bfloat16 autocast for the encoder matmul (faster on GPUs and CPUs with native bf16)")
+    opt.add_argument("--compile", action="store_true", help="torch.compile the loss (see bench/RESULTS.md)")
+    opt.add_argument("--wandb", nargs="?", const="saelab", metavar="PROJECT",
+                     help="also log training to Weights & Biases (project default: saelab; needs pip install wandb)")
+
+
+def check_device(args) -> None:
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch build sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: saelab runs on cpu or cuda")
+
+
+GRID_AXES = ("arch", "expansion", "input_scaling", "seed")
+
+
+def add_sae_arguments(p) -> None:
+    """What SAEs saelab train makes: architecture(s), size, input scaling and their settings."""
+    sae = p.add_argument_group("SAE")
+    sae.add_argument("--arch", type=list_of(str, list(ARCHITECTURES)), default=[DEFAULT_ARCH],
+                     help=f"architecture, or a comma list to train several on the same batches: "
+                     f"{', '.join(ARCHITECTURES)} (default: {DEFAULT_ARCH})")
+    sae.add_argument("--expansion", type=COUNT, default=DEFAULT_EXPANSION,
+                     help=f"d_sae = expansion * d_in (default: {DEFAULT_EXPANSION})")
+    sae.add_argument("--input-scaling", choices=INPUT_SCALINGS, default="per_token",
+                     help="per_token: standardise each token, undone on output (as the BatchTopK reference "
+                     "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
+                     "weights); none (default: per_token)")
+    settings = p.add_argument_group("architecture settings", "each applies to the architectures it names; a "
+                                    "comma list of a sparsity setting (k, coefficients) trains one SAE per value")
+    add_settings_flags(settings, DEFAULT_K)
+
+
+def add_grid_arguments(p) -> None:
+    """The axes of saelab sweep: comma lists, or a TOML file."""
+    grid = p.add_argument_group("grid", "comma lists; their product is the grid (or give --config)")
+    grid.add_argument("--config", metavar="SWEEP.toml",
+                      help="a TOML file of axes, possibly several [[grid]] tables whose union is the sweep")
+    grid.add_argument("--arch", "--archs", type=list_of(str, list(ARCHITECTURES)),
+                      help=f"architectures (default: {DEFAULT_ARCH})")
+    grid.add_argument("--expansion", type=list_of(COUNT), help=f"d_sae / d_in (default: {DEFAULT_EXPANSION})")
+    grid.add_argument("--input-scaling", type=list_of(str, INPUT_SCALINGS), help="(default: per_token)")
+    settings = p.add_argument_group("architecture settings", "a sparsity setting (k, coefficients) is an axis "
+                                    "of the grid for the architectures it is the knob of; the others apply to "
+                                    "every SAE that takes them")
+    add_settings_flags(settings, DEFAULT_K)
+
+
+def sweep_points(args) -> list[Point]:
+    """The grid from the flags (or --config): the architecture knobs given are axes too."""
+    given = given_settings(args)
+    axes = {key: getattr(args, key) for key in GRID_AXES if getattr(args, key) is not None}
+    axes.update({key: value for key, value in given.items() if key in knobs()})
+    if args.config:
+        if axes:
+            flags = ", ".join("--" + key.replace("_", "-") for key in axes)
+            raise UsageError(f"give the grid either in {args.config} or by flags ({flags}), not both")
+        return union(read_grid_file(args.config))
+    return union([axes])
+
+
+def sweep_options(args, points: list[Point]) -> dict:
+    """The settings given that are not knobs: each applies to the points whose arch takes it."""
+    options = {key: value for key, value in given_settings(args).items() if key not in knobs()}
+    check_settings_apply(options, sorted({p.arch for p in points}))
+    return options
+
+
+def train_grid(args) -> list[tuple[str, str | None, object, dict]]:
+    """(arch, knob, value, other settings) for every SAE to train."""
+    given = given_settings(args)
+    check_settings_apply(given, args.arch)
+    grid = []
+    for arch in args.arch:
+        knob, values, others = grid_of(arch, given, DEFAULT_K)
+        grid += [(arch, knob, value, others) for value in values]
+    return grid

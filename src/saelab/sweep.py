@@ -25,19 +25,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import rundir
 from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
-from .eval.full import EVAL_NAME, full_evaluation
+from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
-from .io.format import WEIGHTS_NAME
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .sae.registry import ARCHITECTURES, architecture
-from .train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .train.loop import NON_RESULT_KEYS, first_difference, read_history, train_many
+from .train.checkpoint import load_checkpoint
+from .train.loop import NON_RESULT_KEYS, first_difference, train_many
 
 DEFAULT_ARCH, DEFAULT_K, DEFAULT_EXPANSION = "batchtopk", 32, 8  # the command line's defaults
-TRAIN_CONFIG_NAME = "train_config.json"
 RESULTS = ("results.csv", "results.json")
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
 PARETO = (("nmse", "normalized MSE", "pareto_nmse.png"),
@@ -151,18 +150,9 @@ def read_grid_file(path: str | Path) -> list[dict]:
     return [{**spec, **grid} for grid in grids]
 
 
-def _state(run: Path) -> str:
-    """'evaluated', 'trained', 'interrupted' or 'new'."""
-    if (run / EVAL_NAME).is_file() and (run / WEIGHTS_NAME).is_file():
-        return "evaluated"
-    if (run / WEIGHTS_NAME).is_file():
-        return "trained"
-    return "interrupted" if (run / CHECKPOINT_NAME).is_file() else "new"
-
-
 def _check_settings(run: Path, cfg: TrainConfig) -> None:
     """A finished point may be reused only if it was trained with the same settings."""
-    path = run / TRAIN_CONFIG_NAME
+    path = run / rundir.TRAIN_CONFIG
     if not path.is_file():
         return
     changed = first_difference(read_json_object(path), cfg.to_dict(), NON_RESULT_KEYS)
@@ -195,7 +185,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     sae_options = sae_options or {}
     runs = {point: out / point.name for point in points}
     cfgs = {point: replace(train_cfg, seed=point.seed, out_dir=str(run), resume=False) for point, run in runs.items()}
-    states = {point: _state(run) for point, run in runs.items()}
+    states = {point: rundir.state(run) for point, run in runs.items()}
     for point, state in states.items():
         if state != "new":
             _check_settings(runs[point], cfgs[point])
@@ -208,7 +198,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
                 ablations.update(ablation_losses(downstream.model, downstream.input_ids, downstream.layer, downstream.site))
             extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
                      "site": downstream.site, "ablations": ablations}
-        history = read_history(runs[point])
+        history = rundir.read_history(runs[point])
         recorded = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
                   "train_tokens": history[-1]["tokens"] if history else 0}
         full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=recorded, **extra)
@@ -227,12 +217,12 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
         train_many(saes, train_source, group_cfgs)
         for point, cfg in zip(group, group_cfgs):
-            (runs[point] / TRAIN_CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            rundir.write_train_config(runs[point], cfg)
             states[point] = "trained"
     for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
                       disable=not train_cfg.progress):
         evaluate(point, SAE.load(runs[point], device=device))
-    rows = [result_row(read_json_object(runs[p] / EVAL_NAME), p) for p in points]
+    rows = [result_row(read_json_object(runs[p] / rundir.EVAL), p) for p in points]
     write_results(rows, out)
     return rows
 

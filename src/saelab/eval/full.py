@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import rundir
 from ..io.atomic import atomic_write
 from .afa import afa_over, decoder_orthogonality, summarize
 from .downstream import downstream
@@ -14,8 +15,7 @@ from .metrics import evaluate
 from .plots import density_plot, l0_histogram_plot, zf_plot
 
 AFA_TOKENS = 32_768
-EVAL_NAME = "eval.json"
-PLOTS = {"zf": "zf_plot.png", "l0": "l0_histogram.png", "density": "latent_density.png"}
+EVAL_NAME, PLOTS = rundir.EVAL, rundir.PLOTS
 
 
 def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, layer: int | None = None,

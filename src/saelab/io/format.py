@@ -23,15 +23,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from .. import __version__, rundir
 from ..config import ConfigError, SAEConfig
 from ..errors import SaelabError
 from ..sae.model import SAE
 from .atomic import atomic_write
 from .jsonfile import read_json_object
 
-CFG_NAME = "cfg.json"
-WEIGHTS_NAME = "sae.safetensors"
+CFG_NAME, WEIGHTS_NAME = rundir.CFG, rundir.WEIGHTS
 FORMAT = "saelab-sae"
 FORMAT_VERSION = 2  # 1 (no format_version): cfg.json held every architecture's settings
 

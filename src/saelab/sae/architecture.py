@@ -67,7 +67,7 @@ class Architecture:
     knobs: tuple[str, ...] = ()
     uses_auxk = False  # AuxK loss on dead latents (settings need aux_k, aux_coefficient)
     encoder_init_scale = 1.0  # W_enc = scale * W_dec^T at initialisation
-    encoder_bias = "b_enc"  # the name of the encoder bias (gated: b_gate)
+    encoder_bias = "b_enc"  # the name of the encoder bias parameter
     unset_when_nan: tuple[str, ...] = ()  # saved tensors that may be NaN (not yet estimated)
     optional_in_file: tuple[str, ...] = ()  # training state that files of older versions lack
     saelens_names: tuple[str, ...] = ()  # SAELens "architecture" values read as this one

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from .. import rundir
 from ..io.atomic import atomic_write
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = rundir.CHECKPOINT
 
 
 def save_checkpoint(out_dir: str | Path, state: dict) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import rundir
 from ..config import ConfigError, TrainConfig
 from ..errors import SaelabError
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
@@ -26,7 +27,7 @@ from .init import initialize_from_data, mean_squared_norm
 from .schedule import lr_factor
 from .wandb_log import start_run
 
-HISTORY_NAME = "history.jsonl"
+HISTORY_NAME = rundir.HISTORY
 # TrainConfig fields that do not change the trained SAE; every other field must agree between a
 # checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
 NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "resume", "log_every", "progress", "wandb_project",
@@ -39,20 +40,6 @@ SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every
 
 class TrainingDiverged(SaelabError, RuntimeError):
     """The loss or the parameters became NaN or infinite."""
-
-
-def read_history(run: Path) -> list[dict]:
-    """The records of run/history.jsonl; a line cut off by an interruption is skipped."""
-    path = Path(run) / HISTORY_NAME
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
 
 
 def first_difference(saved: dict, now: dict, ignore=()) -> str | None:
@@ -133,7 +120,7 @@ class Trainer:
         self.sae.cfg.input_scale = float(self.sae.input_scale)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
-        self.history = [r for r in read_history(self.out_dir) if r["step"] <= self.step]
+        self.history = [r for r in rundir.read_history(self.out_dir) if r["step"] <= self.step]
 
     def checkpoint(self) -> None:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
