@@ -36,7 +36,7 @@ def child(arch: str, d_sae: int, d_in: int, k: int, batch: int, sparse: bool, st
     torch.manual_seed(0)
     base = torch.cuda.memory_allocated() if device == "cuda" else rss()
     x = torch.randn(batch, d_in, device=device)
-    sae = SAE(SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k), seed=0).to(device)
+    sae = SAE(SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=None if arch == "topafa" else k), seed=0).to(device)
     trainer = Trainer(sae, TrainConfig(batch_size=batch, sparse=sparse, progress=False), total_steps=1000)
     for _ in range(steps):
         trainer.train_step(x)

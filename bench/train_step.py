@@ -59,7 +59,7 @@ def main() -> None:
         for arch in args.archs:
             trainers = {}
             for path in ("sparse", "dense", *args.extra):
-                sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=args.k), seed=0)
+                sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=None if arch == "topafa" else args.k), seed=0)
                 flags = {path: True} if path in args.extra else {}
                 cfg = TrainConfig(batch_size=args.batch, sparse=path != "dense", progress=False, **flags)
                 trainers[path] = Trainer(sae, cfg, total_steps=1000)

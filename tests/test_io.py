@@ -147,3 +147,24 @@ def test_untrained_batchtopk_round_trips_and_still_refuses_eval(tmp_path):
     assert isinstance(loaded, SAEModule)
     with pytest.raises(RuntimeError, match="threshold"):
         loaded.encode(torch.randn(2, 16))
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "topafa"])
+def test_sae_directories_of_saelab_0_1_still_load(arch, tmp_path):
+    """saelab 0.1 wrote every architecture's settings into cfg.json (no format_version) and only
+    the inference tensors; such a directory loads with the same codes."""
+    sae = _ready(arch)
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    old_fields = {"k": None, "l1_coefficient": 5.0, "l0_coefficient": None, "jumprelu_bandwidth": 0.001,
+                  "jumprelu_init_threshold": 0.001, "afa_coefficient": 1 / 32, "aux_k": 512,
+                  "aux_coefficient": 1 / 32, "threshold_momentum": 0.9}
+    cfg = {**old_fields, **{k: v for k, v in cfg.items() if k != "format_version"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "sae.safetensors"))
+    old = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold") if name in tensors}
+    save_file(old, str(tmp_path / "sae.safetensors"))
+    x = torch.randn(20, 16)
+    torch.testing.assert_close(SAE.load(tmp_path).encode(x), sae.encode(x), rtol=0, atol=0)

@@ -68,7 +68,7 @@ def test_resume_is_bit_exact(arch, tmp_path, monkeypatch):
 
 def test_run_directory_contents(tmp_path):
     result = train(make_sae("batchtopk"), torch.randn(1000, 16), _cfg(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} == {"cfg.json", "sae.safetensors", "history.jsonl"}
+    assert {p.name for p in tmp_path.iterdir()} == {"cfg.json", "sae.safetensors", "history.jsonl", "train_config.json"}
     record = result.history[-1]
     for key in ("step", "tokens", "lr", "loss", "mse", "l0", "dead_fraction", "threshold"):
         assert key in record

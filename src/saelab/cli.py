@@ -100,7 +100,6 @@ def cmd_train(args) -> None:
         return
     for result, train_cfg in zip(results, train_cfgs):
         run = Path(train_cfg.out_dir)
-        rundir.write_train_config(run, train_cfg)
         extra = {"train_tokens": result.tokens}
         if dictionary is not None:
             extra["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)

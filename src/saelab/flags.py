@@ -11,7 +11,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from .config import INPUT_SCALINGS
+from .config import INPUT_SCALINGS, TrainConfig
 from .data.cache import STORAGE_DTYPES
 from .data.hooks import SITES
 from .data.models import DTYPES
@@ -175,10 +175,12 @@ def add_training_arguments(p, seeds: bool) -> None:
     opt.add_argument("--tokens", type=COUNT, default=None,
                      help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
                      "else one pass over the training data)")
-    opt.add_argument("--batch-size", type=COUNT, default=4096, help="tokens per batch (default: 4096)")
-    opt.add_argument("--lr", type=RATE, default=3e-4, help="Adam learning rate (default: 3e-4)")
-    opt.add_argument("--dead-tokens", type=COUNT, default=100_000,
-                     help="a latent is dead after this many tokens without firing (default: 100000)")
+    defaults = TrainConfig()
+    opt.add_argument("--batch-size", type=COUNT, default=defaults.batch_size,
+                     help=f"tokens per batch (default: {defaults.batch_size})")
+    opt.add_argument("--lr", type=RATE, default=defaults.lr, help=f"Adam learning rate (default: {defaults.lr:g})")
+    opt.add_argument("--dead-tokens", type=COUNT, default=defaults.dead_tokens,
+                     help=f"a latent is dead after this many tokens without firing (default: {defaults.dead_tokens})")
     opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",
                      help="write a checkpoint every this many tokens (default: 1000000)")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")

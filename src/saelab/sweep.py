@@ -216,8 +216,7 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
         saes = [SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group]
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
         train_many(saes, train_source, group_cfgs)
-        for point, cfg in zip(group, group_cfgs):
-            rundir.write_train_config(runs[point], cfg)
+        for point in group:
             states[point] = "trained"
     for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
                       disable=not train_cfg.progress):

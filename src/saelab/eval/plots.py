@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -97,7 +98,10 @@ def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, ser
         ax.plot(x, y, marker="o", ms=4, lw=1.2, label=name)
     l0s = [x for points in lines.values() for x, _ in points]
     if l0s and min(l0s) > 0 and max(l0s) / min(l0s) > 10:
-        ax.set_xscale("log")
+        ax.set_xscale("log")  # plain numbers on the ticks; minor tick labels would overlap
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=f"{label} vs L0")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

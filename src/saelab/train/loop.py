@@ -196,6 +196,7 @@ class Trainer:
         self.sae.eval()
         if self.writes:
             self.sae.save(self.out_dir)
+            rundir.write_train_config(self.out_dir, self.cfg)
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         if self.wandb is not None:
             self.wandb.finish()
