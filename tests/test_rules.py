@@ -337,3 +337,23 @@ def test_jumprelu_l0_coefficient_is_in_per_element_units():
     l2_reference = (x_hat - x).square().mean().item()
     l0_reference = 0.004 * (f != 0).sum(-1).float().mean().item()
     assert out.terms["l0"].item() / out.terms["mse"].item() == pytest.approx(l0_reference / l2_reference, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_top_entries_is_exact_on_adversarial_inputs(seed):
+    """A few rows holding most of the budget (one all of its row), ties, all-negative rows:
+    the values equal a full sort's, every index points at its value, no entry twice."""
+    from saelab.sae.batchtopk import top_entries
+
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(64, 96, generator=gen)
+    a[3] += 20  # holds every one of its entries in the top
+    a[7, :40] += 10  # holds 40 > per_row
+    a[11] = -a[11].abs() - 1  # all negative
+    a[20:30] = torch.round(a[20:30])  # ties
+    for count in (10, 64 * 4, 64 * 8 - 1):
+        values, rows, cols = top_entries(a, count, per_row=8)
+        want = a.flatten().topk(count).values
+        torch.testing.assert_close(values.sort().values, want.sort().values)
+        torch.testing.assert_close(a[rows, cols], values)
+        assert len(set(zip(rows.tolist(), cols.tolist()))) == count

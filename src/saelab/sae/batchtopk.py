@@ -104,17 +104,30 @@ def local_offers(pre: torch.Tensor, budget: int, k: int) -> tuple[torch.Tensor, 
 
 def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor, ...]:
     """(values, rows, cols) of the `count` largest entries of a [n, h], exactly, without a
-    selection over all n*h values: first each row's `per_row` largest, then the largest among
-    those. Exact unless some row has all its candidates at or above the result's minimum (it
-    might hold more); then the selection is redone over everything. Needs count <= n*per_row."""
+    selection over all n*h values. A pool holds each row's `per_row` largest entries; the
+    result is the pool's `count` largest. A row whose smallest pooled entry is at or above the
+    result's minimum might hold more, so only such rows get their pooled depth doubled (up to
+    h) and the selection is repeated: a few rows with many large entries (real activations'
+    massive tokens) never force a full sort. Needs count <= n * per_row."""
     n, h = a.shape
-    if per_row < h:
-        candidates, cand_cols = a.topk(per_row, dim=1, sorted=False)
-        values, pos = candidates.flatten().topk(count, sorted=False)
-        if not (candidates.min(dim=1).values >= values.min()).any():
-            return values, pos // per_row, cand_cols.flatten()[pos]
-    values, flat = a.flatten().topk(count, sorted=False)
-    return values, flat // h, flat % h
+    depth = min(per_row, h)
+    top, cols = a.topk(depth, dim=1, sorted=False)
+    pool_values, pool_cols = top.flatten(), cols.flatten()
+    pool_rows = torch.arange(n, device=a.device).repeat_interleave(depth)
+    row_floor, row_depth = top.min(dim=1).values, torch.full((n,), depth, device=a.device)
+    while True:
+        values, pos = pool_values.topk(count, sorted=False)
+        deeper = (row_floor >= values.min()) & (row_depth < h)
+        if not deeper.any():
+            return values, pool_rows[pos], pool_cols[pos]
+        rows = deeper.nonzero().squeeze(1)
+        depth = min(2 * int(row_depth[rows].max()), h)
+        top, cols = a[rows].topk(depth, dim=1, sorted=False)
+        kept = ~deeper[pool_rows]
+        pool_values = torch.cat([pool_values[kept], top.flatten()])
+        pool_cols = torch.cat([pool_cols[kept], cols.flatten()])
+        pool_rows = torch.cat([pool_rows[kept], rows.repeat_interleave(depth)])
+        row_floor[rows], row_depth[rows] = top.min(dim=1).values, depth
 
 
 def _threshold(sae) -> torch.Tensor:
