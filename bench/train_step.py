@@ -1,15 +1,17 @@
 """SAE training-step throughput: saelab's sparse path vs its dense reference path vs the roofline.
 
 python bench/train_step.py [--d-sae 4608 18432] [--archs topk batchtopk topafa] [--repeats 3]
-                           [--extra bf16 compile]
+                           [--extra bf16 compile adam-foreach] [--activations CACHE]
 
 For each size, in one process: the matmul FLOP/s of the encoder product ([4096, 576] @ [576,
 d_sae]) gives the roofline, 2 * d_in * d_sae FLOPs per token (the dense encoder product, which
 exact top-k cannot avoid). Then full training steps (loss, backward, decoder-gradient
 projection, clipping, Adam, renormalisation: Trainer.train_step) alternate between the sparse
 and the dense path (and, with --extra, the sparse path under bfloat16 autocast or
-torch.compile) on the same batch; medians of `--repeats` timed steps after a warm-up (for
-compile, after the compilation).
+torch.compile, or with torch's unfused foreach Adam instead of the fused one saelab uses) on the
+same batch; medians of `--repeats` timed steps after a warm-up (for compile, after the
+compilation). The batch is random Gaussian data, or with --activations the first shuffled batch
+of an activation cache (real activations, massive first-token norms included).
 """
 
 import argparse
@@ -41,16 +43,23 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra", nargs="*", default=[], choices=["bf16", "compile"],
-                        help="also time the sparse path with these TrainConfig flags")
+    parser.add_argument("--extra", nargs="*", default=[], choices=["bf16", "compile", "adam-foreach"],
+                        help="also time the sparse path with these TrainConfig flags, or with the unfused Adam")
+    parser.add_argument("--activations", metavar="CACHE", help="real activations from this cache (default: random)")
     parser.add_argument("--profile", action="store_true",
                         help="after the timings, profile one sparse step per arch and size (torch.profiler): "
                         "the operators that take the time")
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.d_in)
+    if args.activations:
+        from saelab.data.cache import ActivationCache
+
+        cache = ActivationCache(args.activations)
+        x, args.d_in = next(cache.batches(args.batch, seed=0)), cache.d_in
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"d_in={args.d_in}, k={args.k}, batch={args.batch}, medians of {args.repeats}")
+          f"d_in={args.d_in}, k={args.k}, batch={args.batch}, medians of {args.repeats}; "
+          f"data: {args.activations or 'random'}")
     print(f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} {'roofline':>9} "
           f"{'% roofline':>10}" + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra))
     profiles = []
@@ -59,10 +68,14 @@ def main() -> None:
         for arch in args.archs:
             trainers = {}
             for path in ("sparse", "dense", *args.extra):
-                sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=None if arch == "topafa" else args.k), seed=0)
-                flags = {path: True} if path in args.extra else {}
+                k = None if arch == "topafa" else args.k
+                sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=k), seed=0)
+                flags = {path: True} if path in ("bf16", "compile") else {}
                 cfg = TrainConfig(batch_size=args.batch, sparse=path != "dense", progress=False, **flags)
                 trainers[path] = Trainer(sae, cfg, total_steps=1000)
+                if path == "adam-foreach":
+                    trainers[path].optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                                foreach=True)
                 for _ in range(2 if path == "compile" else 1):  # warm-up, initialisation, compilation
                     trainers[path].train_step(x)
             times = {path: [] for path in trainers}

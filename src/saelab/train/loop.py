@@ -38,6 +38,17 @@ ESTIMATED_KEYS = ("input_scale",)
 SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens")
 
 
+def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused (one pass over each parameter per step) where this torch supports it on the
+    parameters' device, else torch's default; the same update to float rounding (bench/RESULTS.md:
+    the optimizer step at d_sae 18432 on 2 CPU threads takes 5.7 ms fused, 40 ms foreach)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 class TrainingDiverged(SaelabError, RuntimeError):
     """The loss or the parameters became NaN or infinite."""
 
@@ -87,7 +98,7 @@ class Trainer:
         if is_distributed():
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.optimizer = adam(sae.parameters(), cfg.lr, cfg.betas)
         self.device = sae.W_dec.device
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
