@@ -45,18 +45,23 @@ def test_sparse_code_decode_matches_dense_matmul():
 
 
 def test_selected_pre_backward_touches_only_the_selection():
-    x_in = torch.randn(4, 3, requires_grad=True)
-    W = torch.randn(3, 5, requires_grad=True)
-    b = torch.randn(5, requires_grad=True)
-    pre = (x_in @ W + b).detach()
-    rows, cols = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 4, 2])
-    select(pre, rows, cols, x_in, W, b).values.sum().backward()
-    reference = [t.grad.clone() for t in (x_in, W, b)]
-    for t in (x_in, W, b):
-        t.grad = None
-    mask = torch.zeros(4, 5)
-    mask[rows, cols] = 1
-    (torch.relu(x_in @ W + b) * mask).sum().backward()
-    for got, want in zip(reference, (x_in.grad, W.grad, b.grad)):
-        torch.testing.assert_close(got, want)
-    assert (reference[1][:, [1, 3]] == 0).all()  # latents 1 and 3 were never selected
+    """Gradients into x, b_dec, W_enc and b_enc equal autograd through the dense expression;
+    b_dec's is -W_enc @ grad_b_enc, with no per-row product when x needs no gradient."""
+    for x_needs_grad in (True, False):
+        x = torch.randn(4, 3, requires_grad=x_needs_grad)
+        b_dec = torch.randn(3, requires_grad=True)
+        W = torch.randn(3, 5, requires_grad=True)
+        b = torch.randn(5, requires_grad=True)
+        pre = ((x - b_dec) @ W + b).detach()
+        rows, cols = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 4, 2])
+        leaves = (x, b_dec, W, b) if x_needs_grad else (b_dec, W, b)
+        select(pre, rows, cols, x, b_dec, W, b).values.sum().backward()
+        reference = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        mask = torch.zeros(4, 5)
+        mask[rows, cols] = 1
+        (torch.relu((x - b_dec) @ W + b) * mask).sum().backward()
+        for got, t in zip(reference, leaves):
+            torch.testing.assert_close(got, t.grad)
+        assert (W.grad[:, [1, 3]] == 0).all()  # latents 1 and 3 were never selected

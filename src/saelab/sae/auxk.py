@@ -43,7 +43,7 @@ def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead:
     return (residual - residual_hat).square().sum(-1).mean()
 
 
-def aux_loss_sparse(sae, x, x_hat, pre, dead, x_in) -> torch.Tensor:
+def aux_loss_sparse(sae, x, x_hat, pre, dead) -> torch.Tensor:
     """aux_loss on the sparse path: pre carries no gradient, the chosen entries go through
     sparse.select and are decoded with an embedding bag."""
     from .sparse import decode, select
@@ -53,6 +53,6 @@ def aux_loss_sparse(sae, x, x_hat, pre, dead, x_in) -> torch.Tensor:
         return pre.new_zeros(())
     chosen = pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
     rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
-    code = select(pre, rows, dead_idx[chosen].flatten(), x_in, sae.W_enc, sae.encoder_bias)
+    code = select(pre, rows, dead_idx[chosen].flatten(), x, sae.b_dec, sae.W_enc, sae.encoder_bias)
     residual = (x - x_hat).detach()
     return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

@@ -144,15 +144,14 @@ class SAE(nn.Module):
         arch = self.arch
         use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and arch.select is not None:
-            x_in = x - self.b_dec
             with torch.no_grad():  # float() undoes a bfloat16 autocast: only the matmul is bf16
                 pre = self.pre_activation(x).float()
-            code = sparse_code.select(pre, *arch.select(self, pre, x), x_in, self.W_enc, self.encoder_bias)
+            code = sparse_code.select(pre, *arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias)
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0 = torch.tensor(len(code.values) / len(x))
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
-            aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead, x_in) if use_aux else None
+            aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead) if use_aux else None
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec

@@ -1,10 +1,13 @@
 """The sparse training path of the top-k family: codes as (rows, cols, values), never dense.
 
-Selection happens on pre = x_in @ W_enc + b_enc computed without autograd; the selected
-entries go through `SelectedPre`, whose backward touches only them:
-  grad_b_enc[j]   = sum of grad over selected (i, j)
-  grad_W_enc[:, j] = sum over selected (i, j) of grad_ij x_in[i]     (a sparse [h, n] @ [n, d])
-  grad_x_in[i]    = sum over selected (i, j) of grad_ij W_enc[:, j]  (an embedding bag)
+Selection happens on pre = (x - b_dec) @ W_enc + b_enc computed without autograd; the
+selected entries go through `SelectedPre`, whose backward touches only them (g: the gradient
+of each selected entry):
+  grad_b_enc[j]    = sum of g over selected (i, j)
+  grad_W_enc[:, j] = sum over selected (i, j) of g_ij (x_i - b_dec)     (a sparse [h, n] @ [n, d])
+  grad_b_dec       = -W_enc @ grad_b_enc                                 (one matrix-vector product)
+  grad_x[i]        = sum over selected (i, j) of g_ij W_enc[:, j]        (an embedding bag; only
+                     when the input itself requires a gradient, which training inputs do not)
 and decoding is an embedding bag over W_dec rows, whose backward is sparse too. Cost per
 token: the dense encoder product (2 d h FLOPs, which exact top-k cannot avoid) plus O(k d).
 """
@@ -42,11 +45,11 @@ class SparseCode:
 
 
 class SelectedPre(torch.autograd.Function):
-    """pre[rows, cols] for pre = x_in @ W_enc + b_enc, with a backward over the selection only."""
+    """pre[rows, cols] for pre = (x - b_dec) @ W_enc + b_enc, with a backward over the selection only."""
 
     @staticmethod
-    def forward(ctx, pre, rows, cols, x_in, W_enc, b_enc):
-        ctx.save_for_backward(rows, cols, x_in, W_enc)
+    def forward(ctx, pre, rows, cols, x, b_dec, W_enc, b_enc):
+        ctx.save_for_backward(rows, cols, (x - b_dec).detach(), W_enc)
         ctx.shape = pre.shape
         return pre[rows, cols]
 
@@ -56,18 +59,21 @@ class SelectedPre(torch.autograd.Function):
         n, h = ctx.shape
         grad_b_enc = grad.new_zeros(h).index_add_(0, cols, grad)
         selection = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (h, n), check_invariants=False)
-        grad_W_enc = torch.sparse.mm(selection, x_in.detach()).T
-        grad_x_in = None
+        grad_W_enc = torch.sparse.mm(selection, x_in).T
+        grad_x = grad_b_dec = None
         if ctx.needs_input_grad[3]:
             counts = torch.bincount(rows, minlength=n)
-            grad_x_in = F.embedding_bag(cols, W_enc.detach().T.contiguous(), torch.cumsum(counts, 0) - counts,
-                                        per_sample_weights=grad, mode="sum")
-        return None, None, None, grad_x_in, grad_W_enc, grad_b_enc
+            grad_x = F.embedding_bag(cols, W_enc.detach().T.contiguous(), torch.cumsum(counts, 0) - counts,
+                                     per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[4]:
+            grad_b_dec = -(W_enc.detach() @ grad_b_enc)
+        return None, None, None, grad_x, grad_b_dec, grad_W_enc, grad_b_enc
 
 
-def select(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, x_in, W_enc, b_enc) -> SparseCode:
-    """The code relu(pre[rows, cols]), differentiable into x_in, W_enc and b_enc."""
-    values = torch.relu(SelectedPre.apply(pre, rows, cols, x_in, W_enc, b_enc))
+def select(pre: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, x, b_dec, W_enc, b_enc) -> SparseCode:
+    """The code relu(pre[rows, cols]) of pre = (x - b_dec) @ W_enc + b_enc, differentiable into
+    b_dec, W_enc, b_enc (and x, if it requires a gradient)."""
+    values = torch.relu(SelectedPre.apply(pre, rows, cols, x, b_dec, W_enc, b_enc))
     return SparseCode(rows, cols, values, pre.shape[0])
 
 
