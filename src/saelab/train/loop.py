@@ -136,7 +136,7 @@ class Trainer:
     def checkpoint(self) -> None:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
         if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
-            self._diverged("the parameters contain NaN or Inf")
+            self._diverged(self.step, "the parameters contain NaN or Inf")
         if not self.writes:
             return
         save_checkpoint(self.cfg.out_dir, {
@@ -150,10 +150,11 @@ class Trainer:
             "data": self.data,
         })
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, step: int, what: str) -> None:
+        """Raise TrainingDiverged for `step` (counted from 1)."""
         kept = self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).is_file()
         raise TrainingDiverged(
-            f"training diverged at step {self.step + 1} ({self.step * self.cfg.batch_size} tokens done): {what}. "
+            f"training diverged at step {step} ({(step - 1) * self.cfg.batch_size} tokens before it): {what}. "
             "Likely cause: a learning rate too high for these activations (try a smaller --lr, a longer warmup, "
             "or --input-scaling per_token / expected_norm for activations of large norm)"
             + (f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)" if kept else ""))
@@ -174,7 +175,7 @@ class Trainer:
             out = self.loss_fn(x, dead)
         loss, terms = out.loss, out.terms
         if not torch.isfinite(loss):
-            self._diverged(f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})")
+            self._diverged(self.step + 1, f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sae.arch.after_step(sae, out)
