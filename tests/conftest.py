@@ -12,11 +12,10 @@ def _seed():
 def make_sae(arch="topk", d_in=16, d_sae=64, k=4, **kw) -> SAE:
     """A small SAE; settings the architecture does not take (k for relu, aux_k for jumprelu)
     are dropped, so one call serves every architecture."""
-    from dataclasses import fields
-
+    from saelab.sae.architecture import setting_names
     from saelab.sae.registry import architecture
 
-    takes = {f.name for f in fields(architecture(arch).settings)}
+    takes = set(setting_names(architecture(arch).settings))
     settings = {key: value for key, value in {"k": k, **kw}.items() if key in takes}
     if arch == "jumprelu" and settings.get("l0_coefficient") is not None:
         settings.pop("k", None)

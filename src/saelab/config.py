@@ -50,6 +50,7 @@ class SAEConfig:
 
     def __init__(self, arch: str, d_in: int, d_sae: int, input_scaling: str = "per_token",
                  input_scale: float = 1.0, metadata: dict | None = None, **settings):
+        from .sae.architecture import setting_names
         from .sae.registry import architecture
 
         spec = architecture(arch)
@@ -65,7 +66,7 @@ class SAEConfig:
         check_number("input_scale", self.input_scale, strict=True)
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
-        names = [f.name for f in dataclasses.fields(spec.settings)]
+        names = setting_names(spec.settings)
         given = {key: value for key, value in settings.items() if value is not None}
         wrong = sorted(set(given) - set(names))
         if wrong:
@@ -78,8 +79,10 @@ class SAEConfig:
             raise ConfigError(f"arch {arch!r}: {err}") from None
 
     def __getattr__(self, name: str):
+        from .sae.architecture import setting_names
+
         settings = self.__dict__.get("settings")
-        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+        if settings is not None and name in setting_names(settings):
             return getattr(settings, name)
         raise AttributeError(f"{self.__dict__.get('arch')} SAEs have no setting {name!r}")
 
@@ -101,14 +104,15 @@ class SAEConfig:
     def from_dict(cls, d: dict, legacy: bool = False) -> SAEConfig:
         """The config of to_dict. legacy: a cfg.json of saelab 0.1, which wrote every
         architecture's settings: those the architecture does not take are dropped."""
+        from .sae.architecture import setting_names
         from .sae.registry import ARCHITECTURES, architecture
 
         d = dict(d)
         if "arch" not in d:
             raise ConfigError("the config has no arch")
         common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
-        own = {f.name for f in dataclasses.fields(architecture(d["arch"]).settings)}
-        known = {f.name for spec in ARCHITECTURES.values() for f in dataclasses.fields(spec.settings)}
+        own = set(setting_names(architecture(d["arch"]).settings))
+        known = {name for spec in ARCHITECTURES.values() for name in setting_names(spec.settings)}
         unknown = sorted(set(d) - common - known)
         if unknown:
             raise ConfigError(f"unknown SAEConfig field(s): {', '.join(unknown)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 import torch
 
@@ -16,9 +16,10 @@ from .data.cache import STORAGE_DTYPES
 from .data.hooks import SITES
 from .data.models import DTYPES
 from .errors import UsageError
+from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sources import DEFAULT, MIN_EVAL_TOKENS
-from .sweep import DEFAULT_ARCH, DEFAULT_EXPANSION, DEFAULT_K, Point, read_grid_file, union
+from .sweep import DEFAULT_ARCH, DEFAULT_EXPANSION, Point, read_grid_file, setting_default, union
 
 
 def integer(low: int):
@@ -79,12 +80,13 @@ def knobs() -> set[str]:
     return {knob for arch in ARCHITECTURES.values() for knob in arch.knobs}
 
 
-def add_settings_flags(group, k_default: int) -> None:
+def add_settings_flags(group) -> None:
     """--k, --l1-coefficient, --aux-k, ... for every architecture setting. A knob (a setting an
-    architecture's sparsity is swept by) takes a comma list; its default is the setting's (k:
-    k_default). Every default is None here, so what was given can be told from what was not."""
+    architecture's sparsity is swept by) takes a comma list; its default (setting_default) is
+    shown in the help, but every default is None here, so what was given can be told from what
+    was not."""
     for name, (f, archs) in _settings_fields().items():
-        default = k_default if name == "k" else (None if f.default is MISSING else f.default)
+        default = setting_default(f)
         listed = "list" in str(f.type)  # a list-valued setting takes a comma list of counts
         element = COUNT if name == "k" or listed else (INDEX if "int" in str(f.type) else COEFFICIENT)
         kind = list_of(element) if name in knobs() or listed else element
@@ -101,21 +103,21 @@ def given_settings(args) -> dict:
 
 def check_settings_apply(given: dict, archs: list[str]) -> None:
     """A settings flag that none of the chosen architectures takes is an error."""
-    taken = {f.name for arch in archs for f in fields(architecture(arch).settings)}
+    taken = {name for arch in archs for name in setting_names(architecture(arch).settings)}
     unused = sorted(set(given) - taken)
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in unused)
         raise UsageError(f"{flags} do(es) not apply to --arch {','.join(archs)}")
 
 
-def grid_of(arch: str, given: dict, k_default: int) -> tuple[str | None, list, dict]:
+def grid_of(arch: str, given: dict) -> tuple[str | None, list, dict]:
     """(knob, its values, the other settings) of the SAEs of `arch` the flags ask for: the knob
     is the first of the architecture's knobs that was given, else the first with a default."""
     spec = architecture(arch)
-    takes = {f.name for f in fields(spec.settings)}
-    defaults = {f.name: (k_default if f.name == "k" else f.default) for f in fields(spec.settings)}
+    takes = set(setting_names(spec.settings))
+    defaults = {f.name: setting_default(f) for f in fields(spec.settings)}
     knob = next((name for name in spec.knobs if name in given), None)
-    knob = knob or next((name for name in spec.knobs if defaults.get(name) not in (None, MISSING)), None)
+    knob = knob or next((name for name in spec.knobs if defaults[name] is not None), None)
     values = given.get(knob, [defaults[knob]]) if knob else [None]
     others = {name: value for name, value in given.items() if name in takes and name not in spec.knobs}
     return knob, values, others
@@ -223,7 +225,7 @@ def add_sae_arguments(p) -> None:
                      "weights); none (default: per_token)")
     settings = p.add_argument_group("architecture settings", "each applies to the architectures it names; a "
                                     "comma list of a sparsity setting (k, coefficients) trains one SAE per value")
-    add_settings_flags(settings, DEFAULT_K)
+    add_settings_flags(settings)
 
 
 def add_grid_arguments(p) -> None:
@@ -238,7 +240,7 @@ def add_grid_arguments(p) -> None:
     settings = p.add_argument_group("architecture settings", "a sparsity setting (k, coefficients) is an axis "
                                     "of the grid for the architectures it is the knob of; the others apply to "
                                     "every SAE that takes them")
-    add_settings_flags(settings, DEFAULT_K)
+    add_settings_flags(settings)
 
 
 def sweep_points(args) -> list[Point]:
@@ -267,6 +269,6 @@ def train_grid(args) -> list[tuple[str, str | None, object, dict]]:
     check_settings_apply(given, args.arch)
     grid = []
     for arch in args.arch:
-        knob, values, others = grid_of(arch, given, DEFAULT_K)
+        knob, values, others = grid_of(arch, given)
         grid += [(arch, knob, value, others) for value in values]
     return grid

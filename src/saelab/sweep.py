@@ -32,6 +32,7 @@ from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
+from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .train.checkpoint import load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, train_many
@@ -54,15 +55,20 @@ def knob_label(knob: str) -> str:
     return knob + "-{}"
 
 
+def setting_default(f):
+    """The command line's default of a settings field: the dataclass default, except k (which
+    has none in the dataclass: an SAEConfig without k is an error), DEFAULT_K."""
+    return DEFAULT_K if f.name == "k" else f.default
+
+
 def default_axes() -> dict[str, list]:
     """Every axis a grid may name, with its default: the knobs of all architectures take their
-    settings' defaults (k: DEFAULT_K; none for a knob without a default)."""
+    settings' defaults (setting_default; none for a knob without a default)."""
     axes = {"arch": [DEFAULT_ARCH], "expansion": [DEFAULT_EXPANSION], "seed": [0], "input_scaling": ["per_token"]}
     for arch in ARCHITECTURES.values():
-        defaults = {f.name: f.default for f in fields(arch.settings)}
+        defaults = {f.name: setting_default(f) for f in fields(arch.settings)}
         for knob in arch.knobs:
-            default = DEFAULT_K if knob == "k" else defaults[knob]
-            axes.setdefault(knob, [] if default is None else [default])
+            axes.setdefault(knob, [] if defaults[knob] is None else [defaults[knob]])
     return axes
 
 
@@ -90,7 +96,8 @@ class Point:
     def sae_config(self, d_in: int, **options) -> SAEConfig:
         """The SAEConfig of this point; `options` sets other settings (aux_k, metadata, ...),
         each only for the architectures that take it."""
-        takes = {f.name for f in fields(architecture(self.arch).settings)} - set(architecture(self.arch).knobs)
+        spec = architecture(self.arch)
+        takes = set(setting_names(spec.settings)) - set(spec.knobs)
         settings = {key: value for key, value in options.items() if key in takes}
         knob = {self.knob: self.value} if self.knob else {}
         return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.expansion * d_in, input_scaling=self.input_scaling,

@@ -31,8 +31,9 @@ class Settings:
         pass
 
 
-def setting_names(settings_class) -> list[str]:
-    return [f.name for f in fields(settings_class)]
+def setting_names(settings) -> list[str]:
+    """The keywords of a Settings class (or instance)."""
+    return [f.name for f in fields(settings)]
 
 
 SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
