@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, check_integer, check_number
+from ..config import ConfigError, check_number
 from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
+from .topk import check_k
 
 TARGET_RATE = 0.05  # multiplier step in units of the summed error: lam moves by TARGET_RATE / d_in
 INITIAL_TARGET_LAMBDA = 0.0
@@ -37,9 +38,7 @@ class JumpReLUSettings(Settings):
         if (self.k is None) == (self.l0_coefficient is None):
             raise ConfigError("jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)")
         if self.k is not None:
-            check_integer("k", self.k)
-            if self.k > d_sae:
-                raise ConfigError(f"k={self.k} is larger than d_sae={d_sae}")
+            check_k(self.k, d_sae)
         else:
             check_number("l0_coefficient", self.l0_coefficient)
         check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, strict=True)

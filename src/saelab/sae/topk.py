@@ -9,6 +9,13 @@ from .architecture import SAELENS_TENSORS, Architecture, pick, setting
 from .auxk import AuxKSettings
 
 
+def check_k(k, d_sae: int) -> None:
+    """k latents per token: a positive integer no larger than d_sae."""
+    check_integer("k", k)
+    if k > d_sae:
+        raise ConfigError(f"k={k} is larger than d_sae={d_sae}")
+
+
 @dataclass(kw_only=True)
 class KSettings(AuxKSettings):
     k: int | None = setting(None, "latents per token: exact for topk, the mean over the batch for batchtopk, "
@@ -18,9 +25,7 @@ class KSettings(AuxKSettings):
         super().check(d_sae)
         if self.k is None:
             raise ConfigError("this architecture needs k (latents per sample)")
-        check_integer("k", self.k)
-        if self.k > d_sae:
-            raise ConfigError(f"k={self.k} is larger than d_sae={d_sae}")
+        check_k(self.k, d_sae)
 
 
 class TopK(Architecture):
