@@ -1,10 +1,12 @@
-"""Harvesting throughput vs the same model's plain full forward pass, in the same run.
+"""Harvesting throughput vs the same model's forward pass, whole and truncated, in the same run.
 
 python bench/harvest.py [--model builtin:smollm2-135m] [--layer 15] [--batch 16] [--ctx 128] [--repeats 5]
 
-Alternates the two contenders on the same random token batch and reports median tokens/s of
-each and their ratio. The full pass computes all blocks and the LM head (as a user would
-without saelab's early stop); harvesting stops after the hooked block.
+Alternates three contenders on the same random token batch and reports median tokens/s of each
+and the ratios: the full pass computes all blocks and the LM head (as a user would without
+saelab's early stop); the truncated pass is the base model with its blocks after the hooked one
+removed (no LM head): the least a harvest can cost; harvesting (`saelab.harvest`) stops after
+the hooked block by raising from a hook.
 """
 
 import argparse
@@ -14,7 +16,7 @@ import time
 
 import torch
 
-from saelab.data.hooks import harvest
+from saelab.data.hooks import _hf_model, blocks_of, harvest
 from saelab.data.models import load_model
 
 
@@ -35,10 +37,22 @@ def main() -> None:
         with torch.inference_mode():
             lm.model(ids)
 
+    net = _hf_model(lm)
+    blocks = blocks_of(net)
+
+    def truncated():
+        kept = list(blocks)
+        del blocks[args.layer + 1:]
+        try:
+            with torch.inference_mode():
+                net.base_model(input_ids=ids, use_cache=False)
+        finally:
+            blocks.extend(kept[args.layer + 1:])
+
     def hooked():
         harvest(lm, ids, args.layer, "resid_post")
 
-    contenders = {"full forward": full, f"harvest L{args.layer}": hooked}
+    contenders = {"full forward": full, f"truncated L{args.layer}": truncated, f"harvest L{args.layer}": hooked}
     for fn in contenders.values():  # warm-up
         fn()
     times = {name: [] for name in contenders}
@@ -52,8 +66,9 @@ def main() -> None:
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     for name, rate in rates.items():
         print(f"  {name:<16} {rate:8.0f} tokens/s (median)")
-    full_rate, harvest_rate = rates.values()
-    print(f"  harvest / full  {harvest_rate / full_rate:8.2f}x")
+    full_rate, truncated_rate, harvest_rate = rates.values()
+    print(f"  harvest / full       {harvest_rate / full_rate:8.2f}x")
+    print(f"  harvest / truncated  {harvest_rate / truncated_rate:8.2f}x")
 
 
 if __name__ == "__main__":

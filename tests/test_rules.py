@@ -8,6 +8,8 @@ from saelab.sae import ThresholdNotEstimated
 from saelab.sae.jumprelu import JumpReLU, Step
 from saelab.sae.registry import ARCHITECTURES
 from saelab.sae.relu import RELU_ENCODER_INIT_SCALE
+from saelab.sae.architecture import Collectives
+from saelab.sae.sparse import RowTiles
 from saelab.sae.topafa import chosen_k
 
 from conftest import make_sae, randomize
@@ -206,7 +208,7 @@ def test_top_entries_is_exact_with_and_without_fallback():
 
     a = torch.rand(30, 50)
     for matrix in (a, torch.cat([a[:29], a[29:] + 10])):  # the second has one dominant row: fallback
-        values, rows, cols = top_entries(matrix, 60, per_row=8)
+        values, rows, cols = top_entries(RowTiles.of(matrix, tile_rows=7), 60, per_row=8)
         want = matrix.flatten().topk(60).values
         torch.testing.assert_close(values.sort().values, want.sort().values)
         torch.testing.assert_close(matrix[rows, cols], values)
@@ -250,10 +252,12 @@ def _simulated_ranks(pre: torch.Tensor, k: int, n_ranks: int) -> set:
     from saelab.sae.batchtopk import global_batch_topk, local_offers
 
     parts = pre.chunk(n_ranks)
-    offers = torch.cat([local_offers(p, len(p) * n_ranks * k, k)[0] for p in parts])
+    offers = torch.cat([local_offers(RowTiles.of(p), len(p) * n_ranks * k, k)[0] for p in parts])
     chosen = set()
     for r, part in enumerate(parts):
-        rows, cols = global_batch_topk(part, k, n_ranks, lambda values: offers)
+        ranks = Collectives(world_size=n_ranks, gather=lambda values: offers)
+        rows, cols, values = global_batch_topk(RowTiles.of(part, tile_rows=3), k, ranks)
+        torch.testing.assert_close(part[rows, cols], values)
         chosen |= {(r * len(part) + i, j) for i, j in zip(rows.tolist(), cols.tolist())}
     return chosen
 
@@ -268,13 +272,36 @@ def test_global_batch_topk_is_exact_for_any_world_size(n_ranks):
     assert _simulated_ranks(pre, k, n_ranks) == _brute_force_batch_topk(pre, len(pre) * k)
 
 
+@pytest.mark.parametrize("bound, path", [(-100.0, "bound: raised"), (1.0, "bound"), (4.0, "per-row: too few")])
+def test_global_batch_topk_first_cut_is_exact(bound, path, monkeypatch):
+    """The cut at a bound from the running threshold gives the brute-force top n*k, when the
+    bound keeps everything (and rises on the way), a few times n*k, or too few entries (then the
+    per-row pool does)."""
+    from saelab.sae import batchtopk
+
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(64, 96, generator=gen)
+    pre[3] += 20  # one row holds all of its entries in the top
+    pre[11] = -pre[11].abs() - 1  # all negative
+    pre[20:30] = torch.round(pre[20:30] * 2) / 2  # ties
+    k = 5
+    pool = batchtopk.local_offers
+    pooled = []
+    monkeypatch.setattr(batchtopk, "local_offers", lambda *a: pooled.append(1) or pool(*a))
+    rows, cols, values = batchtopk.global_batch_topk(RowTiles.of(pre, tile_rows=10), k, bound=torch.tensor(bound))
+    assert {(i, j) for i, j in zip(rows.tolist(), cols.tolist())} == _brute_force_batch_topk(pre, 64 * k)
+    torch.testing.assert_close(pre[rows, cols], values)
+    assert bool(pooled) == path.startswith("per-row")
+    assert (rows.diff() >= 0).all()  # row-major
+
+
 def test_batchtopk_training_mode_on_a_few_positive_entries_keeps_only_those():
     sae = make_sae("batchtopk", k=3, d_in=4, d_sae=6).train()
     pre = torch.full((5, 6), -1.0)
     pre[2, 1], pre[4, 5] = 2.0, 0.5
     from saelab.sae.batchtopk import global_batch_topk
 
-    rows, cols = global_batch_topk(pre, sae.cfg.k, 1, lambda v: v)
+    rows, cols, _ = global_batch_topk(RowTiles.of(pre), sae.cfg.k)
     assert list(zip(rows.tolist(), cols.tolist())) == [(2, 1), (4, 5)]
 
 
@@ -352,7 +379,7 @@ def test_top_entries_is_exact_on_adversarial_inputs(seed):
     a[11] = -a[11].abs() - 1  # all negative
     a[20:30] = torch.round(a[20:30])  # ties
     for count in (10, 64 * 4, 64 * 8 - 1):
-        values, rows, cols = top_entries(a, count, per_row=8)
+        values, rows, cols = top_entries(RowTiles.of(a, tile_rows=10), count, per_row=8)
         want = a.flatten().topk(count).values
         torch.testing.assert_close(values.sort().values, want.sort().values)
         torch.testing.assert_close(a[rows, cols], values)

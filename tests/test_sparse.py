@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from saelab.sae import sparse as sparse_module
 from saelab.sae.sparse import SparseCode, decode, select
 from saelab.sae.registry import ARCHITECTURES
 
@@ -13,7 +14,15 @@ from conftest import make_sae, randomize
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("input_scaling", ["none", "per_token"])
-def test_sparse_and_dense_paths_agree(arch, input_scaling):
+@pytest.mark.parametrize("tile_rows", [None, 7])
+def test_sparse_and_dense_paths_agree(arch, input_scaling, tile_rows, monkeypatch):
+    """With one tile, and with the pre-activation made in tiles of 7 rows (the last one short)."""
+    if tile_rows:
+        monkeypatch.setattr(sparse_module, "TILE_ENTRIES", 64 * tile_rows)
+        shapes = []
+        iterate = sparse_module.RowTiles.__iter__
+        monkeypatch.setattr(sparse_module.RowTiles, "__iter__",
+                            lambda tiles: (shapes.append(tile.shape) or (rows, tile) for rows, tile in iterate(tiles)))
     dense = randomize(make_sae(arch, k=5, aux_k=7, input_scaling=input_scaling)).train()
     sparse = copy.deepcopy(dense)
     x = torch.randn(50, 16) * 2
@@ -32,6 +41,8 @@ def test_sparse_and_dense_paths_agree(arch, input_scaling):
         torch.testing.assert_close(p_s.grad, p_d.grad, rtol=1e-4, atol=1e-5, msg=name)
     if arch == "batchtopk":  # the value the threshold update takes
         torch.testing.assert_close(out_s.smallest_active, out_d.smallest_active)
+    if tile_rows and dense.arch.select is not None:
+        assert shapes and max(rows for rows, _ in shapes) == 7 and sum(rows for rows, _ in shapes) % 50 == 0
 
 
 def test_sparse_code_decode_matches_dense_matmul():
@@ -55,7 +66,7 @@ def test_selected_pre_backward_touches_only_the_selection():
         pre = ((x - b_dec) @ W + b).detach()
         rows, cols = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 0, 4, 2])
         leaves = (x, b_dec, W, b) if x_needs_grad else (b_dec, W, b)
-        select(pre, rows, cols, x, b_dec, W, b).values.sum().backward()
+        select(rows, cols, pre[rows, cols], x, b_dec, W, b).values.sum().backward()
         reference = [t.grad.clone() for t in leaves]
         for t in leaves:
             t.grad = None

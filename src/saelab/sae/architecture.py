@@ -89,8 +89,9 @@ class Architecture:
         """Dense codes [n, h] from the pre-activation [n, h] (x: the scaled input [n, d])."""
         raise NotImplementedError
 
-    # select(sae, pre, x) -> (rows, cols) of the active entries, row-major, for the sparse
-    # training path (sae/sparse.py); None: the architecture trains through the dense path.
+    # select(sae, pre, x) -> (rows, cols, values) of the active entries, row-major, for the
+    # sparse training path (sae/sparse.py), where pre is a RowTiles [n, h] that never exists
+    # whole; None: the architecture trains through the dense path.
     select = None
 
     # -- the loss ----------------------------------------------------------------------------
@@ -99,7 +100,8 @@ class Architecture:
         return (x - x_hat).square().sum(-1).mean()
 
     def penalty(self, sae, f, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra weighted loss terms (f: dense codes or a SparseCode)."""
+        """Extra weighted loss terms (f: dense codes, or a SparseCode with pre a RowTiles on the
+        sparse path)."""
         return {}
 
     def after_step(self, sae, out) -> None:

@@ -25,14 +25,14 @@ class AuxKSettings(Settings):
         check_number("aux_coefficient", self.aux_coefficient)
 
 
-def _dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
+def dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(indices of the dead latents, how many each token may use: min(aux_k, #dead))."""
     dead_idx = dead.nonzero().squeeze(1)
     return dead_idx, min(sae.cfg.aux_k, dead_idx.numel())
 
 
 def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-    dead_idx, k = _dead_latents(sae, dead)
+    dead_idx, k = dead_latents(sae, dead)
     if k == 0:
         return pre.new_zeros(())
     residual = (x - x_hat).detach()
@@ -43,16 +43,16 @@ def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead:
     return (residual - residual_hat).square().sum(-1).mean()
 
 
-def aux_loss_sparse(sae, x, x_hat, pre, dead) -> torch.Tensor:
-    """aux_loss on the sparse path: pre carries no gradient, the chosen entries go through
-    sparse.select and are decoded with an embedding bag."""
+def aux_loss_sparse(sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
+    the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
+    they go through sparse.select and are decoded with an embedding bag."""
     from .sparse import decode, select
 
-    dead_idx, k = _dead_latents(sae, dead)
-    if k == 0:
-        return pre.new_zeros(())
-    chosen = pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
-    rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
-    code = select(pre, rows, dead_idx[chosen].flatten(), x, sae.b_dec, sae.W_enc, sae.encoder_bias)
+    if watched is None:
+        return x.new_zeros(())
+    values, cols = watched
+    rows = torch.arange(len(x), device=x.device).repeat_interleave(values.shape[1])
+    code = select(rows, cols.flatten(), values.flatten(), x, sae.b_dec, sae.W_enc, sae.encoder_bias)
     residual = (x - x_hat).detach()
     return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

@@ -6,6 +6,11 @@ kept by the batch top-k during training, so codes do not depend on the batch. Th
 plain mean over the first 1 / (1 - m) batches and an EMA with momentum m after that, so the
 large minima of the first, untrained batches fade out quickly. Only a training step moves theta
 (`update_threshold`, called by the trainer); encoding in training mode never does.
+
+The batch top-k is exact and never sorts all n*h entries (`global_batch_topk`): once theta is
+known, a first cut keeps the entries at or above BOUND_MARGIN * theta (raised as the tiles go
+by when it keeps too many) and an exact top-k runs over those; when it keeps too few, per-row
+candidates do the same, exactly.
 """
 
 from dataclasses import dataclass
@@ -14,8 +19,12 @@ import torch
 
 from ..config import check_number
 from ..errors import SaelabError
-from .architecture import SAELENS_TENSORS, Architecture, pick, setting
+from .architecture import SAELENS_TENSORS, Architecture, Collectives, pick, setting
+from .sparse import RowTiles
 from .topk import KSettings
+
+
+BOUND_MARGIN = 0.8  # the first cut starts at this fraction of the running threshold (bench/RESULTS.md)
 
 
 class ThresholdNotEstimated(SaelabError, RuntimeError):
@@ -49,17 +58,25 @@ class BatchTopK(Architecture):
         if not sae.training:
             return a * (a > _threshold(sae))
         mask = torch.zeros_like(a, dtype=torch.bool)
-        mask[self.select(sae, pre.detach(), x)] = True
+        rows, cols, _ = self.select(sae, RowTiles.of(pre.detach()), x)
+        mask[rows, cols] = True
         return a * mask
 
     @torch.no_grad()
     def select(self, sae, pre, x):
-        """Row-major (rows, cols) of the active entries of a = relu(pre) [n, h]; in training
-        mode the batch top-k over the global batch (n summed over ranks), in eval mode a > theta."""
+        """Row-major (rows, cols, values) of the active entries of a = relu(pre) (pre: RowTiles
+        [n, h]); in training mode the batch top-k over the global batch (n summed over ranks),
+        in eval mode a > theta."""
         if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
-            return (pre > _threshold(sae)).nonzero(as_tuple=True)
-        ranks = sae.collectives
-        return global_batch_topk(pre, sae.cfg.k, ranks.world_size, ranks.gather)
+            theta = _threshold(sae)
+
+            def above(tile, rows):
+                local, cols = (tile > theta).nonzero(as_tuple=True)
+                return local, cols, tile[local, cols]
+
+            return pre.per_row(above)
+        bound = None if torch.isnan(sae.threshold) else BOUND_MARGIN * sae.threshold
+        return global_batch_topk(pre, sae.cfg.k, sae.collectives, bound)
 
     def after_step(self, sae, out):
         update_threshold(sae, sae.collectives.reduce(out.smallest_active.clone(), "min"))
@@ -77,44 +94,82 @@ class BatchTopK(Architecture):
         return {"architecture": "jumprelu"}, {**pick(tensors, *SAELENS_TENSORS), "threshold": threshold}
 
 
-def global_batch_topk(pre: torch.Tensor, k: int, n_ranks: int, gather) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's part of the top n*k positive entries of the global batch, exactly.
+def global_batch_topk(pre: RowTiles, k: int, ranks: Collectives = Collectives(),
+                      bound: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """This rank's part (rows, cols, values), row-major, of the top n*k positive entries of the
+    global batch, exactly.
 
-    pre [n, h] is this rank's slice of a global batch of n * n_ranks rows; gather concatenates
-    a tensor over ranks. Each rank offers its `budget` = n * n_ranks * k largest entries (the
-    global top `budget` can hold no more of them); the budget-th largest offer of all ranks is
-    the cut and every rank keeps its positive offers at or above it (ties at the cut aside: all
-    tied entries are kept, as a single process would keep a top-k's choice among them)."""
-    budget = pre.shape[0] * n_ranks * k
-    values, rows, cols = local_offers(pre, budget, k)
-    offered = gather(values)
+    pre [n, h] is this rank's slice of a global batch of n * world_size rows. Each rank offers
+    candidates that hold every one of its entries that can be among the global top `budget` =
+    n * world_size * k; the budget-th largest offer of all ranks is the cut and every rank keeps
+    its positive offers at or above it (ties at the cut aside: all tied entries are kept, as a
+    single process would keep a top-k's choice among them). The offers: with a `bound`, the
+    entries at or above it or above a bound raised on the way (`entries_at_or_above`), if all
+    ranks together offer at least `budget` (then every entry left out is below the cut);
+    otherwise, or without a bound, each rank's `budget` largest entries from per-row candidates."""
+    n, h = pre.shape
+    budget = n * ranks.world_size * k
+    offers = None
+    if bound is not None:
+        offers = entries_at_or_above(pre, bound, budget)
+        count = torch.tensor(len(offers[0]), device=bound.device)
+        most = int(ranks.reduce(count.clone(), "max"))
+        if ranks.reduce(count, "sum") < budget:
+            offers = None
+    if offers is None:
+        offers, most = local_offers(pre, budget, k), budget
+    values, rows, cols = offers
+    padded = torch.cat([values, values.new_full((most - len(values),), -torch.inf)])
+    offered = ranks.gather(padded)
     cut = offered.topk(min(budget, offered.numel()), sorted=False).values.min()
     keep = (values >= cut) & (values > 0)
-    order = (rows[keep] * pre.shape[1] + cols[keep]).argsort()
-    return rows[keep][order], cols[keep][order]
+    values, rows, cols = values[keep], rows[keep], cols[keep]
+    order = (rows * h + cols).argsort()
+    return rows[order], cols[order], values[order]
 
 
-def local_offers(pre: torch.Tensor, budget: int, k: int) -> tuple[torch.Tensor, ...]:
+def entries_at_or_above(pre: RowTiles, bound: torch.Tensor, keep: int) -> tuple[torch.Tensor, ...]:
+    """(values, rows, cols) of the entries of pre [n, h] at or above a bound that starts at
+    `bound` and, whenever more than 2 * keep entries are at or above it after a tile, rises to
+    the keep-th largest of them. So every entry left out is below the final bound, and if the
+    bound rose, at least `keep` entries are at or above it; at most 2 * keep entries and one
+    tile's are ever held."""
+    parts, count = [], 0
+    for rows, tile in pre:
+        local, cols = (tile >= bound).nonzero(as_tuple=True)
+        parts.append((tile[local, cols], local + rows.start, cols))
+        count += len(local)
+        if count > 2 * keep:
+            values, tile_rows, tile_cols = (torch.cat(part) for part in zip(*parts))
+            bound = values.topk(keep, sorted=False).values.min()
+            kept = values >= bound
+            parts, count = [(values[kept], tile_rows[kept], tile_cols[kept])], int(kept.sum())
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
+def local_offers(pre: RowTiles, budget: int, k: int) -> tuple[torch.Tensor, ...]:
     """(values, rows, cols) of this rank's min(budget, n*h) largest entries of pre [n, h],
     found from per-row candidates: 4k per row, and never fewer than the budget in all."""
     n, h = pre.shape
     per_row = min(h, max(4 * k, -(-budget // n)))
-    return top_entries(pre, min(budget, pre.numel()), per_row)
+    return top_entries(pre, min(budget, n * h), per_row)
 
 
-def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor, ...]:
-    """(values, rows, cols) of the `count` largest entries of a [n, h], exactly, without a
-    selection over all n*h values. A pool holds each row's `per_row` largest entries; the
-    result is the pool's `count` largest. A row whose smallest pooled entry is at or above the
-    result's minimum might hold more, so only such rows get their pooled depth doubled (up to
-    h) and the selection is repeated: a few rows with many large entries (real activations'
-    massive tokens) never force a full sort. Needs count <= n * per_row."""
-    n, h = a.shape
+def top_entries(pre: RowTiles, count: int, per_row: int) -> tuple[torch.Tensor, ...]:
+    """(values, rows, cols) of the `count` largest entries of pre [n, h], exactly, without a
+    selection over all n*h values and without holding pre whole. A pool holds each row's
+    `per_row` largest entries, taken tile by tile; the result is the pool's `count` largest. A
+    row whose smallest pooled entry is at or above the result's minimum might hold more, so
+    only such rows are computed again, their pooled depth doubled (up to h), and the selection
+    is repeated: a few rows with many large entries (real activations' massive tokens) never
+    force a full sort. Needs count <= n * per_row."""
+    n, h = pre.shape
     depth = min(per_row, h)
-    top, cols = a.topk(depth, dim=1, sorted=False)
+    tops = [tile.topk(depth, dim=1, sorted=False) for _, tile in pre]
+    top, cols = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
     pool_values, pool_cols = top.flatten(), cols.flatten()
-    pool_rows = torch.arange(n, device=a.device).repeat_interleave(depth)
-    row_floor, row_depth = top.min(dim=1).values, torch.full((n,), depth, device=a.device)
+    pool_rows = torch.arange(n, device=top.device).repeat_interleave(depth)
+    row_floor, row_depth = top.min(dim=1).values, torch.full((n,), depth, device=top.device)
     while True:
         values, pos = pool_values.topk(count, sorted=False)
         deeper = (row_floor >= values.min()) & (row_depth < h)
@@ -122,7 +177,7 @@ def top_entries(a: torch.Tensor, count: int, per_row: int) -> tuple[torch.Tensor
             return values, pool_rows[pos], pool_cols[pos]
         rows = deeper.nonzero().squeeze(1)
         depth = min(2 * int(row_depth[rows].max()), h)
-        top, cols = a[rows].topk(depth, dim=1, sorted=False)
+        top, cols = pre.rows(rows).topk(depth, dim=1, sorted=False)
         kept = ~deeper[pool_rows]
         pool_values = torch.cat([pool_values[kept], top.flatten()])
         pool_cols = torch.cat([pool_cols[kept], cols.flatten()])

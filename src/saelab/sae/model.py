@@ -53,7 +53,7 @@ class SAE(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_enc = nn.Parameter(W_dec.T.clone() * self.arch.encoder_init_scale)
+        self.W_enc = nn.Parameter((W_dec.T * self.arch.encoder_init_scale).contiguous())  # fused Adam wants it so
         self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
@@ -137,21 +137,21 @@ class SAE(nn.Module):
         the architecture's reconstruction term (||x' - x_hat'||^2) + its penalty terms +
         aux_coefficient * L_aux where it uses AuxK.
         sparse: architectures with a sparse selection train through sparse.py (same values and
-        gradients as the dense reference path, without [n, d_sae] codes or dense backward
-        products)."""
+        gradients as the dense reference path, without [n, d_sae] codes, pre-activations or
+        dense backward products)."""
         self._check_input(x)
         x = self._scale(x, self.input_stats(x))
         arch = self.arch
         use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and arch.select is not None:
-            with torch.no_grad():  # float() undoes a bfloat16 autocast: only the matmul is bf16
-                pre = self.pre_activation(x).float()
-            code = sparse_code.select(pre, *arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias)
+            dead_idx, aux_k = auxk.dead_latents(self, dead) if use_aux else (None, 0)
+            pre = sparse_code.encoder_tiles(self, x, watch=dead_idx, watch_k=aux_k)
+            code = sparse_code.select(*arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias)
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
             l0 = torch.tensor(len(code.values) / len(x))
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
-            aux = auxk.aux_loss_sparse(self, x, x_hat, pre, dead) if use_aux else None
+            aux = auxk.aux_loss_sparse(self, x, x_hat, pre.watched) if use_aux else None
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec
@@ -173,9 +173,9 @@ class SAE(nn.Module):
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
         """W_dec.grad_i -= <grad_i, w_i> w_i for unit rows w_i, so a step keeps norms ~ 1."""
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
-            self.W_dec.grad -= parallel * self.W_dec
+        if self.W_dec.grad is not None:  # in place, without a [d_sae, d_in] temporary
+            parallel = torch.linalg.vecdot(self.W_dec.grad, self.W_dec)
+            self.W_dec.grad.addcmul_(parallel[:, None], self.W_dec, value=-1)
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

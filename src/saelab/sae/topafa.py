@@ -65,9 +65,14 @@ class TopAFA(Architecture):
         return a * selection(sae, a.detach(), x)
 
     def select(self, sae, pre, x):
-        """(rows, cols) of the kept latents with a positive value, for the sparse path."""
-        a = torch.relu(pre)
-        return (selection(sae, a, x) & (a > 0)).nonzero(as_tuple=True)
+        """(rows, cols, values) of the kept latents with a positive value, for the sparse path
+        (pre: RowTiles [n, h])."""
+        def pick(tile, rows):
+            a = torch.relu(tile)
+            local, cols = (selection(sae, a, x[rows]) & (a > 0)).nonzero(as_tuple=True)
+            return local, cols, a[local, cols]
+
+        return pre.per_row(pick)
 
     def penalty(self, sae, f, pre, x):
         """f: dense codes or a SparseCode."""

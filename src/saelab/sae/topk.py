@@ -16,6 +16,15 @@ def check_k(k, d_sae: int) -> None:
         raise ConfigError(f"k={k} is larger than d_sae={d_sae}")
 
 
+def top_positive(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, values), row-major, of the positive entries among each row's k largest of
+    pre [n, h]."""
+    values, cols = pre.topk(k, dim=1, sorted=False)
+    rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
+    positive = values.flatten() > 0
+    return rows[positive], cols.flatten()[positive], values.flatten()[positive]
+
+
 @dataclass(kw_only=True)
 class KSettings(AuxKSettings):
     k: int | None = setting(None, "latents per token: exact for topk, the mean over the batch for batchtopk, "
@@ -41,13 +50,9 @@ class TopK(Architecture):
         return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
 
     def select(self, sae, pre, x):
-        """(rows, cols) of each row's k largest pre-activations that are positive (the active
-        latents: a non-positive one codes 0), row-major."""
-        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-        n, k = indices.shape
-        rows = torch.arange(n, device=pre.device).repeat_interleave(k)
-        positive = values.flatten() > 0
-        return rows[positive], indices.flatten()[positive]
+        """(rows, cols, values) of each row's k largest pre-activations that are positive (the
+        active latents: a non-positive one codes 0), row-major; pre: RowTiles [n, h]."""
+        return pre.per_row(lambda tile, rows: top_positive(tile, sae.cfg.k))
 
     def to_saelens(self, sae, tensors):
         return {"architecture": "topk", "k": sae.cfg.k}, pick(tensors, *SAELENS_TENSORS)
