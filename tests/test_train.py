@@ -373,3 +373,15 @@ def test_integer_activations_are_refused_by_the_api(data):
         evaluate(sae, data)
     with pytest.raises(DataError, match="floating-point tensor"):
         sae.encode(torch.ones(3, 16, dtype=torch.int64))
+
+
+def test_default_learning_rate_scales_with_the_dictionary_size():
+    """No lr given: 2e-3 at d_sae 4608, times sqrt(4608 / d_sae); a given lr is used as it is."""
+    from saelab.train.loop import Trainer
+
+    for d_sae, want in ((4608, 2e-3), (18432, 1e-3), (64, 2e-3 * 72 ** 0.5)):
+        trainer = Trainer(make_sae("topk", d_in=16, d_sae=d_sae, k=4), TrainConfig(progress=False), total_steps=10)
+        assert trainer.lr == pytest.approx(want)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(want)
+    given = Trainer(make_sae("topk", d_in=16, d_sae=4608, k=4), TrainConfig(lr=3e-4, progress=False), total_steps=10)
+    assert given.lr == 3e-4

@@ -131,6 +131,8 @@ class SAEConfig:
 class TrainConfig:
     """How to train: optimizer, schedule, dead-latent window, logging and checkpoints.
 
+    lr: Adam's learning rate; None scales it with the dictionary size (train/schedule.default_lr:
+    2e-3 at d_sae 4608, times sqrt(4608 / d_sae)).
     total_tokens: None means one pass over a finite data set.
     warmup_tokens: linear learning-rate warmup; decay_fraction: the last part of training over
     which the learning rate decays linearly to 0.
@@ -146,7 +148,7 @@ class TrainConfig:
     """
 
     batch_size: int = 4096
-    lr: float = 3e-4
+    lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.99)
     total_tokens: int | None = None
     warmup_tokens: int = 100_000
@@ -167,7 +169,8 @@ class TrainConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         check_integer("batch_size", self.batch_size)
-        check_number("lr", self.lr, strict=True)
+        if self.lr is not None:
+            check_number("lr", self.lr, strict=True)
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas!r}")
         for beta in self.betas:

@@ -180,7 +180,9 @@ def add_training_arguments(p, seeds: bool) -> None:
     defaults = TrainConfig()
     opt.add_argument("--batch-size", type=COUNT, default=defaults.batch_size,
                      help=f"tokens per batch (default: {defaults.batch_size})")
-    opt.add_argument("--lr", type=RATE, default=defaults.lr, help=f"Adam learning rate (default: {defaults.lr:g})")
+    opt.add_argument("--lr", type=RATE, default=defaults.lr,
+                     help="Adam learning rate (default: 2e-3 * sqrt(4608 / d_sae): 2e-3 at d_sae 4608, 1e-3 at 18432; "
+                     "3e-4 was the default before 2026-11-29)")
     opt.add_argument("--dead-tokens", type=COUNT, default=defaults.dead_tokens,
                      help=f"a latent is dead after this many tokens without firing (default: {defaults.dead_tokens})")
     opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",

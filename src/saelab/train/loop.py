@@ -24,7 +24,7 @@ from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
 from .init import initialize_from_data, mean_squared_norm
-from .schedule import lr_factor
+from .schedule import default_lr, lr_factor
 from .wandb_log import start_run
 
 HISTORY_NAME = rundir.HISTORY
@@ -98,7 +98,8 @@ class Trainer:
         if is_distributed():
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
-        self.optimizer = adam(sae.parameters(), cfg.lr, cfg.betas)
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
+        self.optimizer = adam(sae.parameters(), self.lr, cfg.betas)
         self.device = sae.W_dec.device
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
@@ -167,7 +168,7 @@ class Trainer:
         sae, cfg = self.sae, self.cfg
         if self.step == 0 and not sae.initialized:
             initialize_from_data(sae, all_gather_cat(x), self.squared_norm)
-        lr = cfg.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
+        lr = self.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead = self.since_fired >= cfg.dead_tokens

@@ -1,4 +1,14 @@
-"""Learning-rate schedule: linear warmup, constant, linear decay to 0 over the last part."""
+"""Learning rate: its default for a dictionary size, and its schedule (linear warmup, constant,
+linear decay to 0 over the last part)."""
+
+LR_AT_4608 = 2e-3  # the default at d_sae 4608 (bench/RESULTS.md, "Issue 13")
+
+
+def default_lr(d_sae: int) -> float:
+    """Adam's learning rate when none is given: LR_AT_4608 * sqrt(4608 / d_sae). The 1/sqrt(d_sae)
+    scaling is the one EleutherAI sparsify applies to its defaults; the constant is the best of
+    3e-4, 1e-3 and 2e-3 at d_sae 4608 on the default model (bench/quality.py)."""
+    return LR_AT_4608 * (4608 / d_sae) ** 0.5
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, decay_fraction: float) -> float:

@@ -1,0 +1,204 @@
+"""Held-out quality at an equal token budget: saelab's SAEs against EleutherAI sparsify's default.
+
+python bench/quality.py --train CACHE --held-out CACHE [--tokens 540000] [--d-sae 4608] [--k 32]
+                        [--batch 1024] [--seeds 0 1] [--saelab topk batchtopk] [--lr 3e-4 1e-3]
+                        [--no-sparsify] [--set grad_clip=null warmup_tokens=0 ...]
+
+CACHE: `saelab cache` of the default model (`--split train`), and of its held-out documents
+(`--split eval`: every 10th article, none of them in the training cache). Every contender sees
+the same batches in the same order: a permutation of the training cache per epoch, from the
+seed, until `--tokens`; the seed also sets the initialisation. Contenders:
+- saelab: `Trainer` with every default but the named architecture, the learning rate (each
+  `--lr`; `default` means TrainConfig's) and the TrainConfig fields given with `--set` (JSON
+  values), warmup/decay as `saelab train` does;
+- sparsify 1.3.3 (bench/.venv-sparsify, see vs_sparsify.py) with the defaults of its trainer:
+  TopK, signum in schedule-free (lr 5e-3 / sqrt(d_sae / 2^14)), FVU loss, no AuxK, b_dec at the
+  first batch's mean; evaluated with the schedule-free average (`optimizer.eval()`), as its
+  trainer saves. A `--sparsify-lr` list adds sparsify at those learning rates (tuned runs).
+On the held-out activations x (raw units) and reconstructions x_hat, per run:
+NMSE = mean over tokens of ||x - x_hat||^2 / ||x||^2 (the BatchTopK paper's, saelab's eval);
+FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2;
+FVU on ordinary tokens: the same over tokens whose norm is at most 10x the median norm (the
+massive first-token norms left out); L0: mean active latents per token and its 5-95% range;
+dead: the fraction of latents that never fire on the held-out tokens; train wall time.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab import SAE, SAEConfig, TrainConfig
+from saelab.data.cache import ActivationCache
+from saelab.train.loop import Trainer
+
+VENV = Path(__file__).parent / ".venv-sparsify"
+CHILD = r"""
+import json, sys, time
+import numpy as np, torch
+from schedulefree import ScheduleFreeWrapper
+from sparsify import SparseCoder, SparseCoderConfig
+from sparsify.sign_sgd import SignSGD
+train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
+d_sae, k, batch, seed, lr = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
+torch.manual_seed(seed)
+sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=d_sae, k=k))
+lr = float(lr) if lr != "default" else 5e-3 / (d_sae / 2**14) ** 0.5
+opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
+opt.train()
+start = time.perf_counter()
+for step in range(len(order) // batch):
+    x = torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32))
+    if step == 0:
+        sae.b_dec.data = x.mean(0)
+    sae.set_decoder_norm_to_unit_norm()
+    out_ = sae(x, dead_mask=None, total_variance=(x - x.mean(0)).pow(2).sum())
+    out_.fvu.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    opt.step()
+    opt.zero_grad()
+seconds = time.perf_counter() - start
+opt.eval()
+sae.set_decoder_norm_to_unit_norm()
+x = torch.from_numpy(held.astype(np.float32))
+with torch.no_grad():
+    enc = sae.encode(x)
+    x_hat = sae.decode(enc.top_acts, enc.top_indices)
+    l0 = (enc.top_acts > 0).sum(1).numpy()
+    fires = np.bincount(enc.top_indices[enc.top_acts > 0].numpy(), minlength=d_sae)
+np.save(out + ".x_hat.npy", x_hat.numpy())
+np.save(out + ".l0.npy", l0)
+np.save(out + ".fires.npy", fires)
+print(json.dumps({"seconds": seconds, "lr": lr}))
+"""
+
+
+def load(cache: str) -> np.ndarray:
+    """All activations of a cache, float16 [n, d_in], in cache order."""
+    c = ActivationCache(cache)
+    return np.concatenate([c.load_shard(i)["activations"].numpy() for i in range(len(c.shard_ids))])
+
+
+def stream_order(n: int, tokens: int, seed: int) -> np.ndarray:
+    """Row indices of the training stream: a fresh permutation of the n rows per epoch."""
+    rng = np.random.default_rng(seed)
+    epochs = -(-tokens // n)
+    return np.concatenate([rng.permutation(n) for _ in range(epochs)])[:tokens]
+
+
+def metrics(x: np.ndarray, x_hat: np.ndarray, l0: np.ndarray, fires: np.ndarray) -> dict:
+    """Held-out metrics in raw units (see the module docstring)."""
+    x, x_hat = x.astype(np.float64), x_hat.astype(np.float64)
+    error = ((x - x_hat) ** 2).sum(1)
+    norms = np.linalg.norm(x, axis=1)
+    ordinary = norms <= 10 * np.median(norms)
+
+    def fvu(rows):
+        return error[rows].sum() / ((x[rows] - x[rows].mean(0)) ** 2).sum()
+
+    return {"nmse": (error / norms ** 2).mean(), "fvu": fvu(slice(None)), "fvu_ordinary": fvu(ordinary),
+            "l0": float(l0.mean()), "l0_p5": float(np.percentile(l0, 5)), "l0_p95": float(np.percentile(l0, 95)),
+            "dead": float((fires == 0).mean())}
+
+
+def run_saelab(arch: str, lr: str, train: np.ndarray, order: np.ndarray, held: np.ndarray, args,
+               seed: int) -> dict:
+    cfg = TrainConfig(batch_size=args.batch, progress=False, seed=seed, **args.set,
+                      **({} if lr == "default" else {"lr": float(lr)}))
+    steps = len(order) // args.batch
+    sae = SAE(SAEConfig(arch=arch, d_in=train.shape[1], d_sae=args.d_sae, k=args.k), seed=seed)
+    trainer = Trainer(sae, cfg, total_steps=steps)
+    start = time.perf_counter()
+    for step in range(steps):
+        rows = np.sort(order[step * args.batch:(step + 1) * args.batch])
+        trainer.train_step(torch.from_numpy(train[rows].astype(np.float32)))
+    seconds = time.perf_counter() - start
+    sae.eval()
+    x = torch.from_numpy(held.astype(np.float32))
+    with torch.no_grad():
+        x_hat = sae(x).numpy()
+        active = sae.encode(x) > 0
+    result = metrics(held, x_hat, active.sum(1).numpy(), active.sum(0).numpy())
+    return {**result, "seconds": seconds, "lr": trainer.lr}
+
+
+def run_sparsify(python: Path, lr: str, files: dict, args, seed: int) -> dict:
+    out = str(files["dir"] / "sparsify")
+    child = subprocess.run([str(python), "-c", CHILD, str(files["train"]), str(files["order"]), str(files["held"]),
+                            out, str(args.d_sae), str(args.k), str(args.batch), str(seed), lr],
+                           capture_output=True, text=True)
+    if child.returncode:
+        raise SystemExit(f"sparsify failed:\n{child.stderr[-2000:]}")
+    info = json.loads(child.stdout.strip().splitlines()[-1])
+    result = metrics(files["held_values"], np.load(out + ".x_hat.npy"), np.load(out + ".l0.npy"),
+                     np.load(out + ".fires.npy"))
+    return {**result, **info}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True, metavar="CACHE", help="training activations (saelab cache)")
+    parser.add_argument("--held-out", required=True, metavar="CACHE", help="held-out activations (--split eval)")
+    parser.add_argument("--tokens", type=int, default=540_000)
+    parser.add_argument("--d-sae", type=int, default=4608)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--saelab", nargs="*", default=["topk", "batchtopk"], help="saelab architectures")
+    parser.add_argument("--lr", nargs="+", default=["default"], help="saelab learning rates ('default': TrainConfig's)")
+    parser.add_argument("--sparsify-lr", nargs="*", default=[], help="also sparsify at these learning rates")
+    parser.add_argument("--no-sparsify", action="store_true", help="leave sparsify out")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="TrainConfig fields for saelab's runs, e.g. grad_clip=null")
+    parser.add_argument("--json", help="also write every run to this file")
+    args = parser.parse_args()
+    args.set = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)}
+    train, held = load(args.train), load(args.held_out)
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; train {args.train} "
+          f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget {args.tokens} tokens "
+          f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
+          + (f"; saelab with {args.set}" if args.set else ""))
+    python = None if args.no_sparsify else VENV / "bin" / "python"
+    if python is not None and not python.exists():
+        raise SystemExit(f"no {python}: run bench/vs_sparsify.py once, which installs sparsify there")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"dir": Path(tmp), "train": Path(tmp) / "train.npy", "order": Path(tmp) / "order.npy",
+                 "held": Path(tmp) / "held.npy", "held_values": held}
+        np.save(files["train"], train)
+        np.save(files["held"], held)
+        for seed in args.seeds:
+            order = stream_order(len(train), args.tokens, seed)
+            np.save(files["order"], order)
+            for arch in args.saelab:
+                for lr in args.lr:
+                    runs.append({"contender": f"saelab {arch}", "seed": seed,
+                                 **run_saelab(arch, lr, train, order, held, args, seed)})
+                    print(json.dumps(runs[-1]), flush=True)
+            if python is not None:
+                for lr in ["default", *args.sparsify_lr]:
+                    runs.append({"contender": "sparsify topk", "seed": seed, **run_sparsify(python, lr, files, args,
+                                                                                          seed)})
+                    print(json.dumps(runs[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+    print(f"\n{'contender':<16} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
+          f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})")
+    groups = {}
+    for run in runs:
+        groups.setdefault((run["contender"], run["lr"]), []).append(run)
+    for (name, lr), group in groups.items():
+        med = {key: statistics.median(r[key] for r in group) for key in group[0] if key not in ("contender", "seed")}
+        print(f"{name:<16} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
+              f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} {med['seconds']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
