@@ -11,7 +11,7 @@ seed, until `--tokens`; the seed also sets the initialisation. Contenders:
 - saelab: `Trainer` with every default but the named architecture, the learning rate (each
   `--lr`; `default` means TrainConfig's) and the TrainConfig fields given with `--set` (JSON
   values), warmup/decay as `saelab train` does;
-- sparsify 1.3.3 (bench/.venv-sparsify, see vs_sparsify.py) with the defaults of its trainer:
+- sparsify 1.3.3 (bench/.venv-sparsify, installed on first use as by vs_sparsify.py) with the defaults of its trainer:
   TopK, signum in schedule-free (lr 5e-3 / sqrt(d_sae / 2^14)), FVU loss, no AuxK, b_dec at the
   first batch's mean; evaluated with the schedule-free average (`optimizer.eval()`), as its
   trainer saves. A `--sparsify-lr` list adds sparsify at those learning rates (tuned runs).
@@ -38,8 +38,8 @@ import torch
 from saelab import SAE, SAEConfig, TrainConfig
 from saelab.data.cache import ActivationCache
 from saelab.train.loop import Trainer
+from vs_sparsify import ensure_venv  # sparsify's virtual environment, installed on first use
 
-VENV = Path(__file__).parent / ".venv-sparsify"
 CHILD = r"""
 import json, sys, time
 import numpy as np, torch
@@ -165,9 +165,7 @@ def main() -> None:
           f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget {args.tokens} tokens "
           f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
           + (f"; saelab with {args.set}" if args.set else ""))
-    python = None if args.no_sparsify else VENV / "bin" / "python"
-    if python is not None and not python.exists():
-        raise SystemExit(f"no {python}: run bench/vs_sparsify.py once, which installs sparsify there")
+    python = None if args.no_sparsify else ensure_venv()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {"dir": Path(tmp), "train": Path(tmp) / "train.npy", "order": Path(tmp) / "order.npy",

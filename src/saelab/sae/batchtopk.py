@@ -20,7 +20,7 @@ import torch
 from ..config import check_number
 from ..errors import SaelabError
 from .architecture import SAELENS_TENSORS, Architecture, Collectives, pick, setting
-from .sparse import RowTiles
+from .sparse import RowTiles, masked_entries
 from .topk import KSettings
 
 
@@ -69,12 +69,7 @@ class BatchTopK(Architecture):
         in eval mode a > theta."""
         if not sae.training:  # theta > 0, so relu(pre) > theta iff pre > theta
             theta = _threshold(sae)
-
-            def above(tile, rows):
-                local, cols = (tile > theta).nonzero(as_tuple=True)
-                return local, cols, tile[local, cols]
-
-            return pre.per_row(above)
+            return pre.per_row(lambda tile, rows: masked_entries(tile, tile > theta))
         bound = None if torch.isnan(sae.threshold) else BOUND_MARGIN * sae.threshold
         return global_batch_topk(pre, sae.cfg.k, sae.collectives, bound)
 
@@ -136,8 +131,8 @@ def entries_at_or_above(pre: RowTiles, bound: torch.Tensor, keep: int) -> tuple[
     tile's are ever held."""
     parts, count = [], 0
     for rows, tile in pre:
-        local, cols = (tile >= bound).nonzero(as_tuple=True)
-        parts.append((tile[local, cols], local + rows.start, cols))
+        local, cols, values = masked_entries(tile, tile >= bound)
+        parts.append((values, local + rows.start, cols))
         count += len(local)
         if count > 2 * keep:
             values, tile_rows, tile_cols = (torch.cat(part) for part in zip(*parts))

@@ -77,6 +77,12 @@ class RowTiles:
         return tuple(torch.cat(part) for part in zip(*parts))
 
 
+def masked_entries(tile: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, values), row-major, of the entries of tile [t, h] where mask [t, h] is True."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows, cols, tile[rows, cols]
+
+
 def encoder_tiles(sae, x: torch.Tensor, watch: torch.Tensor | None = None, watch_k: int = 0) -> RowTiles:
     """The pre-activations of the scaled input x [n, d] as RowTiles, without autograd, in
     float32 (under a bfloat16 autocast only the matrix product is bfloat16)."""

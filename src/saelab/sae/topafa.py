@@ -15,6 +15,7 @@ import torch
 from ..config import check_number
 from .architecture import Architecture, setting
 from .auxk import AuxKSettings
+from .sparse import masked_entries
 
 PREFIX = 512
 
@@ -69,8 +70,7 @@ class TopAFA(Architecture):
         (pre: RowTiles [n, h])."""
         def pick(tile, rows):
             a = torch.relu(tile)
-            local, cols = (selection(sae, a, x[rows]) & (a > 0)).nonzero(as_tuple=True)
-            return local, cols, a[local, cols]
+            return masked_entries(a, selection(sae, a, x[rows]) & (a > 0))
 
         return pre.per_row(pick)
 
