@@ -76,3 +76,12 @@ def test_selected_pre_backward_touches_only_the_selection():
         for got, t in zip(reference, leaves):
             torch.testing.assert_close(got, t.grad)
         assert (W.grad[:, [1, 3]] == 0).all()  # latents 1 and 3 were never selected
+
+
+def test_encoder_weight_and_its_sparse_gradient_are_contiguous():
+    """W_enc is stored contiguous and the sparse path's gradient arrives in that layout, so
+    neither autograd nor fused Adam copies it every step."""
+    sae = randomize(make_sae("topk", k=5))
+    assert sae.W_enc.is_contiguous()
+    sae.loss(torch.randn(50, 16)).loss.backward()
+    assert sae.W_enc.grad.is_contiguous() and sae.W_enc.grad.stride() == sae.W_enc.stride()
