@@ -1,33 +1,43 @@
-"""Held-out quality at an equal token budget: saelab's SAEs against EleutherAI sparsify's default.
+"""Held-out quality at an equal token budget: saelab's SAEs against EleutherAI sparsify and dictionary_learning.
 
 python bench/quality.py --train CACHE --held-out CACHE [--tokens 540000] [--d-sae 4608] [--k 32]
                         [--batch 1024] [--seeds 0 1] [--saelab topk batchtopk] [--lr 3e-4 1e-3]
                         [--no-sparsify] [--set grad_clip=null warmup_tokens=0 ...]
+                        [--sparsify-lr 4.7e-3] [--dictionary-learning topk batchtopk] [--dl-lr 1e-3]
 
 CACHE: `saelab cache` of the default model (`--split train`), and of its held-out documents
 (`--split eval`: every 10th article, none of them in the training cache). Every contender sees
 the same batches in the same order: a permutation of the training cache per epoch, from the
 seed, until `--tokens`; the seed also sets the initialisation. Contenders:
-- saelab: `Trainer` with every default but the named architecture, the learning rate (each
-  `--lr`; `default` means TrainConfig's) and the TrainConfig fields given with `--set` (JSON
-  values), warmup/decay as `saelab train` does;
+- saelab: `Trainer` with every default but the named architecture (k is jumprelu's target L0),
+  the learning rate (each `--lr`; `default` means TrainConfig's) and the TrainConfig or
+  SAEConfig fields given with `--set` (JSON values), warmup/decay as `saelab train` does;
 - sparsify 1.3.3 (bench/.venv-sparsify, installed on first use as by vs_sparsify.py) with the defaults of its trainer:
   TopK, signum in schedule-free (lr 5e-3 / sqrt(d_sae / 2^14)), FVU loss, no AuxK, b_dec at the
   first batch's mean; evaluated with the schedule-free average (`optimizer.eval()`), as its
   trainer saves. A `--sparsify-lr` list adds sparsify at those learning rates (tuned runs).
+- dictionary_learning 0.1.0 (`--dictionary-learning topk batchtopk`; bench/.venv-dictionary-learning,
+  installed on first use) with the defaults of its TopKTrainer / BatchTopKTrainer: Adam (0.9,
+  0.999) at 2e-4 / sqrt(d_sae / 2^14), gradient clipping at 1, AuxK after 10M tokens without
+  firing, b_dec at the first batch's geometric median, raw (unnormalised) activations; its
+  step-counted warmup and threshold start (1000 steps) are cut to a fifth of the run where the
+  run is shorter (they must be below the step count). `--dl-lr` adds learning rates.
 On the held-out activations x (raw units) and reconstructions x_hat, per run:
 NMSE = mean over tokens of ||x - x_hat||^2 / ||x||^2 (the BatchTopK paper's, saelab's eval);
 FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2;
 FVU on ordinary tokens: the same over tokens whose norm is at most 10x the median norm (the
 massive first-token norms left out); L0: mean active latents per token and its 5-95% range;
-dead: the fraction of latents that never fire on the held-out tokens; train wall time.
+dead: the fraction of latents that never fire on the held-out tokens; train wall time; for
+saelab also the L0 of the last training batch (last_batch_l0, in the JSON lines).
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +50,10 @@ from saelab.data.cache import ActivationCache
 from saelab.train.loop import Trainer
 from vs_sparsify import ensure_venv  # sparsify's virtual environment, installed on first use
 
-CHILD = r"""
+DL_VENV = Path(__file__).parent / ".venv-dictionary-learning"
+DL_REQUIREMENT = "dictionary-learning==0.1.0"
+
+SPARSIFY_CHILD = r"""
 import json, sys, time
 import numpy as np, torch
 from schedulefree import ScheduleFreeWrapper
@@ -79,6 +92,48 @@ np.save(out + ".fires.npy", fires)
 print(json.dumps({"seconds": seconds, "lr": lr}))
 """
 
+# dictionary_learning's trainers, driven as its trainSAE drives them (update(step, x) per batch;
+# no activation normalisation, its default). Its package __init__ imports nnsight for its
+# activation buffer, which this benchmark does not use: a stub module stands in for it.
+DL_CHILD = r"""
+import json, sys, time, types
+sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=None)
+import numpy as np, torch
+from dictionary_learning.trainers import BatchTopKTrainer, TopKTrainer
+train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
+d_sae, k, batch, seed, lr, arch = (int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]),
+                                    sys.argv[9], sys.argv[10])
+steps = len(order) // batch
+scaled = min(1000, steps // 5)  # its step-counted defaults (1000) scaled down to short budgets
+Trainer = {"topk": TopKTrainer, "batchtopk": BatchTopKTrainer}[arch]
+trainer = Trainer(steps=steps, activation_dim=train.shape[1], dict_size=d_sae, k=k, layer=15, lm_name="smollm2",
+                  warmup_steps=scaled, threshold_start_step=scaled, seed=seed, device="cpu",
+                  **({} if lr == "default" else {"lr": float(lr)}))
+start = time.perf_counter()
+for step in range(steps):
+    trainer.update(step, torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32)))
+seconds = time.perf_counter() - start
+x = torch.from_numpy(held.astype(np.float32))
+with torch.no_grad():
+    f = trainer.ae.encode(x)
+    x_hat = trainer.ae.decode(f)
+np.save(out + ".x_hat.npy", x_hat.numpy())
+np.save(out + ".l0.npy", (f > 0).sum(1).numpy())
+np.save(out + ".fires.npy", (f > 0).sum(0).numpy())
+print(json.dumps({"seconds": seconds, "lr": trainer.lr}))
+"""
+
+
+def ensure_dictionary_learning_venv() -> Path:
+    """dictionary_learning in its own virtual environment, without its dependencies (nnsight,
+    wandb, umap, ...: the trainers need only torch and einops)."""
+    python = DL_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(DL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "einops", "numpy", "tqdm"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", DL_REQUIREMENT], check=True)
+    return python
+
 
 def load(cache: str) -> np.ndarray:
     """All activations of a cache, float16 [n, d_in], in cache order."""
@@ -108,34 +163,67 @@ def metrics(x: np.ndarray, x_hat: np.ndarray, l0: np.ndarray, fires: np.ndarray)
             "dead": float((fires == 0).mean())}
 
 
+def schedule_free(name: str, sae, lr: float, warmup_steps: int):
+    """A schedule-free optimizer (the `schedulefree` package) in place of the trainer's Adam; the
+    trainer's own warmup and decay must be off (--set warmup_tokens=0 decay_fraction=0); the
+    optimizer warms up itself over the steps of the default warmup."""
+    import schedulefree
+
+    if name == "schedulefree-adam":
+        optimizer = schedulefree.AdamWScheduleFree(sae.parameters(), lr=lr, betas=(0.9, 0.999),
+                                                   warmup_steps=warmup_steps)
+    else:  # schedulefree-signum: sparsify's default, SignSGD in ScheduleFreeWrapper (momentum 0.95)
+        def signs(opt, *_):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.sign_()
+
+        sign = torch.optim.SGD(sae.parameters(), lr=lr)
+        sign.register_step_pre_hook(signs)
+        optimizer = schedulefree.ScheduleFreeWrapper(sign, momentum=0.95)
+    optimizer.train()
+    return optimizer
+
+
 def run_saelab(arch: str, lr: str, train: np.ndarray, order: np.ndarray, held: np.ndarray, args,
                seed: int) -> dict:
-    cfg = TrainConfig(batch_size=args.batch, progress=False, seed=seed, **args.set,
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(batch_size=args.batch, progress=False, seed=seed,
+                      **{f: v for f, v in args.set.items() if f in train_fields},
                       **({} if lr == "default" else {"lr": float(lr)}))
     steps = len(order) // args.batch
-    sae = SAE(SAEConfig(arch=arch, d_in=train.shape[1], d_sae=args.d_sae, k=args.k), seed=seed)
+    sae = SAE(SAEConfig(arch=arch, d_in=train.shape[1], d_sae=args.d_sae, k=args.k,
+                        **{f: v for f, v in args.set.items() if f not in train_fields}), seed=seed)
     trainer = Trainer(sae, cfg, total_steps=steps)
+    if args.optimizer != "adam":
+        warmup = min(TrainConfig.warmup_tokens // args.batch, steps // 2)  # the default warmup, in its steps
+        trainer.optimizer = schedule_free(args.optimizer, sae, trainer.lr, warmup)
     start = time.perf_counter()
     for step in range(steps):
         rows = np.sort(order[step * args.batch:(step + 1) * args.batch])
         trainer.train_step(torch.from_numpy(train[rows].astype(np.float32)))
     seconds = time.perf_counter() - start
+    if args.optimizer != "adam":
+        trainer.optimizer.eval()  # the averaged weights
+        sae.normalize_decoder()
     sae.eval()
     x = torch.from_numpy(held.astype(np.float32))
     with torch.no_grad():
         x_hat = sae(x).numpy()
         active = sae.encode(x) > 0
     result = metrics(held, x_hat, active.sum(1).numpy(), active.sum(0).numpy())
-    return {**result, "seconds": seconds, "lr": trainer.lr}
+    return {**result, "seconds": seconds, "lr": trainer.lr, "last_batch_l0": trainer.history[-1]["l0"]}
 
 
-def run_sparsify(python: Path, lr: str, files: dict, args, seed: int) -> dict:
-    out = str(files["dir"] / "sparsify")
-    child = subprocess.run([str(python), "-c", CHILD, str(files["train"]), str(files["order"]), str(files["held"]),
-                            out, str(args.d_sae), str(args.k), str(args.batch), str(seed), lr],
+def run_child(python: Path, code: str, lr: str, files: dict, args, seed: int, *extra: str) -> dict:
+    """A peer's training in its own virtual environment, evaluated here on its saved outputs."""
+    out = str(files["dir"] / "peer")
+    child = subprocess.run([str(python), "-c", code, str(files["train"]), str(files["order"]), str(files["held"]),
+                            out, str(args.d_sae), str(args.k), str(args.batch), str(seed), lr, *extra],
                            capture_output=True, text=True)
     if child.returncode:
-        raise SystemExit(f"sparsify failed:\n{child.stderr[-2000:]}")
+        raise SystemExit(f"{python} failed:\n{child.stderr[-2000:]}")
     info = json.loads(child.stdout.strip().splitlines()[-1])
     result = metrics(files["held_values"], np.load(out + ".x_hat.npy"), np.load(out + ".l0.npy"),
                      np.load(out + ".fires.npy"))
@@ -155,8 +243,14 @@ def main() -> None:
     parser.add_argument("--lr", nargs="+", default=["default"], help="saelab learning rates ('default': TrainConfig's)")
     parser.add_argument("--sparsify-lr", nargs="*", default=[], help="also sparsify at these learning rates")
     parser.add_argument("--no-sparsify", action="store_true", help="leave sparsify out")
+    parser.add_argument("--dictionary-learning", nargs="*", default=[], choices=["topk", "batchtopk"],
+                        help="also dictionary_learning's trainers for these architectures (at its default lr)")
+    parser.add_argument("--dl-lr", nargs="*", default=[], help="also dictionary_learning at these learning rates")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
-                        help="TrainConfig fields for saelab's runs, e.g. grad_clip=null")
+                        help="TrainConfig or SAEConfig fields for saelab's runs, e.g. grad_clip=null aux_k=256")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "schedulefree-adam", "schedulefree-signum"],
+                        help="saelab's optimizer (schedule-free ones need the schedulefree package and "
+                             "--set warmup_tokens=0 decay_fraction=0 for the trainer's own schedule)")
     parser.add_argument("--json", help="also write every run to this file")
     args = parser.parse_args()
     args.set = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)}
@@ -166,6 +260,7 @@ def main() -> None:
           f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
           + (f"; saelab with {args.set}" if args.set else ""))
     python = None if args.no_sparsify else ensure_venv()
+    dl_python = ensure_dictionary_learning_venv() if args.dictionary_learning else None
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {"dir": Path(tmp), "train": Path(tmp) / "train.npy", "order": Path(tmp) / "order.npy",
@@ -182,19 +277,24 @@ def main() -> None:
                     print(json.dumps(runs[-1]), flush=True)
             if python is not None:
                 for lr in ["default", *args.sparsify_lr]:
-                    runs.append({"contender": "sparsify topk", "seed": seed, **run_sparsify(python, lr, files, args,
-                                                                                          seed)})
+                    runs.append({"contender": "sparsify topk", "seed": seed,
+                                 **run_child(python, SPARSIFY_CHILD, lr, files, args, seed)})
+                    print(json.dumps(runs[-1]), flush=True)
+            for arch in args.dictionary_learning:
+                for lr in ["default", *args.dl_lr]:
+                    runs.append({"contender": f"dict_learning {arch}", "seed": seed,
+                                 **run_child(dl_python, DL_CHILD, lr, files, args, seed, arch)})
                     print(json.dumps(runs[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
-    print(f"\n{'contender':<16} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
+    print(f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
           f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})")
     groups = {}
     for run in runs:
         groups.setdefault((run["contender"], run["lr"]), []).append(run)
     for (name, lr), group in groups.items():
         med = {key: statistics.median(r[key] for r in group) for key in group[0] if key not in ("contender", "seed")}
-        print(f"{name:<16} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
+        print(f"{name:<24} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
               f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} {med['seconds']:>8.0f}")
 
 

@@ -8,7 +8,17 @@ Loss: ||x - x_hat||^2 + d_in * lam * L0. lam is in the units of the BatchTopK pa
 error over d_in, so the penalty carries the factor d_in to mean the same trade-off.
 With a target L0 (cfg.k), lam is a Lagrange multiplier of the constraint L0 = k, updated by dual
 ascent after each training step (after_step). It may turn negative, which pushes
-thresholds down when L0 is below the target.
+thresholds down when L0 is below the target. The multiplier alone does not hold L0: under Adam
+the thresholds answer it only through the few entries inside the window, while the encoder moves
+the pre-activations (L0 drifted to a third of the target, then overshot it). So after each step
+every log-threshold also moves by threshold_rate * (L0 / k - 1): a global shift of the
+thresholds, an integral controller on the L0 itself, as BatchTopK's global threshold is.
+
+Units: pre-activations are in the SAE's scaled units, where a token has norm ~sqrt(d_in) (the
+per_token and expected_norm scalings), as in SAELens; its defaults there are bandwidth 0.05 and
+initial threshold 0.01. The JumpReLU paper's 0.001 was for inputs of unit norm: against
+pre-activations of order 1 almost no entry falls inside so narrow a window, and the thresholds
+stop answering the L0 term (bench/RESULTS.md, issue 13).
 """
 
 import math
@@ -20,7 +30,6 @@ from ..config import ConfigError, check_number
 from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
 from .topk import check_k
 
-TARGET_RATE = 0.05  # multiplier step in units of the summed error: lam moves by TARGET_RATE / d_in
 INITIAL_TARGET_LAMBDA = 0.0
 
 
@@ -30,9 +39,14 @@ class JumpReLUSettings(Settings):
     l0_coefficient: float | None = setting(None, "a fixed L0 penalty weight instead of the --k target, "
                                                  "in the BatchTopK paper's units (error as a mean over elements; "
                                                  "the paper used 0.004-0.0008 for GPT-2)", label="l0c-{:g}")
-    jumprelu_bandwidth: float = setting(0.001, "bandwidth eps of the straight-through estimators")
+    jumprelu_bandwidth: float = setting(0.05, "bandwidth eps of the straight-through estimators, in the "
+                                              "scaled units (token norm ~sqrt(d_in))")
     jumprelu_init_threshold: float = setting(0.001, "initial threshold (a floor under the data-driven "
                                                     "initialisation with a target L0)")
+    jumprelu_target_rate: float = setting(0.05, "with a target L0: the multiplier's step, "
+                                                "lam += rate / d_in * (L0 / k - 1) after each training step")
+    jumprelu_threshold_rate: float = setting(0.03, "with a target L0: every log-threshold moves by "
+                                                   "rate * (L0 / k - 1) after each training step (0: off)")
 
     def check(self, d_sae: int) -> None:
         if (self.k is None) == (self.l0_coefficient is None):
@@ -43,6 +57,8 @@ class JumpReLUSettings(Settings):
             check_number("l0_coefficient", self.l0_coefficient)
         check_number("jumprelu_bandwidth", self.jumprelu_bandwidth, strict=True)
         check_number("jumprelu_init_threshold", self.jumprelu_init_threshold, strict=True)
+        check_number("jumprelu_target_rate", self.jumprelu_target_rate)
+        check_number("jumprelu_threshold_rate", self.jumprelu_threshold_rate)
 
 
 def _kernel(pre, threshold, eps):
@@ -115,11 +131,14 @@ class JumpReLUArchitecture(Architecture):
 
     @torch.no_grad()
     def after_step(self, sae, out):
-        """Dual ascent with a target L0 k, on the batch L0 over all ranks:
-        lam += rate / d_in * (L0 / k - 1). Outside the loss, so the loss is a pure function."""
-        if sae.cfg.k is not None:
-            l0 = sae.collectives.reduce(out.l0.detach().clone(), "mean")
-            sae.l0_lambda.add_(TARGET_RATE / sae.cfg.d_in * (l0 / sae.cfg.k - 1))
+        """With a target L0 k, on the batch L0 over all ranks and error e = L0 / k - 1: dual ascent
+        lam += target_rate / d_in * e, and log theta += threshold_rate * e for every latent.
+        Outside the loss, so the loss is a pure function."""
+        cfg = sae.cfg
+        if cfg.k is not None:
+            error = sae.collectives.reduce(out.l0.detach().clone(), "mean") / cfg.k - 1
+            sae.l0_lambda.add_(cfg.jumprelu_target_rate / cfg.d_in * error)
+            sae.log_threshold.add_(cfg.jumprelu_threshold_rate * error)
 
     def record(self, sae):
         return {"l0_lambda": sae.l0_lambda.item()}
