@@ -53,22 +53,40 @@ from vs_sparsify import ensure_venv  # sparsify's virtual environment, installed
 DL_VENV = Path(__file__).parent / ".venv-dictionary-learning"
 DL_REQUIREMENT = "dictionary-learning==0.1.0"
 
-SPARSIFY_CHILD = r"""
+# What every peer's child script shares: its arguments (see run_child), its training batches
+# (the same rows in the same order as saelab's), and how it hands back its held-out outputs.
+CHILD_IO = r"""
 import json, sys, time
 import numpy as np, torch
+train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
+d_sae, k, batch, seed, lr = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
+extra = sys.argv[10:]
+steps = len(order) // batch
+
+
+def batches():
+    for step in range(steps):
+        yield step, torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32))
+
+
+def save(x_hat, l0, fires, seconds, lr):
+    np.save(out + ".x_hat.npy", x_hat)
+    np.save(out + ".l0.npy", l0)
+    np.save(out + ".fires.npy", fires)
+    print(json.dumps({"seconds": seconds, "lr": lr}))
+"""
+
+SPARSIFY_CHILD = CHILD_IO + r"""
 from schedulefree import ScheduleFreeWrapper
 from sparsify import SparseCoder, SparseCoderConfig
 from sparsify.sign_sgd import SignSGD
-train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
-d_sae, k, batch, seed, lr = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
 torch.manual_seed(seed)
 sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=d_sae, k=k))
 lr = float(lr) if lr != "default" else 5e-3 / (d_sae / 2**14) ** 0.5
 opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
 opt.train()
 start = time.perf_counter()
-for step in range(len(order) // batch):
-    x = torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32))
+for step, x in batches():
     if step == 0:
         sae.b_dec.data = x.mean(0)
     sae.set_decoder_norm_to_unit_norm()
@@ -84,43 +102,31 @@ x = torch.from_numpy(held.astype(np.float32))
 with torch.no_grad():
     enc = sae.encode(x)
     x_hat = sae.decode(enc.top_acts, enc.top_indices)
-    l0 = (enc.top_acts > 0).sum(1).numpy()
-    fires = np.bincount(enc.top_indices[enc.top_acts > 0].numpy(), minlength=d_sae)
-np.save(out + ".x_hat.npy", x_hat.numpy())
-np.save(out + ".l0.npy", l0)
-np.save(out + ".fires.npy", fires)
-print(json.dumps({"seconds": seconds, "lr": lr}))
+    active = enc.top_acts > 0
+save(x_hat.numpy(), active.sum(1).numpy(), np.bincount(enc.top_indices[active].numpy(), minlength=d_sae), seconds, lr)
 """
 
 # dictionary_learning's trainers, driven as its trainSAE drives them (update(step, x) per batch;
 # no activation normalisation, its default). Its package __init__ imports nnsight for its
 # activation buffer, which this benchmark does not use: a stub module stands in for it.
-DL_CHILD = r"""
-import json, sys, time, types
+DL_CHILD = CHILD_IO + r"""
+import types
 sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=None)
-import numpy as np, torch
 from dictionary_learning.trainers import BatchTopKTrainer, TopKTrainer
-train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
-d_sae, k, batch, seed, lr, arch = (int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]),
-                                    sys.argv[9], sys.argv[10])
-steps = len(order) // batch
 scaled = min(1000, steps // 5)  # its step-counted defaults (1000) scaled down to short budgets
-Trainer = {"topk": TopKTrainer, "batchtopk": BatchTopKTrainer}[arch]
+Trainer = {"topk": TopKTrainer, "batchtopk": BatchTopKTrainer}[extra[0]]
 trainer = Trainer(steps=steps, activation_dim=train.shape[1], dict_size=d_sae, k=k, layer=15, lm_name="smollm2",
                   warmup_steps=scaled, threshold_start_step=scaled, seed=seed, device="cpu",
                   **({} if lr == "default" else {"lr": float(lr)}))
 start = time.perf_counter()
-for step in range(steps):
-    trainer.update(step, torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32)))
+for step, x in batches():
+    trainer.update(step, x)
 seconds = time.perf_counter() - start
 x = torch.from_numpy(held.astype(np.float32))
 with torch.no_grad():
     f = trainer.ae.encode(x)
     x_hat = trainer.ae.decode(f)
-np.save(out + ".x_hat.npy", x_hat.numpy())
-np.save(out + ".l0.npy", (f > 0).sum(1).numpy())
-np.save(out + ".fires.npy", (f > 0).sum(0).numpy())
-print(json.dumps({"seconds": seconds, "lr": trainer.lr}))
+save(x_hat.numpy(), (f > 0).sum(1).numpy(), (f > 0).sum(0).numpy(), seconds, trainer.lr)
 """
 
 
