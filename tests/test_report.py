@@ -14,7 +14,8 @@ import torch
 
 from saelab import SAE, SAEConfig, cli
 from saelab.data.cache import CacheSpec, build_cache
-from saelab.eval.report import BEFORE, latent_examples, report_html, write_report
+from saelab.eval.report import (BEFORE, QUANTILES, density_band, latent_examples, latents_across_densities, report_html,
+                                write_report)
 
 from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
 
@@ -56,9 +57,15 @@ def test_latents_contexts_and_shading_match_brute_force(setup):
     _, cache, sae = setup
     codes, ctx, pos, tokens = _brute_force(sae, cache)
     counts = (codes > 0).sum(0)
-    shown = latent_examples(sae, cache, top_n=5, n_contexts=3)
-    assert [lt.index for lt in shown] == sorted(range(64), key=lambda i: (-int(counts[i]), i))[:5]
+    frequent = sorted(range(64), key=lambda i: (-int(counts[i]), i))[:5]
+    shown = latent_examples(sae, cache, latents=frequent, n_contexts=3)
+    assert [lt.index for lt in shown] == frequent
     for lt in shown:
+        nonzero = codes[:, lt.index][codes[:, lt.index] > 0].numpy()
+        for (label, contexts, peaks), (lo, hi) in zip(lt.samples, QUANTILES):
+            assert label.startswith(f"quantile {lo:.0%}-{hi:.0%}")
+            for context, peak in zip(contexts, peaks):  # each sampled activation lies in its quantile interval
+                assert np.quantile(nonzero, lo) <= context[peak][1] < np.quantile(nonzero, hi)
         values = codes[:, lt.index]
         assert lt.density == pytest.approx(float((values > 0).float().mean()))
         assert lt.max_activation == pytest.approx(float(values.max()))
@@ -84,6 +91,46 @@ def test_latents_contexts_and_shading_match_brute_force(setup):
         assert [c[p][1] for c, p in zip(lt.contexts, lt.peaks)] == expected
 
 
+def test_latents_are_chosen_across_density_bands():
+    counts = torch.zeros(100, dtype=torch.long)
+    counts[:10] = 5000  # density 0.5
+    counts[10:40] = 50  # 5e-3
+    counts[40:42] = 3  # 3e-4
+    counts[42:60] = 2  # too few firings to be drawn
+    chosen = latents_across_densities(counts, 10_000, 9, seed=1)
+    bands = [density_band(int(counts[i]) / 10_000) for i in chosen]
+    assert bands == ["1e-1..1"] * 4 + ["1e-3..1e-2"] * 3 + ["1e-4..1e-3"] * 2  # the rarest band has only 2
+    assert len(set(chosen)) == 9 and all(counts[i] > 0 for i in chosen)
+    assert latents_across_densities(counts, 10_000, 9, seed=1) == chosen
+    assert density_band(1.0) == "1e-1..1" and density_band(0.0) == "never fires"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma"])
+@torch.no_grad()
+def test_logit_lens_reads_a_direction_through_the_final_norm(family):
+    from saelab.eval.logit_lens import final_norm, logit_lens
+
+    model = tiny_model(family)
+    lm = tiny_lm(family)
+    lm.model = model
+    sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none"), seed=0)
+    (lens,) = logit_lens(sae, lm, [5], k=3)
+    d = sae.W_dec[5]
+    norm = final_norm(model)
+    if family == "gpt2":  # LayerNorm: centred, scaled by its weight; the bias does not depend on d
+        centred = d - d.mean()
+        normed = centred / (centred.square().mean() + norm.eps).sqrt() * norm.weight
+    else:  # RMSNorm (Gemma's multiplies by 1 + weight)
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+        gain = 1 + norm.weight if family == "gemma" else norm.weight
+        normed = d / (d.square().mean() + eps).sqrt() * gain
+    logits = model.get_output_embeddings().weight @ normed
+    top = logits.topk(3)
+    assert [v for _, v in lens["top"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    assert [t for t, _ in lens["top"]] == [lm.tokenizer.decode([int(i)]) for i in top.indices]
+    assert [v for _, v in lens["bottom"]] == pytest.approx((-logits).topk(3).values.neg().tolist(), abs=1e-4)
+
+
 def test_page_escapes_text_and_bad_requests_are_named(setup):
     _, cache, sae = setup
     shown = latent_examples(sae, cache, latents=[3, 7], n_contexts=2)
@@ -102,10 +149,25 @@ def test_report_command(setup, tmp_path, capsys):
     root, cache, sae = setup
     run = tmp_path / "run"
     sae.save(run)
-    cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2"])
+    chosen = latent_examples(sae, cache, top_n=4)[0].index
+    (run / "eval_results").mkdir()
+    (run / "eval_results" / "autointerp.json").write_text(json.dumps({"eval_result_details": [
+        {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}]}))
+    cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2",
+              "--neuronpedia", str(tmp_path / "np.json")])
     assert "feature browser with 4 latents" in capsys.readouterr().out
     page = (run / "report.html").read_text()
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
+    assert "the &lt;word&gt; w5" in page and "detection accuracy 0.75" in page
+    assert page.count("promotes (logit lens)") == 4
+    features = json.loads((tmp_path / "np.json").read_text())["features"]
+    assert len(features) == 4 and features[0]["index"] == str(chosen)
+    assert features[0]["explanations"][0]["description"] == "the <word> w5"
+    for f in features:
+        assert {"modelId", "layer", "maxActApprox", "frac_nonzero", "pos_str", "pos_values", "neg_str", "neg_values",
+                "freq_hist_data_bar_heights", "activations"} <= set(f)
+        top = f["activations"][0]
+        assert top["maxValue"] == pytest.approx(f["maxActApprox"]) and top["values"][top["maxValueTokenIndex"]] == top["maxValue"]
     np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
     error = cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")])
     assert re.search("needs token ids", error)

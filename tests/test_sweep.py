@@ -183,3 +183,33 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
     assert re.search("not both", error)
     error = cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,ladder", "--out", str(out)])
     assert "invalid choice ['ladder']" in error
+
+
+def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
+    import json
+
+    from saelab.eval.suite import Interp
+    from tiny_models import tiny_lm
+
+    lm = tiny_lm("llama")
+    with torch.no_grad():
+        acts = harvest_acts(lm.model)
+    train_source, eval_source = open_source(acts).split(256)
+    probe = tmp_path / "p.jsonl"
+    probe.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)),
+                                           "label": i % 2}) for i in range(60)))
+    interp = Interp(lm=lm, layer=0, site="resid_post", settings={"sparse_probing": {
+        "dataset_names": [str(probe)], "k_values": [1, 2]}}, progress=False)
+    points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
+    out = tmp_path / "sweep"
+    rows = run_sweep(points, train_source, eval_source, out, _cfg(total_tokens=512, batch_size=128),
+                     interp=interp, evals=["core", "sparse_probing"])
+    assert all(0 <= row["sae_top_1_test_accuracy"] <= 1 and "llm_test_accuracy" in row for row in rows)
+    assert all((out / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points)
+    assert "sae_top_2_test_accuracy" in (out / "results.csv").read_text().splitlines()[0]
+
+
+def harvest_acts(model):
+    from saelab.data.hooks import harvest
+
+    return harvest(model, torch.randint(4, 104, (64, 16)), 0, "resid_post").reshape(-1, 32)

@@ -128,3 +128,66 @@ def test_train_and_report_on_a_plain_text_file(tmp_path, capsys):
               "--k", "4", "--expansion", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-progress"])
     cli.main(["report", str(run), "--cache-dir", str(tmp_path / "cache"), "--top", "3", "--no-progress"])
     assert (run / "report.html").is_file()
+
+
+WIKITEXT = """Intro text.<ref>Peter K, 1910.</ref> More [[Plato|text]].
+[[File:X.jpg|thumb|200px|A caption with a [[link]]
+over two lines]]
+* item one
+* item [[two|2]]
+
+{| class="wikitable"
+|-
+| Cedric Gibbons || Eddie Imazu
+|}
+<gallery>
+File:a.jpg|cap
+</gallery>
+Line<br>break
+
+== History ==
+Body.{{citation needed}}
+
+== See also ==
+* thing
+=== Sub of see also ===
+gone
+== Later ==
+Kept.
+== References ==
+{{reflist}}
+[[Category:Foo]]
+[[de:Anarchismus]]
+"""
+
+
+def test_wikitext_keeps_the_prose_only():
+    from saelab.data.wikitext import clean_wikitext
+
+    assert clean_wikitext(WIKITEXT) == ("Intro text. More text.\n\nitem one\nitem 2\n\nLine\nbreak\n\nHistory\n"
+                                        "Body.\n\nLater\nKept.")
+
+
+def test_builtin_wiki_has_no_markup_residue():
+    import re
+
+    from saelab.data.text import wiki_articles
+
+    text = "\n".join(wiki_articles())
+    assert len(text) > 2_000_000
+    assert not re.search(r"thumb\||\d+px\||Category:", text)
+    assert "\n\nReferences\n" not in text and "GibbonsEddie" not in text
+
+
+def test_a_cache_of_an_older_cleaning_is_refused(tmp_path, monkeypatch):
+    from saelab.data import cache, text
+
+    monkeypatch.setattr(text, "WIKI_REVISION", 1)
+    assert text.text_revision("builtin:wiki") == 1 and text.text_revision("a.txt") is None
+    manifest = {"format": "saelab-activation-cache", "spec": {"model": "m", "layer": 0, "site": "resid_post",
+                "dataset": "builtin:wiki", "split": "train", "text_column": "text", "ctx_len": 128,
+                "dtype": "float16", "include_special": False}, "d_in": 8, "n_tokens": 0, "shards": []}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    spec = cache.CacheSpec(model="m", layer=0, site="resid_post", dataset="builtin:wiki")
+    with pytest.raises(cache.CacheError, match="older cleaning of builtin:wiki"):
+        cache.build_cache(None, tmp_path, spec, 10)

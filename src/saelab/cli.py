@@ -17,13 +17,19 @@ from .data.streaming import heldout_contexts
 from .data.text import SPLITS
 from .errors import SaelabError, UsageError
 from .eval.full import full_evaluation, summary_lines
+from .eval.llm import chat_model
+from .eval.neuronpedia import write_neuronpedia
+from .eval.saebench import RESULTS_DIR, read_outputs
+from .eval.suite import NEED_MODEL, Interp, check_evals, run_interp
+from .eval.suite import summary_lines as interp_summary
 from .eval.report import read_results, write_report
-from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_model_arguments, add_sae_arguments,
-                    add_training_arguments, check_device, integer, list_of, sweep_options, sweep_points, train_grid)
+from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
+                    add_sae_arguments, add_training_arguments, check_device, check_llm_flags, integer, interp_settings,
+                    list_of, sweep_options, sweep_points, train_grid)
 from .io.external import load_any
 from .sae.model import SAE
 from .sources import (DEFAULT, MIN_EVAL_TOKENS, cache_spec, dictionary_recovery, downstream_data, evaluation_data,
-                      provenance, training_data)
+                      provenance, recorded_hook, sweep_interp, training_data)
 from .sweep import knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.loop import train_many
@@ -125,7 +131,9 @@ def _add_eval_parser(commands) -> None:
         "eval", help="evaluate an SAE (saelab, SAELens or sparsify directory): metrics, AFA analysis, plots",
         description="Evaluate an SAE directory (saelab, SAELens or EleutherAI sparsify format): reconstruction "
         "metrics, the AFA analysis (eps_LBO, ZF plot), decoder quasi-orthogonality, L0 distribution; "
-        "--model and --dataset add downstream CE/KL with the SAE spliced in. Writes eval.json and PNGs.",
+        "--model and --dataset add downstream CE/KL with the SAE spliced in. Writes eval.json and PNGs. --evals adds "
+        "SAEBench's interpretability evaluations (absorption, sparse_probing, autointerp), offline, each written to "
+        "eval_results/<name>.json in SAEBench's schema.",
     )
     p.add_argument("run", metavar="RUN", help="the SAE directory")
     p.add_argument("--activations", metavar="FILE.npy|DIR",
@@ -139,36 +147,64 @@ def _add_eval_parser(commands) -> None:
     p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and plots (default: RUN)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_interp_arguments(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> None:
+    evals = check_evals(args.evals)
+    check_llm_flags(args)
+    chat = chat_model(args.llm_url, None, args.llm_model, args.llm_key_env) if args.llm_url else None
     sae = load_any(args.run)
     explicit_model = args.model is not None
-    data = evaluation_data(args, sae)
+    recorded_hook(args, sae)
+    data = evaluation_data(args, sae) if "core" in evals or "autointerp" in evals else None
+    if "autointerp" in evals and not isinstance(data, ActivationCache):
+        raise UsageError("autointerp shows text: pass an activation cache directory with --activations (saelab cache "
+                         f"...), not {args.activations}")
     model = input_ids = None
-    if explicit_model:
+    if explicit_model and "core" in evals:
         if args.dataset is None or args.layer is None:
             raise UsageError("downstream metrics need --model, --layer and --dataset")
         spec = cache_spec(args, "eval")
         model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
         input_ids = heldout_contexts(model, spec, args.downstream_contexts)
+    if any(name in NEED_MODEL for name in evals) and model is None:
+        if args.model is None or args.layer is None:
+            raise UsageError(f"{', '.join(n for n in evals if n in NEED_MODEL)} run the model: this SAE does not "
+                             "record it, so pass --model and --layer")
+        model = load_model(args.model, dtype=args.model_dtype, device=args.device)
+    if args.llm:
+        chat = chat_model(None, args.llm, device=args.device)
     out = Path(args.out or args.run)
-    results = full_evaluation(sae, data, out, model=model, input_ids=input_ids, layer=args.layer,
-                              site=args.site or "resid_post")
-    print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} on {results['n_tokens']} tokens:")
-    print("\n".join(summary_lines(results)))
-    print(f"written to {out}/: {rundir.EVAL}, " + ", ".join(results["plots"].values()))
+    if "core" in evals:
+        results = full_evaluation(sae, data, out, model=model if input_ids is not None else None, input_ids=input_ids,
+                                  layer=args.layer, site=args.site or "resid_post")
+        print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} on {results['n_tokens']} tokens:")
+        print("\n".join(summary_lines(results)))
+        print(f"written to {out}/: {rundir.EVAL}, " + ", ".join(results["plots"].values()))
+    if evals == ["core"]:
+        return
+    tokenizer = model.tokenizer if model is not None else load_tokenizer(data.spec.model)
+    interp = Interp(lm=model, layer=args.layer, site=args.site or "resid_post", cache=data, tokenizer=tokenizer,
+                    chat=chat, settings=interp_settings(args), progress=not args.no_progress)
+    documents = run_interp(sae, evals, out, interp)
+    print("\n".join(interp_summary(documents)))
+    print(f"written to {out}/{RESULTS_DIR}/: " + ", ".join(f"{name}.json" for name in documents))
+    if "autointerp" in documents and args.llm == "builtin:smollm2-135m":
+        print("  note: a 135M explainer and scorer check the plumbing; they are not a judge of interpretability "
+              "(use a capable model through --llm-url)")
 
 
 def _add_report_parser(commands) -> None:
     p = commands.add_parser(
-        "report", help="write an HTML feature browser for an SAE: metrics, plots, top-activating contexts",
+        "report", help="write an HTML feature browser for an SAE: metrics, plots, latents with their contexts",
         description="Write one self-contained HTML page (opens offline): the SAE's metrics and plots and, for "
-        "each of the most frequently firing latents (or --latents), its density, a histogram of its "
-        "activations and its top-activating held-out contexts with each token shaded by its activation. "
-        "Needs an activation cache (it keeps the token ids); by default the held-out cache of the model the "
-        "SAE was trained on.",
+        "latents chosen across density bands (an equal share from each decade of firing density; or --latents), "
+        "its density, a histogram of its activations, its top-activating held-out contexts and contexts sampled "
+        "from lower activation quantiles with each token shaded by its activation, the logit lens of its decoder "
+        "direction, and its autointerp explanation when eval_results/autointerp.json has one. Needs an activation "
+        "cache (it keeps the token ids); by default the held-out cache of the model the SAE was trained on.",
     )
     p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens or sparsify)")
     p.add_argument("--activations", metavar="DIR", help="an activation cache (default: held-out text of the SAE's model)")
@@ -176,9 +212,14 @@ def _add_report_parser(commands) -> None:
     p.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
                    help=f"held-out tokens to harvest when no cache exists (default: {DEFAULT['eval_tokens']})")
     p.add_argument("--cache-dir", default="cache", help="where harvested activations are cached (default: cache)")
-    p.add_argument("--latents", type=list_of(INDEX), help="latent indices to show (default: the --top most frequent)")
+    p.add_argument("--latents", type=list_of(INDEX), help="latent indices to show (default: --top across density bands)")
     p.add_argument("--top", type=COUNT, default=32, help="how many latents to show (default: 32)")
     p.add_argument("--contexts", type=COUNT, default=8, help="top-activating contexts per latent (default: 8)")
+    p.add_argument("--samples", type=INDEX, default=2,
+                   help="contexts sampled from each lower quantile of a latent's activations (default: 2)")
+    p.add_argument("--no-logit-lens", action="store_true", help="do not load the model for the logit lens")
+    p.add_argument("--neuronpedia", metavar="FILE.json",
+                   help="also write the latents as Neuronpedia feature dashboards (JSON)")
     p.add_argument("--out", metavar="FILE.html", help=f"the page (default: RUN/{rundir.REPORT})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
@@ -202,9 +243,17 @@ def cmd_report(args) -> None:
         results = full_evaluation(sae, data, out.parent)
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
-    shown = write_report(sae, data, out, load_tokenizer(data.spec.model), results, plots, latents=args.latents,
-                         top_n=args.top, n_contexts=args.contexts)
+    lm = None if args.no_logit_lens else load_model(data.spec.model, dtype=args.model_dtype, device=args.device)
+    autointerp = read_outputs(args.run).get("autointerp")
+    explanations = {d["latent"]: d for d in autointerp["eval_result_details"]} if autointerp else None
+    tokenizer = lm.tokenizer if lm is not None else load_tokenizer(data.spec.model)
+    shown = write_report(sae, data, out, tokenizer, results, plots, latents=args.latents, top_n=args.top,
+                         n_contexts=args.contexts, n_samples=args.samples, lm=lm, explanations=explanations)
     print(f"feature browser with {len(shown)} latents on {data.n_tokens} held-out tokens: {out}")
+    if args.neuronpedia:
+        source = f"{data.spec.layer}-saelab-{sae.cfg.arch}-{data.spec.site}"
+        write_neuronpedia(shown, tokenizer, args.neuronpedia, data.spec.model, source)
+        print(f"Neuronpedia feature dashboards of the same latents: {args.neuronpedia}")
 
 
 def _add_sweep_parser(commands) -> None:
@@ -222,22 +271,29 @@ def _add_sweep_parser(commands) -> None:
     p.add_argument("--downstream-contexts", type=INDEX, default=32,
                    help="held-out contexts for CE/KL with each SAE spliced in; 0 skips it (default: 32)")
     p.add_argument("--out", metavar="DIR", default="runs/sweep", help="sweep directory (default: runs/sweep)")
+    add_interp_arguments(p)
     p.set_defaults(func=cmd_sweep, no_cache=False)
 
 
 def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
+    check_evals(args.evals)
+    check_llm_flags(args)
     points = sweep_points(args)
     train_source, eval_source, _ = training_data(args)
     train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
                             dead_tokens=args.dead_tokens, checkpoint_every_tokens=args.checkpoint_every,
                             out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb,
                             bf16=args.bf16, compile=args.compile)
+    downstream = downstream_data(args)
     rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
                      sae_options={**sweep_options(args, points), "metadata": provenance(args)},
-                     downstream=downstream_data(args), device=args.device, batch_size_eval=args.batch_size)
-    columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median") if c in rows[0]]
+                     downstream=downstream, device=args.device, batch_size_eval=args.batch_size,
+                     interp=sweep_interp(args, downstream, eval_source, interp_settings(args)), evals=args.evals)
+    columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median",
+                           "mean_absorption_fraction_score", "sae_top_1_test_accuracy", "autointerp_score")
+               if c in rows[0]]
     print("\n" + f"{'SAE':<44}" + "".join(f"{c:>20}" for c in columns))
     for row in rows:
         print(f"{row['name']:<44}" + "".join(f"{row[c]:>20.4f}" for c in columns))

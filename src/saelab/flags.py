@@ -145,6 +145,54 @@ def add_model_arguments(group, defaults: bool) -> None:
                        help="cpu or cuda, for the model and for training (default: cpu)")
 
 
+def add_interp_arguments(p) -> None:
+    """--evals and the settings of the interpretability evaluations (eval and sweep)."""
+    from .eval.suite import EVALS
+
+    group = p.add_argument_group(
+        "interpretability evaluations",
+        "written to RUN/eval_results/<name>.json in SAEBench's schema; absorption and sparse_probing run the "
+        "model the SAE was trained on, autointerp a chat model (--llm or --llm-url)")
+    group.add_argument("--evals", type=list_of(str, EVALS), default=["core"],
+                       help=f"comma list of {', '.join(EVALS)} (default: core: reconstruction, AFA, CE/KL)")
+    group.add_argument("--absorption-words", type=integer(100), default=4000,
+                       help="single-token words of the vocabulary to probe for first letters (default: 4000)")
+    group.add_argument("--probe-dataset", default="builtin:wiki-topics",
+                       help="sparse_probing data: builtin:wiki-topics (held-out articles, labelled by article), a "
+                       ".jsonl/.csv/.parquet file with text and label columns, or a datasets name "
+                       "(default: builtin:wiki-topics)")
+    group.add_argument("--probe-text-column", default="text", help="sparse_probing text column (default: text)")
+    group.add_argument("--probe-label-column", default="label", help="sparse_probing label column (default: label)")
+    group.add_argument("--llm", metavar="MODEL",
+                       help="autointerp: a local causal LM as explainer and scorer (hub id, directory, .gguf or "
+                       "builtin:smollm2-135m: a plumbing check, too small to judge)")
+    group.add_argument("--llm-url", metavar="URL",
+                       help="autointerp: an OpenAI-compatible chat endpoint, e.g. http://localhost:8000/v1 "
+                       "(vLLM, llama.cpp server, ollama)")
+    group.add_argument("--llm-model", default="default", help="the model name sent to --llm-url (default: default)")
+    group.add_argument("--llm-key-env", metavar="VAR", help="environment variable holding the endpoint's API key")
+    group.add_argument("--autointerp-latents", type=COUNT, default=20,
+                       help="latents to explain and score, drawn among the alive ones (default: 20)")
+
+
+def interp_settings(args) -> dict:
+    """Each evaluation's settings from the flags: {eval name: {config field: value}}."""
+    return {"absorption": {"max_words": args.absorption_words},
+            "sparse_probing": {"dataset_names": [args.probe_dataset], "text_column": args.probe_text_column,
+                               "label_column": args.probe_label_column},
+            "autointerp": {"n_latents": args.autointerp_latents}}
+
+
+def check_llm_flags(args) -> None:
+    """autointerp needs exactly one chat model; the chat flags need autointerp."""
+    chat = [flag for flag, value in (("--llm", args.llm), ("--llm-url", args.llm_url)) if value]
+    if "autointerp" in args.evals and len(chat) != 1:
+        raise UsageError("--evals autointerp needs one chat model: --llm MODEL (a local causal LM) or --llm-url URL "
+                         "(an OpenAI-compatible endpoint)" if not chat else "--llm and --llm-url: choose one")
+    if "autointerp" not in args.evals and chat:
+        raise UsageError(f"{chat[0]} is for --evals autointerp")
+
+
 def add_data_arguments(p, streaming: bool) -> None:
     """Where training activations come from (train and sweep)."""
     data = p.add_argument_group(

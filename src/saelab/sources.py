@@ -13,11 +13,13 @@ import torch
 
 from .data.activations import open_source
 from .data.cache import ActivationCache, CacheSpec, check_spec, read_manifest
-from .data.models import load_model
+from .data.models import load_model, load_tokenizer
 from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.synthetic import synthetic_activations
 from .errors import UsageError
+from .eval.llm import chat_model
+from .eval.suite import NEED_MODEL, Interp
 from .sweep import Downstream
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}
@@ -111,12 +113,17 @@ def dictionary_recovery(sae, dictionary: torch.Tensor) -> float:
     return (dictionary @ rows.T).max(dim=1).values.mean().item()
 
 
-def evaluation_data(args, sae):
-    """--activations, or the held-out cache of the model/site/dataset recorded in the SAE's config
-    (harvested into --cache-dir if missing)."""
+def recorded_hook(args, sae) -> None:
+    """Fill --model, --layer, --site and --dataset not given from what the SAE's config records."""
     for key in ("model", "layer", "site", "dataset"):
         if getattr(args, key) is None and key in sae.cfg.metadata:
             setattr(args, key, sae.cfg.metadata[key])
+
+
+def evaluation_data(args, sae):
+    """--activations, or the held-out cache of the model/site/dataset recorded in the SAE's config
+    (harvested into --cache-dir if missing)."""
+    recorded_hook(args, sae)
     if args.activations:
         return open_source(args.activations)
     if args.model is None or args.layer is None or args.dataset is None:
@@ -141,3 +148,25 @@ def downstream_data(args) -> Downstream | None:
     print(f"loading {spec.model} for the downstream CE/KL ...")
     model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
     return Downstream(model, heldout_contexts(model, spec, args.downstream_contexts), spec.layer, spec.site)
+
+
+def sweep_interp(args, downstream: Downstream | None, eval_source, settings: dict) -> Interp | None:
+    """What a sweep's --evals beyond core need: the model of the activations (the downstream
+    one when loaded), its hook, the held-out cache and the chat model; `settings` as
+    flags.interp_settings gives them."""
+    if args.evals == ["core"]:
+        return None
+    if args.synthetic or (args.activations and not Path(args.activations).is_dir()):
+        raise UsageError(f"--evals {','.join(args.evals)} need activations of a model (a cache or --model), not "
+                         f"{'generated data' if args.synthetic else args.activations}")
+    spec = (CacheSpec(**read_manifest(args.activations)["spec"]) if args.activations else cache_spec(args))
+    lm = downstream.model if downstream is not None else None
+    if lm is None and any(name in NEED_MODEL for name in args.evals):
+        lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+    chat = chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device) \
+        if "autointerp" in args.evals else None
+    if "autointerp" in args.evals and not isinstance(eval_source, ActivationCache):
+        raise UsageError("autointerp needs held-out text: sweep over an activation cache or a model")
+    return Interp(lm=lm, layer=spec.layer, site=spec.site, cache=eval_source,
+                  tokenizer=lm.tokenizer if lm is not None else load_tokenizer(spec.model), chat=chat,
+                  settings=settings, progress=not args.no_progress)

@@ -30,6 +30,8 @@ from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
 from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
+from .eval.saebench import flat_metrics, read_outputs, result_path
+from .eval.suite import Interp, run_interp
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .sae.architecture import setting_names
@@ -181,10 +183,12 @@ class Downstream:
 
 def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, train_cfg: TrainConfig,
               sae_options: dict | None = None, downstream: Downstream | None = None, device: str = "cpu",
-              batch_size_eval: int = 4096) -> list[dict]:
+              batch_size_eval: int = 4096, interp: Interp | None = None, evals: list[str] = ("core",)) -> list[dict]:
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
-    `train_cfg` gives the shared training settings (its out_dir and resume are set per point)."""
+    `train_cfg` gives the shared training settings (its out_dir and resume are set per point).
+    `evals` beyond core (eval/suite.py) run with `interp` for every point whose run lacks their
+    result file, and their metrics join its row."""
     if not points:
         raise ConfigError("the sweep grid is empty")
     out = Path(out)
@@ -228,7 +232,12 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
                       disable=not train_cfg.progress):
         evaluate(point, SAE.load(runs[point], device=device))
-    rows = [result_row(read_json_object(runs[p] / rundir.EVAL), p) for p in points]
+    for point in points:
+        missing = [name for name in evals if name != "core" and not result_path(runs[point], name).is_file()]
+        if missing:
+            run_interp(SAE.load(runs[point]), missing, runs[point], interp)
+    rows = [result_row({**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p)
+            for p in points]
     write_results(rows, out)
     return rows
 

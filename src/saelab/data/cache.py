@@ -4,6 +4,9 @@ Each shard holds `activations` [n, d_in] (float16, bfloat16 or float32), and for
 `context` (global index of the packed context) and `position`, plus `tokens` [n_ctx, ctx_len]:
 the token ids of the contexts it covers, starting at context `first_context`.
 
+The manifest also records the revision of saelab's cleaning of a builtin text source
+(text.text_revision); a cache of an older cleaning is refused rather than extended.
+
 Writing is resumable: a shard is written atomically, then the manifest (shards with their
 sha256, token count, contexts consumed) is rewritten atomically. A run interrupted anywhere
 restarts from the manifest's context count: nothing is duplicated or lost. Asking for more
@@ -30,6 +33,7 @@ from ..io.atomic import atomic_write
 from ..io.jsonfile import read_json_object
 from . import harvesting
 from .activations import DataError, rebatch
+from .text import text_revision
 
 MANIFEST = "manifest.json"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -103,10 +107,14 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
         check_spec(manifest, spec, directory)
+        if manifest.get("text_revision") != text_revision(spec.dataset):
+            raise CacheError(f"the cache in {directory} was harvested from an older cleaning of {spec.dataset} "
+                             f"(revision {manifest.get('text_revision')}, now {text_revision(spec.dataset)}): "
+                             "remove it, or harvest into another directory")
     else:
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": "saelab-activation-cache", "spec": asdict(spec), "d_in": lm.d_model,
-                    "n_tokens": 0, "contexts_done": 0, "shards": []}
+                    "n_tokens": 0, "contexts_done": 0, "shards": [], "text_revision": text_revision(spec.dataset)}
     if manifest["n_tokens"] >= tokens:
         return ActivationCache(directory)
 

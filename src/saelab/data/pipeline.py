@@ -9,11 +9,14 @@ from pathlib import Path
 
 from .cache import MANIFEST, ActivationCache, CacheSpec, build_cache, read_manifest
 from .models import load_model
+from .text import text_revision
 
 
 def cache_dir(root: str | Path, spec: CacheSpec) -> Path:
     """A readable, unique-enough folder name for a cache spec."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec.model}-L{spec.layer}-{spec.site}-{spec.dataset}-ctx{spec.ctx_len}-{spec.dtype}")
+    revision = text_revision(spec.dataset)
+    dataset = spec.dataset + (f"-r{revision}" if revision else "")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec.model}-L{spec.layer}-{spec.site}-{dataset}-ctx{spec.ctx_len}-{spec.dtype}")
     return Path(root) / slug.strip("_") / spec.split
 
 
@@ -21,7 +24,8 @@ def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
     if not (directory / MANIFEST).exists():
         return False
     manifest = read_manifest(directory)
-    return manifest["spec"] == spec.__dict__ and manifest["n_tokens"] >= tokens
+    return (manifest["spec"] == spec.__dict__ and manifest["n_tokens"] >= tokens
+            and manifest.get("text_revision") == text_revision(spec.dataset))
 
 
 def ensure_caches(wanted: list[tuple[CacheSpec, int]], root: str | Path = "cache", device: str = "cpu",

@@ -1,7 +1,7 @@
 """Text sources, each an iterator of documents (strings):
 
-- builtin:wiki        gensim's shortened English Wikipedia dump, markup stripped with
-                      mwparserfromhell
+- builtin:wiki        gensim's shortened English Wikipedia dump, as prose (data/wikitext.py:
+                      no captions, tables, footnotes or reference sections)
 - local files         .txt (documents separated by blank lines; text without blank lines is cut
                       into chunks of about CHUNK_CHARS characters), .jsonl and .parquet (one
                       per row, column `text_column`), or a folder of them (searched
@@ -26,6 +26,8 @@ from pathlib import Path
 from ..errors import SaelabError
 from .network import require_hub
 from .packaged import package_file
+from .wikitext import REVISION as WIKI_REVISION
+from .wikitext import clean_wikitext
 
 WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_REQUIREMENT = "gensim==4.4.0"
@@ -46,16 +48,20 @@ def wiki_path() -> Path:
 
 
 def wiki_articles() -> Iterator[str]:
-    """Plain text of the dump's articles, redirects skipped."""
-    import mwparserfromhell
-
+    """The prose of the dump's articles (see wikitext.clean_wikitext), redirects skipped."""
     for _, element in ET.iterparse(bz2.open(wiki_path())):
         if not element.tag.endswith("}page"):
             continue
         text = next((e.text for e in element.iter() if e.tag.endswith("}text")), None) or ""
         element.clear()
         if not text.lstrip().lower().startswith("#redirect"):
-            yield mwparserfromhell.parse(text).strip_code().strip()
+            yield clean_wikitext(text)
+
+
+def text_revision(source: str) -> int | None:
+    """The version of saelab's cleaning of a builtin source (None for a user's text), so that a
+    cache harvested from an older cleaning is not mixed with a newer one."""
+    return WIKI_REVISION if source == "builtin:wiki" else None
 
 
 def chunks(text: str, size: int) -> list[str]:

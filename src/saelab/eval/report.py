@@ -1,16 +1,22 @@
 """The feature browser: one self-contained HTML page (no network, images inlined) with an SAE's
 metrics and plots and, for each chosen latent, its firing density, a histogram of its nonzero
-activations and its top-activating contexts with every token shaded by the latent's activation.
+activations, its top-activating contexts, contexts sampled from lower activation quantiles
+(every token shaded by the latent's activation), the logit lens of its decoder direction and,
+when eval_results/autointerp.json has one, its explanation and detection score.
 
-It reads an activation cache, which keeps each activation's context and position and the
-contexts' token ids, so the text around an activation can be shown.
+By default the latents are chosen across density bands: an equal share from each decade of
+firing density (1e-4..1e-3, 1e-3..1e-2, ...), drawn at random within the band among latents
+that fire at least MIN_FIRINGS times, because the most frequent latents are the least
+interesting ones. It reads an activation cache, which keeps
+each activation's context and position and the contexts' token ids (eval/examples.py).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +24,13 @@ import torch
 
 from ..data.cache import ActivationCache
 from ..io.jsonfile import read_json_object
+from .examples import latent_codes, sampled_rows, top_rows, window
 from .full import EVAL_NAME
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
 HISTOGRAM_BINS = 30
+QUANTILES = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75))  # of the nonzero activations, sampled from
+MIN_FIRINGS = 3  # a latent seen fewer times has no density to speak of, nor contexts to compare
 
 
 @dataclass
@@ -32,67 +41,77 @@ class Latent:
     histogram: tuple[list[int], list[float]]  # counts [bins], edges [bins + 1] of nonzero activations
     contexts: list[list[tuple[int, float]]]  # per top context: (token id, activation) for each shown token
     peaks: list[int]  # index of the activating token within each shown context
+    samples: list[tuple[str, list, list[int]]] = field(default_factory=list)  # (label, contexts, peaks) per quantile
+    logits: dict | None = None  # {"top": [(token, logit)], "bottom": [...]} (eval/logit_lens.py)
+    explanation: dict | None = None  # {"explanation", "score", "f1"} from autointerp
+
+    @property
+    def band(self) -> str:
+        return density_band(self.density)
 
 
-@torch.inference_mode()
-def _codes_of(sae, cache: ActivationCache, latents: list[int] | None, batch_size: int):
-    """One pass over the cache in storage order: (firing counts [d_sae], codes of `latents` [N, L]
-    or None, context [N], position [N], {context: token ids [ctx_len]})."""
-    counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-    kept, contexts, positions, token_ids = [], [], [], {}
-    for i in range(len(cache.shards)):
-        shard = cache.load_shard(i)
-        acts = shard["activations"].float()
-        for start in range(0, len(acts), batch_size):
-            codes = sae.encode(acts[start : start + batch_size])
-            counts += (codes > 0).sum(0)
-            if latents is not None:
-                kept.append(codes[:, latents].clone())
-        contexts.append(shard["context"])
-        positions.append(shard["position"])
-        first = int(shard["first_context"])
-        token_ids.update({first + j: row for j, row in enumerate(shard["tokens"])})
-    codes = torch.cat(kept) if latents is not None else None
-    return counts, codes, torch.cat(contexts), torch.cat(positions), token_ids
+def density_band(density: float) -> str:
+    """The decade of a firing density: '1e-3..1e-2' (densities of 1 fall in '1e-1..1')."""
+    if density <= 0:
+        return "never fires"
+    low = min(-1, math.floor(math.log10(density)))
+    return f"1e{low}..{'1' if low == -1 else f'1e{low + 1}'}"
+
+
+def latents_across_densities(counts: torch.Tensor, n_tokens: int, n: int, seed: int = 0,
+                             min_count: int = MIN_FIRINGS) -> list[int]:
+    """n latents firing at least min_count times, an equal share from each density band (the
+    remainder going to the densest bands, a band short of latents leaving its share to the
+    others), random within a band; densest band first, then by index."""
+    rng = np.random.default_rng(seed)
+    bands: dict[str, list[int]] = {}
+    for i in torch.nonzero(counts >= max(1, min_count)).flatten().tolist():
+        bands.setdefault(density_band(int(counts[i]) / n_tokens), []).append(i)
+    order = sorted(bands, key=lambda b: -int(counts[bands[b][0]]))
+    pools = {b: rng.permutation(bands[b]).tolist() for b in order}
+    chosen = {b: [] for b in order}
+    while sum(map(len, chosen.values())) < n and any(pools.values()):
+        for b in order:
+            if pools[b] and sum(map(len, chosen.values())) < n:
+                chosen[b].append(pools[b].pop())
+    return [i for b in order for i in sorted(chosen[b])]
 
 
 def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = None, top_n: int = 32,
-                    n_contexts: int = 8, batch_size: int = 4096) -> list[Latent]:
-    """The chosen latents (default: the top_n by firing frequency) with their top contexts,
-    at most one per packed context."""
+                    n_contexts: int = 8, n_samples: int = 2, seed: int = 0, batch_size: int = 4096) -> list[Latent]:
+    """The chosen latents (default: top_n across density bands) with their top contexts and
+    n_samples contexts from each lower quantile interval of their activations, at most one per
+    packed context."""
     sae = sae.cpu().eval()
     if latents is not None:
         bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
         if bad:
             raise ValueError(f"latent(s) {bad} out of range: this SAE has d_sae={sae.cfg.d_sae}")
-    if cache.d_in != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, but the activations in {cache.directory} have d_in={cache.d_in}")
     if latents is None:
-        counts = _codes_of(sae, cache, None, batch_size)[0]
-        firing = torch.nonzero(counts).flatten()
-        latents = firing[counts[firing].argsort(descending=True, stable=True)][:top_n].tolist()
-    counts, codes, context, position, token_ids = _codes_of(sae, cache, latents, batch_size)
-    n_tokens = len(context)
-    row_of = {(int(c), int(p)): r for r, (c, p) in enumerate(zip(context.tolist(), position.tolist()))}
+        first = latent_codes(sae, cache, None, batch_size)
+        latents = latents_across_densities(first.counts, first.n_tokens, top_n, seed)
+    data = latent_codes(sae, cache, latents, batch_size)
+    row_of, rng = data.row_of(), np.random.default_rng(seed)
     out = []
     for j, index in enumerate(latents):
-        values = codes[:, j]
+        values = data.codes[:, j]
         nonzero = values[values > 0].numpy()
         hist = np.histogram(nonzero, bins=HISTOGRAM_BINS) if len(nonzero) else (np.zeros(0), np.zeros(1))
-        shown, peaks, used = [], [], set()
-        for r in values.argsort(descending=True).tolist():
-            if len(shown) == n_contexts or values[r] <= 0:
-                break
-            c, p = int(context[r]), int(position[r])
-            if c in used:
-                continue
-            used.add(c)
-            ids = token_ids[c].tolist()
-            lo, hi = max(0, p - BEFORE), min(len(ids), p + AFTER + 1)
-            shown.append([(ids[q], float(values[row_of[c, q]]) if (c, q) in row_of else 0.0) for q in range(lo, hi)])
-            peaks.append(p - lo)
-        out.append(Latent(index=index, density=int(counts[index]) / n_tokens, max_activation=float(values.max()),
-                          histogram=(hist[0].astype(int).tolist(), hist[1].tolist()), contexts=shown, peaks=peaks))
+        used: set[int] = set()
+        shown = [window(data, values, row_of, r, BEFORE, AFTER) for r in top_rows(values, data.context, n_contexts, used)]
+        samples = []
+        if len(nonzero) and n_samples:
+            for lo, hi in QUANTILES:
+                a, b = np.quantile(nonzero, lo), np.quantile(nonzero, hi)
+                rows = sampled_rows(values, data.context, n_samples, rng, used, weighted=False,
+                                    within=(values > 0) & (values >= float(a)) & (values < float(b)))
+                if rows:
+                    picked = [window(data, values, row_of, r, BEFORE, AFTER) for r in rows]
+                    samples.append((f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
+                                    [c for c, _ in picked], [p for _, p in picked]))
+        out.append(Latent(index=index, density=int(data.counts[index]) / data.n_tokens,
+                          max_activation=float(values.max()), histogram=(hist[0].astype(int).tolist(), hist[1].tolist()),
+                          contexts=[c for c, _ in shown], peaks=[p for _, p in shown], samples=samples))
     return out
 
 
@@ -143,6 +162,12 @@ ol.contexts { padding-left: 22px; margin: 6px 0 0; }
 .tok { border-radius: 2px; } .tok.peak { outline: 1px solid #c04000; }
 .muted { color: #888; } #filter { font-size: 14px; padding: 4px 8px; width: 220px; }
 nav a { margin-right: 6px; font-size: 12px; }
+.latent h4 { margin: 10px 0 2px; font-size: 13px; color: #444; font-weight: 600; }
+.row { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
+.lens { display: flex; gap: 16px; } table.logits { border-collapse: collapse; font-size: 12px; }
+table.logits caption { text-align: left; color: #555; } table.logits td { padding: 0 6px 0 0; }
+.tokcell { font-family: ui-monospace, monospace; background: #f3f3f3; } .v { font-variant-numeric: tabular-nums; }
+.explanation { margin: 6px 0; }
 """
 
 SCRIPT = """
@@ -153,6 +178,38 @@ document.getElementById('filter').addEventListener('input', function (e) {
   });
 });
 """
+
+
+def _contexts_html(tokenizer, contexts, peaks, scale: float) -> str:
+    return "<ol class='contexts'>" + "".join(_context_html(tokenizer, c, peak, scale)
+                                             for c, peak in zip(contexts, peaks)) + "</ol>"
+
+
+def _logits_html(logits: dict) -> str:
+    def column(title, pairs):
+        rows = "".join(f"<tr><td class='tokcell'>{html.escape(repr(text)[1:-1])}</td><td class='v'>{value:+.3g}</td></tr>"
+                       for text, value in pairs)
+        return f"<table class='logits'><caption>{title}</caption>{rows}</table>"
+
+    return ("<div class='lens'>" + column("promotes (logit lens)", logits["top"])
+            + column("suppresses", logits["bottom"]) + "</div>")
+
+
+def _latent_html(tokenizer, lt: Latent) -> str:
+    parts = [f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>",
+             f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) &middot; "
+             f"max activation {lt.max_activation:.4g}</div>"]
+    if lt.explanation:
+        score = lt.explanation.get("score")
+        parts.append(f"<p class='explanation'>autointerp: <b>{html.escape(lt.explanation['explanation'])}</b>"
+                     + (f" <span class='muted'>(detection accuracy {score:.2f}, F1 {lt.explanation['f1']:.2f})</span>"
+                        if score is not None else "") + "</p>")
+    parts.append("<div class='row'>" + _histogram_svg(*lt.histogram) + (_logits_html(lt.logits) if lt.logits else "")
+                 + "</div>")
+    parts.append("<h4>top activations</h4>" + _contexts_html(tokenizer, lt.contexts, lt.peaks, lt.max_activation))
+    for label, contexts, peaks in lt.samples:
+        parts.append(f"<h4>{html.escape(label)}</h4>" + _contexts_html(tokenizer, contexts, peaks, lt.max_activation))
+    return "".join(parts) + "</section>"
 
 
 def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = None,
@@ -174,21 +231,26 @@ def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = No
     parts.append(f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. 12, 40'></p>")
     parts.append("<nav>" + "".join(f"<a href='#latent-{lt.index}'>{lt.index}</a>" for lt in latents) + "</nav>")
     for lt in latents:
-        contexts = "".join(_context_html(tokenizer, c, peak, lt.max_activation) for c, peak in zip(lt.contexts, lt.peaks))
-        parts.append(
-            f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>"
-            f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} &middot; "
-            f"max activation {lt.max_activation:.4g}</div>{_histogram_svg(*lt.histogram)}"
-            f"<ol class='contexts'>{contexts}</ol></section>")
+        parts.append(_latent_html(tokenizer, lt))
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "".join(parts)
 
 
 def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, results: dict | None = None,
                  plots: list[Path] | None = None, latents: list[int] | None = None, top_n: int = 32,
-                 n_contexts: int = 8) -> list[Latent]:
-    """Write the feature browser page to `path`; returns the latents shown."""
-    chosen = latent_examples(sae, cache, latents, top_n, n_contexts)
+                 n_contexts: int = 8, n_samples: int = 2, lm=None, explanations: dict | None = None,
+                 seed: int = 0) -> list[Latent]:
+    """Write the feature browser page to `path`; returns the latents shown. With `lm` (the
+    model the SAE reads) each latent gets its logit lens; `explanations` maps latents to their
+    autointerp records."""
+    from .logit_lens import logit_lens
+
+    chosen = latent_examples(sae, cache, latents, top_n, n_contexts, n_samples, seed)
+    if lm is not None and chosen:
+        for lt, lens in zip(chosen, logit_lens(sae, lm, [lt.index for lt in chosen])):
+            lt.logits = lens
+    for lt in chosen:
+        lt.explanation = (explanations or {}).get(lt.index)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report_html(sae, chosen, tokenizer, results, plots))

@@ -1,0 +1,78 @@
+"""Result files in SAEBench's schema (its BaseEvalOutput), one per evaluation:
+RUN/eval_results/<name>.json with
+
+  eval_type_id            "absorption_first_letter", "sparse_probing" or "autointerp"
+  eval_config             the evaluation's settings
+  eval_id                 a fresh UUID;  datetime_epoch_millis
+  eval_result_metrics     {category: {metric: number}}, flat within a category
+  eval_result_details     a list of flat records (per letter, per task, per latent)
+  sae_bench_commit_hash   which code computed it: "saelab <version>" (SAEBench did not run)
+  sae_lens_id, sae_lens_release_id, sae_lens_version   None: the SAE is not a SAELens release
+  sae_cfg_dict            the SAE's config (architecture, sizes, the model and hook it was
+                          trained on)
+  eval_result_unstructured  what fits neither (texts of autointerp, the words absorbed)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from ..io.atomic import atomic_write
+from ..io.jsonfile import read_json_object
+
+RESULTS_DIR = "eval_results"
+EVAL_TYPE_IDS = {"absorption": "absorption_first_letter", "sparse_probing": "sparse_probing",
+                 "autointerp": "autointerp"}
+FIELDS = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
+          "eval_result_details", "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id", "sae_lens_version",
+          "sae_cfg_dict", "eval_result_unstructured")
+
+
+def eval_output(name: str, sae, config: dict, metrics: dict[str, dict], details: list[dict],
+                unstructured=None) -> dict:
+    """The result document of evaluation `name` (a key of EVAL_TYPE_IDS)."""
+    from .. import __version__
+
+    for category, values in metrics.items():
+        nested = [key for key, value in values.items() if isinstance(value, (dict, list))]
+        if nested:
+            raise ValueError(f"metrics must be flat within a category: {category}.{nested[0]} is not a number")
+    return {"eval_type_id": EVAL_TYPE_IDS[name], "eval_config": config, "eval_id": str(uuid.uuid4()),
+            "datetime_epoch_millis": int(time.time() * 1000), "eval_result_metrics": metrics,
+            "eval_result_details": details, "sae_bench_commit_hash": f"saelab {__version__}", "sae_lens_id": None,
+            "sae_lens_release_id": None, "sae_lens_version": None, "sae_cfg_dict": sae.cfg.to_dict(),
+            "eval_result_unstructured": unstructured}
+
+
+def result_path(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / RESULTS_DIR / f"{name}.json"
+
+
+def write_output(out_dir: str | Path, name: str, document: dict) -> Path:
+    """Write the document atomically to out_dir/eval_results/<name>.json."""
+    path = result_path(out_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: p.write_text(json.dumps(document, indent=1) + "\n"))
+    return path
+
+
+def read_outputs(out_dir: str | Path) -> dict[str, dict]:
+    """{name: document} of the result files in out_dir/eval_results (none: {})."""
+    folder = Path(out_dir) / RESULTS_DIR
+    return {name: read_json_object(result_path(out_dir, name)) for name in EVAL_TYPE_IDS
+            if result_path(out_dir, name).is_file()} if folder.is_dir() else {}
+
+
+def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
+    """The scalar metrics of result documents as one flat row, under their SAEBench names
+    (unique across its evaluations): mean_absorption_fraction_score, sae_top_1_test_accuracy,
+    autointerp_score, ..."""
+    row = {}
+    for document in outputs.values():
+        for values in document["eval_result_metrics"].values():
+            row.update({key: value for key, value in values.items()
+                        if isinstance(value, (int, float)) and not isinstance(value, bool)})
+    return row
