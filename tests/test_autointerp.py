@@ -29,6 +29,7 @@ def test_excerpts_mark_tokens_above_the_threshold():
     assert excerpt(tok, tokens, None) == "w1w2w3w4"
     assert parse_prediction("2, 5 and 9", 6) == {2, 5} and parse_prediction("None", 6) == set()
     assert explanation_of('This feature fires on "years in dates"\nmore', 200) == "years in dates"
+    assert explanation_of("\n1. Explanation: tennis players", 200) == "tennis players"
 
 
 def test_detection_score_of_a_hand_made_latent():

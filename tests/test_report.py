@@ -60,12 +60,14 @@ def test_latents_contexts_and_shading_match_brute_force(setup):
     frequent = sorted(range(64), key=lambda i: (-int(counts[i]), i))[:5]
     shown = latent_examples(sae, cache, latents=frequent, n_contexts=3)
     assert [lt.index for lt in shown] == frequent
+    assert all(len(lt.samples) == len(QUANTILES) and lt.samples[0].contexts for lt in shown)
     for lt in shown:
         nonzero = codes[:, lt.index][codes[:, lt.index] > 0].numpy()
-        for (label, contexts, peaks), (lo, hi) in zip(lt.samples, QUANTILES):
-            assert label.startswith(f"quantile {lo:.0%}-{hi:.0%}")
-            for context, peak in zip(contexts, peaks):  # each sampled activation lies in its quantile interval
-                assert np.quantile(nonzero, lo) <= context[peak][1] < np.quantile(nonzero, hi)
+        for sample, (lo, hi) in zip(lt.samples, QUANTILES):
+            assert sample.label.startswith(f"quantile {lo:.0%}-{hi:.0%}")
+            assert (sample.low, sample.high) == pytest.approx((np.quantile(nonzero, lo), np.quantile(nonzero, hi)))
+            for context, peak in zip(sample.contexts, sample.peaks):  # each lies in its quantile interval
+                assert sample.low <= context[peak][1] < sample.high
         values = codes[:, lt.index]
         assert lt.density == pytest.approx(float((values > 0).float().mean()))
         assert lt.max_activation == pytest.approx(float(values.max()))
@@ -152,18 +154,20 @@ def test_report_command(setup, tmp_path, capsys):
     chosen = latent_examples(sae, cache, top_n=4)[0].index
     (run / "eval_results").mkdir()
     (run / "eval_results" / "autointerp.json").write_text(json.dumps({"eval_result_details": [
-        {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}]}))
+        {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}],
+        "eval_config": {"explainer": "some-llm"}}))
     cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2",
               "--neuronpedia", str(tmp_path / "np.json")])
     assert "feature browser with 4 latents" in capsys.readouterr().out
     page = (run / "report.html").read_text()
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
-    assert "the &lt;word&gt; w5" in page and "detection accuracy 0.75" in page
+    assert "autointerp (some-llm): <b>the &lt;word&gt; w5</b>" in page and "detection accuracy 0.75" in page
     assert page.count("promotes (logit lens)") == 4
     features = json.loads((tmp_path / "np.json").read_text())["features"]
     assert len(features) == 4 and features[0]["index"] == str(chosen)
     assert features[0]["explanations"][0]["description"] == "the <word> w5"
     for f in features:
+        assert len(f["freq_hist_data_bar_values"]) == len(f["freq_hist_data_bar_heights"])
         assert {"modelId", "layer", "maxActApprox", "frac_nonzero", "pos_str", "pos_values", "neg_str", "neg_values",
                 "freq_hist_data_bar_heights", "activations"} <= set(f)
         top = f["activations"][0]

@@ -78,6 +78,16 @@ def test_labelled_files_and_their_errors(tmp_path):
         labelled_texts(str(tmp_path / "missing.jsonl"), "text", "label")
 
 
+def test_a_hub_dataset_without_network_fails_before_any_work(monkeypatch):
+    from saelab.data.network import OfflineError
+    from saelab.eval.sparse_probing import check_dataset
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError):
+        check_dataset("someone/labelled-data", "text", "label")
+    check_dataset("builtin:wiki-topics", "text", "label")  # needs nothing
+
+
 def _probe_file(path, n=80):
     """Two topics in the tiny vocabulary: words w0..w49 against w50..w99."""
     rng = np.random.default_rng(0)
@@ -125,3 +135,38 @@ def test_eval_command_writes_saebench_files_and_refuses_bad_flags(tmp_path, caps
     bare = tmp_path / "bare"
     make_sae("topk", d_in=32, d_sae=64, k=8).save(bare)
     assert "pass --model and --layer" in cli_error(capsys, ["eval", str(bare), "--evals", "absorption"])
+
+
+def test_builtin_topics_are_contexts_labelled_by_held_out_article():
+    from saelab.data.text import documents
+    from saelab.eval.sparse_probing import builtin_topics
+
+    tok = tiny_tokenizer()
+    contexts, labels = builtin_topics(tok, 0, 64)
+    articles = list(documents("builtin:wiki", "eval"))
+    assert all(len(c) == 64 and c[0] == 0 for c in contexts)
+    assert len(set(labels)) <= len(articles) and len(contexts) > 100
+    first = tok(articles[0], add_special_tokens=False)["input_ids"]
+    assert contexts[0][1:] == first[:63] and labels.count(labels[0]) == len(first) // 63
+    assert len(tasks_of(labels, 20, 5)) == 5
+
+
+def test_sweep_command_adds_the_evals_to_its_table(tmp_path, capsys):
+    from saelab.data.cache import CacheSpec, build_cache
+
+    model = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+                              for i in range(100)))
+    spec = CacheSpec(model=str(model), layer=1, site="resid_post", dataset=str(docs), ctx_len=16, dtype="float32")
+    build_cache(tiny_lm("llama"), tmp_path / "cache", spec, 1200, shard_tokens=400, progress=False)
+    out = tmp_path / "sweep"
+    cli.main(["sweep", "--activations", str(tmp_path / "cache"), "--arch", "topk", "--k", "2,4", "--expansion", "2",
+              "--tokens", "512", "--batch-size", "128", "--downstream-contexts", "0", "--evals", "core,sparse_probing",
+              "--probe-dataset", str(_probe_file(tmp_path / "p.jsonl")), "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "sae_top_1_test_accuracy" in printed
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 2 and all("llm_top_5_test_accuracy" in row and "nmse" in row for row in rows)

@@ -24,7 +24,7 @@ from .eval.suite import NEED_MODEL, Interp, check_evals, run_interp
 from .eval.suite import summary_lines as interp_summary
 from .eval.report import read_results, write_report
 from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
-                    add_sae_arguments, add_training_arguments, check_device, check_llm_flags, integer, interp_settings,
+                    add_sae_arguments, add_training_arguments, check_device, check_interp_flags, integer, interp_settings,
                     list_of, sweep_options, sweep_points, train_grid)
 from .io.external import load_any
 from .sae.model import SAE
@@ -153,7 +153,7 @@ def _add_eval_parser(commands) -> None:
 
 def cmd_eval(args) -> None:
     evals = check_evals(args.evals)
-    check_llm_flags(args)
+    check_interp_flags(args)
     chat = chat_model(args.llm_url, None, args.llm_model, args.llm_key_env) if args.llm_url else None
     sae = load_any(args.run)
     explicit_model = args.model is not None
@@ -245,7 +245,8 @@ def cmd_report(args) -> None:
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None if args.no_logit_lens else load_model(data.spec.model, dtype=args.model_dtype, device=args.device)
     autointerp = read_outputs(args.run).get("autointerp")
-    explanations = {d["latent"]: d for d in autointerp["eval_result_details"]} if autointerp else None
+    explanations = {d["latent"]: {**d, "explainer": autointerp["eval_config"].get("explainer")}
+                    for d in autointerp["eval_result_details"]} if autointerp else None
     tokenizer = lm.tokenizer if lm is not None else load_tokenizer(data.spec.model)
     shown = write_report(sae, data, out, tokenizer, results, plots, latents=args.latents, top_n=args.top,
                          n_contexts=args.contexts, n_samples=args.samples, lm=lm, explanations=explanations)
@@ -279,7 +280,7 @@ def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
     check_evals(args.evals)
-    check_llm_flags(args)
+    check_interp_flags(args)
     points = sweep_points(args)
     train_source, eval_source, _ = training_data(args)
     train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
@@ -294,9 +295,10 @@ def cmd_sweep(args) -> None:
     columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median",
                            "mean_absorption_fraction_score", "sae_top_1_test_accuracy", "autointerp_score")
                if c in rows[0]]
-    print("\n" + f"{'SAE':<44}" + "".join(f"{c:>20}" for c in columns))
+    widths = [max(20, len(c) + 2) for c in columns]
+    print("\n" + f"{'SAE':<44}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for row in rows:
-        print(f"{row['name']:<44}" + "".join(f"{row[c]:>20.4f}" for c in columns))
+        print(f"{row['name']:<44}" + "".join(f"{row[c]:>{w}.4f}" for c, w in zip(columns, widths)))
     print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")
 
 

@@ -16,6 +16,8 @@ from .data.cache import STORAGE_DTYPES
 from .data.hooks import SITES
 from .data.models import DTYPES
 from .errors import UsageError
+from .eval.sparse_probing import check_dataset
+from .eval.suite import EVALS
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sources import DEFAULT, MIN_EVAL_TOKENS
@@ -147,8 +149,6 @@ def add_model_arguments(group, defaults: bool) -> None:
 
 def add_interp_arguments(p) -> None:
     """--evals and the settings of the interpretability evaluations (eval and sweep)."""
-    from .eval.suite import EVALS
-
     group = p.add_argument_group(
         "interpretability evaluations",
         "written to RUN/eval_results/<name>.json in SAEBench's schema; absorption and sparse_probing run the "
@@ -183,8 +183,11 @@ def interp_settings(args) -> dict:
             "autointerp": {"n_latents": args.autointerp_latents}}
 
 
-def check_llm_flags(args) -> None:
-    """autointerp needs exactly one chat model; the chat flags need autointerp."""
+def check_interp_flags(args) -> None:
+    """autointerp needs exactly one chat model, the chat flags need autointerp, and
+    sparse_probing's data must be there (before any model is loaded)."""
+    if "sparse_probing" in args.evals:
+        check_dataset(args.probe_dataset, args.probe_text_column, args.probe_label_column)
     chat = [flag for flag, value in (("--llm", args.llm), ("--llm-url", args.llm_url)) if value]
     if "autointerp" in args.evals and len(chat) != 1:
         raise UsageError("--evals autointerp needs one chat model: --llm MODEL (a local causal LM) or --llm-url URL "

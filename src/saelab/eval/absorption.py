@@ -24,7 +24,8 @@ SAEBench's absorption_first_letter eval).
    full absorption: every main latent is zero, P >= 0, and the latent with the largest c_i has
      cos >= 0.025 and c_i >= 0.4 P.
    Per letter: mean absorption fraction and full-absorption rate over its probe true positives;
-   reported: their means and standard deviations over the letters evaluated.
+   reported: their means and standard deviations over the letters evaluated, which must be at
+   least min_letters (SAEBench asks for 20; small models pass fewer, so saelab's default is 5).
 """
 
 from __future__ import annotations

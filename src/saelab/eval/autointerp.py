@@ -84,11 +84,11 @@ def parse_prediction(reply: str, n: int) -> set[int]:
 
 
 def explanation_of(reply: str, limit: int) -> str:
-    """The first non-empty line of an explainer's reply, without quotes or a leading
-    'This feature fires on', at most `limit` characters."""
+    """The first non-empty line of an explainer's reply, without quotes, a list number or a
+    leading 'This feature fires on', at most `limit` characters."""
     line = next((s.strip() for s in reply.splitlines() if s.strip()), "")
-    line = re.sub(r"^(explanation:\s*)?(this|the) (feature|neuron|latent) (activates|fires) on\s*", "", line,
-                  flags=re.IGNORECASE).strip(" \"'")
+    line = re.sub(r"^(\d+[.)]\s*)?(explanation:\s*)?((this|the) (feature|neuron|latent) (activates|fires) on\s*)?",
+                  "", line, flags=re.IGNORECASE).strip(" \"'")
     return line[:limit] or "(no explanation)"
 
 

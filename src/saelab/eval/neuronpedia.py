@@ -2,7 +2,10 @@
 features in the field names of Neuronpedia's feature API (modelId, layer, index, maxActApprox,
 frac_nonzero, pos_str / pos_values and neg_str / neg_values from the logit lens,
 freq_hist_data_bar_heights / _values, activations with tokens, values, maxValue and
-maxValueTokenIndex, explanations), so they can be uploaded or read by tools that read those."""
+maxValueTokenIndex, and binMin / binMax for the contexts sampled from a quantile interval,
+explanations), so they can be uploaded or read by tools that read those. The histogram's
+values are its bin centres, parallel to its heights (one per bin), as Neuronpedia's pages
+index them."""
 
 from __future__ import annotations
 
@@ -12,11 +15,15 @@ from pathlib import Path
 from ..io.atomic import atomic_write
 
 
-def _activation(tokenizer, tokens: list[tuple[int, float]], group: str) -> dict:
+def _activation(tokenizer, tokens: list[tuple[int, float]], interval: tuple[float, float] | None = None) -> dict:
+    """One context; `interval` [binMin, binMax) for a context sampled from a quantile interval."""
     values = [v for _, v in tokens]
     top = max(range(len(values)), key=values.__getitem__)
-    return {"tokens": [tokenizer.decode([t]) for t, _ in tokens], "values": values, "maxValue": values[top],
-            "maxValueTokenIndex": top, "minValue": min(values), "binLabel": group}
+    record = {"tokens": [tokenizer.decode([t]) for t, _ in tokens], "values": values, "maxValue": values[top],
+              "maxValueTokenIndex": top, "minValue": min(values)}
+    if interval is not None:
+        record.update(binMin=interval[0], binMax=interval[1])
+    return record
 
 
 def feature_json(latent, tokenizer, model_id: str, source_id: str) -> dict:
@@ -26,8 +33,9 @@ def feature_json(latent, tokenizer, model_id: str, source_id: str) -> dict:
               "maxActApprox": latent.max_activation, "frac_nonzero": latent.density,
               "freq_hist_data_bar_heights": counts,
               "freq_hist_data_bar_values": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])],
-              "activations": [_activation(tokenizer, c, "top") for c in latent.contexts]
-              + [_activation(tokenizer, c, label) for label, contexts, _ in latent.samples for c in contexts],
+              "activations": [_activation(tokenizer, c) for c in latent.contexts]
+              + [_activation(tokenizer, c, (sample.low, sample.high)) for sample in latent.samples
+                 for c in sample.contexts],
               "explanations": []}
     if latent.logits:
         record.update(pos_str=[t for t, _ in latent.logits["top"]], pos_values=[v for _, v in latent.logits["top"]],

@@ -34,6 +34,17 @@ MIN_FIRINGS = 3  # a latent seen fewer times has no density to speak of, nor con
 
 
 @dataclass
+class Sample:
+    """Contexts drawn from one quantile interval [low, high) of a latent's nonzero activations."""
+
+    label: str
+    low: float
+    high: float
+    contexts: list[list[tuple[int, float]]]
+    peaks: list[int]
+
+
+@dataclass
 class Latent:
     index: int
     density: float  # fraction of tokens on which it fires
@@ -41,7 +52,7 @@ class Latent:
     histogram: tuple[list[int], list[float]]  # counts [bins], edges [bins + 1] of nonzero activations
     contexts: list[list[tuple[int, float]]]  # per top context: (token id, activation) for each shown token
     peaks: list[int]  # index of the activating token within each shown context
-    samples: list[tuple[str, list, list[int]]] = field(default_factory=list)  # (label, contexts, peaks) per quantile
+    samples: list[Sample] = field(default_factory=list)  # one per interval of QUANTILES
     logits: dict | None = None  # {"top": [(token, logit)], "bottom": [...]} (eval/logit_lens.py)
     explanation: dict | None = None  # {"explanation", "score", "f1"} from autointerp
 
@@ -107,8 +118,8 @@ def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = Non
                                     within=(values > 0) & (values >= float(a)) & (values < float(b)))
                 if rows:
                     picked = [window(data, values, row_of, r, BEFORE, AFTER) for r in rows]
-                    samples.append((f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
-                                    [c for c, _ in picked], [p for _, p in picked]))
+                    samples.append(Sample(f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
+                                          float(a), float(b), [c for c, _ in picked], [p for _, p in picked]))
         out.append(Latent(index=index, density=int(data.counts[index]) / data.n_tokens,
                           max_activation=float(values.max()), histogram=(hist[0].astype(int).tolist(), hist[1].tolist()),
                           contexts=[c for c, _ in shown], peaks=[p for _, p in shown], samples=samples))
@@ -201,14 +212,16 @@ def _latent_html(tokenizer, lt: Latent) -> str:
              f"max activation {lt.max_activation:.4g}</div>"]
     if lt.explanation:
         score = lt.explanation.get("score")
-        parts.append(f"<p class='explanation'>autointerp: <b>{html.escape(lt.explanation['explanation'])}</b>"
+        by = f" ({html.escape(lt.explanation['explainer'])})" if lt.explanation.get("explainer") else ""
+        parts.append(f"<p class='explanation'>autointerp{by}: <b>{html.escape(lt.explanation['explanation'])}</b>"
                      + (f" <span class='muted'>(detection accuracy {score:.2f}, F1 {lt.explanation['f1']:.2f})</span>"
                         if score is not None else "") + "</p>")
     parts.append("<div class='row'>" + _histogram_svg(*lt.histogram) + (_logits_html(lt.logits) if lt.logits else "")
                  + "</div>")
     parts.append("<h4>top activations</h4>" + _contexts_html(tokenizer, lt.contexts, lt.peaks, lt.max_activation))
-    for label, contexts, peaks in lt.samples:
-        parts.append(f"<h4>{html.escape(label)}</h4>" + _contexts_html(tokenizer, contexts, peaks, lt.max_activation))
+    for sample in lt.samples:
+        parts.append(f"<h4>{html.escape(sample.label)}</h4>"
+                     + _contexts_html(tokenizer, sample.contexts, sample.peaks, lt.max_activation))
     return "".join(parts) + "</section>"
 
 

@@ -116,6 +116,17 @@ def labelled_texts(source: str, text_column: str, label_column: str) -> tuple[li
     return [t for t, _ in pairs], [lab for _, lab in pairs]
 
 
+def check_dataset(source: str, text_column: str, label_column: str) -> None:
+    """Fail before any model runs: a labelled file that is missing or lacks its columns, or a
+    datasets name without network."""
+    if source == BUILTIN:
+        return
+    if Path(source).suffix in SUFFIXES or Path(source).exists():
+        labelled_texts(source, text_column, label_column)
+    else:
+        require_hub(f"dataset {source!r}")
+
+
 def tasks_of(labels: list[str], min_examples: int, max_tasks: int | None = None) -> list[str]:
     """The positive class of each one-vs-rest task: labels with at least min_examples examples
     (and as many others), most frequent first; one task when there are exactly two labels."""
