@@ -123,3 +123,24 @@ def test_autointerp_on_a_tiny_cache(endpoint, tmp_path):
     assert len(_FakeChat.requests) == 6  # one explanation and one scoring per latent
     with pytest.raises(ValueError, match="out of range"):
         autointerp(sae, cache, tiny_tokenizer(), chat, cfg=AutoInterpConfig(override_latents=[64]), progress=False)
+
+
+def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
+    from saelab.eval.llm import LocalChat
+
+    from tiny_models import tiny_model
+
+    model = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model)
+    tok = tiny_tokenizer()
+    tok.save_pretrained(model)
+    plain = LocalChat(str(model), max_tokens=5)
+    messages = [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": "w3"}]
+    reply = plain(messages)
+    assert isinstance(reply, str) and plain(messages) == reply  # greedy: the same answer twice
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    tok.save_pretrained(model)
+    templated = LocalChat(str(model), max_tokens=5)
+    ids = templated.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    assert ids == templated.lm.tokenizer("w1 w2 w3 ", add_special_tokens=False)["input_ids"]
+    assert isinstance(templated(messages), str)

@@ -213,3 +213,30 @@ def harvest_acts(model):
     from saelab.data.hooks import harvest
 
     return harvest(model, torch.randint(4, 104, (64, 16)), 0, "resid_post").reshape(-1, 32)
+
+
+def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatch):
+    import json
+
+    from saelab.eval.suite import Interp
+    from tiny_models import tiny_lm
+
+    lm = tiny_lm("llama")
+    with torch.no_grad():
+        acts = harvest_acts(lm.model)
+    train_source, eval_source = open_source(acts).split(256)
+    probe = tmp_path / "p.jsonl"
+    probe.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)),
+                                           "label": i % 2}) for i in range(60)))
+    points = union([{"arch": ["topk"], "k": [2], "expansion": [2]}])
+    calls = []
+    import saelab.sweep as sweep_module
+
+    original = sweep_module.run_interp
+    monkeypatch.setattr(sweep_module, "run_interp", lambda *a: calls.append(a[1]) or original(*a))
+    for k_values in ([1], [1], [1, 2]):
+        interp = Interp(lm=lm, layer=0, settings={"sparse_probing": {"dataset_names": [str(probe)],
+                                                                     "k_values": k_values}}, progress=False)
+        run_sweep(points, train_source, eval_source, tmp_path / "s", _cfg(total_tokens=256, batch_size=128),
+                  interp=interp, evals=["core", "sparse_probing"])
+    assert calls == [["sparse_probing"], ["sparse_probing"]]  # first run, then the changed k_values

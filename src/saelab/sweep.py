@@ -30,7 +30,7 @@ from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
 from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
-from .eval.saebench import flat_metrics, read_outputs, result_path
+from .eval.saebench import flat_metrics, read_outputs
 from .eval.suite import Interp, run_interp
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
@@ -233,13 +233,22 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
                       disable=not train_cfg.progress):
         evaluate(point, SAE.load(runs[point], device=device))
     for point in points:
-        missing = [name for name in evals if name != "core" and not result_path(runs[point], name).is_file()]
+        done = read_outputs(runs[point])
+        missing = [name for name in evals if name != "core" and not _same_settings(done.get(name), interp, name)]
         if missing:
             run_interp(SAE.load(runs[point]), missing, runs[point], interp)
     rows = [result_row({**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p)
             for p in points]
     write_results(rows, out)
     return rows
+
+
+def _same_settings(document: dict | None, interp: Interp, name: str) -> bool:
+    """Whether a result file exists and was computed with the settings this sweep asks for."""
+    if document is None:
+        return False
+    config = document.get("eval_config", {})
+    return all(config.get(key) == value for key, value in interp.settings.get(name, {}).items())
 
 
 def result_row(results: dict, point: Point) -> dict:

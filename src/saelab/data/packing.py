@@ -39,3 +39,15 @@ def batched(contexts: Iterable[list[int]], n: int) -> Iterator[torch.Tensor]:
 def keep_mask(input_ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:
     """True where a position is an ordinary token (not BOS/EOS/pad or another special token)."""
     return ~torch.isin(input_ids, torch.tensor(sorted(special_ids), dtype=input_ids.dtype))
+
+
+def right_padded(sequences: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists of different lengths as (ids [n, longest], attention mask [n, longest]),
+    padded on the right with pad_id (0 when the tokenizer has none), which a causal model's
+    earlier positions never see."""
+    ids = torch.full((len(sequences), max(map(len, sequences))), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(sequences):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+    return ids, mask

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.hooks import harvest
+from ..data.packing import right_padded
 from .probes import as_numpy, f1, fit_probe, top_mean_difference
 from .saebench import eval_output
 
@@ -99,16 +100,10 @@ def word_activations(lm, prompts: list[tuple[list[int], int]], layer: int, site:
     """The activation [n, d_model] at each prompt's word position (right-padded batches of
     prompts of similar length)."""
     out = []
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
     for start in tqdm(range(0, len(prompts), batch_size), desc="absorption prompts", unit="batch", disable=not progress):
         batch = [prompts[i] for i in order[start : start + batch_size]]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (tokens, _) in enumerate(batch):
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
+        ids, mask = right_padded([tokens for tokens, _ in batch], lm.tokenizer.pad_token_id)
         acts = harvest(lm, ids, layer, site, attention_mask=mask).float().cpu()
         out.append(acts[torch.arange(len(batch)), torch.tensor([pos for _, pos in batch])])
     return torch.cat(out)[torch.argsort(torch.tensor(order))]

@@ -112,10 +112,12 @@ def score_latent(chat_explain, chat_score, tokenizer, examples: dict, threshold:
             "n_scored": len(scoring), "n_positive": int(truth.sum()), "scorer_reply": reply.strip()[:200]}
 
 
-def latent_examples_for_scoring(data, values: torch.Tensor, cfg: AutoInterpConfig, rng) -> tuple[dict, float]:
-    """({"generation": [...], "scoring": [...]} of (window tokens, is_positive), threshold)."""
+def latent_examples_for_scoring(data, row_of: dict, values: torch.Tensor, cfg: AutoInterpConfig, rng
+                                ) -> tuple[dict, float]:
+    """({"generation": [...], "scoring": [...]} of (window tokens, is_positive), threshold) of
+    one latent with codes `values` [N] (row_of: LatentCodes.row_of())."""
     threshold = cfg.act_threshold_frac * float(values.max())
-    row_of, used = data.row_of(), set()
+    used = set()
     top = top_rows(values, data.context, cfg.n_top_ex_for_generation + cfg.n_top_ex_for_scoring, used)
     sampled = sampled_rows(values, data.context, cfg.n_iw_sampled_ex_for_generation + cfg.n_iw_sampled_ex_for_scoring,
                            rng, used)
@@ -153,14 +155,14 @@ def autointerp(sae, cache, tokenizer, explainer, scorer=None, cfg: AutoInterpCon
     data = latent_codes(sae, cache, latents)
     cfg.explainer, cfg.scorer = explainer.name, scorer.name
     cfg.n_tokens, cfg.latents = data.n_tokens, latents
-    details = []
+    details, row_of = [], data.row_of()
     for j, latent in enumerate(tqdm(latents, desc="autointerp", unit="latent", disable=not progress)):
         values = data.codes[:, j]
         if values.max() <= 0:
             details.append({"latent": latent, "explanation": "(never fires on these tokens)", "score": None,
                             "f1": None, "n_scored": 0, "n_positive": 0, "scorer_reply": ""})
             continue
-        examples, threshold = latent_examples_for_scoring(data, values, cfg, rng)
+        examples, threshold = latent_examples_for_scoring(data, row_of, values, cfg, rng)
         details.append({"latent": latent, **score_latent(explainer, scorer, tokenizer, examples, threshold, rng,
                                                          cfg.max_explanation_chars)})
     scores = np.array([d["score"] for d in details if d["n_scored"]])

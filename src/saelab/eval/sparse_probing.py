@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..data.hooks import harvest
 from ..data.network import require_hub
+from ..data.packing import right_padded
 from .probes import as_numpy, fit_probe, top_mean_difference
 from .saebench import eval_output
 
@@ -145,17 +146,11 @@ def pooled_features(sae, lm, contexts: list[list[int]], layer: int, site: str, b
                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean activation [n, d_model], mean SAE code [n, d_sae]) over each context's tokens,
     BOS and padding left out."""
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     special = torch.tensor(sorted(lm.special_token_ids | ({lm.bos_token_id} - {None})), dtype=torch.long)
     llm, codes = [], []
     for start in tqdm(range(0, len(contexts), batch_size), desc="probing texts", unit="batch", disable=not progress):
         batch = contexts[start : start + batch_size]
-        width = max(len(c) for c in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, tokens in enumerate(batch):
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
+        ids, mask = right_padded(batch, lm.tokenizer.pad_token_id)
         acts = harvest(lm, ids, layer, site, attention_mask=mask).float().cpu()
         keep = mask.bool() & ~torch.isin(ids, special)
         keep[keep.sum(1) == 0, 0] = True  # a context of special tokens only keeps its first
