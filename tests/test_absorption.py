@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from saelab.data.models import builtin_path
-from saelab.eval.absorption import (AbsorptionConfig, AbsorptionError, absorption, latent_projections, prompt_ids,
-                                    single_token_words, word_absorption)
+from saelab.eval.saebench.absorption import (AbsorptionConfig, AbsorptionError, absorption, latent_projections,
+                                             prompt_ids, single_token_words, word_absorption)
 
 from conftest import make_sae, randomize
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from saelab.data.cache import CacheSpec, build_cache
-from saelab.eval.autointerp import (SCORE_SYSTEM, AutoInterpConfig, autointerp, excerpt, explanation_of,
-                                    parse_prediction, score_latent)
-from saelab.eval.llm import LLMError, OpenAIChat, chat_model
+from saelab.eval.saebench.autointerp import (SCORE_SYSTEM, AutoInterpConfig, autointerp, excerpt,
+                                             explanation_of, parse_prediction, score_latent)
+from saelab.eval.saebench.llm import LLMError, OpenAIChat, chat_model
 
 from conftest import make_sae
 from tiny_models import tiny_lm, tiny_tokenizer
@@ -126,7 +126,7 @@ def test_autointerp_on_a_tiny_cache(endpoint, tmp_path):
 
 
 def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
-    from saelab.eval.llm import LocalChat
+    from saelab.eval.saebench.llm import LocalChat
 
     from tiny_models import tiny_model
 

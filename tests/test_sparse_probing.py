@@ -10,9 +10,9 @@ import torch
 
 from saelab import cli
 from saelab.data.hooks import harvest
-from saelab.eval.probes import f1, fit_probe, top_mean_difference
-from saelab.eval.sparse_probing import (ProbingDataError, SparseProbingConfig, labelled_texts, pooled_features,
-                                        sparse_probing, task_accuracies, tasks_of)
+from saelab.eval.saebench.probes import f1, fit_probe, top_mean_difference
+from saelab.eval.saebench.sparse_probing import (ProbingDataError, SparseProbingConfig, labelled_texts,
+                                                 pooled_features, sparse_probing, task_accuracies, tasks_of)
 
 from conftest import cli_error, make_sae
 from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
@@ -80,7 +80,7 @@ def test_labelled_files_and_their_errors(tmp_path):
 
 def test_a_hub_dataset_without_network_fails_before_any_work(monkeypatch):
     from saelab.data.network import OfflineError
-    from saelab.eval.sparse_probing import check_dataset
+    from saelab.eval.saebench.sparse_probing import check_dataset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError):
@@ -139,7 +139,7 @@ def test_eval_command_writes_saebench_files_and_refuses_bad_flags(tmp_path, caps
 
 def test_builtin_topics_are_contexts_labelled_by_held_out_article():
     from saelab.data.text import documents
-    from saelab.eval.sparse_probing import builtin_topics
+    from saelab.eval.saebench.sparse_probing import builtin_topics
 
     tok = tiny_tokenizer()
     contexts, labels = builtin_topics(tok, 0, 64)

@@ -188,7 +188,7 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
 def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
     import json
 
-    from saelab.eval.suite import Interp
+    from saelab.eval.saebench.suite import Interp
     from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
@@ -218,7 +218,7 @@ def harvest_acts(model):
 def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatch):
     import json
 
-    from saelab.eval.suite import Interp
+    from saelab.eval.saebench.suite import Interp
     from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")

@@ -17,11 +17,11 @@ from .data.streaming import heldout_contexts
 from .data.text import SPLITS
 from .errors import SaelabError, UsageError
 from .eval.full import full_evaluation, summary_lines
-from .eval.llm import chat_model
+from .eval.saebench.llm import chat_model
 from .eval.neuronpedia import write_neuronpedia
-from .eval.saebench import RESULTS_DIR, read_outputs
-from .eval.suite import NEED_MODEL, Interp, check_evals, run_interp
-from .eval.suite import summary_lines as interp_summary
+from .eval.saebench.output import RESULTS_DIR, read_outputs
+from .eval.saebench.suite import NEED_MODEL, Interp, check_evals, run_interp
+from .eval.saebench.suite import summary_lines as interp_summary
 from .eval.report import read_results, write_report
 from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
                     add_sae_arguments, add_training_arguments, check_device, check_interp_flags, integer, interp_settings,

@@ -16,8 +16,8 @@ from .data.cache import STORAGE_DTYPES
 from .data.hooks import SITES
 from .data.models import DTYPES
 from .errors import UsageError
-from .eval.sparse_probing import check_dataset
-from .eval.suite import EVALS
+from .eval.saebench.sparse_probing import check_dataset
+from .eval.saebench.suite import EVALS
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sources import DEFAULT, MIN_EVAL_TOKENS

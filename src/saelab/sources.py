@@ -18,8 +18,8 @@ from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.synthetic import synthetic_activations
 from .errors import UsageError
-from .eval.llm import chat_model
-from .eval.suite import NEED_MODEL, Interp
+from .eval.saebench.llm import chat_model
+from .eval.saebench.suite import NEED_MODEL, Interp
 from .sweep import Downstream
 
 DEMO = {"n_tokens": 2**17, "d_in": 64, "n_features": 512, "max_active": 64, "train_tokens": 2_000_000}

@@ -30,8 +30,8 @@ from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
 from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
-from .eval.saebench import flat_metrics, read_outputs
-from .eval.suite import Interp, run_interp
+from .eval.saebench.output import flat_metrics, read_outputs
+from .eval.saebench.suite import Interp, run_interp
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .sae.architecture import setting_names

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .examples import latent_codes, sampled_rows, top_rows, window
-from .saebench import eval_output
+from ..examples import latent_codes, sampled_rows, top_rows, window
+from .output import eval_output
 
 EXPLAIN_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "

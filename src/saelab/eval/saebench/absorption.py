@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.hooks import harvest
-from ..data.packing import right_padded
+from ...data.hooks import harvest
+from ...data.packing import right_padded
 from .probes import as_numpy, f1, fit_probe, top_mean_difference
-from .saebench import eval_output
+from .output import eval_output
 
 LETTERS = string.ascii_lowercase
 

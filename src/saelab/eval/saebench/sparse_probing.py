@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.hooks import harvest
-from ..data.network import require_hub
-from ..data.packing import right_padded
+from ...data.hooks import harvest
+from ...data.network import require_hub
+from ...data.packing import right_padded
 from .probes import as_numpy, fit_probe, top_mean_difference
-from .saebench import eval_output
+from .output import eval_output
 
 BUILTIN = "builtin:wiki-topics"
 SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -66,7 +66,7 @@ class ProbingDataError(ValueError):
 
 def builtin_topics(tokenizer, bos_id, context_length: int) -> tuple[list[list[int]], list[str]]:
     """(token ids of each context, its article) for the held-out builtin Wikipedia articles."""
-    from ..data.text import documents
+    from ...data.text import documents
 
     contexts, labels = [], []
     for number, article in enumerate(documents("builtin:wiki", "eval")):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .saebench import write_output
+from .output import write_output
 
 EVALS = ("core", "absorption", "sparse_probing", "autointerp")
 NEED_MODEL = ("absorption", "sparse_probing")

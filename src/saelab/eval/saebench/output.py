@@ -20,8 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ..io.atomic import atomic_write
-from ..io.jsonfile import read_json_object
+from ...io.atomic import atomic_write
+from ...io.jsonfile import read_json_object
 
 RESULTS_DIR = "eval_results"
 EVAL_TYPE_IDS = {"absorption": "absorption_first_letter", "sparse_probing": "sparse_probing",
@@ -34,7 +34,7 @@ FIELDS = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "ev
 def eval_output(name: str, sae, config: dict, metrics: dict[str, dict], details: list[dict],
                 unstructured=None) -> dict:
     """The result document of evaluation `name` (a key of EVAL_TYPE_IDS)."""
-    from .. import __version__
+    from ... import __version__
 
     for category, values in metrics.items():
         nested = [key for key, value in values.items() if isinstance(value, (dict, list))]
