@@ -144,3 +144,18 @@ def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
     ids = templated.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
     assert ids == templated.lm.tokenizer("w1 w2 w3 ", add_special_tokens=False)["input_ids"]
     assert isinstance(templated(messages), str)
+
+
+def test_quantile_rows_take_one_context_from_each_activation_bin():
+    import torch
+
+    from saelab.eval.examples import quantile_rows
+
+    values = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.0])
+    context = torch.arange(10)
+    rows = quantile_rows(values, context, 4, np.random.default_rng(0))
+    # bins of the 8 positive values: [1, 2.75), [2.75, 4.5), [4.5, 6.25), [6.25, 8]
+    assert [float(values[r]) in pair for r, pair in zip(rows, [(1, 2), (3, 4), (5, 6), (7, 8)])] == [True] * 4
+    used = {int(context[r]) for r in rows}
+    again = quantile_rows(values, context, 4, np.random.default_rng(0), used=set(used))
+    assert not used & {int(context[r]) for r in again}  # contexts already shown are not drawn twice

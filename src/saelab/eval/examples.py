@@ -88,19 +88,24 @@ def top_rows(values: torch.Tensor, context: torch.Tensor, n: int, used: set | No
     return one_per_context((r for r in order.tolist() if values[r] > 0), context, n, used)
 
 
-def sampled_rows(values: torch.Tensor, context: torch.Tensor, n: int, rng: np.random.Generator,
-                 used: set | None = None, weighted: bool = True, within: torch.Tensor | None = None) -> list[int]:
-    """n rows drawn without replacement, one per context: among the positive values with
-    probability proportional to the value (weighted), or uniformly among `within` (a bool
-    mask [N]) or all rows."""
-    if weighted:
-        candidates = torch.nonzero(values > 0).flatten().numpy()
-        p = values[candidates].double().numpy()
-        p = p / p.sum() if len(p) else p
-    else:
-        candidates = torch.nonzero(within).flatten().numpy() if within is not None else np.arange(len(values))
-        p = None
-    if len(candidates) == 0:
+def sampled_rows(context: torch.Tensor, n: int, rng: np.random.Generator, used: set | None = None,
+                 within: torch.Tensor | None = None) -> list[int]:
+    """n rows drawn uniformly without replacement among `within` (a bool mask [N]; default all
+    rows), one per context."""
+    candidates = torch.nonzero(within).flatten().numpy() if within is not None else np.arange(len(context))
+    return one_per_context(rng.permutation(candidates).tolist(), context, n, used)
+
+
+def quantile_rows(values: torch.Tensor, context: torch.Tensor, n: int, rng: np.random.Generator,
+                  used: set | None = None) -> list[int]:
+    """n rows, one from each of n equal-count quantile bins of the positive values (lowest bin
+    first), drawn uniformly within the bin, one per context; fewer when bins run dry."""
+    positive = values[values > 0]
+    if n <= 0 or len(positive) == 0:
         return []
-    order = rng.choice(candidates, size=len(candidates), replace=False, p=p)
-    return one_per_context(order.tolist(), context, n, used)
+    edges = np.quantile(positive.numpy(), np.linspace(0, 1, n + 1))
+    rows = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (values > 0) & (values >= float(lo)) & ((values <= float(hi)) if i == n - 1 else (values < float(hi)))
+        rows += sampled_rows(context, 1, rng, used, within=inside)
+    return rows

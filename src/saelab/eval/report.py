@@ -114,7 +114,7 @@ def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = Non
         if len(nonzero) and n_samples:
             for lo, hi in QUANTILES:
                 a, b = np.quantile(nonzero, lo), np.quantile(nonzero, hi)
-                rows = sampled_rows(values, data.context, n_samples, rng, used, weighted=False,
+                rows = sampled_rows(data.context, n_samples, rng, used,
                                     within=(values > 0) & (values >= float(a)) & (values < float(b)))
                 if rows:
                     picked = [window(data, values, row_of, r, BEFORE, AFTER) for r in rows]

@@ -5,11 +5,12 @@ For each sampled latent (alive: at least dead_latent_threshold activations in th
 held-out text of an activation cache, with examples being windows of `buffer` tokens either
 side of an activating token, at most one per packed context:
 1. Explain: the explainer reads the n_top_ex_for_generation top-activating examples and
-   n_iw_sampled_ex_for_generation examples sampled with probability proportional to the
-   activation, the tokens above act_threshold_frac * max activation marked <<like this>>, and
-   writes a one-sentence explanation.
+   n_quantile_ex_for_generation examples drawn from as many equal-count quantile bins of the
+   latent's activations (one from each: weak activations too), the tokens above
+   act_threshold_frac * max activation marked <<like this>>, and writes a one-sentence
+   explanation. (SAEBench draws these with probability proportional to the activation.)
 2. Score: the scorer reads the explanation and unmarked, shuffled examples it has not seen: the
-   next n_top_ex_for_scoring top examples, n_iw_sampled_ex_for_scoring sampled ones and
+   next n_top_ex_for_scoring top examples, n_quantile_ex_for_scoring quantile-sampled ones and
    n_random_ex_for_scoring windows at random tokens, and lists the examples it predicts the
    latent fires on. An example is positive when some token in it is above the threshold.
    Score of the latent: the fraction of examples predicted right (accuracy); F1 beside it.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..examples import latent_codes, sampled_rows, top_rows, window
+from ..examples import latent_codes, quantile_rows, sampled_rows, top_rows, window
 from .output import eval_output
 
 EXPLAIN_SYSTEM = (
@@ -52,10 +53,10 @@ class AutoInterpConfig:
     buffer: int = 10
     act_threshold_frac: float = 0.01
     n_top_ex_for_generation: int = 10
-    n_iw_sampled_ex_for_generation: int = 5
+    n_quantile_ex_for_generation: int = 5
     n_top_ex_for_scoring: int = 2
     n_random_ex_for_scoring: int = 10
-    n_iw_sampled_ex_for_scoring: int = 2
+    n_quantile_ex_for_scoring: int = 2
     max_explanation_chars: int = 200
     n_tokens: int = 0
     latents: list[int] = field(default_factory=list)
@@ -119,17 +120,17 @@ def latent_examples_for_scoring(data, row_of: dict, values: torch.Tensor, cfg: A
     threshold = cfg.act_threshold_frac * float(values.max())
     used = set()
     top = top_rows(values, data.context, cfg.n_top_ex_for_generation + cfg.n_top_ex_for_scoring, used)
-    sampled = sampled_rows(values, data.context, cfg.n_iw_sampled_ex_for_generation + cfg.n_iw_sampled_ex_for_scoring,
-                           rng, used)
-    random = sampled_rows(values, data.context, cfg.n_random_ex_for_scoring, rng, used, weighted=False)
+    for_generation = quantile_rows(values, data.context, cfg.n_quantile_ex_for_generation, rng, used)
+    for_scoring = quantile_rows(values, data.context, cfg.n_quantile_ex_for_scoring, rng, used)
+    random = sampled_rows(data.context, cfg.n_random_ex_for_scoring, rng, used)
 
     def example(row):
         tokens, _ = window(data, values, row_of, row, cfg.buffer, cfg.buffer)
         return tokens, any(v > threshold for _, v in tokens)
 
-    g_top, g_iw = cfg.n_top_ex_for_generation, cfg.n_iw_sampled_ex_for_generation
-    return ({"generation": [example(r) for r in top[:g_top] + sampled[:g_iw]],
-             "scoring": [example(r) for r in top[g_top:] + sampled[g_iw:] + random]}, threshold)
+    n_top = cfg.n_top_ex_for_generation
+    return ({"generation": [example(r) for r in top[:n_top] + for_generation],
+             "scoring": [example(r) for r in top[n_top:] + for_scoring + random]}, threshold)
 
 
 def autointerp(sae, cache, tokenizer, explainer, scorer=None, cfg: AutoInterpConfig | None = None,
