@@ -119,3 +119,73 @@ def test_absorption_on_the_default_model_in_saebench_form():
     assert set(detail) == {"first_letter", "mean_absorption_fraction", "full_absorption_rate", "num_full_absorption",
                            "num_probe_true_positives", "num_split_features"}
     assert detail["num_probe_true_positives"] > 0
+
+
+def _planted(monkeypatch, n_per_letter=40, absorbed_every=3):
+    """A model whose word activation is the unit vector of its first letter (dims 0..25), and an
+    SAE with one latent per letter, except that every `absorbed_every`-th word of 's' also
+    carries dim 26, which silences the 's' latent and fires latent 26 instead: a planted
+    absorber whose decoder row is (u_s + e_26) / sqrt(2)."""
+    import string
+
+    import saelab.eval.saebench.absorption as module
+
+    words = [(1000 + 100 * li + j, f" {letter}{'xyz'[j % 3]}{j}") for li, letter in enumerate(string.ascii_lowercase)
+             for j in range(n_per_letter)]
+    absorbed = {w for _, w in words if w[1] == "s" and int(w[3:]) % absorbed_every == 0}
+    text_of = dict(words)
+    gen = torch.Generator().manual_seed(0)
+
+    def activations(lm, prompts, layer, site, batch_size, progress=True):
+        rows = []
+        for ids, pos in prompts:
+            word = text_of[ids[pos]]
+            x = torch.zeros(32)
+            x[string.ascii_lowercase.index(word[1])] = 1.0
+            if word in absorbed:
+                x[26] = 1.0
+            rows.append(x + 0.02 * torch.randn(32, generator=gen))
+        return torch.stack(rows)
+
+    monkeypatch.setattr(module, "single_token_words", lambda tokenizer: words)
+    monkeypatch.setattr(module, "word_activations", activations)
+    sae = make_sae("relu", d_in=32, d_sae=32)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+        sae.encoder_bias.fill_(-0.3)
+        for i in range(26):
+            sae.W_enc[i, i] = 1.0
+            sae.W_dec[i, i] = 1.0
+        s = string.ascii_lowercase.index("s")
+        sae.W_enc[26, s] = -2.0
+        sae.W_enc[26, 26] = 1.0
+        sae.W_dec[26, s] = sae.W_dec[26, 26] = 2 ** -0.5
+        sae.W_dec[27:, 27:] = torch.eye(5)
+    return sae, absorbed
+
+
+def test_a_planted_absorber_is_found_end_to_end(monkeypatch):
+    from tiny_models import tiny_lm
+
+    sae, absorbed = _planted(monkeypatch)
+    lm = tiny_lm("llama")
+    # with the F1 jump threshold out of reach, latent 26 is not a main latent of 's': it absorbs
+    cfg = AbsorptionConfig(layer=1, max_words=2000, min_letters=26, f1_jump_threshold=0.5)
+    doc = absorption(sae.eval(), lm, cfg, progress=False)
+    details = {d["first_letter"]: d for d in doc["eval_result_details"]}
+    assert len(details) == 26 and doc["eval_result_unstructured"]["main_latents"]["s"] == [18]
+    s = details["s"]
+    words_absorbed = set(doc["eval_result_unstructured"]["absorbed_words"]["s"])
+    assert words_absorbed and words_absorbed <= absorbed  # only planted words, and each one in the test set
+    assert s["num_full_absorption"] == len(words_absorbed)
+    assert s["full_absorption_rate"] == pytest.approx(len(words_absorbed) / s["num_probe_true_positives"])
+    assert s["mean_absorption_fraction"] == pytest.approx(len(words_absorbed) / s["num_probe_true_positives"])
+    assert all(d["mean_absorption_fraction"] == 0 and d["num_full_absorption"] == 0
+               for letter, d in details.items() if letter != "s")
+    # SAEBench's threshold sees latent 26 carry a third of 's' and calls it a feature split instead
+    doc = absorption(sae, lm, AbsorptionConfig(layer=1, max_words=2000, min_letters=26), progress=False)
+    split = {d["first_letter"]: d for d in doc["eval_result_details"]}["s"]
+    assert doc["eval_result_unstructured"]["main_latents"]["s"] == [18, 26] and split["num_split_features"] == 2
+    assert split["mean_absorption_fraction"] == 0
