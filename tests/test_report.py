@@ -155,7 +155,7 @@ def test_report_command(setup, tmp_path, capsys):
     (run / "eval_results").mkdir()
     (run / "eval_results" / "autointerp.json").write_text(json.dumps({"eval_result_details": [
         {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}],
-        "eval_config": {"explainer": "some-llm"}}))
+        "eval_config": {"explainer": "some-llm"}, "eval_result_metrics": {"autointerp": {"autointerp_score": 0.75}}}))
     cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2",
               "--neuronpedia", str(tmp_path / "np.json")])
     assert "feature browser with 4 latents" in capsys.readouterr().out
@@ -163,6 +163,7 @@ def test_report_command(setup, tmp_path, capsys):
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
     assert "autointerp (some-llm): <b>the &lt;word&gt; w5</b>" in page and "detection accuracy 0.75" in page
     assert page.count("promotes (logit lens)") == 4
+    assert re.search(r"Interpretability evaluations \(SAEBench\).*autointerp_score</td><td class='v'>0\.7500", page)
     features = json.loads((tmp_path / "np.json").read_text())["features"]
     assert len(features) == 4 and features[0]["index"] == str(chosen)
     assert features[0]["explanations"][0]["description"] == "the <word> w5"

@@ -19,7 +19,7 @@ from .errors import SaelabError, UsageError
 from .eval.full import full_evaluation, summary_lines
 from .eval.saebench.llm import chat_model
 from .eval.neuronpedia import write_neuronpedia
-from .eval.saebench.output import RESULTS_DIR, read_outputs
+from .eval.saebench.output import RESULTS_DIR, flat_metrics, read_outputs
 from .eval.saebench.suite import NEED_MODEL, Interp, check_evals, run_interp
 from .eval.saebench.suite import summary_lines as interp_summary
 from .eval.report import read_results, write_report
@@ -244,12 +244,14 @@ def cmd_report(args) -> None:
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None if args.no_logit_lens else load_model(data.spec.model, dtype=args.model_dtype, device=args.device)
-    autointerp = read_outputs(args.run).get("autointerp")
+    outputs = read_outputs(args.run)
+    autointerp = outputs.get("autointerp")
     explanations = {d["latent"]: {**d, "explainer": autointerp["eval_config"].get("explainer")}
                     for d in autointerp["eval_result_details"]} if autointerp else None
     tokenizer = lm.tokenizer if lm is not None else load_tokenizer(data.spec.model)
     shown = write_report(sae, data, out, tokenizer, results, plots, latents=args.latents, top_n=args.top,
-                         n_contexts=args.contexts, n_samples=args.samples, lm=lm, explanations=explanations)
+                         n_contexts=args.contexts, n_samples=args.samples, lm=lm, explanations=explanations,
+                         interp=flat_metrics(outputs))
     print(f"feature browser with {len(shown)} latents on {data.n_tokens} held-out tokens: {out}")
     if args.neuronpedia:
         source = f"{data.spec.layer}-saelab-{sae.cfg.arch}-{data.spec.site}"

@@ -225,9 +225,16 @@ def _latent_html(tokenizer, lt: Latent) -> str:
     return "".join(parts) + "</section>"
 
 
+def _table(values: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='v'>{v:.4f}</td></tr>" for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return f"<table class='metrics'>{rows}</table>"
+
+
 def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = None,
-                plots: list[Path] | None = None, title: str | None = None) -> str:
-    """The whole page as one string."""
+                plots: list[Path] | None = None, title: str | None = None, interp: dict | None = None) -> str:
+    """The whole page as one string; `interp` holds the metrics of eval_results/ (SAEBench's
+    names, eval/saebench/output.flat_metrics)."""
     cfg = sae.cfg
     target = sae.arch.target_l0(sae)
     name = title or f"{cfg.arch} SAE, d_sae={cfg.d_sae}" + (f", k={target}" if target else "")
@@ -236,9 +243,9 @@ def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = No
              f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>",
              f"<p class='muted'>{html.escape(meta)}</p>" if meta else ""]
     if results:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='v'>{v:.4f}</td></tr>" for k, v in results.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool))
-        parts.append(f"<h2>Metrics</h2><table class='metrics'>{rows}</table>")
+        parts.append("<h2>Metrics</h2>" + _table(results))
+    if interp:
+        parts.append("<h2>Interpretability evaluations (SAEBench)</h2>" + _table(interp))
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(_image(p) for p in plots) + "</div>")
     parts.append(f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. 12, 40'></p>")
@@ -252,10 +259,10 @@ def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = No
 def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, results: dict | None = None,
                  plots: list[Path] | None = None, latents: list[int] | None = None, top_n: int = 32,
                  n_contexts: int = 8, n_samples: int = 2, lm=None, explanations: dict | None = None,
-                 seed: int = 0) -> list[Latent]:
+                 interp: dict | None = None, seed: int = 0) -> list[Latent]:
     """Write the feature browser page to `path`; returns the latents shown. With `lm` (the
     model the SAE reads) each latent gets its logit lens; `explanations` maps latents to their
-    autointerp records."""
+    autointerp records; `interp` the metrics of eval_results/."""
     from .logit_lens import logit_lens
 
     chosen = latent_examples(sae, cache, latents, top_n, n_contexts, n_samples, seed)
@@ -266,7 +273,7 @@ def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, resul
         lt.explanation = (explanations or {}).get(lt.index)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(sae, chosen, tokenizer, results, plots))
+    path.write_text(report_html(sae, chosen, tokenizer, results, plots, interp=interp))
     return chosen
 
 
