@@ -175,7 +175,7 @@ def test_builtin_wiki_has_no_markup_residue():
 
     text = "\n".join(wiki_articles())
     assert len(text) > 2_000_000
-    assert not re.search(r"thumb\||\d+px\||Category:", text)
+    assert not re.search(r"thumb\||\d+px\||Category:|bgcolor|<ref|\{\{", text)
     assert "\n\nReferences\n" not in text and "GibbonsEddie" not in text
 
 

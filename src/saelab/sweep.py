@@ -187,10 +187,13 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
     `train_cfg` gives the shared training settings (its out_dir and resume are set per point).
-    `evals` beyond core (eval/suite.py) run with `interp` for every point whose run lacks their
-    result file, and their metrics join its row."""
+    `evals` beyond core (eval/saebench/suite.py) run with `interp` for every point whose run
+    lacks their result file or has one computed with other settings; their metrics join its row."""
     if not points:
         raise ConfigError("the sweep grid is empty")
+    if interp is None and any(name != "core" for name in evals):
+        raise ConfigError(f"evals {', '.join(n for n in evals if n != 'core')} need an Interp (the model, its hook, "
+                          "the held-out cache, the chat model)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae_options = sae_options or {}

@@ -5,6 +5,8 @@ mwparserfromhell's strip_code alone keeps what is not prose: image captions as r
 <ref> footnotes glued into sentences, category and interlanguage links. Before stripping, this
 drops images, galleries, tables, footnotes, categories and interlanguage links, and whole
 back-matter sections (References, See also, External links, ...); list items stay one per line.
+What the parser does not always recognise (tables whose rows come from templates, footnotes
+next to them, captions spanning lines) is cut from the raw text first.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ CATEGORY_LINK = re.compile(r"^\s*:?\s*category\s*:", re.IGNORECASE)
 INTERLANGUAGE_LINK = re.compile(r"^\s*[a-z]{2,3}(-[a-z]+)*\s*:", re.IGNORECASE)
 BACK_MATTER = {"references", "notes", "footnotes", "see also", "external links", "further reading", "bibliography",
                "sources", "citations", "works cited", "notes and references", "references and notes"}
-
-
 HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$", re.MULTILINE)
 FOOTNOTE = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.IGNORECASE | re.DOTALL)
 FILE_LINK = re.compile(r"\[\[\s*:?\s*(file|image|media)\s*:", re.IGNORECASE)

@@ -1,5 +1,5 @@
 """Automated interpretability with detection scoring (SAEBench's autointerp eval; Bills et al.
-2023, Paulo et al. 2024), with any chat model (eval/llm.py).
+2023, Paulo et al. 2024), with any chat model (llm.py).
 
 For each sampled latent (alive: at least dead_latent_threshold activations in the data), on
 held-out text of an activation cache, with examples being windows of `buffer` tokens either

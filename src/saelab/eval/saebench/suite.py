@@ -1,10 +1,10 @@
 """The interpretability evaluations by name, as `saelab eval --evals` and `saelab sweep --evals`
-run them: each writes RUN/eval_results/<name>.json (SAEBench's schema, eval/saebench.py).
+run them: each writes RUN/eval_results/<name>.json (SAEBench's schema, output.py).
 
   core            reconstruction, AFA analysis, downstream CE/KL (eval/full.py; eval.json)
-  absorption      first-letter feature absorption (eval/absorption.py; needs the model)
-  sparse_probing  k-sparse probes on labelled text (eval/sparse_probing.py; needs the model)
-  autointerp      explanations and detection scores from a chat model (eval/autointerp.py;
+  absorption      first-letter feature absorption (absorption.py; needs the model)
+  sparse_probing  k-sparse probes on labelled text (sparse_probing.py; needs the model)
+  autointerp      explanations and detection scores from a chat model (autointerp.py;
                   needs a held-out activation cache and --llm or --llm-url)
 """
 
