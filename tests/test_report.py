@@ -185,7 +185,8 @@ def test_page_renders_in_headless_chromium(setup, tmp_path):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     _, cache, sae = setup
     page = tmp_path / "report.html"
-    write_report(sae, cache, page, tiny_tokenizer(), {"nmse": 0.25}, top_n=6, n_contexts=3)
+    write_report(sae, cache, page, tiny_tokenizer(), {"nmse": 0.25}, top_n=6, n_contexts=3, lm=tiny_lm("llama"),
+                 interp={"mean_absorption_fraction_score": 0.1})
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--disable-background-networking", "--no-first-run", "--hide-scrollbars", "--window-size=1100,1400",
              f"--user-data-dir={tmp_path / 'profile'}"]
@@ -193,6 +194,7 @@ def test_page_renders_in_headless_chromium(setup, tmp_path):
     assert dom.count('class="latent"') == 6
     assert len(re.findall(r'class="tok[^"]*" style="background-color: rgba\(255, 110, 0, 0?\.\d+\)"', dom)) > 20
     assert dom.count('class="context"') >= 6 and "<svg" in dom
+    assert dom.count('class="logits"') == 12 and "mean_absorption_fraction_score" in dom
     shot = Path(os.environ.get("SAELAB_SCREENSHOT_DIR", tmp_path)) / "report.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
