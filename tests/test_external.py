@@ -91,10 +91,14 @@ def test_sparsify(tmp_path):
 
 
 @pytest.mark.parametrize("arch, fmt", [("relu", "saelens"), ("topk", "saelens"), ("jumprelu", "saelens"),
-                                       ("batchtopk", "saelens"), ("topk", "sparsify")])
+                                       ("batchtopk", "saelens"), ("gated", "saelens"), ("matryoshka", "saelens"),
+                                       ("topk", "sparsify")])
 def test_export_then_import_gives_the_same_codes(tmp_path, arch, fmt):
-    sae = randomize(make_sae(arch, d_in=D, d_sae=H, k=3, input_scaling="per_token" if fmt == "saelens" else "none"))
-    if arch == "batchtopk":
+    """Every architecture SAELens or sparsify has (matryoshka and batchtopk infer as a jumprelu
+    with the global threshold on every latent)."""
+    sae = randomize(make_sae(arch, d_in=D, d_sae=H, k=3, input_scaling="per_token" if fmt == "saelens" else "none",
+                             matryoshka_widths=[6, 12, 24]))
+    if arch in ("batchtopk", "matryoshka"):
         estimate_threshold(sae, torch.randn(64, D))
     sae.eval()
     export(sae, tmp_path / "e", fmt)

@@ -168,3 +168,19 @@ def test_sae_directories_of_saelab_0_1_still_load(arch, tmp_path):
     save_file(old, str(tmp_path / "sae.safetensors"))
     x = torch.randn(20, 16)
     torch.testing.assert_close(SAE.load(tmp_path).encode(x), sae.encode(x), rtol=0, atol=0)
+
+
+def test_a_safetensors_header_whose_length_starts_like_a_pickle_is_read(tmp_path):
+    """A header of 384 (0x180) bytes: the file's first byte is 0x80, pickle's opening byte."""
+    import json
+    import struct
+
+    from saelab.io.format import read_safetensors
+
+    data = torch.arange(6, dtype=torch.float32)
+    header = json.dumps({"W": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+    header += b" " * (384 - len(header))
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", 384) + header + data.numpy().tobytes())
+    assert path.read_bytes()[0] == 0x80
+    torch.testing.assert_close(read_safetensors(path)["W"], data.reshape(2, 3))

@@ -7,6 +7,8 @@
   so b_enc absorbs it: b_enc' = b_enc + b_dec @ W_enc (exact).
 - EleutherAI sparsify: `cfg.json` (k, d_in, ...) + `sae.safetensors` with encoder.weight
   [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T.
+- dictionary_learning: `config.json` + `ae.pt` (io/dictionary_learning.py: relu, topk,
+  batchtopk, matryoshka, jumprelu, gated; ae.pt read with torch.load(weights_only=True)).
 
 Each format is a pair of pure translations between its (config dict, tensors) and saelab's
 (SAEConfig, tensors), so the same code serves import and export.
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 from ..config import ConfigError, SAEConfig
 from ..sae.model import SAE
 from ..sae.registry import ARCHITECTURES
+from . import dictionary_learning
 from .atomic import atomic_write
 from .jsonfile import read_json_object
 from .format import CFG_NAME, FORMAT, WEIGHTS_NAME, SAEFormatError, export_tensors, load_sae, read_safetensors, sae_from_tensors
@@ -32,9 +35,15 @@ SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
 
 
 def detect_format(path: Path) -> str:
-    """"saelab", "saelens" or "sparsify", from the files in an SAE directory."""
+    """"saelab", "saelens", "sparsify" or "dictionary_learning", from the files in an SAE
+    directory."""
     if not path.is_dir():
         raise SAEFormatError(f"no SAE directory at {path}")
+    if (path / dictionary_learning.WEIGHTS).is_file():
+        if not (path / dictionary_learning.CONFIG).is_file():
+            raise SAEFormatError(f"{path} has {dictionary_learning.WEIGHTS} but no {dictionary_learning.CONFIG}: "
+                                 "a dictionary_learning SAE needs both")
+        return "dictionary_learning"
     if not (path / CFG_NAME).is_file():
         raise SAEFormatError(f"{path} has no {CFG_NAME}: not an SAE directory of a known format")
     cfg = read_json_object(path / CFG_NAME, SAEFormatError)
@@ -47,21 +56,27 @@ def detect_format(path: Path) -> str:
     files = ", ".join(sorted(p.name for p in path.iterdir()))
     raise SAEFormatError(
         f"{path} is not an SAE directory saelab can read (files: {files}); expected saelab "
-        f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}) or sparsify "
-        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight)"
+        f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify "
+        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight) or dictionary_learning (config.json + ae.pt)"
     )
 
 
 def load_any(path: str | Path, device: str = "cpu") -> SAE:
-    """An SAE from a saelab, SAELens or sparsify directory."""
+    """An SAE from a saelab, SAELens, sparsify or dictionary_learning directory."""
     path = Path(path)
     kind = detect_format(path)
     if kind == "saelab":
         return load_sae(path, device)
-    cfg_dict = read_json_object(path / CFG_NAME, SAEFormatError)
-    weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
-    tensors = read_safetensors(weights)
-    translate = from_saelens if kind == "saelens" else from_sparsify
+    if kind == "dictionary_learning":
+        cfg_dict = read_json_object(path / dictionary_learning.CONFIG, SAEFormatError)
+        weights = path / dictionary_learning.WEIGHTS
+        tensors = dictionary_learning.read_state_dict(weights)
+    else:
+        cfg_dict = read_json_object(path / CFG_NAME, SAEFormatError)
+        weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
+        tensors = read_safetensors(weights)
+    translate = {"saelens": from_saelens, "sparsify": from_sparsify,
+                 "dictionary_learning": dictionary_learning.from_dictionary_learning}[kind]
     try:
         cfg, tensors = translate(cfg_dict, tensors)
     except (KeyError, TypeError, ValueError) as err:
@@ -128,11 +143,22 @@ def to_sparsify(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
                  "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
 
 
+EXPORTS = ("saelens", "sparsify", "dictionary_learning")
+
+
 def export(sae: SAE, path: str | Path, fmt: str) -> None:
-    """Write `sae` as an SAELens or sparsify directory."""
-    translate, weights = {"saelens": (to_saelens, SAELENS_WEIGHTS), "sparsify": (to_sparsify, WEIGHTS_NAME)}[fmt]
-    cfg, tensors = translate(sae)
+    """Write `sae` as an SAELens, sparsify or dictionary_learning directory."""
+    if fmt not in EXPORTS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTS)}")
     path = Path(path)
+    if fmt == "dictionary_learning":
+        cfg, tensors = dictionary_learning.to_dictionary_learning(sae)
+        files = ((dictionary_learning.WEIGHTS, lambda p: torch.save(tensors, p)), (dictionary_learning.CONFIG, cfg))
+    else:
+        translate, weights = {"saelens": (to_saelens, SAELENS_WEIGHTS), "sparsify": (to_sparsify, WEIGHTS_NAME)}[fmt]
+        cfg, tensors = translate(sae)
+        files = ((weights, lambda p: save_file(tensors, str(p))), (CFG_NAME, cfg))
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / weights, lambda p: save_file(tensors, str(p)))
-    atomic_write(path / CFG_NAME, lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
+    (weights, write), (config_name, config) = files
+    atomic_write(path / weights, write)
+    atomic_write(path / config_name, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))

@@ -67,17 +67,20 @@ def save_sae(sae: SAE, path: str | Path) -> None:
 
 
 def _check_safetensors_header(file: Path) -> None:
-    """Refuse anything that is not a safetensors file before a parser sees it."""
+    """Refuse anything that is not a safetensors file before a parser sees it: a safetensors
+    file starts with its header's length (8 bytes, little-endian) and then the JSON header. (A
+    length whose low byte is 0x80 also starts like a pickle, so the header is checked first.)"""
     size = file.stat().st_size
     with open(file, "rb") as fh:
         head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise SAEFormatError(
             f"{file} is a pickle/torch.save file, not safetensors; refusing to load it "
             "(unpickling a stranger's file can run arbitrary code)"
         )
-    if len(head) < 9 or head[8:9] != b"{" or struct.unpack("<Q", head[:8])[0] > size - 8:
-        raise SAEFormatError(f"{file} is not a valid safetensors file (truncated or corrupt header)")
+    raise SAEFormatError(f"{file} is not a valid safetensors file (truncated or corrupt header)")
 
 
 def read_config(path: Path) -> SAEConfig:
