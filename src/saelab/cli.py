@@ -26,10 +26,9 @@ from .eval.report import read_results, write_report
 from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
                     add_sae_arguments, add_training_arguments, check_device, check_interp_flags, integer, interp_settings,
                     list_of, sweep_options, sweep_points, train_grid)
-from .io.external import load_any
 from .sae.model import SAE
 from .sources import (DEFAULT, MIN_EVAL_TOKENS, cache_spec, dictionary_recovery, downstream_data, evaluation_data,
-                      provenance, recorded_hook, sweep_interp, training_data)
+                      provenance, recorded_hook, sae_source, sweep_interp, training_data)
 from .sweep import knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.loop import train_many
@@ -128,14 +127,17 @@ def _print_summary(out: Path, results: dict) -> None:
 
 def _add_eval_parser(commands) -> None:
     p = commands.add_parser(
-        "eval", help="evaluate an SAE (saelab, SAELens or sparsify directory): metrics, AFA analysis, plots",
-        description="Evaluate an SAE directory (saelab, SAELens or EleutherAI sparsify format): reconstruction "
+        "eval", help="evaluate an SAE (saelab, SAELens, sparsify, dictionary_learning; a directory or hf://): metrics, "
+        "AFA analysis, plots, SAEBench's evals",
+        description="Evaluate an SAE directory (saelab, SAELens, EleutherAI sparsify or dictionary_learning format; "
+        "or hf://ORG/NAME[/SAE_ID] from the Hugging Face Hub): reconstruction "
         "metrics, the AFA analysis (eps_LBO, ZF plot), decoder quasi-orthogonality, L0 distribution; "
         "--model and --dataset add downstream CE/KL with the SAE spliced in. Writes eval.json and PNGs. --evals adds "
         "SAEBench's interpretability evaluations (absorption, sparse_probing, autointerp), offline, each written to "
         "eval_results/<name>.json in SAEBench's schema.",
     )
-    p.add_argument("run", metavar="RUN", help="the SAE directory")
+    p.add_argument("run", metavar="RUN", help="the SAE directory, or hf://ORG/NAME[/SAE_ID] on the Hugging Face Hub "
+                   "(outputs then go under runs/hub/ unless --out)")
     p.add_argument("--activations", metavar="FILE.npy|DIR",
                    help="evaluation activations (default: harvest held-out text for the model/site the SAE was "
                    "trained on, as recorded in its cfg.json)")
@@ -155,7 +157,7 @@ def cmd_eval(args) -> None:
     evals = check_evals(args.evals)
     check_interp_flags(args)
     chat = chat_model(args.llm_url, None, args.llm_model, args.llm_key_env) if args.llm_url else None
-    sae = load_any(args.run)
+    sae, _, default_out = sae_source(args.run)
     explicit_model = args.model is not None
     recorded_hook(args, sae)
     data = evaluation_data(args, sae) if "core" in evals or "autointerp" in evals else None
@@ -176,7 +178,7 @@ def cmd_eval(args) -> None:
         model = load_model(args.model, dtype=args.model_dtype, device=args.device)
     if args.llm:
         chat = chat_model(None, args.llm, device=args.device)
-    out = Path(args.out or args.run)
+    out = Path(args.out or default_out)
     if "core" in evals:
         results = full_evaluation(sae, data, out, model=model if input_ids is not None else None, input_ids=input_ids,
                                   layer=args.layer, site=args.site or "resid_post")
@@ -206,7 +208,8 @@ def _add_report_parser(commands) -> None:
         "direction, and its autointerp explanation when eval_results/autointerp.json has one. Needs an activation "
         "cache (it keeps the token ids); by default the held-out cache of the model the SAE was trained on.",
     )
-    p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens or sparsify)")
+    p.add_argument("run", metavar="RUN", help="the SAE directory (saelab, SAELens, sparsify or dictionary_learning), "
+                   "or hf://ORG/NAME[/SAE_ID] (the page then goes under runs/hub/ unless --out)")
     p.add_argument("--activations", metavar="DIR", help="an activation cache (default: held-out text of the SAE's model)")
     add_model_arguments(p, defaults=False)
     p.add_argument("--eval-tokens", type=integer(MIN_EVAL_TOKENS), default=DEFAULT["eval_tokens"],
@@ -229,7 +232,7 @@ def cmd_report(args) -> None:
     if args.latents and len(set(args.latents)) != len(args.latents):
         twice = sorted({i for i in args.latents if args.latents.count(i) > 1})
         raise UsageError(f"--latents lists {', '.join(map(str, twice))} more than once")
-    sae = load_any(args.run)
+    sae, files, default_out = sae_source(args.run)
     too_large = [i for i in args.latents or [] if i >= sae.cfg.d_sae]
     if too_large:
         raise UsageError(f"--latents {', '.join(map(str, too_large))}: this SAE has latents 0..{sae.cfg.d_sae - 1}")
@@ -237,14 +240,14 @@ def cmd_report(args) -> None:
     if not isinstance(data, ActivationCache):
         raise UsageError("the feature browser needs token ids: pass an activation cache directory "
                          f"(saelab cache ...), not {args.activations}")
-    run, out = Path(args.run), Path(args.out or Path(args.run) / rundir.REPORT)
+    run, out = files, Path(args.out or default_out / rundir.REPORT)
     results = read_results(run)
     if results is None:  # evaluate first, so the page has metrics and plots
         results = full_evaluation(sae, data, out.parent)
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None if args.no_logit_lens else load_model(data.spec.model, dtype=args.model_dtype, device=args.device)
-    outputs = read_outputs(args.run)
+    outputs = read_outputs(files)
     autointerp = outputs.get("autointerp")
     explanations = {d["latent"]: {**d, "explainer": autointerp["eval_config"].get("explainer")}
                     for d in autointerp["eval_result_details"]} if autointerp else None
@@ -257,6 +260,32 @@ def cmd_report(args) -> None:
         source = f"{data.spec.layer}-saelab-{sae.cfg.arch}-{data.spec.site}"
         write_neuronpedia(shown, tokenizer, args.neuronpedia, data.spec.model, source)
         print(f"Neuronpedia feature dashboards of the same latents: {args.neuronpedia}")
+
+
+def _add_push_parser(commands) -> None:
+    p = commands.add_parser(
+        "push", help="upload an SAE with its evaluation and a model card to the Hugging Face Hub",
+        description="Upload an SAE directory (any layout saelab reads) to a Hub repo as one commit: the SAE in "
+        "saelab's format, eval.json, eval_results/, the plots and a model card (README.md with library_name: "
+        "saelab, the model and hook, the training settings and held-out metrics). Needs network and a token "
+        "with write access (HF_TOKEN, or huggingface-cli login). Load it back with SAE.from_pretrained or "
+        "hf://REPO[/SAE_ID] wherever saelab takes an SAE.",
+    )
+    p.add_argument("run", metavar="RUN", help="the SAE directory (or hf://ORG/NAME[/SAE_ID], to copy one)")
+    p.add_argument("repo", metavar="REPO", help="the Hub repo, ORG/NAME (created if missing)")
+    p.add_argument("--sae-id", metavar="ID", help="a folder in the repo for this SAE (e.g. blocks.15.hook_resid_post), "
+                   "so one repo holds many")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args) -> None:
+    if args.repo.count("/") != 1 or args.repo.startswith(("/", ".")):
+        raise UsageError(f"REPO must be a Hub repo id ORG/NAME, got {args.repo!r}")
+    sae, files, _ = sae_source(args.run)
+    url = sae.push_to_hub(args.repo, sae_id=args.sae_id, private=args.private, run=files)
+    print(f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {args.repo}" + (f"/{args.sae_id}" if args.sae_id else "")
+          + f": {url}")
 
 
 def _add_sweep_parser(commands) -> None:
@@ -311,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"saelab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_cache_parser, _add_train_parser, _add_eval_parser, _add_sweep_parser, _add_report_parser):
+    for add in (_add_cache_parser, _add_train_parser, _add_eval_parser, _add_sweep_parser, _add_report_parser,
+                _add_push_parser):
         add(commands)
     return parser
 

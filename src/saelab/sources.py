@@ -18,6 +18,9 @@ from .data.pipeline import ensure_caches, prepare_activations
 from .data.streaming import heldout_activations, heldout_contexts, streamed_source
 from .data.synthetic import synthetic_activations
 from .errors import UsageError
+from .io import hub
+from .io.external import load_any
+from .sae.model import SAE
 from .eval.saebench.llm import chat_model
 from .eval.saebench.suite import NEED_MODEL, Interp
 from .sweep import Downstream
@@ -111,6 +114,18 @@ def dictionary_recovery(sae, dictionary: torch.Tensor) -> float:
     """Mean over true features of the max cosine similarity with any decoder row."""
     rows = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     return (dictionary @ rows.T).max(dim=1).values.mean().item()
+
+
+def sae_source(arg: str) -> tuple[SAE, Path, Path]:
+    """(the SAE, the folder holding its files, the folder a command writes into by default) of a
+    RUN argument: an SAE directory (the same folder twice), or hf://ORG/NAME[/SAE_ID] (from the
+    Hub or its cache; outputs go under runs/hub/ORG--NAME[--SAE_ID], never into the cache)."""
+    if not arg.startswith(hub.SCHEME):
+        return load_any(arg), Path(arg), Path(arg)
+    repo_id, sae_id = hub.parse_uri(arg)
+    folder = hub.download(repo_id, sae_id)
+    return load_any(folder), folder, Path("runs") / "hub" / "--".join([repo_id, *([sae_id] if sae_id else [])]
+                                                                      ).replace("/", "--")
 
 
 def recorded_hook(args, sae) -> None:

@@ -188,3 +188,21 @@ class SAE(nn.Module):
         from ..io.format import load_sae
 
         return load_sae(path, device=device)
+
+    @classmethod
+    def from_pretrained(cls, repo_or_path: str, sae_id: str | None = None, revision: str | None = None,
+                        device: str | torch.device = "cpu") -> SAE:
+        """An SAE from a Hugging Face Hub repo ("org/name", a folder `sae_id` in it; or
+        "hf://org/name/sae_id") or a local directory, in saelab's, SAELens', sparsify's or
+        dictionary_learning's layout (io/hub.py)."""
+        from ..io.hub import from_pretrained
+
+        return from_pretrained(repo_or_path, sae_id, revision, device)
+
+    def push_to_hub(self, repo_id: str, sae_id: str | None = None, private: bool = False,
+                    run: str | Path | None = None, api=None) -> str:
+        """Upload this SAE (with a model card, and from `run` its evaluation and plots) to the
+        Hub repo `repo_id`, into folder `sae_id` if given; returns the commit URL (io/hub.py)."""
+        from ..io.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, sae_id, private, run, api)
