@@ -185,19 +185,25 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
     assert "invalid choice ['ladder']" in error
 
 
-def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
-    import json
-
-    from saelab.eval.saebench.suite import Interp
+def _probing_setup(tmp_path):
+    """A tiny model, activations of it split into train and held-out sources, and a labelled
+    file with two separable topics."""
+    from saelab.data.hooks import harvest
     from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     with torch.no_grad():
-        acts = harvest_acts(lm.model)
-    train_source, eval_source = open_source(acts).split(256)
+        acts = harvest(lm.model, torch.randint(4, 104, (64, 16)), 0, "resid_post").reshape(-1, 32)
     probe = tmp_path / "p.jsonl"
     probe.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)),
                                            "label": i % 2}) for i in range(60)))
+    return lm, *open_source(acts).split(256), probe
+
+
+def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
+    from saelab.eval.saebench.suite import Interp
+
+    lm, train_source, eval_source, probe = _probing_setup(tmp_path)
     interp = Interp(lm=lm, layer=0, site="resid_post", settings={"sparse_probing": {
         "dataset_names": [str(probe)], "k_values": [1, 2]}}, progress=False)
     points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
@@ -207,31 +213,18 @@ def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
     assert all(0 <= row["sae_top_1_test_accuracy"] <= 1 and "llm_test_accuracy" in row for row in rows)
     assert all((out / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points)
     assert "sae_top_2_test_accuracy" in (out / "results.csv").read_text().splitlines()[0]
-
-
-def harvest_acts(model):
-    from saelab.data.hooks import harvest
-
-    return harvest(model, torch.randint(4, 104, (64, 16)), 0, "resid_post").reshape(-1, 32)
+    with pytest.raises(ConfigError, match="need an Interp"):
+        run_sweep(points, train_source, eval_source, out, _cfg(total_tokens=512, batch_size=128),
+                  evals=["core", "absorption"])
 
 
 def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatch):
-    import json
-
+    import saelab.sweep as sweep_module
     from saelab.eval.saebench.suite import Interp
-    from tiny_models import tiny_lm
 
-    lm = tiny_lm("llama")
-    with torch.no_grad():
-        acts = harvest_acts(lm.model)
-    train_source, eval_source = open_source(acts).split(256)
-    probe = tmp_path / "p.jsonl"
-    probe.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)),
-                                           "label": i % 2}) for i in range(60)))
+    lm, train_source, eval_source, probe = _probing_setup(tmp_path)
     points = union([{"arch": ["topk"], "k": [2], "expansion": [2]}])
     calls = []
-    import saelab.sweep as sweep_module
-
     original = sweep_module.run_interp
     monkeypatch.setattr(sweep_module, "run_interp", lambda *a: calls.append(a[1]) or original(*a))
     for k_values in ([1], [1], [1, 2]):
