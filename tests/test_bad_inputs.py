@@ -234,8 +234,11 @@ def test_overwrite_removes_the_old_runs_files(world, capsys, tmp_path):
     args = [a.format(w=tmp_path, acts=world / "acts.npy") for a in TRAIN]
     cli.main(args)
     (tmp_path / "new-run" / "report.html").write_text("old report")
+    (tmp_path / "new-run" / "eval_results").mkdir()
+    (tmp_path / "new-run" / "eval_results" / "autointerp.json").write_text("{}")
     cli.main(args + ["--overwrite", "--k", "2"])
     assert not (tmp_path / "new-run" / "report.html").exists()
+    assert not (tmp_path / "new-run" / "eval_results").exists()  # the old SAE's evaluations go with it
     assert SAE.load(tmp_path / "new-run").cfg.k == 2
 
 

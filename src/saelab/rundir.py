@@ -8,6 +8,7 @@ RUN/
   history.jsonl               one record per log step (train/loop.py)
   train_config.json           the TrainConfig it was trained with
   eval.json, *.png            the evaluation (eval/full.py)
+  eval_results/<name>.json    SAEBench's evaluations (eval/saebench/)
   report.html                 the feature browser (eval/report.py)
 """
 
@@ -26,6 +27,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 TRAIN_CONFIG = "train_config.json"
 EVAL = "eval.json"
+EVAL_RESULTS = "eval_results"
 PLOTS = {"zf": "zf_plot.png", "l0": "l0_histogram.png", "density": "latent_density.png"}
 REPORT = "report.html"
 FILES = (CFG, WEIGHTS, CHECKPOINT, HISTORY, TRAIN_CONFIG, EVAL, *PLOTS.values(), REPORT)
@@ -61,6 +63,7 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
         for run in runs:
             for name in FILES:
                 (run / name).unlink(missing_ok=True)
+            shutil.rmtree(run / EVAL_RESULTS, ignore_errors=True)
     elif any(state(run) == "interrupted" for run in runs):
         raise RunError(f"{out} holds an interrupted run; pass --resume to continue it or --overwrite")
     elif any(state(run) in ("trained", "evaluated") for run in runs):

@@ -95,11 +95,12 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
 
 
 def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None = None) -> Path:
-    """A local directory for a local path, an hf:// URI or a repo id."""
+    """A local directory for an hf:// URI (always the Hub), a local path, or a repo id ORG/NAME
+    that is not a local path."""
     if repo_or_path.startswith(SCHEME):
         if sae_id is not None:
             raise HubError("give the SAE's folder either in the hf:// URI or as sae_id, not both")
-        repo_or_path, sae_id = parse_uri(repo_or_path)
+        return download(*parse_uri(repo_or_path), revision)
     path = Path(repo_or_path)
     if path.exists() or repo_or_path.startswith((".", "/", "~")) or repo_or_path.count("/") != 1:
         folder = path / sae_id if sae_id else path
@@ -128,7 +129,7 @@ def model_card(sae, run: Path | None, repo_id: str, sae_id: str | None = None) -
         lines.append(f"base_model: {model}")
     lines += ["---", "", f"# {cfg.arch} SAE, d_in={cfg.d_in}, d_sae={cfg.d_sae}", ""]
     hook = ", ".join(f"{key}: {meta[key]}" for key in ("model", "layer", "site", "dataset", "hook_name") if key in meta)
-    lines += [f"Trained with [saelab](https://pypi.org/project/saelab/) on {hook or 'activations it does not record'}.",
+    lines += [f"Trained with saelab on {hook or 'activations it does not record'}.",
               "", "```python", "from saelab import SAE",
               f'sae = SAE.from_pretrained("{repo_id}"' + (f', sae_id="{sae_id}")' if sae_id else ")"),
               "```", "", "## Settings", "", "| setting | value |", "|---|---|"]
@@ -159,7 +160,7 @@ def push_to_hub(sae, repo_id: str, sae_id: str | None = None, private: bool = Fa
         folder = Path(tmp)
         sae.save(folder)
         if run is not None:
-            for name in (rundir.EVAL, rundir.TRAIN_CONFIG, *rundir.PLOTS.values(), "eval_results"):
+            for name in (rundir.EVAL, rundir.TRAIN_CONFIG, *rundir.PLOTS.values(), rundir.EVAL_RESULTS):
                 source = run / name
                 if source.is_dir():
                     shutil.copytree(source, folder / name)

@@ -20,10 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
+from ... import rundir
 from ...io.atomic import atomic_write
 from ...io.jsonfile import read_json_object
 
-RESULTS_DIR = "eval_results"
+RESULTS_DIR = rundir.EVAL_RESULTS
 EVAL_TYPE_IDS = {"absorption": "absorption_first_letter", "sparse_probing": "sparse_probing",
                  "autointerp": "autointerp"}
 FIELDS = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
