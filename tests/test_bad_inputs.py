@@ -196,6 +196,8 @@ CASES = [
     ("autointerp on an array", _nothing, _with(EVAL, "--evals", "autointerp", "--llm-url", "http://localhost:1/v1"),
      "autointerp shows text"),
     ("absorption without a model", _nothing, _with(EVAL, "--evals", "absorption"), "pass --model and --layer"),
+    ("autointerp local model missing", _nothing, _with(EVAL, "--evals", "autointerp", "--llm", "{w}/no-such-model"),
+     "no model at"),
     ("probe file missing", _nothing, _with(EVAL, "--evals", "sparse_probing", "--model", "{w}/model", "--layer",
                                            "0", "--probe-dataset", "{w}/none.csv"), "no labelled text file"),
     ("probe file without labels", _file("unlabelled.jsonl", b'{"text": "w1 w2"}\n'),

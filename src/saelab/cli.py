@@ -17,12 +17,12 @@ from .data.streaming import heldout_contexts
 from .data.text import SPLITS
 from .errors import SaelabError, UsageError
 from .eval.full import full_evaluation, summary_lines
-from .eval.saebench.llm import chat_model
 from .eval.neuronpedia import write_neuronpedia
+from .eval.report import read_results, write_report
+from .eval.saebench.llm import chat_model
 from .eval.saebench.output import RESULTS_DIR, flat_metrics, read_outputs
 from .eval.saebench.suite import NEED_MODEL, Interp, check_evals, run_interp
 from .eval.saebench.suite import summary_lines as interp_summary
-from .eval.report import read_results, write_report
 from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
                     add_sae_arguments, add_training_arguments, check_device, check_interp_flags, integer, interp_settings,
                     list_of, sweep_options, sweep_points, train_grid)
@@ -156,8 +156,9 @@ def _add_eval_parser(commands) -> None:
 def cmd_eval(args) -> None:
     evals = check_evals(args.evals)
     check_interp_flags(args)
-    chat = chat_model(args.llm_url, None, args.llm_model, args.llm_key_env) if args.llm_url else None
     sae, _, default_out = sae_source(args.run)
+    chat = chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device) \
+        if "autointerp" in evals else None  # a missing local model fails before any harvesting
     explicit_model = args.model is not None
     recorded_hook(args, sae)
     data = evaluation_data(args, sae) if "core" in evals or "autointerp" in evals else None
@@ -176,8 +177,6 @@ def cmd_eval(args) -> None:
             raise UsageError(f"{', '.join(n for n in evals if n in NEED_MODEL)} run the model: this SAE does not "
                              "record it, so pass --model and --layer")
         model = load_model(args.model, dtype=args.model_dtype, device=args.device)
-    if args.llm:
-        chat = chat_model(None, args.llm, device=args.device)
     out = Path(args.out or default_out)
     if "core" in evals:
         results = full_evaluation(sae, data, out, model=model if input_ids is not None else None, input_ids=input_ids,
