@@ -220,12 +220,11 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
 
 
 def _mean_metrics(details: list[dict]) -> dict:
-    def stats(key):
+    """SAEBench's mean_<metric> and std_dev_<metric> over the letters evaluated."""
+    out = {}
+    for metric, key in (("absorption_fraction_score", "mean_absorption_fraction"),
+                        ("full_absorption_score", "full_absorption_rate"), ("num_split_features", "num_split_features")):
         values = [d[key] for d in details]
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    (fa, fa_sd), (full, full_sd), (split, split_sd) = (stats("mean_absorption_fraction"),
-                                                       stats("full_absorption_rate"), stats("num_split_features"))
-    return {"mean_absorption_fraction_score": fa, "mean_full_absorption_score": full, "mean_num_split_features": split,
-            "std_dev_absorption_fraction_score": fa_sd, "std_dev_full_absorption_score": full_sd,
-            "std_dev_num_split_features": split_sd}
+        out[f"mean_{metric}"] = statistics.mean(values)
+        out[f"std_dev_{metric}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out

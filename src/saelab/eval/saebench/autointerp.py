@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..examples import latent_codes, quantile_rows, sampled_rows, top_rows, window
 from .output import eval_output
+from .probes import f1
 
 EXPLAIN_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "
@@ -107,9 +108,7 @@ def score_latent(chat_explain, chat_score, tokenizer, examples: dict, threshold:
     predicted = parse_prediction(reply, len(scoring))
     truth = np.array([positive for _, positive in scoring])
     guess = np.array([i + 1 in predicted for i in range(len(scoring))])
-    tp = int((guess & truth).sum())
-    f1 = 2 * tp / (guess.sum() + truth.sum()) if tp else 0.0
-    return {"explanation": explanation, "score": float((guess == truth).mean()), "f1": float(f1),
+    return {"explanation": explanation, "score": float((guess == truth).mean()), "f1": f1(guess, truth),
             "n_scored": len(scoring), "n_positive": int(truth.sum()), "scorer_reply": reply.strip()[:200]}
 
 
@@ -141,13 +140,13 @@ def autointerp(sae, cache, tokenizer, explainer, scorer=None, cfg: AutoInterpCon
     scorer = scorer or explainer
     sae = sae.cpu().eval()
     rng = np.random.default_rng(cfg.random_seed)
-    counts = latent_codes(sae, cache, None).counts
     if cfg.override_latents:
         bad = [i for i in cfg.override_latents if not 0 <= i < sae.cfg.d_sae]
         if bad:
             raise ValueError(f"latent(s) {bad} out of range: this SAE has d_sae={sae.cfg.d_sae}")
         latents = list(cfg.override_latents)
     else:
+        counts = latent_codes(sae, cache, None).counts
         alive = torch.nonzero(counts >= cfg.dead_latent_threshold).flatten().numpy()
         if len(alive) == 0:
             raise ValueError(f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} held-out "
