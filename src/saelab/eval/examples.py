@@ -96,6 +96,14 @@ def sampled_rows(context: torch.Tensor, n: int, rng: np.random.Generator, used: 
     return one_per_context(rng.permutation(candidates).tolist(), context, n, used)
 
 
+def rows_between(values: torch.Tensor, context: torch.Tensor, low: float, high: float, n: int,
+                 rng: np.random.Generator, used: set | None = None, closed: bool = False) -> list[int]:
+    """n rows drawn uniformly among those whose positive value lies in [low, high) ([low, high]
+    when closed), one per context."""
+    inside = (values > 0) & (values >= low) & ((values <= high) if closed else (values < high))
+    return sampled_rows(context, n, rng, used, within=inside)
+
+
 def quantile_rows(values: torch.Tensor, context: torch.Tensor, n: int, rng: np.random.Generator,
                   used: set | None = None) -> list[int]:
     """n rows, one from each of n equal-count quantile bins of the positive values (lowest bin
@@ -104,8 +112,5 @@ def quantile_rows(values: torch.Tensor, context: torch.Tensor, n: int, rng: np.r
     if n <= 0 or len(positive) == 0:
         return []
     edges = np.quantile(positive.numpy(), np.linspace(0, 1, n + 1))
-    rows = []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        inside = (values > 0) & (values >= float(lo)) & ((values <= float(hi)) if i == n - 1 else (values < float(hi)))
-        rows += sampled_rows(context, 1, rng, used, within=inside)
-    return rows
+    return [r for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+            for r in rows_between(values, context, float(lo), float(hi), 1, rng, used, closed=i == n - 1)]

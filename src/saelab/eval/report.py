@@ -24,7 +24,7 @@ import torch
 
 from ..data.cache import ActivationCache
 from ..io.jsonfile import read_json_object
-from .examples import latent_codes, sampled_rows, top_rows, window
+from .examples import latent_codes, rows_between, top_rows, window
 from .full import EVAL_NAME
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
@@ -114,8 +114,7 @@ def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = Non
         if len(nonzero) and n_samples:
             for lo, hi in QUANTILES:
                 a, b = np.quantile(nonzero, lo), np.quantile(nonzero, hi)
-                rows = sampled_rows(data.context, n_samples, rng, used,
-                                    within=(values > 0) & (values >= float(a)) & (values < float(b)))
+                rows = rows_between(values, data.context, float(a), float(b), n_samples, rng, used)
                 if rows:
                     picked = [window(data, values, row_of, r, BEFORE, AFTER) for r in rows]
                     samples.append(Sample(f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
