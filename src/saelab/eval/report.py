@@ -26,6 +26,7 @@ from ..data.cache import ActivationCache
 from ..io.jsonfile import read_json_object
 from .examples import latent_codes, rows_between, top_rows, window
 from .full import EVAL_NAME
+from .logit_lens import logit_lens
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
 HISTOGRAM_BINS = 30
@@ -262,8 +263,6 @@ def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, resul
     """Write the feature browser page to `path`; returns the latents shown. With `lm` (the
     model the SAE reads) each latent gets its logit lens; `explanations` maps latents to their
     autointerp records; `interp` the metrics of eval_results/."""
-    from .logit_lens import logit_lens
-
     chosen = latent_examples(sae, cache, latents, top_n, n_contexts, n_samples, seed)
     if lm is not None and chosen:
         for lt, lens in zip(chosen, logit_lens(sae, lm, [lt.index for lt in chosen])):

@@ -27,6 +27,7 @@ import re
 import torch
 
 from ..config import ConfigError, SAEConfig
+from .format import SAEFormatError, export_tensors
 
 WEIGHTS, CONFIG = "ae.pt", "config.json"
 CLASSES = {"AutoEncoder": "relu", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
@@ -37,8 +38,6 @@ TRAINERS = {"relu": "StandardTrainer", "topk": "TopKTrainer", "batchtopk": "Batc
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """The tensors of an ae.pt, unpickled with weights_only=True (tensors and containers only)."""
-    from .format import SAEFormatError
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -100,8 +99,6 @@ def from_dictionary_learning(config: dict, tensors: dict[str, torch.Tensor]) -> 
 
 def to_dictionary_learning(sae) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, ae.pt state dict) of `sae` as dictionary_learning lays them out."""
-    from .format import export_tensors
-
     tensors, cfg = export_tensors(sae)
     if cfg.arch not in TRAINERS:
         raise ConfigError(f"dictionary_learning has no {cfg.arch} SAE (it has {', '.join(TRAINERS)})")

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from .. import rundir
 from ..errors import SaelabError
+from .external import load_any
 
 SCHEME = "hf://"
 CARD = "README.md"
@@ -112,8 +113,6 @@ def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None =
 
 def from_pretrained(repo_or_path: str, sae_id: str | None = None, revision: str | None = None, device: str = "cpu"):
     """An SAE from a Hub repo (id or hf:// URI) or a local directory, in any layout load_any reads."""
-    from .external import load_any
-
     return load_any(resolve(repo_or_path, sae_id, revision), device)
 
 

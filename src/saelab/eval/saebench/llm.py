@@ -11,6 +11,7 @@ import os
 import urllib.error
 import urllib.request
 
+from ...data.models import load_model
 from ...errors import SaelabError
 
 
@@ -60,8 +61,6 @@ class LocalChat:
     when it has none), greedy decoding."""
 
     def __init__(self, spec: str, device: str = "cpu", max_tokens: int = 60):
-        from ...data.models import load_model
-
         self.lm = load_model(spec, device=device)
         self.max_tokens, self.name = max_tokens, spec
 

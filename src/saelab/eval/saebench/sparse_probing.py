@@ -23,6 +23,7 @@ Data (`dataset`):
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from ...data.hooks import harvest
 from ...data.network import require_hub
 from ...data.packing import right_padded
+from ...data.text import documents
 from .probes import as_numpy, fit_probe, top_mean_difference
 from .output import eval_output
 
@@ -66,8 +68,6 @@ class ProbingDataError(ValueError):
 
 def builtin_topics(tokenizer, bos_id, context_length: int) -> tuple[list[list[int]], list[str]]:
     """(token ids of each context, its article) for the held-out builtin Wikipedia articles."""
-    from ...data.text import documents
-
     contexts, labels = [], []
     for number, article in enumerate(documents("builtin:wiki", "eval")):
         ids = tokenizer(article, add_special_tokens=False)["input_ids"]
@@ -82,12 +82,10 @@ def builtin_topics(tokenizer, bos_id, context_length: int) -> tuple[list[list[in
 def labelled_texts(source: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     """(texts, labels as strings) of a labelled file or a datasets name."""
     path = Path(source)
-    if path.suffix in SUFFIXES or path.exists():
+    if _is_local(source):
         if not path.is_file():
             raise ProbingDataError(f"no labelled text file at {path}")
         if path.suffix == ".jsonl":
-            import json
-
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             columns = set(rows[0]) if rows else set()
             table = {c: [r.get(c) for r in rows] for c in columns}
@@ -122,11 +120,15 @@ def check_dataset(source: str, text_column: str, label_column: str) -> None:
     datasets name without network."""
     if source == BUILTIN:
         return
-    if Path(source).suffix in SUFFIXES or Path(source).exists():
+    if _is_local(source):
         labelled_texts(source, text_column, label_column)
     else:
         require_hub(f"dataset {source!r}")
 
+
+def _is_local(source: str) -> bool:
+    """A labelled file (existing or named like one), as opposed to a datasets name."""
+    return Path(source).suffix in SUFFIXES or Path(source).exists()
 
 def tasks_of(labels: list[str], min_examples: int, max_tasks: int | None = None) -> list[str]:
     """The positive class of each one-vs-rest task: labels with at least min_examples examples

@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .absorption import AbsorptionConfig, absorption
+from .autointerp import AutoInterpConfig, autointerp
 from .output import write_output
+from .sparse_probing import SparseProbingConfig, sparse_probing
 
 EVALS = ("core", "absorption", "sparse_probing", "autointerp")
 NEED_MODEL = ("absorption", "sparse_probing")
@@ -43,10 +46,6 @@ def check_evals(names: list[str]) -> list[str]:
 
 def run_interp(sae, names: list[str], out_dir: str | Path, interp: Interp) -> dict[str, dict]:
     """Run the non-core evaluations in `names` and write their files; {name: document}."""
-    from .absorption import AbsorptionConfig, absorption
-    from .autointerp import AutoInterpConfig, autointerp
-    from .sparse_probing import SparseProbingConfig, sparse_probing
-
     documents = {}
     for name in [n for n in names if n != "core"]:
         settings = interp.settings.get(name, {})
