@@ -206,6 +206,8 @@ CASES = [
     ("absorption words too few", _nothing, _with(EVAL, "--evals", "absorption", "--absorption-words", "10"),
      "--absorption-words: must be >= 100"),
     ("sweep evals on generated data", _nothing, _with(SWEEP, "--evals", "absorption"), "need activations of a model"),
+    ("sweep autointerp local model missing", _nothing,
+     _with(SWEEP, "--evals", "autointerp", "--llm", "{w}/no-such-model"), "no model at"),
     # sweep
     ("sweep k not an integer", _nothing, _with(SWEEP, "--k", "4,x"), "not a comma list of int"),
     ("sweep afa coefficient NaN", _nothing, _with(SWEEP, "--arch", "topafa", "--afa-coefficient", "nan"),

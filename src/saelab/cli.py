@@ -311,6 +311,8 @@ def cmd_sweep(args) -> None:
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
     check_evals(args.evals)
     check_interp_flags(args)
+    chat = chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device) \
+        if "autointerp" in args.evals else None  # a missing local model fails before any harvesting
     points = sweep_points(args)
     train_source, eval_source, _ = training_data(args)
     train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
@@ -321,7 +323,7 @@ def cmd_sweep(args) -> None:
     rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
                      sae_options={**sweep_options(args, points), "metadata": provenance(args)},
                      downstream=downstream, device=args.device, batch_size_eval=args.batch_size,
-                     interp=sweep_interp(args, downstream, eval_source, interp_settings(args)), evals=args.evals)
+                     interp=sweep_interp(args, downstream, eval_source, interp_settings(args), chat), evals=args.evals)
     columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median",
                            "mean_absorption_fraction_score", "sae_top_1_test_accuracy", "autointerp_score")
                if c in rows[0]]

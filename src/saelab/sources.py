@@ -21,7 +21,6 @@ from .errors import UsageError
 from .io import hub
 from .io.external import load_any
 from .sae.model import SAE
-from .eval.saebench.llm import chat_model
 from .eval.saebench.suite import NEED_MODEL, Interp
 from .sweep import Downstream
 
@@ -165,10 +164,10 @@ def downstream_data(args) -> Downstream | None:
     return Downstream(model, heldout_contexts(model, spec, args.downstream_contexts), spec.layer, spec.site)
 
 
-def sweep_interp(args, downstream: Downstream | None, eval_source, settings: dict) -> Interp | None:
+def sweep_interp(args, downstream: Downstream | None, eval_source, settings: dict, chat=None) -> Interp | None:
     """What a sweep's --evals beyond core need: the model of the activations (the downstream
-    one when loaded), its hook, the held-out cache and the chat model; `settings` as
-    flags.interp_settings gives them."""
+    one when loaded), its hook, the held-out cache and the chat model (loaded by the caller
+    before any harvesting); `settings` as flags.interp_settings gives them."""
     if args.evals == ["core"]:
         return None
     if args.synthetic or (args.activations and not Path(args.activations).is_dir()):
@@ -178,8 +177,6 @@ def sweep_interp(args, downstream: Downstream | None, eval_source, settings: dic
     lm = downstream.model if downstream is not None else None
     if lm is None and any(name in NEED_MODEL for name in args.evals):
         lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
-    chat = chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device) \
-        if "autointerp" in args.evals else None
     if "autointerp" in args.evals and not isinstance(eval_source, ActivationCache):
         raise UsageError("autointerp needs held-out text: sweep over an activation cache or a model")
     return Interp(lm=lm, layer=spec.layer, site=spec.site, cache=eval_source,
