@@ -128,12 +128,10 @@ def test_autointerp_on_a_tiny_cache(endpoint, tmp_path):
 def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
     from saelab.eval.saebench.llm import LocalChat
 
-    from tiny_models import tiny_model
+    from tiny_models import saved_model
 
-    model = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model)
+    model = saved_model(tmp_path / "model")
     tok = tiny_tokenizer()
-    tok.save_pretrained(model)
     plain = LocalChat(str(model), max_tokens=5)
     messages = [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": "w3"}]
     reply = plain(messages)

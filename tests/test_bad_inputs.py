@@ -17,7 +17,7 @@ from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.data.cache import CacheSpec, build_cache
 
 from conftest import cli_error
-from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
+from tiny_models import saved_model, tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,7 @@ def world(tmp_path_factory):
                               for i in range(100)))
     spec = CacheSpec(model="tiny", layer=1, site="resid_post", dataset=str(docs), ctx_len=8, dtype="float32")
     build_cache(tiny_lm("llama"), w / "cache", spec, 600, shard_tokens=300, progress=False)
-    tiny_model("llama").save_pretrained(w / "model")
-    tiny_tokenizer().save_pretrained(w / "model")
+    saved_model(w / "model")
     return w
 
 

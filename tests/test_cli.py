@@ -76,12 +76,9 @@ def test_help_explains_every_flag():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from tiny_models import tiny_model, tiny_tokenizer
+    from tiny_models import saved_model
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return saved_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from saelab.data.cache import CacheSpec, build_cache
 from saelab.eval.report import (BEFORE, QUANTILES, density_band, latent_examples, latents_across_densities, report_html,
                                 write_report)
 
-from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
+from tiny_models import saved_model, tiny_lm, tiny_model, tiny_tokenizer
 
 from conftest import cli_error
 
@@ -28,9 +28,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def setup(tmp_path_factory):
     """A tiny model saved to disk, an activation cache of it and a trained-looking random SAE."""
     root = tmp_path_factory.mktemp("report")
-    model_dir = root / "model"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = saved_model(root / "model")
     text = root / "docs.jsonl"
     text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100} <b>" for j in range(20))})
                               for i in range(60)))

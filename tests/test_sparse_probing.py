@@ -15,7 +15,7 @@ from saelab.eval.saebench.sparse_probing import (ProbingDataError, SparseProbing
                                                  pooled_features, sparse_probing, task_accuracies, tasks_of)
 
 from conftest import cli_error, make_sae
-from tiny_models import tiny_lm, tiny_model, tiny_tokenizer
+from tiny_models import saved_model, tiny_lm, tiny_tokenizer
 
 LLM_FIELDS = {"llm_test_accuracy"} | {f"llm_top_{k}_test_accuracy" for k in (1, 2, 5)}
 SAE_FIELDS = {"sae_test_accuracy"} | {f"sae_top_{k}_test_accuracy" for k in (1, 2, 5)}
@@ -114,9 +114,7 @@ def test_sparse_probing_document(tmp_path):
 
 
 def test_eval_command_writes_saebench_files_and_refuses_bad_flags(tmp_path, capsys):
-    model = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    model = saved_model(tmp_path / "model")
     run = tmp_path / "run"
     make_sae("topk", d_in=32, d_sae=64, k=8, metadata={"model": str(model), "layer": 1, "site": "resid_post"}).save(run)
     probe = _probe_file(tmp_path / "p.jsonl")
@@ -154,9 +152,7 @@ def test_builtin_topics_are_contexts_labelled_by_held_out_article():
 def test_sweep_command_adds_the_evals_to_its_table(tmp_path, capsys):
     from saelab.data.cache import CacheSpec, build_cache
 
-    model = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    model = saved_model(tmp_path / "model")
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
                               for i in range(100)))

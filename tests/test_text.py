@@ -115,11 +115,9 @@ def test_train_and_report_on_a_plain_text_file(tmp_path, capsys):
     """The new user's path: saelab train --model M --dataset corpus.txt, then saelab report."""
     from saelab import cli
 
-    from tiny_models import tiny_model
+    from tiny_models import saved_model
 
-    model_dir = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = saved_model(tmp_path / "model")
     paragraphs = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(60)) for i in range(300)]
     (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs))
     run = tmp_path / "run"

@@ -44,3 +44,11 @@ def tiny_lm(family: str = "llama"):
     from saelab.data.models import LanguageModel
 
     return LanguageModel(model=tiny_model(family), tokenizer=tiny_tokenizer(), name=f"tiny-{family}")
+
+
+def saved_model(path, family: str = "llama"):
+    """tiny_model(family) and tiny_tokenizer() saved into the directory `path` (returned), a
+    model directory load_model reads."""
+    tiny_model(family).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
