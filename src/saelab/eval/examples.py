@@ -48,7 +48,7 @@ def latent_codes(sae, cache: ActivationCache, latents: list[int] | None, batch_s
             codes = sae.encode(acts[start : start + batch_size])
             counts += (codes > 0).sum(0)
             if latents is not None:
-                kept.append(codes[:, latents].clone())
+                kept.append(codes[:, latents])  # indexing with a list copies
         contexts.append(shard["context"])
         positions.append(shard["position"])
         first = int(shard["first_context"])
