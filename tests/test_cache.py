@@ -167,3 +167,14 @@ def test_each_rank_reads_only_its_own_shards(lm, text, tmp_path, monkeypatch):
     torch.testing.assert_close(next(resumed), next(again))
     with pytest.raises(CacheError, match="cannot be split over 99 processes"):
         cache.batches(50, seed=0, part=(0, 99))
+
+
+def test_a_request_beyond_the_text_harvests_it_all_once(lm, text, tmp_path, monkeypatch):
+    from saelab.data import pipeline
+
+    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=10**6, shard_tokens=500, progress=False)
+    assert cache.manifest["text_exhausted"] and cache.n_tokens < 10**6
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the whole text is cached"))
+    monkeypatch.setattr(pipeline, "cache_dir", lambda root, spec: tmp_path / "c")
+    again, = pipeline.ensure_caches([(_spec(text), 2 * 10**6)], progress=False)
+    assert again.n_tokens == cache.n_tokens

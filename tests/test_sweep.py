@@ -233,3 +233,62 @@ def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatc
         run_sweep(points, train_source, eval_source, tmp_path / "s", _cfg(total_tokens=256, batch_size=128),
                   interp=interp, evals=["core", "sparse_probing"])
     assert calls == [["sparse_probing"], ["sparse_probing"]]  # first run, then the changed k_values
+
+
+def test_a_grid_can_name_evaluations_for_its_own_points(tmp_path):
+    from saelab.sweep import grid_evals
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
+                    '[[grid]]\narch = "batchtopk"\nk = 32\nevals = ["absorption", "sparse_probing"]\n')
+    grids = read_grid_file(path)
+    assert len(union(grids)) == 4  # the second grid only repeats a point
+    evals = grid_evals(grids, ["core"])
+    assert {p.name: v for p, v in evals.items() if v != ["core"]} == {
+        "batchtopk-k32-x8-per_token-s0": ["core", "absorption", "sparse_probing"]}
+    with pytest.raises(ValueError, match="unknown evaluation 'absorb'"):
+        grid_evals([{"arch": "topk", "evals": "absorb"}])
+
+
+def test_sweep_runs_per_point_evals_only_on_their_points(tmp_path):
+    from saelab.eval.saebench.suite import Interp
+
+    lm, train_source, eval_source, probe = _probing_setup(tmp_path)
+    interp = Interp(lm=lm, layer=0, site="resid_post", settings={"sparse_probing": {
+        "dataset_names": [str(probe)], "k_values": [1]}}, progress=False)
+    points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
+    rows = run_sweep(points, train_source, eval_source, tmp_path / "s", _cfg(total_tokens=256, batch_size=128),
+                     interp=interp, evals={points[0]: ["sparse_probing"], points[1]: []})
+    assert [(tmp_path / "s" / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points] == [True, False]
+    assert "sae_top_1_test_accuracy" in rows[0] and "sae_top_1_test_accuracy" not in rows[1]
+
+
+def test_each_pass_is_evaluated_as_soon_as_it_is_trained_smallest_first(data, tmp_path, monkeypatch):
+    import saelab.sweep as sweep_module
+
+    train_source, eval_source = open_source(data).split(1024)
+    points = union([{"arch": ["topk", "relu"], "k": [4], "expansion": [2], "seed": [0]},
+                    {"arch": ["topk"], "k": [4], "expansion": [2], "seed": [1]}])
+    original, passes = sweep_module.train_many, []
+
+    def second_pass_dies(saes, *args, **kw):
+        if passes:
+            raise KeyboardInterrupt
+        passes.append(len(saes))
+        return original(saes, *args, **kw)
+
+    monkeypatch.setattr(sweep_module, "train_many", second_pass_dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(points, train_source, eval_source, tmp_path, _cfg())
+    assert passes == [1]  # the seed-1 pass (one SAE) before the seed-0 pass (two)
+    assert [(tmp_path / p.name / "eval.json").is_file() for p in points] == [False, False, True]
+
+
+def test_sweep_records_the_heldout_curve(data, tmp_path):
+    from saelab import rundir
+
+    train_source, eval_source = open_source(data).split(1024)
+    points = union([{"arch": ["topk"], "k": [4], "expansion": [2]}])
+    run_sweep(points, train_source, eval_source, tmp_path, _cfg(eval_every_tokens=2048))
+    curve = [r["tokens"] for r in rundir.read_history(tmp_path / points[0].name) if "heldout_nmse" in r]
+    assert curve == [2048, 4096]

@@ -401,3 +401,20 @@ def test_default_learning_rate_scales_with_the_dictionary_size():
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(want)
     given = Trainer(make_sae("topk", d_in=16, d_sae=4608, k=4), TrainConfig(lr=3e-4, progress=False), total_steps=10)
     assert given.lr == 3e-4
+
+
+def test_heldout_nmse_is_recorded_every_eval_every_tokens_without_changing_training(tmp_path):
+    from saelab.eval.metrics import evaluate
+
+    data, heldout = torch.randn(1000, 16), torch.randn(300, 16)
+    plain = train(make_sae("batchtopk"), data, _cfg())
+    tracked = train(make_sae("batchtopk"), data, _cfg(eval_every_tokens=384), heldout=heldout)
+    for name, value in plain.sae.state_dict().items():  # evaluating in between changes nothing
+        assert torch.equal(tracked.sae.state_dict()[name], value), name
+    curve = [r for r in tracked.history if "heldout_nmse" in r]
+    assert [r["tokens"] for r in curve] == [384, 768, 1152, 1536]  # every 3 steps of 128 and the last (12)
+    final = evaluate(tracked.sae, heldout)
+    assert curve[-1]["heldout_nmse"] == pytest.approx(final["nmse"]) and curve[-1]["heldout_l0"] == final["l0"]
+    assert not any("heldout_nmse" in r for r in plain.history)
+    with pytest.raises(ConfigError, match="needs held-out data"):
+        train(make_sae("topk"), data, _cfg(eval_every_tokens=384))

@@ -25,7 +25,7 @@ from .eval.saebench.suite import NEED_MODEL, Interp, check_evals, run_interp
 from .eval.saebench.suite import summary_lines as interp_summary
 from .flags import (COUNT, INDEX, add_data_arguments, add_grid_arguments, add_interp_arguments, add_model_arguments,
                     add_sae_arguments, add_training_arguments, check_device, check_interp_flags, integer, interp_settings,
-                    list_of, sweep_options, sweep_points, train_grid)
+                    list_of, sweep_evals, sweep_options, sweep_points, train_grid)
 from .sae.model import SAE
 from .sources import (DEFAULT, MIN_EVAL_TOKENS, cache_spec, dictionary_recovery, downstream_data, evaluation_data,
                       provenance, recorded_hook, sae_source, sweep_interp, training_data)
@@ -96,11 +96,11 @@ def cmd_train(args) -> None:
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
             seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every, resume=args.resume,
-            progress=not args.no_progress, wandb_project=args.wandb, bf16=args.bf16, compile=args.compile))
+            eval_every_tokens=args.eval_every, progress=not args.no_progress, wandb_project=args.wandb, bf16=args.bf16, compile=args.compile))
         if rank() == 0:
             print(f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
                   f"-> {run}")
-    results = train_many(saes, train_source, train_cfgs)
+    results = train_many(saes, train_source, train_cfgs, heldout=eval_source if args.eval_every else None)
     if rank() != 0:
         return
     for result, train_cfg in zip(results, train_cfgs):
@@ -310,20 +310,23 @@ def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
     check_evals(args.evals)
+    points = sweep_points(args)
+    evals = sweep_evals(args, points)
+    args.evals = list(dict.fromkeys(name for names in [args.evals, *evals.values()] for name in names))
     check_interp_flags(args)
     chat = chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device) \
         if "autointerp" in args.evals else None  # a missing local model fails before any harvesting
-    points = sweep_points(args)
     train_source, eval_source, _ = training_data(args)
     train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens,
                             dead_tokens=args.dead_tokens, checkpoint_every_tokens=args.checkpoint_every,
+                            eval_every_tokens=args.eval_every,
                             out_dir=args.out, progress=not args.no_progress, wandb_project=args.wandb,
                             bf16=args.bf16, compile=args.compile)
     downstream = downstream_data(args)
     rows = run_sweep(points, train_source, eval_source, args.out, train_cfg,
                      sae_options={**sweep_options(args, points), "metadata": provenance(args)},
                      downstream=downstream, device=args.device, batch_size_eval=args.batch_size,
-                     interp=sweep_interp(args, downstream, eval_source, interp_settings(args), chat), evals=args.evals)
+                     interp=sweep_interp(args, downstream, eval_source, interp_settings(args), chat), evals=evals)
     columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median",
                            "mean_absorption_fraction_score", "sae_top_1_test_accuracy", "autointerp_score")
                if c in rows[0]]

@@ -138,6 +138,9 @@ class TrainConfig:
     which the learning rate decays linearly to 0.
     dead_tokens: a latent is dead when it has not fired for this many training tokens.
     checkpoint_every_tokens: None disables checkpoints (they need `out_dir`).
+    eval_every_tokens: every this many training tokens (and after the last step) record the
+    held-out NMSE and L0 (inference semantics) in the history as heldout_nmse and heldout_l0;
+    None never does. Needs held-out data passed to train_many.
     sparse: train topk/batchtopk/topafa through the sparse path (sae/sparse.py); False uses
     the dense reference path (same results to float tolerance, slower).
     wandb_project: also log the history to this Weights & Biases project (needs wandb).
@@ -158,6 +161,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str | None = None
     checkpoint_every_tokens: int | None = None
+    eval_every_tokens: int | None = None
     resume: bool = False
     log_every: int = 10
     progress: bool = True
@@ -188,6 +192,8 @@ class TrainConfig:
             check_integer("checkpoint_every_tokens", self.checkpoint_every_tokens)
             if self.out_dir is None:
                 raise ConfigError("checkpoints need out_dir")
+        if self.eval_every_tokens is not None:
+            check_integer("eval_every_tokens", self.eval_every_tokens)
         if self.resume and self.out_dir is None:
             raise ConfigError("resume needs out_dir (where the checkpoint is)")
 

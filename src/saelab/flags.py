@@ -21,7 +21,7 @@ from .eval.saebench.suite import EVALS
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sources import DEFAULT, MIN_EVAL_TOKENS
-from .sweep import DEFAULT_ARCH, DEFAULT_EXPANSION, Point, read_grid_file, setting_default, union
+from .sweep import DEFAULT_ARCH, DEFAULT_EXPANSION, Point, grid_evals, read_grid_file, setting_default, union
 
 
 def integer(low: int):
@@ -238,6 +238,9 @@ def add_training_arguments(p, seeds: bool) -> None:
                      help=f"a latent is dead after this many tokens without firing (default: {defaults.dead_tokens})")
     opt.add_argument("--checkpoint-every", type=COUNT, default=1_000_000, metavar="TOKENS",
                      help="write a checkpoint every this many tokens (default: 1000000)")
+    opt.add_argument("--eval-every", type=COUNT, default=None, metavar="TOKENS",
+                     help="record the held-out NMSE and L0 in history.jsonl every this many tokens "
+                     "(heldout_nmse, heldout_l0; default: never)")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")
     opt.add_argument("--bf16", action="store_true",
                      help="bfloat16 autocast for the encoder matmul (faster on GPUs and CPUs with native bf16)")
@@ -307,6 +310,11 @@ def sweep_points(args) -> list[Point]:
             raise UsageError(f"give the grid either in {args.config} or by flags ({flags}), not both")
         return union(read_grid_file(args.config))
     return union([axes])
+
+
+def sweep_evals(args, points: list[Point]) -> dict[Point, list[str]]:
+    """The evaluations of every point: --evals, plus those the --config grids name."""
+    return grid_evals(read_grid_file(args.config), args.evals) if args.config else {p: list(args.evals) for p in points}
 
 
 def sweep_options(args, points: list[Point]) -> dict:

@@ -31,7 +31,7 @@ from .eval.downstream import ablation_losses
 from .eval.full import full_evaluation
 from .eval.plots import pareto_plot
 from .eval.saebench.output import flat_metrics, read_outputs
-from .eval.saebench.suite import Interp, run_interp
+from .eval.saebench.suite import Interp, check_evals, run_interp
 from .io.jsonfile import read_json_object
 from .sae.model import SAE
 from .sae.architecture import setting_names
@@ -129,8 +129,27 @@ def expand(axes: dict) -> list[Point]:
 
 
 def union(grids: list[dict]) -> list[Point]:
-    """The points of several grids, each once, in order of first appearance."""
-    return list(dict.fromkeys(point for grid in grids for point in expand(grid)))
+    """The points of several grids, each once, in order of first appearance. A grid's `evals`
+    key is not an axis (see grid_evals)."""
+    return list(dict.fromkeys(point for grid in grids for point in expand(_axes(grid))))
+
+
+def _axes(grid: dict) -> dict:
+    return {key: value for key, value in grid.items() if key != "evals"}
+
+
+def grid_evals(grids: list[dict], evals: list[str] = ()) -> dict[Point, list[str]]:
+    """The evaluations of every point: `evals` (the command line's) for all, plus those a grid
+    names in its `evals` key for its own points (a grid may repeat points of another just to
+    evaluate them further)."""
+    wanted = {point: list(evals) for point in union(grids)}
+    for grid in grids:
+        names = grid.get("evals", [])
+        names = [names] if isinstance(names, str) else names
+        check_evals(names)
+        for point in expand(_axes(grid)):
+            wanted[point] = list(dict.fromkeys([*wanted[point], *names]))
+    return wanted
 
 
 def read_grid_file(path: str | Path) -> list[dict]:
@@ -145,6 +164,10 @@ def read_grid_file(path: str | Path) -> list[dict]:
         [[grid]]
         arch = "relu"
         l1_coefficient = [2, 5]
+        [[grid]]                      # also run SAEBench's evaluations on these points
+        arch = ["topk", "batchtopk"]
+        k = 32
+        evals = ["absorption", "sparse_probing"]
     """
     path = Path(path)
     if not path.is_file():
@@ -183,17 +206,21 @@ class Downstream:
 
 def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, train_cfg: TrainConfig,
               sae_options: dict | None = None, downstream: Downstream | None = None, device: str = "cpu",
-              batch_size_eval: int = 4096, interp: Interp | None = None, evals: list[str] = ("core",)) -> list[dict]:
+              batch_size_eval: int = 4096, interp: Interp | None = None,
+              evals: list[str] | dict[Point, list[str]] = ("core",)) -> list[dict]:
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
     `train_cfg` gives the shared training settings (its out_dir and resume are set per point).
-    `evals` beyond core (eval/saebench/suite.py) run with `interp` for every point whose run
-    lacks their result file or has one computed with other settings; their metrics join its row."""
+    `evals` beyond core (eval/saebench/suite.py), for every point or per point (grid_evals), run
+    with `interp` for every point whose run lacks their result file or has one computed with
+    other settings; their metrics join its row."""
     if not points:
         raise ConfigError("the sweep grid is empty")
-    if interp is None and any(name != "core" for name in evals):
-        raise ConfigError(f"evals {', '.join(n for n in evals if n != 'core')} need an Interp (the model, its hook, "
-                          "the held-out cache, the chat model)")
+    evals = evals if isinstance(evals, dict) else {point: list(evals) for point in points}
+    extra = sorted({name for point in points for name in evals.get(point, []) if name != "core"})
+    if interp is None and extra:
+        raise ConfigError(f"evals {', '.join(extra)} need an Interp (the model, its hook, the held-out cache, "
+                          "the chat model)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae_options = sae_options or {}
@@ -226,18 +253,25 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     print(f"sweep of {len(points)} SAEs in {out}: {done} done, "
           f"{sum(s == 'trained' for s in states.values())} to evaluate, "
           f"{sum(len(g) for g in groups.values())} to train in {len(groups)} pass(es) over the data")
-    for (seed, step), group in groups.items():
+    def evaluate_trained() -> None:
+        for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
+                          disable=not train_cfg.progress):
+            evaluate(point, SAE.load(runs[point], device=device))
+            states[point] = "evaluated"
+
+    evaluate_trained()
+    # the smallest passes first, each evaluated at once: results arrive early, an interruption keeps them
+    for (seed, step), group in sorted(groups.items(), key=lambda item: len(item[1])):
         saes = [SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group]
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
-        train_many(saes, train_source, group_cfgs)
+        train_many(saes, train_source, group_cfgs, heldout=eval_source if train_cfg.eval_every_tokens else None)
         for point in group:
             states[point] = "trained"
-    for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
-                      disable=not train_cfg.progress):
-        evaluate(point, SAE.load(runs[point], device=device))
+        evaluate_trained()
     for point in points:
         done = read_outputs(runs[point])
-        missing = [name for name in evals if name != "core" and not _same_settings(done.get(name), interp, name)]
+        missing = [name for name in evals.get(point, []) if name != "core"
+                   and not _same_settings(done.get(name), interp, name)]
         if missing:
             run_interp(SAE.load(runs[point]), missing, runs[point], interp)
     rows = [result_row({**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p)

@@ -115,7 +115,7 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": "saelab-activation-cache", "spec": asdict(spec), "d_in": lm.d_model,
                     "n_tokens": 0, "contexts_done": 0, "shards": [], "text_revision": text_revision(spec.dataset)}
-    if manifest["n_tokens"] >= tokens:
+    if manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False):
         return ActivationCache(directory)
 
     batches = harvesting.harvested_batches(lm, spec, batch_contexts, skip_contexts=manifest["contexts_done"])
@@ -141,6 +141,8 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
     else:
         if pending_tokens:
             _flush(directory, manifest, pending, first_context)
+        manifest["text_exhausted"] = True  # all of the text is in: a larger request reuses this cache
+        _write_manifest(directory, manifest)
         bar.write(f"text source {spec.dataset} ({spec.split}) ran out after {manifest['n_tokens']} tokens")
     bar.close()
     if manifest["n_tokens"] == 0:

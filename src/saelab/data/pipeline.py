@@ -24,7 +24,7 @@ def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
     if not (directory / MANIFEST).exists():
         return False
     manifest = read_manifest(directory)
-    return (manifest["spec"] == spec.__dict__ and manifest["n_tokens"] >= tokens
+    return (manifest["spec"] == spec.__dict__ and (manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False))
             and manifest.get("text_revision") == text_revision(spec.dataset))
 
 

@@ -20,6 +20,7 @@ from .. import rundir
 from ..config import ConfigError, TrainConfig
 from ..errors import SaelabError
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
+from ..eval.metrics import evaluate
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
@@ -30,12 +31,12 @@ from .wandb_log import start_run
 HISTORY_NAME = rundir.HISTORY
 # TrainConfig fields that do not change the trained SAE; every other field must agree between a
 # checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
-NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "resume", "log_every", "progress", "wandb_project",
+NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "eval_every_tokens", "resume", "log_every", "progress", "wandb_project",
                    "compile")
 # SAEConfig fields that training itself sets
 ESTIMATED_KEYS = ("input_scale",)
 # TrainConfig fields that SAEs trained together on one stream of batches must share
-SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens")
+SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens", "eval_every_tokens")
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -89,8 +90,8 @@ class Trainer:
     """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
     the loss goes through DDP and only rank 0 writes files."""
 
-    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None):
-        self.sae, self.cfg, self.total_steps, self.data = sae, cfg, total_steps, data
+    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None, heldout=None):
+        self.sae, self.cfg, self.total_steps, self.data, self.heldout = sae, cfg, total_steps, data, heldout
         sae.collectives = collectives()
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
@@ -189,7 +190,8 @@ class Trainer:
         self.since_fired += len(x) * world_size()
         self.since_fired[all_reduce(out.fired.int(), "max").bool()] = 0
         self.step += 1
-        if self.step % cfg.log_every and self.step != self.total_steps:
+        heldout_due = self._heldout_due()
+        if self.step % cfg.log_every and self.step != self.total_steps and not heldout_due:
             return None
         record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
                   "loss": sum(terms.values()).item()}
@@ -197,6 +199,8 @@ class Trainer:
         record["l0"] = out.l0.item()
         record["dead_fraction"] = dead.float().mean().item()
         record.update(sae.arch.record(sae))
+        if heldout_due:
+            record.update(self.heldout_metrics())
         self.history.append(record)
         if self.writes:
             with open(self.out_dir / HISTORY_NAME, "a") as fh:
@@ -204,6 +208,20 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log(record, step=self.step)
         return record
+
+    def _heldout_due(self) -> bool:
+        """Whether this step ends a block of eval_every_tokens (or is the last) with held-out data."""
+        every, batch = self.cfg.eval_every_tokens, self.cfg.batch_size
+        if self.heldout is None or not every:
+            return False
+        return self.step == self.total_steps or self.step * batch // every > (self.step - 1) * batch // every
+
+    @torch.no_grad()
+    def heldout_metrics(self) -> dict:
+        """NMSE and L0 of the SAE on the held-out data, in eval mode (inference semantics)."""
+        results = evaluate(self.sae, self.heldout, batch_size=self.cfg.batch_size)
+        self.sae.train()
+        return {"heldout_nmse": results["nmse"], "heldout_l0": results["l0"]}
 
     def finish(self) -> TrainResult:
         self.sae.eval()
@@ -232,9 +250,10 @@ def _total_steps(source, cfg: TrainConfig) -> int:
     return total // cfg.batch_size
 
 
-def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResult]:
+def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> list[TrainResult]:
     """Train each SAE in place on the same batches of `data` (tensor [N, d_in], .npy path,
-    activation-cache directory, or iterable of tensors), each with its own TrainConfig."""
+    activation-cache directory, or iterable of tensors), each with its own TrainConfig.
+    `heldout` (any such data) is evaluated every cfg.eval_every_tokens (see TrainConfig)."""
     if not saes or len(saes) != len(cfgs):
         raise ConfigError("train_many needs one TrainConfig per SAE")
     for key in SHARED_KEYS:
@@ -252,7 +271,12 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes")
     per_rank = cfg.batch_size // n_ranks
     total_steps = _total_steps(source, cfg)
-    trainers = [Trainer(sae, c, total_steps, data_identity(source)) for sae, c in zip(saes, cfgs)]
+    if cfg.eval_every_tokens and heldout is None:
+        raise ConfigError("eval_every_tokens needs held-out data (train_many's heldout)")
+    if heldout is not None:
+        heldout = open_source(heldout)
+        check_d_in(heldout, saes[0].cfg.d_in)
+    trainers = [Trainer(sae, c, total_steps, data_identity(source), heldout) for sae, c in zip(saes, cfgs)]
     start = trainers[0].step
     if any(t.step != start for t in trainers):
         raise ConfigError("the checkpoints of SAEs trained together are at different steps")
@@ -261,6 +285,9 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
         for t in trainers:
             t.squared_norm = squared_norm
 
+    if me == 0 and source.n_tokens and total_steps * cfg.batch_size > source.n_tokens:
+        print(f"{total_steps * cfg.batch_size} training tokens take {total_steps * cfg.batch_size / source.n_tokens:.2f} "
+              f"epochs over the {source.n_tokens} tokens of {source.name}")
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))
     bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
@@ -286,6 +313,6 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig]) -> list[TrainResu
     return [t.finish() for t in trainers]
 
 
-def train(sae: SAE, data, cfg: TrainConfig | None = None) -> TrainResult:
+def train(sae: SAE, data, cfg: TrainConfig | None = None, heldout=None) -> TrainResult:
     """Train `sae` in place on `data`; see train_many."""
-    return train_many([sae], data, [cfg or TrainConfig()])[0]
+    return train_many([sae], data, [cfg or TrainConfig()], heldout)[0]
