@@ -288,7 +288,24 @@ def test_sweep_records_the_heldout_curve(data, tmp_path):
     from saelab import rundir
 
     train_source, eval_source = open_source(data).split(1024)
-    points = union([{"arch": ["topk"], "k": [4], "expansion": [2]}])
+    points = union([{"arch": ["topk"], "k": [4], "expansion": [2], "seed": [0, 1]}])
     run_sweep(points, train_source, eval_source, tmp_path, _cfg(eval_every_tokens=2048))
     curve = [r["tokens"] for r in rundir.read_history(tmp_path / points[0].name) if "heldout_nmse" in r]
     assert curve == [2048, 4096]
+    assert (tmp_path / "curves_nmse.png").read_bytes()[:4] == b"\x89PNG"
+    summary = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["name"], r["n_seeds"]) for r in summary] == [("topk-k4-x2-per_token", "2")] and summary[0]["nmse_std"]
+
+
+def test_seed_summary_is_the_mean_and_sample_std_over_seeds():
+    import numpy as np
+    from saelab.sweep import seed_summary
+
+    rows = [{"name": f"topk-k4-x2-per_token-s{s}", "arch": "topk", "seed": s, "k": 4, "nmse": v, "l0": 4.0}
+            for s, v in enumerate([0.1, 0.2, 0.4])] + [{"name": "relu-l1-3-x2-per_token-s0", "arch": "relu",
+                                                         "seed": 0, "nmse": 0.5, "l0": 9.0}]
+    topk, relu = seed_summary(rows)
+    assert (topk["name"], topk["seeds"], topk["n_seeds"], topk["k"], topk["l0"]) == ("topk-k4-x2-per_token", "0 1 2", 3, 4, 4.0)
+    assert topk["nmse"] == pytest.approx(np.mean([0.1, 0.2, 0.4]))
+    assert topk["nmse_std"] == pytest.approx(np.std([0.1, 0.2, 0.4], ddof=1))
+    assert "l0_std" not in topk and "nmse_std" not in relu and relu["nmse"] == 0.5

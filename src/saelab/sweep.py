@@ -9,7 +9,9 @@ grids (several `[[grid]]` tables in a TOML file), so, say, the input-scaling axi
 only topk and batchtopk.
 
 A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
-`results.csv` and `results.json` (one row per point) and the Pareto plots. Running the same
+`results.csv` and `results.json` (one row per point), the Pareto plots (seed means with error
+bars when a configuration has several seeds, whose means and spreads are in `summary.csv`) and,
+with held-out curves (TrainConfig.eval_every_tokens), `curves_nmse.png`. Running the same
 sweep again skips finished points, evaluates trained ones and resumes interrupted ones from
 their checkpoints.
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import statistics
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from itertools import product
@@ -29,7 +33,7 @@ from . import rundir
 from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
 from .eval.downstream import ablation_losses
 from .eval.full import full_evaluation
-from .eval.plots import pareto_plot
+from .eval.plots import curve_plot, pareto_plot
 from .eval.saebench.output import flat_metrics, read_outputs
 from .eval.saebench.suite import Interp, check_evals, run_interp
 from .io.jsonfile import read_json_object
@@ -41,6 +45,7 @@ from .train.loop import NON_RESULT_KEYS, first_difference, train_many
 
 DEFAULT_ARCH, DEFAULT_K, DEFAULT_EXPANSION = "batchtopk", 32, 8  # the command line's defaults
 RESULTS = ("results.csv", "results.json")
+SUMMARY, CURVES = "summary.csv", "curves_nmse.png"
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
 PARETO = (("nmse", "normalized MSE", "pareto_nmse.png"),
           ("ce_degradation", "CE degradation (nats)", "pareto_ce.png"),
@@ -276,8 +281,41 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
             run_interp(SAE.load(runs[point]), missing, runs[point], interp)
     rows = [result_row({**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p)
             for p in points]
-    write_results(rows, out)
+    write_results(rows, out, {p.name: heldout_curve(runs[p]) for p in points})
     return rows
+
+
+def heldout_curve(run: Path) -> tuple[list[int], list[float]]:
+    """(training tokens, held-out NMSE) of a run trained with eval_every_tokens; empty otherwise."""
+    records = [r for r in rundir.read_history(run) if "heldout_nmse" in r]
+    return [r["tokens"] for r in records], [r["heldout_nmse"] for r in records]
+
+
+def without_seed(name: str) -> str:
+    """A point's name without its seed: the name of its configuration."""
+    return re.sub(r"-s\d+$", "", name)
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """One row per configuration (points that differ only in seed): `seeds`, `n_seeds`, every
+    value shared by its runs, and for every other number its mean and its sample standard
+    deviation `<key>_std` (ddof 1)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(without_seed(row["name"]), []).append(row)
+    summary = []
+    for name, group in groups.items():
+        entry = {"name": name, "seeds": " ".join(str(r["seed"]) for r in group), "n_seeds": len(group)}
+        keys = dict.fromkeys(key for row in group for key in row if key not in ("name", "seed"))
+        for key in keys:
+            values = [row[key] for row in group if key in row]
+            if all(value == values[0] for value in values) or not all(isinstance(v, (int, float)) for v in values):
+                entry[key] = values[0]
+            else:
+                entry[key] = statistics.fmean(values)
+                entry[key + "_std"] = statistics.stdev(values)
+        summary.append(entry)
+    return summary
 
 
 def _same_settings(document: dict | None, interp: Interp, name: str) -> bool:
@@ -296,15 +334,31 @@ def result_row(results: dict, point: Point) -> dict:
     return row
 
 
-def write_results(rows: list[dict], out: Path) -> None:
-    """results.csv, results.json and the Pareto plots (x = L0, one line per architecture)."""
+def write_csv(rows: list[dict], path: Path) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / RESULTS[0], "w", newline="") as fh:
+    with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_results(rows: list[dict], out: Path, curves: dict[str, tuple[list, list]] | None = None) -> None:
+    """results.csv, results.json and the Pareto plots (x = L0, one line per architecture). With
+    several seeds of a configuration also summary.csv (seed_summary), and the plots show seed
+    means with error bars. With held-out curves (`curves`: point name -> (tokens, NMSE)),
+    curves_nmse.png: held-out NMSE against training tokens, one line per configuration."""
+    write_csv(rows, out / RESULTS[0])
     (out / RESULTS[1]).write_text(json.dumps(rows, indent=1) + "\n")
+    summary = seed_summary(rows)
+    if len(summary) < len(rows):
+        write_csv(summary, out / SUMMARY)
     varied = [key for key in ("input_scaling", "expansion") if len({row[key] for row in rows}) > 1]
     for metric, label, name in PARETO:
         if any(metric in row for row in rows):
-            pareto_plot(rows, metric, label, out / name, series=["arch", *varied])
+            pareto_plot(summary, metric, label, out / name, series=["arch", *varied])
+    by_config: dict[str, list] = {}
+    for point_name, curve in (curves or {}).items():
+        if curve[0]:
+            by_config.setdefault(without_seed(point_name), []).append(curve)
+    if by_config:
+        curve_plot(by_config, out / CURVES, "held-out NMSE", log_y=True)

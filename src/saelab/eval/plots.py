@@ -84,28 +84,69 @@ def density_plot(density: list[float], path: str | Path, title: str = "") -> Non
     _save(fig, path)
 
 
-def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, series: list[str]) -> None:
+def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, series: list[str],
+                title: str | None = None) -> None:
     """`metric` (y) against L0 (x), one line per distinct value of the `series` keys, points in
-    order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot)."""
-    lines: dict[str, list[tuple[float, float]]] = {}
+    order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot). Rows of seed
+    means (sweep.seed_summary) draw their standard deviations `<metric>_std` and `l0_std` as
+    error bars."""
+    lines: dict[str, list[tuple[float, float, float, float]]] = {}
     for row in rows:
         if metric in row and "l0" in row:
             name = " ".join(str(row[key]) for key in series)
-            lines.setdefault(name, []).append((row["l0"], row[metric]))
+            lines.setdefault(name, []).append((row["l0"], row[metric], row.get("l0_std", 0.0),
+                                               row.get(metric + "_std", 0.0)))
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, points in sorted(lines.items()):
-        x, y = zip(*sorted(points))
-        ax.plot(x, y, marker="o", ms=4, lw=1.2, label=name)
-    l0s = [x for points in lines.values() for x, _ in points]
+        x, y, x_err, y_err = zip(*sorted(points))
+        bars = any(e > 0 for e in x_err + y_err)
+        ax.errorbar(x, y, xerr=x_err if bars else None, yerr=y_err if bars else None, marker="o", ms=4, lw=1.2,
+                    capsize=3 if bars else 0, label=name)
+    l0s = [point[0] for points in lines.values() for point in points]
     if l0s and min(l0s) > 0 and max(l0s) / min(l0s) > 10:
-        ax.set_xscale("log")  # plain numbers on the ticks; minor tick labels would overlap
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=f"{label} vs L0")
+        log_x(ax)
+    errors = " (mean ± std over seeds)" if any(p[3] > 0 for points in lines.values() for p in points) else ""
+    ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=title or f"{label} vs L0{errors}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def log_x(ax) -> None:
+    """A log x axis with plain numbers on the ticks (minor tick labels would overlap)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def curve_plot(curves: dict[str, list[tuple[list[float], list[float]]]], path: str | Path, ylabel: str,
+               title: str = "", log_y: bool = False) -> None:
+    """One line per label against training tokens (see draw_curves)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    draw_curves(ax, curves, ylabel, title, log_y)
+    _save(fig, path)
+
+
+def draw_curves(ax, curves: dict[str, list[tuple[list[float], list[float]]]], ylabel: str, title: str = "",
+                log_y: bool = False) -> None:
+    """One line per label against training tokens: the mean of its runs (one per seed, on the
+    same tokens) and, with several, a band of ± one standard deviation."""
+    for label, runs in curves.items():
+        length = min(len(tokens) for tokens, _ in runs)
+        tokens = np.asarray(runs[0][0][:length], dtype=float)
+        values = np.array([run[1][:length] for run in runs], dtype=float)
+        mean = values.mean(0)
+        line, = ax.plot(tokens, mean, marker="o", ms=3, lw=1.2,
+                        label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        if len(runs) > 1:
+            std = values.std(0, ddof=1)
+            ax.fill_between(tokens, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel="training tokens", ylabel=ylabel, title=title or f"{ylabel} during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _save(fig, path) -> None:

@@ -1,0 +1,337 @@
+"""The numbers and figures of docs/REPRODUCTION.md, from the sweep of docs/reproduction.toml.
+
+    saelab sweep --config docs/reproduction.toml --tokens 2097152 --eval-every 262144 \\
+        --checkpoint-every 262144 --downstream-contexts 64 --out runs/reproduction
+    python docs/reproduction.py runs/reproduction
+
+Writes docs/reproduction_results.csv (every run with its seed), docs/figures/repro_*.png and
+the generated parts of docs/REPRODUCTION.md, each between `<!-- begin NAME -->` and
+`<!-- end NAME -->`; the prose around them is written by hand from what they show.
+
+Seed statistics: TopK and BatchTopK of one seed share their initial decoder seed and every
+training batch, so their differences are paired by seed: mean ± sample std of the per-seed
+differences and a paired t-test (scipy.stats.ttest_rel, two-sided). "Beyond seed noise" means
+p < 0.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from saelab import rundir
+from saelab.data.cache import CacheSpec
+from saelab.data.pipeline import cache_dir
+from saelab.eval.plots import draw_curves, pareto_plot, plt
+from saelab.sweep import RESULTS, heldout_curve, seed_summary, write_csv
+
+DOCS = Path(__file__).resolve().parent
+FIGURES = DOCS / "figures"
+DOCUMENT = DOCS / "REPRODUCTION.md"
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+COLORS = {"topk": "tab:blue", "batchtopk": "tab:orange", "matryoshka": "tab:green", "jumprelu": "tab:red",
+          "topafa": "tab:purple", "gated": "tab:brown", "relu": "tab:gray"}
+SIGNIFICANCE = 0.05
+CACHE_ROOT = Path("cache")
+
+
+def load_rows(sweep: Path) -> list[dict]:
+    return json.loads((sweep / RESULTS[1]).read_text())
+
+
+def select(rows: list[dict], **where) -> list[dict]:
+    """The rows whose columns equal every value in `where`."""
+    return [row for row in rows if all(row.get(key) == value for key, value in where.items())]
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}g}"
+
+
+def spread(values: list[float], digits: int = 4) -> str:
+    """'mean ± std' (sample std) of per-seed values, or the value alone for one seed."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return fmt(values[0], digits)
+    return f"{fmt(float(np.mean(values)), digits)} ± {fmt(float(np.std(values, ddof=1)), 2)}"
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> None:
+    """`metric` against k for the top-k family, one line per (arch, expansion): seed means with
+    sample-std error bars (the BatchTopK paper's Figures 1-2, x = k)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for arch in TOPK_FAMILY:
+        for expansion, marker in ((8, "o"), (32, "s")):
+            runs = [row for row in select(rows, arch=arch, expansion=expansion) if metric in row]
+            ks = sorted({row["k"] for row in runs})
+            if not ks:
+                continue
+            values = [[row[metric] for row in select(runs, k=k)] for k in ks]
+            errors = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+            seeds = max(len(v) for v in values)
+            ax.errorbar(ks, [np.mean(v) for v in values], yerr=errors, marker=marker, capsize=3, lw=1.2,
+                        color=COLORS[arch], ls="-" if expansion == 8 else ":",
+                        label=f"{arch} x{expansion} ({seeds} seed{'s' * (seeds > 1)})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([16, 32, 64], ["16", "32", "64"])
+    ax.set(xlabel="k (latents per token; BatchTopK: the batch mean)", ylabel=label,
+           title=f"{label} vs k (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def paired_gap_curves(sweep: Path, rows: list[dict]) -> dict[str, list[tuple[list, list]]]:
+    """Per (k, expansion): the per-seed held-out NMSE gap BatchTopK - TopK against tokens."""
+    gaps = {}
+    for row in select(rows, arch="batchtopk"):
+        twin = select(rows, arch="topk", k=row["k"], expansion=row["expansion"], seed=row["seed"])
+        if not twin:
+            continue
+        tokens, batch = heldout_curve(sweep / row["name"])
+        tokens_topk, topk = heldout_curve(sweep / twin[0]["name"])
+        n = min(len(batch), len(topk))
+        if n and tokens[:n] == tokens_topk[:n]:
+            label = f"k={row['k']} x{row['expansion']}"
+            gaps.setdefault(label, []).append((tokens[:n], list(np.subtract(batch[:n], topk[:n]))))
+    return dict(sorted(gaps.items(), key=lambda item: (len(item[0]), item[0])))
+
+
+def plot_training(sweep: Path, rows: list[dict], path: Path) -> None:
+    """Left: held-out NMSE against training tokens, TopK and BatchTopK at k = 32 (x8 and x32).
+    Right: the paired gap BatchTopK - TopK against tokens for every k and expansion."""
+    curves = {}
+    for expansion in (8, 32):
+        for arch in ("topk", "batchtopk"):
+            runs = [heldout_curve(sweep / row["name"]) for row in select(rows, arch=arch, k=32, expansion=expansion)]
+            if runs := [run for run in runs if run[0]]:
+                curves[f"{arch} k=32 x{expansion}"] = runs
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
+    draw_curves(left, curves, "held-out NMSE", log_y=True)
+    draw_curves(right, paired_gap_curves(sweep, rows), "held-out NMSE, BatchTopK - TopK",
+                title="BatchTopK - TopK, paired by seed (< 0: BatchTopK better)")
+    right.axhline(0, color="black", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
+    """Held-out tokens per L0 for BatchTopK at each k (seed 0, learned threshold)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row, color in zip(sorted(select(rows, arch="batchtopk", expansion=8, seed=0), key=lambda r: r["k"]),
+                          ("tab:blue", "tab:orange", "tab:green")):
+        counts = np.asarray(json.loads((sweep / row["name"] / rundir.EVAL).read_text())["l0_histogram"], float)
+        ax.step(np.arange(len(counts)), counts / counts.sum(), where="mid", color=color,
+                label=f"k={row['k']}: mean {row['l0']:.1f}, median {int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))}")
+        ax.axvline(row["k"], color=color, ls="--", lw=0.8)
+    ax.set_xlim(0, 2.5 * max(row["k"] for row in select(rows, arch="batchtopk", expansion=8)))
+    ax.set(xlabel="active latents per held-out token (dashed: k; TopK would be a spike there)",
+           ylabel="fraction of tokens", title="BatchTopK: L0 per token at inference (x8, seed 0)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+def configuration_table(rows: list[dict]) -> str:
+    """One line per configuration: seed means ± std of the headline metrics."""
+    columns = (("l0", "L0", 3), ("nmse", "NMSE", 4), ("fvu", "FVU", 3), ("ce_degradation", "CE deg.", 3),
+               ("ce_loss_recovered", "CE rec.", 3), ("kl", "KL", 3), ("dead_fraction", "dead", 2),
+               ("f_tilde_over_z_median", "‖f~‖/‖z‖ med.", 3), ("eps_lbo_median", "eps_LBO med.", 2))
+    lines = ["| SAE | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(re.sub(r"-s\d+$", "", row["name"]), []).append(row)
+    for name, group in groups.items():
+        cells = [spread([row[key] for row in group if key in row], digits) for key, _, digits in columns]
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict], metric: str, k: int, expansion: int) -> tuple[list[float], float] | None:
+    """Per-seed BatchTopK - TopK differences of `metric` and the paired t-test's p-value."""
+    pairs = []
+    for row in select(rows, arch="batchtopk", k=k, expansion=expansion):
+        twin = select(rows, arch="topk", k=k, expansion=expansion, seed=row["seed"])
+        if twin and metric in row and metric in twin[0]:
+            pairs.append((row[metric], twin[0][metric]))
+    if not pairs:
+        return None
+    batch, topk = map(np.asarray, zip(*pairs))
+    p = float(stats.ttest_rel(batch, topk).pvalue) if len(pairs) > 1 else float("nan")
+    return list(batch - topk), p
+
+
+def verdict(differences: list[float], p: float) -> str:
+    if len(differences) < 2:
+        return "one seed: no test"
+    if p < SIGNIFICANCE:
+        return ("BatchTopK lower" if np.mean(differences) < 0 else "TopK lower") + f" (p = {p:.2g})"
+    return f"not beyond seed noise (p = {p:.2g})"
+
+
+def batchtopk_vs_topk_table(rows: list[dict]) -> str:
+    lines = ["| expansion | k | seeds | NMSE TopK | NMSE BatchTopK | NMSE diff. | verdict | CE deg. TopK | "
+             "CE deg. BatchTopK | CE diff. | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for expansion in (8, 32):
+        for k in (16, 32, 64):
+            nmse, ce = paired(rows, "nmse", k, expansion), paired(rows, "ce_degradation", k, expansion)
+            if nmse is None:
+                continue
+            cells = []
+            for metric, result in (("nmse", nmse), ("ce_degradation", ce)):
+                for arch in ("topk", "batchtopk"):
+                    cells.append(spread([r[metric] for r in select(rows, arch=arch, k=k, expansion=expansion)], 4))
+                cells += [spread(result[0], 2), verdict(*result)]
+            lines.append(f"| {expansion} | {k} | {len(nmse[0])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
+    """`arch`'s seed-mean `metric` at `l0`, interpolated linearly in log L0 between its x8
+    points; None outside their range."""
+    means = [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
+    points = sorted((np.log(r["l0"]), r[metric]) for r in means)
+    if len(points) < 2 or not points[0][0] <= np.log(l0) <= points[-1][0]:
+        return None
+    x, y = zip(*points)
+    return float(np.interp(np.log(l0), x, y))
+
+
+def equal_l0_table(rows: list[dict]) -> str:
+    """JumpReLU, top-AFA, Matryoshka, Gated and ReLU against TopK and BatchTopK at the same L0."""
+    lines = ["| SAE | L0 | NMSE | NMSE TopK at this L0 | NMSE BatchTopK at this L0 | CE deg. | "
+             "CE deg. TopK at this L0 | CE deg. BatchTopK at this L0 |", "|---|---|---|---|---|---|---|---|"]
+    for row in seed_summary([r for r in rows if r["arch"] not in ("topk", "batchtopk") and r["expansion"] == 8]):
+        cells = [fmt(row["l0"], 3), fmt(row["nmse"])]
+        cells += [fmt(at_l0(rows, arch, "nmse", row["l0"])) or "outside its range" for arch in ("topk", "batchtopk")]
+        cells += [fmt(row.get("ce_degradation"), 3)]
+        cells += [fmt(at_l0(rows, arch, "ce_degradation", row["l0"]), 3) or "outside its range"
+                  for arch in ("topk", "batchtopk")]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+INTERP_COLUMNS = (("mean_absorption_fraction_score", "absorption fraction"),
+                  ("mean_full_absorption_score", "full absorption"),
+                  ("mean_num_split_features", "split latents"),
+                  ("sae_top_1_test_accuracy", "probe top-1"), ("sae_top_5_test_accuracy", "probe top-5"),
+                  ("sae_test_accuracy", "probe all latents"), ("llm_top_1_test_accuracy", "model top-1"),
+                  ("llm_top_5_test_accuracy", "model top-5"), ("llm_test_accuracy", "model all"))
+
+
+def interp_table(rows: list[dict]) -> str:
+    lines = ["| SAE | L0 | " + " | ".join(title for _, title in INTERP_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(INTERP_COLUMNS)]
+    for row in rows:
+        if "mean_absorption_fraction_score" in row or "sae_top_1_test_accuracy" in row:
+            lines.append(f"| {row['name']} | {fmt(row['l0'], 3)} | "
+                         + " | ".join(fmt(row.get(key), 3) for key, _ in INTERP_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def wall_time(log: Path, sweep: Path) -> str:
+    """The sweep's wall time from the launcher's log: each invocation runs from its `start` line
+    to its `end` line or, when it was stopped (a session's end), to the last file it wrote."""
+    if not log.is_file():
+        return "(no log)"
+    starts, ends = [], {}
+    for line in log.read_text().splitlines():
+        if line.startswith("start "):
+            starts.append(datetime.fromisoformat(line.split()[1]).timestamp())
+        elif line.startswith("end ") and starts:
+            ends[len(starts) - 1] = datetime.fromisoformat(line.split()[-1]).timestamp()
+    stamps = sorted(p.stat().st_mtime for p in sweep.rglob("*") if p.is_file())
+    total = 0.0
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        end = ends.get(i) or max([t for t in stamps if start <= t < stop], default=start)
+        total += end - start
+    return f"{total / 3600:.2f} h in {len(starts)} invocation(s)"
+
+
+def training_cache_tokens(metadata: dict) -> int | None:
+    """Tokens in the training cache the runs were harvested into (saelab's default cache folder)."""
+    if "model" not in metadata:
+        return None
+    spec = CacheSpec(model=metadata["model"], layer=metadata["layer"], site=metadata["site"],
+                     dataset=metadata["dataset"], ctx_len=metadata["ctx_len"],
+                     include_special=metadata["include_special"])
+    manifest = cache_dir(CACHE_ROOT, spec) / "manifest.json"
+    return json.loads(manifest.read_text())["n_tokens"] if manifest.is_file() else None
+
+
+def setup_facts(sweep: Path, rows: list[dict]) -> str:
+    first = json.loads((sweep / rows[0]["name"] / rundir.EVAL).read_text())
+    metadata = json.loads((sweep / rows[0]["name"] / "cfg.json").read_text())["metadata"]
+    train_tokens, cached = rows[0]["train_tokens"], training_cache_tokens(metadata)
+    facts = [f"- training tokens per SAE: {train_tokens:,} ({train_tokens // 4096} steps of 4096)",
+             f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
+             f"- downstream predictions (CE/KL): {first.get('n_predictions', 'n/a')}",
+             f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation {fmt(first.get('ce_zero'), 4)}, "
+             f"mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
+             f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
+             f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}"]
+    if cached:
+        facts.insert(1, f"- training activations: {cached:,} tokens (all of the builtin text's training split), "
+                        f"so each SAE sees {train_tokens / cached:.2f} epochs")
+    return "\n".join(facts)
+
+
+# ---- the document ------------------------------------------------------------------------------
+
+def replace_section(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- begin {name} -->\n).*?(<!-- end {name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"the document has no section {name} (<!-- begin {name} --> ... <!-- end {name} -->)")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="the sweep directory (runs/reproduction)")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="where REPRODUCTION.md and figures/ are (default: docs)")
+    args = parser.parse_args()
+    rows = load_rows(args.sweep)
+    document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
+    figures.mkdir(exist_ok=True)
+    write_csv(rows, args.docs / "reproduction_results.csv")
+    plot_against_k(rows, "nmse", "normalized MSE (held-out)", figures / "repro_nmse_vs_k.png")
+    plot_against_k(rows, "ce_degradation", "CE degradation (nats)", figures / "repro_ce_vs_k.png")
+    plot_training(args.sweep, rows, figures / "repro_nmse_vs_tokens.png")
+    plot_l0_histograms(args.sweep, rows, figures / "repro_batchtopk_l0.png")
+    summary = seed_summary(select(rows, expansion=8))
+    for metric, label in (("nmse", "normalized MSE"), ("ce_degradation", "CE degradation (nats)")):
+        pareto_plot(summary, metric, label, figures / f"repro_pareto_{metric}.png", series=["arch"],
+                    title=f"{label} vs L0, expansion 8 (mean ± std over seeds)")
+    for row in rows:
+        if row["seed"] == 0 and (row.get("k") == 32 or "sae_top_1_test_accuracy" in row):  # one SAE per arch
+            shutil.copy(args.sweep / row["name"] / "zf_plot.png", figures / f"repro_zf_{row['name']}.png")
+    text = document.read_text()
+    for name, body in (("setup", setup_facts(args.sweep, rows)), ("configurations", configuration_table(rows)),
+                       ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)), ("equal_l0", equal_l0_table(rows)),
+                       ("interp", interp_table(rows))):
+        text = replace_section(text, name, body)
+    document.write_text(text)
+    print(f"wrote {document}, {args.docs / 'reproduction_results.csv'} and {figures}/repro_*.png")
+
+
+if __name__ == "__main__":
+    main()
