@@ -1,0 +1,67 @@
+"""docs/reproduction.py: the seed statistics and interpolations behind REPRODUCTION.md's claims."""
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+SPEC = importlib.util.spec_from_file_location("reproduction", Path(__file__).parents[1] / "docs" / "reproduction.py")
+reproduction = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(reproduction)
+
+
+def _row(arch, k, seed, nmse, l0=None, expansion=8):
+    return {"name": f"{arch}-k{k}-x{expansion}-per_token-s{seed}", "arch": arch, "k": k, "expansion": expansion,
+            "seed": seed, "nmse": nmse, "l0": l0 or k}
+
+
+def test_batchtopk_and_topk_are_compared_paired_by_seed():
+    topk, batch = [0.30, 0.32, 0.31], [0.29, 0.315, 0.30]
+    rows = [_row("topk", 32, s, v) for s, v in enumerate(topk)] + [_row("batchtopk", 32, s, v) for s, v in enumerate(batch)]
+    rows.reverse()  # pairing is by seed, not by order
+    differences, p = reproduction.paired(rows, "nmse", 32, 8)
+    assert sorted(differences) == pytest.approx(sorted(np.subtract(batch, topk)))
+    # an independent paired t: mean / (sd / sqrt(n)) with n - 1 degrees of freedom
+    d = np.subtract(batch, topk)
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    assert p == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    assert reproduction.verdict(differences, p) == (f"BatchTopK lower (p = {p:.2g})" if p < 0.05
+                                                    else f"not beyond seed noise (p = {p:.2g})")
+    assert reproduction.verdict([-0.1, -0.1001, -0.0999], 0.001).startswith("BatchTopK lower")
+    assert reproduction.verdict([0.1], float("nan")) == "one seed: no test"
+    assert reproduction.paired(rows, "nmse", 64, 8) is None
+
+
+def test_metrics_at_equal_l0_interpolate_in_log_l0_over_seed_means():
+    rows = [_row("topk", 16, s, 0.4 + 0.01 * s) for s in range(2)] + [_row("topk", 64, s, 0.2) for s in range(2)]
+    # halfway in log L0 between 16 and 64 is 32: halfway between the seed means 0.405 and 0.2
+    assert reproduction.at_l0(rows, "topk", "nmse", 32) == pytest.approx((0.405 + 0.2) / 2)
+    assert reproduction.at_l0(rows, "topk", "nmse", 8) is None and reproduction.at_l0(rows, "relu", "nmse", 32) is None
+
+
+def test_spread_is_the_mean_and_sample_std():
+    assert reproduction.spread([1.0, 2.0, 3.0]) == "2 ± 1" and reproduction.spread([0.25]) == "0.25"
+    assert reproduction.spread([]) == ""
+
+
+def test_wall_time_sums_invocations_to_their_end_or_last_file(tmp_path):
+    sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    sweep.mkdir()
+    now = time.time()
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))  # noqa: E731
+    # first invocation stopped without an end line; its last file was written 600 s after its start
+    (sweep / "checkpoint.pt").write_text("x")
+    os.utime(sweep / "checkpoint.pt", (now - 3000 + 600, now - 3000 + 600))
+    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)}\nend rc=0 {stamp(now - 100)}\n")
+    assert reproduction.wall_time(log, sweep) == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
+
+
+def test_sections_are_replaced_between_their_markers():
+    text = "a\n<!-- begin t -->\nold\n<!-- end t -->\nb"
+    assert reproduction.replace_section(text, "t", "new") == "a\n<!-- begin t -->\nnew\n<!-- end t -->\nb"
+    with pytest.raises(SystemExit, match="no section u"):
+        reproduction.replace_section(text, "u", "x")
