@@ -61,9 +61,12 @@ class JumpReLUSettings(Settings):
         check_number("jumprelu_threshold_rate", self.jumprelu_threshold_rate)
 
 
-def _kernel(pre, threshold, eps):
-    """K((pre - theta) / eps) / eps: the rectangle kernel scaled by the bandwidth."""
-    return ((pre - threshold).abs() < eps / 2).to(pre.dtype) / eps
+def _window_sum(pre, threshold, eps, grad):
+    """sum over tokens of K((pre - theta) / eps) * grad per latent, without the 1 / eps: the
+    gradient summed over the entries inside the rectangle window |pre - theta| < eps / 2 [h]."""
+    h = threshold.shape[-1]
+    window = (pre - threshold).abs_() < eps / 2
+    return (grad * window).reshape(-1, h).sum(0)
 
 
 class JumpReLU(torch.autograd.Function):
@@ -77,8 +80,7 @@ class JumpReLU(torch.autograd.Function):
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         grad_pre = grad * (pre > threshold)
-        grad_threshold = -(threshold * _kernel(pre, threshold, ctx.eps) * grad)
-        return grad_pre, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+        return grad_pre, -(threshold / ctx.eps) * _window_sum(pre, threshold, ctx.eps, grad), None
 
 
 class Step(torch.autograd.Function):
@@ -91,8 +93,7 @@ class Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
-        grad_threshold = -(_kernel(pre, threshold, ctx.eps) * grad)
-        return torch.zeros_like(pre), grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+        return None, -_window_sum(pre, threshold, ctx.eps, grad) / ctx.eps, None  # d step / d pre = 0
 
 
 class JumpReLUArchitecture(Architecture):
