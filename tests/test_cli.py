@@ -46,6 +46,15 @@ def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
     assert "generating" in capsys.readouterr().out
 
 
+def test_train_records_the_heldout_curve_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
+                                      "train_tokens": 4096})
+    cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
+              "--eval-every", "1024", "--no-progress"])
+    history = [json.loads(line) for line in (tmp_path / "demo" / "history.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in history if "heldout_nmse" in r] == [1024, 2048, 3072, 4096]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
