@@ -215,16 +215,28 @@ def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
     return float(np.interp(np.log(l0), x, y))
 
 
+def at_l0_cell(rows: list[dict], arch: str, metric: str, l0: float, digits: int) -> str:
+    """at_l0 as a table cell; outside `arch`'s L0 range, its nearest point, with that point's L0."""
+    value = at_l0(rows, arch, metric, l0)
+    if value is not None:
+        return fmt(value, digits)
+    means = [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
+    if not means:
+        return ""
+    nearest = min(means, key=lambda r: abs(np.log(r["l0"]) - np.log(l0)))
+    return f"({fmt(nearest[metric], digits)} at L0 {fmt(nearest['l0'], 3)})"
+
+
 def equal_l0_table(rows: list[dict]) -> str:
-    """JumpReLU, top-AFA, Matryoshka, Gated and ReLU against TopK and BatchTopK at the same L0."""
+    """JumpReLU, top-AFA, Matryoshka, Gated and ReLU against TopK and BatchTopK at the same L0
+    (interpolated; in parentheses, outside their range: their nearest point)."""
     lines = ["| SAE | L0 | NMSE | NMSE TopK at this L0 | NMSE BatchTopK at this L0 | CE deg. | "
              "CE deg. TopK at this L0 | CE deg. BatchTopK at this L0 |", "|---|---|---|---|---|---|---|---|"]
     for row in seed_summary([r for r in rows if r["arch"] not in ("topk", "batchtopk") and r["expansion"] == 8]):
         cells = [fmt(row["l0"], 3), fmt(row["nmse"])]
-        cells += [fmt(at_l0(rows, arch, "nmse", row["l0"])) or "outside its range" for arch in ("topk", "batchtopk")]
+        cells += [at_l0_cell(rows, arch, "nmse", row["l0"], 4) for arch in ("topk", "batchtopk")]
         cells += [fmt(row.get("ce_degradation"), 3)]
-        cells += [fmt(at_l0(rows, arch, "ce_degradation", row["l0"]), 3) or "outside its range"
-                  for arch in ("topk", "batchtopk")]
+        cells += [at_l0_cell(rows, arch, "ce_degradation", row["l0"], 3) for arch in ("topk", "batchtopk")]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
