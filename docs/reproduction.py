@@ -134,8 +134,9 @@ def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
     for row, color in zip(sorted(select(rows, arch="batchtopk", expansion=8, seed=0), key=lambda r: r["k"]),
                           ("tab:blue", "tab:orange", "tab:green")):
         counts = np.asarray(json.loads((sweep / row["name"] / rundir.EVAL).read_text())["l0_histogram"], float)
+        median = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
         ax.step(np.arange(len(counts)), counts / counts.sum(), where="mid", color=color,
-                label=f"k={row['k']}: mean {row['l0']:.1f}, median {int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))}")
+                label=f"k={row['k']}: mean {row['l0']:.1f}, median {median}")
         ax.axvline(row["k"], color=color, ls="--", lw=0.8)
     ax.set_xlim(0, 2.5 * max(row["k"] for row in select(rows, arch="batchtopk", expansion=8)))
     ax.set(xlabel="active latents per held-out token (dashed: k; TopK would be a spike there)",
@@ -319,7 +320,8 @@ def replace_section(text: str, name: str, body: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep directory (runs/reproduction)")
-    parser.add_argument("--docs", type=Path, default=DOCS, help="where REPRODUCTION.md and figures/ are (default: docs)")
+    parser.add_argument("--docs", type=Path, default=DOCS,
+                        help="where REPRODUCTION.md and figures/ are (default: docs)")
     args = parser.parse_args()
     rows = load_rows(args.sweep)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name

@@ -21,7 +21,8 @@ def _row(arch, k, seed, nmse, l0=None, expansion=8):
 
 def test_batchtopk_and_topk_are_compared_paired_by_seed():
     topk, batch = [0.30, 0.32, 0.31], [0.29, 0.315, 0.30]
-    rows = [_row("topk", 32, s, v) for s, v in enumerate(topk)] + [_row("batchtopk", 32, s, v) for s, v in enumerate(batch)]
+    rows = [_row("topk", 32, s, v) for s, v in enumerate(topk)]
+    rows += [_row("batchtopk", 32, s, v) for s, v in enumerate(batch)]
     rows.reverse()  # pairing is by seed, not by order
     differences, p = reproduction.paired(rows, "nmse", 32, 8)
     assert sorted(differences) == pytest.approx(sorted(np.subtract(batch, topk)))

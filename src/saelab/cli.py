@@ -96,7 +96,8 @@ def cmd_train(args) -> None:
         train_cfgs.append(TrainConfig(
             batch_size=args.batch_size, lr=args.lr, total_tokens=args.tokens, dead_tokens=args.dead_tokens,
             seed=args.seed, out_dir=str(run), checkpoint_every_tokens=args.checkpoint_every, resume=args.resume,
-            eval_every_tokens=args.eval_every, progress=not args.no_progress, wandb_project=args.wandb, bf16=args.bf16, compile=args.compile))
+            eval_every_tokens=args.eval_every, progress=not args.no_progress, wandb_project=args.wandb,
+            bf16=args.bf16, compile=args.compile))
         if rank() == 0:
             print(f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
                   f"-> {run}")

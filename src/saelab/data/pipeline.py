@@ -24,7 +24,8 @@ def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
     if not (directory / MANIFEST).exists():
         return False
     manifest = read_manifest(directory)
-    return (manifest["spec"] == spec.__dict__ and (manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False))
+    enough = manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False)  # all of the text is in
+    return (manifest["spec"] == spec.__dict__ and enough
             and manifest.get("text_revision") == text_revision(spec.dataset))
 
 

@@ -31,8 +31,8 @@ from .wandb_log import start_run
 HISTORY_NAME = rundir.HISTORY
 # TrainConfig fields that do not change the trained SAE; every other field must agree between a
 # checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
-NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "eval_every_tokens", "resume", "log_every", "progress", "wandb_project",
-                   "compile")
+NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "eval_every_tokens", "resume", "log_every", "progress",
+                   "wandb_project", "compile")
 # SAEConfig fields that training itself sets
 ESTIMATED_KEYS = ("input_scale",)
 # TrainConfig fields that SAEs trained together on one stream of batches must share
@@ -285,9 +285,10 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
         for t in trainers:
             t.squared_norm = squared_norm
 
-    if me == 0 and source.n_tokens and total_steps * cfg.batch_size > source.n_tokens:
-        print(f"{total_steps * cfg.batch_size} training tokens take {total_steps * cfg.batch_size / source.n_tokens:.2f} "
-              f"epochs over the {source.n_tokens} tokens of {source.name}")
+    budget = total_steps * cfg.batch_size
+    if me == 0 and source.n_tokens and budget > source.n_tokens:
+        print(f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the {source.n_tokens} tokens "
+              f"of {source.name}")
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))
     bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
