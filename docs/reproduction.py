@@ -30,7 +30,9 @@ from saelab import rundir
 from saelab.data.cache import CacheSpec
 from saelab.data.pipeline import cache_dir
 from saelab.eval.plots import draw_curves, pareto_plot, plt
-from saelab.sweep import RESULTS, heldout_curve, seed_summary, write_csv
+from saelab.eval.saebench.output import flat_metrics, read_outputs
+from saelab.io.jsonfile import read_json_object
+from saelab.sweep import heldout_curve, read_grid_file, result_row, seed_summary, union, write_csv
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
@@ -42,8 +44,17 @@ SIGNIFICANCE = 0.05
 CACHE_ROOT = Path("cache")
 
 
-def load_rows(sweep: Path) -> list[dict]:
-    return json.loads((sweep / RESULTS[1]).read_text())
+def load_rows(sweep: Path, config: Path = DOCS / "reproduction.toml") -> list[dict]:
+    """The results rows (as the sweep's results.json has them) of every evaluated point of
+    `config`, in its order, from the run folders: so a sweep still running can be looked at."""
+    rows = []
+    for point in union(read_grid_file(config)):
+        run = sweep / point.name
+        if rundir.state(run) == "evaluated":
+            rows.append(result_row({**read_json_object(run / rundir.EVAL), **flat_metrics(read_outputs(run))}, point))
+    if not rows:
+        raise SystemExit(f"no evaluated SAE of {config} in {sweep}")
+    return rows
 
 
 def select(rows: list[dict], **where) -> list[dict]:
@@ -205,6 +216,53 @@ def batchtopk_vs_topk_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+EXTRAPOLATE = np.log(1.1)  # topk_at extends TopK's curve by at most 10% in L0 beyond its last k
+
+
+def topk_at(rows: list[dict], metric: str, l0: float, seed: int, expansion: int) -> float | None:
+    """TopK's `metric` at `l0` for one seed and expansion: linear in log L0 between its k points,
+    and along the end segment up to 10% beyond them (BatchTopK's measured L0 is a few % off k)."""
+    points = sorted((np.log(r["k"]), r[metric]) for r in select(rows, arch="topk", seed=seed, expansion=expansion)
+                    if metric in r)
+    if len(points) < 2:
+        return None
+    x, y = map(np.asarray, zip(*points))
+    u = np.log(l0)
+    if not x[0] - EXTRAPOLATE <= u <= x[-1] + EXTRAPOLATE:
+        return None
+    i = int(np.clip(np.searchsorted(x, u) - 1, 0, len(x) - 2))  # the segment containing u, or the end one
+    return float(y[i] + (y[i + 1] - y[i]) * (u - x[i]) / (x[i + 1] - x[i]))
+
+
+def equal_l0_pairs(rows: list[dict], metric: str, k: int, expansion: int) -> tuple[list[float], float] | None:
+    """Per seed: BatchTopK's `metric` minus TopK's (same seed) at BatchTopK's measured L0; the
+    paired t-test's p-value."""
+    differences = []
+    for row in select(rows, arch="batchtopk", k=k, expansion=expansion):
+        topk = topk_at(rows, metric, row["l0"], row["seed"], expansion) if metric in row else None
+        if topk is not None:
+            differences.append(row[metric] - topk)
+    if not differences:
+        return None
+    p = float(stats.ttest_1samp(differences, 0.0).pvalue) if len(differences) > 1 else float("nan")
+    return differences, p
+
+
+def batchtopk_vs_topk_at_equal_l0_table(rows: list[dict]) -> str:
+    lines = ["| expansion | k | seeds | L0 BatchTopK | NMSE diff. at equal L0 | verdict | CE diff. at equal L0 | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
+    for expansion in (8, 32):
+        for k in (16, 32, 64):
+            nmse, ce = equal_l0_pairs(rows, "nmse", k, expansion), equal_l0_pairs(rows, "ce_degradation", k, expansion)
+            if nmse is None:
+                continue
+            l0 = spread([r["l0"] for r in select(rows, arch="batchtopk", k=k, expansion=expansion)], 3)
+            cells = [l0, spread(nmse[0], 2), verdict(*nmse)]
+            cells += [spread(ce[0], 2), verdict(*ce)] if ce else ["", ""]
+            lines.append(f"| {expansion} | {k} | {len(nmse[0])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
     """`arch`'s seed-mean `metric` at `l0`, interpolated linearly in log L0 between its x8
     points; None outside their range."""
@@ -320,10 +378,11 @@ def replace_section(text: str, name: str, body: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep directory (runs/reproduction)")
+    parser.add_argument("--config", type=Path, default=DOCS / "reproduction.toml", help="the sweep's grid")
     parser.add_argument("--docs", type=Path, default=DOCS,
                         help="where REPRODUCTION.md and figures/ are (default: docs)")
     args = parser.parse_args()
-    rows = load_rows(args.sweep)
+    rows = load_rows(args.sweep, args.config)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
     figures.mkdir(exist_ok=True)
     write_csv(rows, args.docs / "reproduction_results.csv")
@@ -340,7 +399,9 @@ def main() -> None:
             shutil.copy(args.sweep / row["name"] / "zf_plot.png", figures / f"repro_zf_{row['name']}.png")
     text = document.read_text()
     for name, body in (("setup", setup_facts(args.sweep, rows)), ("configurations", configuration_table(rows)),
-                       ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)), ("equal_l0", equal_l0_table(rows)),
+                       ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)),
+                       ("batchtopk_vs_topk_equal_l0", batchtopk_vs_topk_at_equal_l0_table(rows)),
+                       ("equal_l0", equal_l0_table(rows)),
                        ("interp", interp_table(rows))):
         text = replace_section(text, name, body)
     document.write_text(text)

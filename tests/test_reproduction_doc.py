@@ -66,3 +66,16 @@ def test_sections_are_replaced_between_their_markers():
     assert reproduction.replace_section(text, "t", "new") == "a\n<!-- begin t -->\nnew\n<!-- end t -->\nb"
     with pytest.raises(SystemExit, match="no section u"):
         reproduction.replace_section(text, "u", "x")
+
+
+def test_topk_at_an_l0_follows_its_log_l0_segments_and_extends_the_end_one_by_10_percent():
+    rows = [_row("topk", k, 0, v) for k, v in ((16, 0.10), (32, 0.08), (64, 0.06))]
+    assert reproduction.topk_at(rows, "nmse", 32, 0, 8) == pytest.approx(0.08)
+    assert reproduction.topk_at(rows, "nmse", 16 * 2 ** 0.5, 0, 8) == pytest.approx(0.09)
+    # 5% beyond k = 64 along the 32-64 segment: 0.02 less per doubling
+    assert reproduction.topk_at(rows, "nmse", 64 * 1.05, 0, 8) == pytest.approx(0.06 - 0.02 * np.log2(1.05))
+    assert reproduction.topk_at(rows, "nmse", 64 * 1.2, 0, 8) is None
+    assert reproduction.topk_at(rows, "nmse", 32, 1, 8) is None  # no TopK of seed 1
+    rows += [_row("batchtopk", 64, 0, 0.05, l0=64 * 1.05)]
+    differences, p = reproduction.equal_l0_pairs(rows, "nmse", 64, 8)
+    assert differences == pytest.approx([0.05 - (0.06 - 0.02 * np.log2(1.05))]) and np.isnan(p)
