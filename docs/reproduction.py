@@ -319,16 +319,18 @@ def interp_table(rows: list[dict]) -> str:
 
 
 def wall_time(log: Path, sweep: Path) -> str:
-    """The sweep's wall time from the launcher's log: each invocation runs from its `start` line
-    to its `end` line or, when it was stopped (a session's end), to the last file it wrote."""
+    """The sweep's wall time from the launcher's log (`start ISO-TIME ...` and `end rc=N ISO-TIME`
+    lines): each invocation runs from its start to its end or, when it was stopped without one
+    (a session's end), to the last file it wrote."""
     if not log.is_file():
         return "(no log)"
     starts, ends = [], {}
-    for line in log.read_text().splitlines():
-        if line.startswith("start "):
-            starts.append(datetime.fromisoformat(line.split()[1]).timestamp())
-        elif line.startswith("end ") and starts:
-            ends[len(starts) - 1] = datetime.fromisoformat(line.split()[-1]).timestamp()
+    # the lines may follow a progress bar's last carriage return, not a newline
+    for event, stamp in re.findall(r"(start|end rc=\S+) (\d{4}-\d\d-\d\dT[\d:]+[+-][\d:]+)", log.read_text()):
+        if event == "start":
+            starts.append(datetime.fromisoformat(stamp).timestamp())
+        elif starts:
+            ends[len(starts) - 1] = datetime.fromisoformat(stamp).timestamp()
     stamps = sorted(p.stat().st_mtime for p in sweep.rglob("*") if p.is_file())
     total = 0.0
     for i, start in enumerate(starts):

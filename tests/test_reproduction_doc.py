@@ -57,7 +57,7 @@ def test_wall_time_sums_invocations_to_their_end_or_last_file(tmp_path):
     # first invocation stopped without an end line; its last file was written 600 s after its start
     (sweep / "checkpoint.pt").write_text("x")
     os.utime(sweep / "checkpoint.pt", (now - 3000 + 600, now - 3000 + 600))
-    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)}\nend rc=0 {stamp(now - 100)}\n")
+    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\ntrain: 99%\rend rc=0 {stamp(now - 100)}\n")
     assert reproduction.wall_time(log, sweep) == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
 
 
