@@ -199,21 +199,31 @@ def verdict(differences: list[float], p: float) -> str:
     return f"not beyond seed noise (p = {p:.2g})"
 
 
-def batchtopk_vs_topk_table(rows: list[dict]) -> str:
-    lines = ["| expansion | k | seeds | NMSE TopK | NMSE BatchTopK | NMSE diff. | verdict | CE deg. TopK | "
-             "CE deg. BatchTopK | CE diff. | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def comparison_table(header: list[str], cells_of) -> str:
+    """A table with one line per (expansion, k) that cells_of(k, expansion) answers with
+    (seeds, cells) rather than None."""
+    lines = ["| expansion | k | seeds | " + " | ".join(header) + " |", "|---" * (len(header) + 3) + "|"]
     for expansion in (8, 32):
         for k in (16, 32, 64):
-            nmse, ce = paired(rows, "nmse", k, expansion), paired(rows, "ce_degradation", k, expansion)
-            if nmse is None:
-                continue
-            cells = []
-            for metric, result in (("nmse", nmse), ("ce_degradation", ce)):
-                for arch in ("topk", "batchtopk"):
-                    cells.append(spread([r[metric] for r in select(rows, arch=arch, k=k, expansion=expansion)], 4))
-                cells += [spread(result[0], 2), verdict(*result)]
-            lines.append(f"| {expansion} | {k} | {len(nmse[0])} | " + " | ".join(cells) + " |")
+            if (found := cells_of(k, expansion)) is not None:
+                lines.append(f"| {expansion} | {k} | {found[0]} | " + " | ".join(found[1]) + " |")
     return "\n".join(lines)
+
+
+def batchtopk_vs_topk_table(rows: list[dict]) -> str:
+    def cells_of(k, expansion):
+        nmse, ce = paired(rows, "nmse", k, expansion), paired(rows, "ce_degradation", k, expansion)
+        if nmse is None:
+            return None
+        cells = []
+        for metric, result in (("nmse", nmse), ("ce_degradation", ce)):
+            cells += [spread([r[metric] for r in select(rows, arch=arch, k=k, expansion=expansion)], 4)
+                      for arch in ("topk", "batchtopk")]
+            cells += [spread(result[0], 2), verdict(*result)] if result else ["", ""]
+        return len(nmse[0]), cells
+
+    return comparison_table(["NMSE TopK", "NMSE BatchTopK", "NMSE diff.", "verdict", "CE deg. TopK",
+                             "CE deg. BatchTopK", "CE diff.", "verdict"], cells_of)
 
 
 EXTRAPOLATE = np.log(1.1)  # topk_at extends TopK's curve by at most 10% in L0 beyond its last k
@@ -249,18 +259,16 @@ def equal_l0_pairs(rows: list[dict], metric: str, k: int, expansion: int) -> tup
 
 
 def batchtopk_vs_topk_at_equal_l0_table(rows: list[dict]) -> str:
-    lines = ["| expansion | k | seeds | L0 BatchTopK | NMSE diff. at equal L0 | verdict | CE diff. at equal L0 | "
-             "verdict |", "|---|---|---|---|---|---|---|---|"]
-    for expansion in (8, 32):
-        for k in (16, 32, 64):
-            nmse, ce = equal_l0_pairs(rows, "nmse", k, expansion), equal_l0_pairs(rows, "ce_degradation", k, expansion)
-            if nmse is None:
-                continue
-            l0 = spread([r["l0"] for r in select(rows, arch="batchtopk", k=k, expansion=expansion)], 3)
-            cells = [l0, spread(nmse[0], 2), verdict(*nmse)]
-            cells += [spread(ce[0], 2), verdict(*ce)] if ce else ["", ""]
-            lines.append(f"| {expansion} | {k} | {len(nmse[0])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cells_of(k, expansion):
+        nmse, ce = equal_l0_pairs(rows, "nmse", k, expansion), equal_l0_pairs(rows, "ce_degradation", k, expansion)
+        if nmse is None:
+            return None
+        l0 = spread([r["l0"] for r in select(rows, arch="batchtopk", k=k, expansion=expansion)], 3)
+        cells = [l0, spread(nmse[0], 2), verdict(*nmse)] + ([spread(ce[0], 2), verdict(*ce)] if ce else ["", ""])
+        return len(nmse[0]), cells
+
+    return comparison_table(["L0 BatchTopK", "NMSE diff. at equal L0", "verdict", "CE diff. at equal L0", "verdict"],
+                            cells_of)
 
 
 def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
