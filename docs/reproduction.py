@@ -32,7 +32,7 @@ from saelab.data.pipeline import cache_dir
 from saelab.eval.plots import draw_curves, pareto_plot, plt
 from saelab.eval.saebench.output import flat_metrics, read_outputs
 from saelab.io.jsonfile import read_json_object
-from saelab.sweep import heldout_curve, read_grid_file, result_row, seed_summary, union, write_csv
+from saelab.sweep import heldout_curve, read_grid_file, result_row, seed_summary, union, without_seed, write_csv
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
@@ -170,7 +170,7 @@ def configuration_table(rows: list[dict]) -> str:
              "|---|---|" + "---|" * len(columns)]
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(re.sub(r"-s\d+$", "", row["name"]), []).append(row)
+        groups.setdefault(without_seed(row["name"]), []).append(row)
     for name, group in groups.items():
         cells = [spread([row[key] for row in group if key in row], digits) for key, _, digits in columns]
         lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
@@ -229,19 +229,25 @@ def batchtopk_vs_topk_table(rows: list[dict]) -> str:
 EXTRAPOLATE = np.log(1.1)  # topk_at extends TopK's curve by at most 10% in L0 beyond its last k
 
 
-def topk_at(rows: list[dict], metric: str, l0: float, seed: int, expansion: int) -> float | None:
-    """TopK's `metric` at `l0` for one seed and expansion: linear in log L0 between its k points,
-    and along the end segment up to 10% beyond them (BatchTopK's measured L0 is a few % off k)."""
-    points = sorted((np.log(r["k"]), r[metric]) for r in select(rows, arch="topk", seed=seed, expansion=expansion)
-                    if metric in r)
+def log_l0_interp(points: list[tuple[float, float]], l0: float, extend: float = 0.0) -> float | None:
+    """The value at `l0` of points [(L0, value)] (distinct L0s): linear in log L0 between them,
+    and along the end segment up to a factor exp(extend) beyond them; None farther out or with
+    fewer than two points."""
     if len(points) < 2:
         return None
-    x, y = map(np.asarray, zip(*points))
+    x, y = map(np.asarray, zip(*sorted((np.log(a), b) for a, b in points)))
     u = np.log(l0)
-    if not x[0] - EXTRAPOLATE <= u <= x[-1] + EXTRAPOLATE:
+    if not x[0] - extend <= u <= x[-1] + extend:
         return None
     i = int(np.clip(np.searchsorted(x, u) - 1, 0, len(x) - 2))  # the segment containing u, or the end one
     return float(y[i] + (y[i + 1] - y[i]) * (u - x[i]) / (x[i + 1] - x[i]))
+
+
+def topk_at(rows: list[dict], metric: str, l0: float, seed: int, expansion: int) -> float | None:
+    """TopK's `metric` at `l0` for one seed and expansion: linear in log L0 between its k points,
+    and along the end segment up to 10% beyond them (BatchTopK's measured L0 is a few % off k)."""
+    runs = select(rows, arch="topk", seed=seed, expansion=expansion)
+    return log_l0_interp([(r["k"], r[metric]) for r in runs if metric in r], l0, EXTRAPOLATE)
 
 
 def equal_l0_pairs(rows: list[dict], metric: str, k: int, expansion: int) -> tuple[list[float], float] | None:
@@ -271,15 +277,15 @@ def batchtopk_vs_topk_at_equal_l0_table(rows: list[dict]) -> str:
                             cells_of)
 
 
+def family_means(rows: list[dict], arch: str, metric: str) -> list[dict]:
+    """The seed-mean rows of `arch` at expansion 8 that have `metric`."""
+    return [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
+
+
 def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
     """`arch`'s seed-mean `metric` at `l0`, interpolated linearly in log L0 between its x8
     points; None outside their range."""
-    means = [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
-    points = sorted((np.log(r["l0"]), r[metric]) for r in means)
-    if len(points) < 2 or not points[0][0] <= np.log(l0) <= points[-1][0]:
-        return None
-    x, y = zip(*points)
-    return float(np.interp(np.log(l0), x, y))
+    return log_l0_interp([(r["l0"], r[metric]) for r in family_means(rows, arch, metric)], l0)
 
 
 def at_l0_cell(rows: list[dict], arch: str, metric: str, l0: float, digits: int) -> str:
@@ -287,7 +293,7 @@ def at_l0_cell(rows: list[dict], arch: str, metric: str, l0: float, digits: int)
     value = at_l0(rows, arch, metric, l0)
     if value is not None:
         return fmt(value, digits)
-    means = [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
+    means = family_means(rows, arch, metric)
     if not means:
         return ""
     nearest = min(means, key=lambda r: abs(np.log(r["l0"]) - np.log(l0)))
