@@ -320,8 +320,9 @@ def test_topk_sparse_path_counts_only_positive_selections():
 
 def _reference_loss_terms(sae, x):
     """The authors' loss terms (SewoongLee/top-afa-sae training/sae.py, TopAFASAE), rewritten in
-    numpy: l2 = mean over elements of (x_hat - x)^2, afa = c * mean_t (||f_t|| - ||x_t||)^2,
-    with x the preprocessed input (standardised per token when input_unit_norm)."""
+    numpy: l2 = mean over elements of (x_hat - x)^2, afa = c * mean_t (||f_t|| - t_t)^2, with x
+    the preprocessed input (standardised per token when input_unit_norm) and t = ||x - b_dec||,
+    the target of the selection (the reference's loss has ||x||: see sae/topafa.py)."""
     raw = x.double().numpy()
     if sae.cfg.input_scaling == "per_token":
         centred = raw - raw.mean(-1, keepdims=True)
@@ -338,7 +339,7 @@ def _reference_loss_terms(sae, x):
         f[t, top] = acts[t, top]
     x_hat = f @ W_dec + b_dec
     l2 = ((x_hat - xs) ** 2).mean()
-    afa = sae.cfg.afa_coefficient * ((np.linalg.norm(f, axis=1) - np.linalg.norm(xs, axis=1)) ** 2).mean()
+    afa = sae.cfg.afa_coefficient * ((np.linalg.norm(f, axis=1) - np.linalg.norm(xs - b_dec, axis=1)) ** 2).mean()
     return l2, afa
 
 
@@ -351,6 +352,24 @@ def test_topafa_afa_term_has_the_reference_weight(scaling, sparse):
     out = sae.loss(x, sparse=sparse)
     l2, afa = _reference_loss_terms(sae, x)
     assert out.terms["afa"].item() / out.terms["mse"].item() == pytest.approx(afa / l2, rel=1e-4)
+
+
+def test_topafa_afa_term_targets_the_norm_the_selection_aims_at():
+    """A code whose norm is ||x - b_dec|| pays no AFA term however far b_dec is from 0 (with the
+    reference's ||x|| it would pay (||x - b_dec|| - ||x||)^2), and the term moves no b_dec."""
+    sae = randomize(make_sae("topafa", d_in=16, d_sae=48, afa_coefficient=1 / 32))
+    with torch.no_grad():
+        sae.b_dec.fill_(3.0)
+    x = torch.randn(5, 16)
+    direction = torch.randn(5, 48).abs()
+    f = (direction / direction.norm(dim=-1, keepdim=True) * (x - sae.b_dec).norm(dim=-1, keepdim=True)).detach()
+    term = sae.arch.penalty(sae, f.requires_grad_(), None, x)["afa"]
+    assert term.item() == pytest.approx(0, abs=1e-8)
+    mismatch = sae.arch.penalty(sae, f * 1.5, None, x)["afa"]
+    expected = 16 / 32 * (0.5 * (x - 3.0).norm(dim=-1)).square().mean()
+    assert mismatch.item() == pytest.approx(expected.item(), rel=1e-5)
+    mismatch.backward()
+    assert sae.b_dec.grad is None
 
 
 def test_jumprelu_l0_coefficient_is_in_per_element_units():
