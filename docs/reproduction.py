@@ -333,24 +333,36 @@ def interp_table(rows: list[dict]) -> str:
 
 
 def wall_time(log: Path, sweep: Path) -> str:
-    """The sweep's wall time from the launcher's log (`start ISO-TIME ...` and `end rc=N ISO-TIME`
-    lines): each invocation runs from its start to its end or, when it was stopped without one
-    (a session's end), to the last file it wrote."""
+    """The sweep's wall time from the launcher's log (`start ISO-TIME [CONFIG]` and `end rc=N
+    ISO-TIME [CONFIG]` lines): each invocation runs from its start to its end (an end naming a
+    config closes that config's open start, one naming none the latest open start) or, when it
+    was stopped without one (a session's end), to the last file it wrote before the next start.
+    Invocations that overlapped count once: the total is the length of the union."""
     if not log.is_file():
         return "(no log)"
-    starts, ends = [], {}
+    starts: list[float] = []
+    configs: list[str] = []
+    ends: dict[int, float] = {}
     # the lines may follow a progress bar's last carriage return, not a newline
-    for event, stamp in re.findall(r"(start|end rc=\S+) (\d{4}-\d\d-\d\dT[\d:]+[+-][\d:]+)", log.read_text()):
+    pattern = r"(start|end rc=\S+) (\d{4}-\d\d-\d\dT[\d:]+[+-][\d:]+)[ \t]*(\S*)"
+    for event, stamp, config in re.findall(pattern, log.read_text()):
+        moment = datetime.fromisoformat(stamp).timestamp()
         if event == "start":
-            starts.append(datetime.fromisoformat(stamp).timestamp())
-        elif starts:
-            ends[len(starts) - 1] = datetime.fromisoformat(stamp).timestamp()
+            starts.append(moment)
+            configs.append(config)
+            continue
+        open_starts = [i for i in range(len(starts)) if i not in ends and (not config or configs[i] == config)]
+        if open_starts:
+            ends[open_starts[-1]] = moment
     stamps = sorted(p.stat().st_mtime for p in sweep.rglob("*") if p.is_file())
-    total = 0.0
+    intervals = []
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
-        end = ends.get(i) or max([t for t in stamps if start <= t < stop], default=start)
-        total += end - start
+        intervals.append((start, ends.get(i) or max([t for t in stamps if start <= t < stop], default=start)))
+    total, reached = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        total += max(0.0, stop - max(start, reached))
+        reached = max(reached, stop)
     return f"{total / 3600:.2f} h in {len(starts)} invocation(s)"
 
 

@@ -57,8 +57,21 @@ def test_wall_time_sums_invocations_to_their_end_or_last_file(tmp_path):
     # first invocation stopped without an end line; its last file was written 600 s after its start
     (sweep / "checkpoint.pt").write_text("x")
     os.utime(sweep / "checkpoint.pt", (now - 3000 + 600, now - 3000 + 600))
-    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\ntrain: 99%\rend rc=0 {stamp(now - 100)}\n")
+    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\n"
+                   f"train: 99%\rend rc=0 {stamp(now - 100)}\n")
     assert reproduction.wall_time(log, sweep) == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
+
+
+def test_wall_time_pairs_named_ends_and_counts_overlapping_invocations_once(tmp_path):
+    sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    sweep.mkdir()
+    now = time.time()
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))  # noqa: E731
+    # a runs 0-1000 s; b starts inside it at 200 s and ends (naming itself) at 500 s; a's bare
+    # end line comes last: union 1000 s, not 1300
+    log.write_text(f"start {stamp(now - 1000)} a.toml\ntrain 5%\rstart {stamp(now - 800)} b.toml\n"
+                   f"end rc=0 {stamp(now - 500)} b.toml\ntrain 99%\rend rc=0 {stamp(now)}\n")
+    assert reproduction.wall_time(log, sweep) == f"{1000 / 3600:.2f} h in 2 invocation(s)"
 
 
 def test_sections_are_replaced_between_their_markers():
