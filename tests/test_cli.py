@@ -188,3 +188,13 @@ def test_eval_of_an_external_sae_and_bad_inputs(capsys, acts, tmp_path, model_di
     assert re.search("NaN", error)
     (tmp_path / "junk").mkdir()
     assert re.search("no cfg.json", cli_error(capsys, ["eval", str(tmp_path / "junk"), "--activations", str(acts)]))
+
+
+def test_sweep_table_shows_a_metric_some_runs_lack_as_a_dash():
+    """Per-grid evals give the first run an absorption score the second lacks (a KeyError once)."""
+    from saelab.cli import sweep_table
+
+    lines = sweep_table([{"name": "a", "l0": 32.0, "nmse": 0.1, "mean_absorption_fraction_score": 0.2},
+                         {"name": "b", "l0": 16.0, "nmse": 0.2}])
+    assert "mean_absorption_fraction_score" in lines[0] and "0.2000" in lines[1]
+    assert lines[2].split()[1:] == ["16.0000", "0.2000", "-"]

@@ -328,14 +328,22 @@ def cmd_sweep(args) -> None:
                      sae_options={**sweep_options(args, points), "metadata": provenance(args)},
                      downstream=downstream, device=args.device, batch_size_eval=args.batch_size,
                      interp=sweep_interp(args, downstream, eval_source, interp_settings(args), chat), evals=evals)
+    print("\n" + "\n".join(sweep_table(rows)))
+    print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")
+
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    """The sweep's summary lines: a column for each headline metric some run has ("-" where a
+    run lacks it, e.g. an evaluation asked for on other points only)."""
     columns = [c for c in ("l0", "nmse", "explained_variance", "ce_degradation", "eps_lbo_median",
                            "mean_absorption_fraction_score", "sae_top_1_test_accuracy", "autointerp_score")
-               if c in rows[0]]
+               if any(c in row for row in rows)]
     widths = [max(20, len(c) + 2) for c in columns]
-    print("\n" + f"{'SAE':<44}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+    lines = [f"{'SAE':<44}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for row in rows:
-        print(f"{row['name']:<44}" + "".join(f"{row[c]:>{w}.4f}" for c, w in zip(columns, widths)))
-    print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")
+        cells = (f"{row[c]:>{w}.4f}" if c in row else f"{'-':>{w}}" for c, w in zip(columns, widths))
+        lines.append(f"{row['name']:<44}" + "".join(cells))
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
