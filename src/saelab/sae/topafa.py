@@ -15,7 +15,8 @@ the next selection needs fewer latents, and within 80 steps every token keeps on
 0.38, 93% dead, at both 1/32 and 1/16). With b_dec at 0 the same loss trains unstably (L0
 swinging between 12 and 775 over the first 100 steps) as b_dec moves away from 0. f @ W_dec
 reconstructs x - b_dec, so ||x - b_dec|| is what the quasi-orthogonality bound says ||f|| is
-close to; with it, L0 settles in the hundreds, where the AFA paper puts top-AFA.
+close to. With it the same sweep trains: L0 near 1000 in the first 40 steps, falling to 97
+(1/32) and 78 (1/16) by 2.1M tokens, NMSE 0.087 and 0.099, ||f~||/||z|| 1.03 (docs/REPRODUCTION.md).
 """
 
 from dataclasses import dataclass
