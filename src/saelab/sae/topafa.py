@@ -41,13 +41,19 @@ class TopAFASettings(AuxKSettings):
         check_number("afa_coefficient", self.afa_coefficient)
 
 
+def afa_target(sae, x: torch.Tensor) -> torch.Tensor:
+    """t = ||x - b_dec|| [n]: the norm the selection sizes the code to and the AFA loss pulls
+    ||f|| towards (one function, so the two cannot drift apart again); no gradient."""
+    return (x - sae.b_dec).norm(dim=-1).detach()
+
+
 def chosen_k(sae, a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """k* per sample [n] and the latents by descending score [n, >= max k*].
 
     The gap |sqrt(c_j) - t| falls until sqrt(c_j) crosses t and rises after, so a prefix of
     the PREFIX best scores suffices for a row whose prefix crosses t or ends in zeros; only if
     some row needs more are all h scores sorted (the reference method's O(h log h))."""
-    target = (x - sae.b_dec).norm(dim=-1, keepdim=True)
+    target = afa_target(sae, x)[:, None]
     scores = (a * sae.W_dec.norm(dim=1)).square()
     if PREFIX < scores.shape[-1]:
         top, order = scores.topk(PREFIX, dim=-1, sorted=True)
@@ -87,6 +93,5 @@ class TopAFA(Architecture):
 
     def penalty(self, sae, f, pre, x):
         """f: dense codes or a SparseCode."""
-        target = (x - sae.b_dec).norm(dim=-1).detach()
-        afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - target
+        afa = (f.row_norms() if hasattr(f, "row_norms") else f.norm(dim=-1)) - afa_target(sae, x)
         return {"afa": sae.cfg.d_in * sae.cfg.afa_coefficient * afa.square().mean()}
