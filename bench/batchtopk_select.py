@@ -40,11 +40,15 @@ def main() -> None:
     args = parser.parse_args()
     sae = SAE.load(args.run)
     k = sae.cfg.k
-    x = torch.cat([ActivationCache(args.cache).load_shard(i)["activations"].float() for i in range(2)])
-    print(f"{args.run}: d_sae {sae.cfg.d_sae}, k {k}, batch {args.batch}, {torch.get_num_threads()} threads")
+    x = torch.cat(
+        [ActivationCache(args.cache).load_shard(i)["activations"].float() for i in range(2)]
+    )
+    print(
+        f"{args.run}: d_sae {sae.cfg.d_sae}, k {k}, batch {args.batch}, {torch.get_num_threads()} threads"
+    )
     ratios = []
     for b in range(args.batches):
-        batch = x[b * args.batch:(b + 1) * args.batch]
+        batch = x[b * args.batch : (b + 1) * args.batch]
         with torch.no_grad():
             pre = sae.pre_activation(sae._scale(batch, sae.input_stats(batch)))
         count = len(batch) * k
@@ -54,16 +58,22 @@ def main() -> None:
         bound, pool, full = [], [], []
         tiles = RowTiles.of(pre)
         for _ in range(args.repeats):
-            bound.append(timed(lambda: global_batch_topk(tiles, k, bound=BOUND_MARGIN * sae.threshold)))
+            bound.append(
+                timed(lambda: global_batch_topk(tiles, k, bound=BOUND_MARGIN * sae.threshold))
+            )
             pool.append(timed(lambda: global_batch_topk(tiles, k)))
             full.append(timed(lambda: pre.flatten().topk(count, sorted=False)))
         c, p, f = statistics.median(bound), statistics.median(pool), statistics.median(full)
         ratios.append((f / c, f / p))
-        print(f"batch {b}: old candidates would fall back: {fell_back}; most entries of one row in the top "
-              f"{count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool {1e3 * p:.1f} ms, "
-              f"full top-k {1e3 * f:.1f} ms")
-    print(f"median speed-up over the full top-k: first cut {statistics.median(r[0] for r in ratios):.2f}x, "
-          f"pool {statistics.median(r[1] for r in ratios):.2f}x")
+        print(
+            f"batch {b}: old candidates would fall back: {fell_back}; most entries of one row in the top "
+            f"{count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool {1e3 * p:.1f} ms, "
+            f"full top-k {1e3 * f:.1f} ms"
+        )
+    print(
+        f"median speed-up over the full top-k: first cut {statistics.median(r[0] for r in ratios):.2f}x, "
+        f"pool {statistics.median(r[1] for r in ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -42,17 +42,21 @@ def main() -> None:
 
     def truncated():
         kept = list(blocks)
-        del blocks[args.layer + 1:]
+        del blocks[args.layer + 1 :]
         try:
             with torch.inference_mode():
                 net.base_model(input_ids=ids, use_cache=False)
         finally:
-            blocks.extend(kept[args.layer + 1:])
+            blocks.extend(kept[args.layer + 1 :])
 
     def hooked():
         harvest(lm, ids, args.layer, "resid_post")
 
-    contenders = {"full forward": full, f"truncated L{args.layer}": truncated, f"harvest L{args.layer}": hooked}
+    contenders = {
+        "full forward": full,
+        f"truncated L{args.layer}": truncated,
+        f"harvest L{args.layer}": hooked,
+    }
     for fn in contenders.values():  # warm-up
         fn()
     times = {name: [] for name in contenders}
@@ -61,8 +65,12 @@ def main() -> None:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"model {args.model}, batch {args.batch} x ctx {args.ctx}, {args.repeats} alternating repeats")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(
+        f"model {args.model}, batch {args.batch} x ctx {args.ctx}, {args.repeats} alternating repeats"
+    )
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     for name, rate in rates.items():
         print(f"  {name:<16} {rate:8.0f} tokens/s (median)")

@@ -29,8 +29,17 @@ import sys
 MB = 2**20
 
 
-def child(arch: str, d_sae: int, cache: str, k: int, batch: int, sparse: bool, one_tile: bool, steps: int,
-          device: str) -> dict:
+def child(
+    arch: str,
+    d_sae: int,
+    cache: str,
+    k: int,
+    batch: int,
+    sparse: bool,
+    one_tile: bool,
+    steps: int,
+    device: str,
+) -> dict:
     import torch
 
     from saelab import SAE, SAEConfig, TrainConfig
@@ -51,11 +60,23 @@ def child(arch: str, d_sae: int, cache: str, k: int, batch: int, sparse: bool, o
     d_in = x.shape[1]
 
     def trainer_for(width: int) -> Trainer:
-        sae = SAE(SAEConfig(arch=arch, d_in=d_in, d_sae=width, k=None if arch == "topafa" else k), seed=0)
-        return Trainer(sae.to(device), TrainConfig(batch_size=batch, sparse=sparse, progress=False), total_steps=1000)
+        sae = SAE(
+            SAEConfig(arch=arch, d_in=d_in, d_sae=width, k=None if arch == "topafa" else k), seed=0
+        )
+        return Trainer(
+            sae.to(device),
+            TrainConfig(batch_size=batch, sparse=sparse, progress=False),
+            total_steps=1000,
+        )
 
-    trainer_for(4 * k).train_step(x)  # loads the code pages and thread pools the step uses, with tiny tensors
-    base = torch.cuda.memory_allocated() - x.numel() * 4 if device == "cuda" else status("VmRSS:") - x.numel() * 4
+    trainer_for(4 * k).train_step(
+        x
+    )  # loads the code pages and thread pools the step uses, with tiny tensors
+    base = (
+        torch.cuda.memory_allocated() - x.numel() * 4
+        if device == "cuda"
+        else status("VmRSS:") - x.numel() * 4
+    )
     trainer = trainer_for(d_sae)
     sae = trainer.sae
     trainer.train_step(x)  # the first step also initialises b_dec and the input scale from the data
@@ -69,43 +90,94 @@ def child(arch: str, d_sae: int, cache: str, k: int, batch: int, sparse: bool, o
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else status("VmHWM:")) - base
     params = sum(p.numel() for p in sae.parameters()) * 4
     codes = batch * k * (8 + 4) if sparse else batch * d_sae * 4
-    return {"peak": peak, "params": params, "adam": 2 * params, "batch": batch * d_in * 4, "codes": codes,
-            "grads": params, "pre": batch * d_sae * 4}
+    return {
+        "peak": peak,
+        "params": params,
+        "adam": 2 * params,
+        "batch": batch * d_in * 4,
+        "codes": codes,
+        "grads": params,
+        "pre": batch * d_sae * 4,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--activations", metavar="CACHE", required=True, help="an activation cache (saelab cache)")
+    parser.add_argument(
+        "--activations", metavar="CACHE", required=True, help="an activation cache (saelab cache)"
+    )
     parser.add_argument("--d-sae", type=int, nargs="+", default=[4608, 18432])
     parser.add_argument("--archs", nargs="+", default=["topk", "batchtopk"])
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", nargs=3, metavar=("ARCH", "D_SAE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("ARCH", "D_SAE", "PATH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         arch, d_sae, path = args.child
-        print(json.dumps(child(arch, int(d_sae), args.activations, args.k, args.batch, path != "dense",
-                               path == "one-tile", args.steps,
-                               args.device)))
+        print(
+            json.dumps(
+                child(
+                    arch,
+                    int(d_sae),
+                    args.activations,
+                    args.k,
+                    args.batch,
+                    path != "dense",
+                    path == "one-tile",
+                    args.steps,
+                    args.device,
+                )
+            )
+        )
         return
-    print(f"{platform.machine()}, device {args.device}; {args.activations}, k={args.k}, batch={args.batch}, "
-          f"{args.steps} steps; MiB")
-    print(f"{'arch':<10} {'d_sae':>6} {'path':<7} {'peak':>7} {'floor':>7} {'peak/floor':>10} "
-          f"{'params':>7} {'adam':>7} {'batch':>6} {'codes':>7} {'grads':>7} {'pre':>7}")
+    print(
+        f"{platform.machine()}, device {args.device}; {args.activations}, k={args.k}, batch={args.batch}, "
+        f"{args.steps} steps; MiB"
+    )
+    print(
+        f"{'arch':<10} {'d_sae':>6} {'path':<7} {'peak':>7} {'floor':>7} {'peak/floor':>10} "
+        f"{'params':>7} {'adam':>7} {'batch':>6} {'codes':>7} {'grads':>7} {'pre':>7}"
+    )
     for d_sae in args.d_sae:
         for arch in args.archs:
             for path in ("sparse", "one-tile", "dense"):
-                out = subprocess.run([sys.executable, __file__, "--child", arch, str(d_sae), path,
-                                      "--activations", args.activations, "--k", str(args.k), "--batch", str(args.batch),
-                                      "--steps", str(args.steps), "--device", args.device],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        arch,
+                        str(d_sae),
+                        path,
+                        "--activations",
+                        args.activations,
+                        "--k",
+                        str(args.k),
+                        "--batch",
+                        str(args.batch),
+                        "--steps",
+                        str(args.steps),
+                        "--device",
+                        args.device,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 floor = r["params"] + r["adam"] + r["grads"] + r["batch"] + r["codes"]
-                print(f"{arch:<10} {d_sae:>6} {path:<7} {r['peak'] / MB:>7.0f} {floor / MB:>7.0f} "
-                      f"{r['peak'] / floor:>9.2f}x " + " ".join(f"{r[key] / MB:>7.0f}" for key in
-                                                               ("params", "adam", "batch", "codes", "grads", "pre")))
+                print(
+                    f"{arch:<10} {d_sae:>6} {path:<7} {r['peak'] / MB:>7.0f} {floor / MB:>7.0f} "
+                    f"{r['peak'] / floor:>9.2f}x "
+                    + " ".join(
+                        f"{r[key] / MB:>7.0f}"
+                        for key in ("params", "adam", "batch", "codes", "grads", "pre")
+                    )
+                )
 
 
 if __name__ == "__main__":

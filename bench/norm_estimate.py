@@ -29,17 +29,31 @@ def main() -> None:
     squared = x.double().square().sum(1)
     scale = lambda mean_sq: math.sqrt(cache.d_in / mean_sq)  # noqa: E731
     reference = scale(squared.mean().item())
-    one_batch = sorted(scale(squared[torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[: args.batch]]
-                             .mean().item()) for s in range(args.draws))
+    one_batch = sorted(
+        scale(
+            squared[
+                torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[: args.batch]
+            ]
+            .mean()
+            .item()
+        )
+        for s in range(args.draws)
+    )
     ours = scale(mean_squared_norm(cache))
-    print(f"cache: {len(x)} tokens, d_in {cache.d_in}; norms: median {squared.sqrt().median():.1f}, "
-          f"max {squared.sqrt().max():.1f}")
+    print(
+        f"cache: {len(x)} tokens, d_in {cache.d_in}; norms: median {squared.sqrt().median():.1f}, "
+        f"max {squared.sqrt().max():.1f}"
+    )
     print(f"scale from all tokens:                     {reference:.4f}")
-    print(f"one batch of {args.batch} ({args.draws} draws): min {one_batch[0]:.4f}  "
-          f"median {one_batch[len(one_batch) // 2]:.4f}  max {one_batch[-1]:.4f}  "
-          f"(max/min {one_batch[-1] / one_batch[0]:.2f})")
-    print(f"mean_squared_norm ({min(NORM_TOKENS, len(x))} tokens):       {ours:.4f}  "
-          f"({100 * (ours / reference - 1):+.2f}% from the reference)")
+    print(
+        f"one batch of {args.batch} ({args.draws} draws): min {one_batch[0]:.4f}  "
+        f"median {one_batch[len(one_batch) // 2]:.4f}  max {one_batch[-1]:.4f}  "
+        f"(max/min {one_batch[-1] / one_batch[0]:.2f})"
+    )
+    print(
+        f"mean_squared_norm ({min(NORM_TOKENS, len(x))} tokens):       {ours:.4f}  "
+        f"({100 * (ours / reference - 1):+.2f}% from the reference)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ def held_out(sae: SAE, override: str | None) -> torch.Tensor:
         cache = ActivationCache(override)
     else:
         meta = sae.cfg.metadata
-        spec = CacheSpec(**{key: meta[key] for key in ("model", "layer", "site", "dataset", "ctx_len",
-                                                        "include_special")}, split="eval")
+        spec = CacheSpec(
+            **{
+                key: meta[key]
+                for key in ("model", "layer", "site", "dataset", "ctx_len", "include_special")
+            },
+            split="eval",
+        )
         cache = ActivationCache(cache_dir("cache", spec))
     return torch.cat([cache.load_shard(i)["activations"].float() for i in range(len(cache.shards))])
 
@@ -69,9 +74,11 @@ def main() -> None:
             x = held_out(sae, args.activations)
             norms = x.norm(dim=-1)
             outlier = norms > args.factor * norms.median()
-            print(f"{len(x)} held-out tokens; {int(outlier.sum())} outliers (norm > {args.factor:g} x median "
-                  f"{norms.median():.0f}; their median norm {norms[outlier].median():.0f})\n")
-        for rule in (["own", "top-k", "batch top-k"] if sae.cfg.arch == "batchtopk" else ["own"]):
+            print(
+                f"{len(x)} held-out tokens; {int(outlier.sum())} outliers (norm > {args.factor:g} x median "
+                f"{norms.median():.0f}; their median norm {norms[outlier].median():.0f})\n"
+            )
+        for rule in ["own", "top-k", "batch top-k"] if sae.cfg.arch == "batchtopk" else ["own"]:
             x_hat, l0 = reconstruct(sae, x, rule)
             err = (x - x_hat).square().sum(-1)
             ratio = err / x.square().sum(-1)
@@ -87,7 +94,9 @@ def main() -> None:
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
-        print("| " + " | ".join(row["run"] if c == "run" else f"{row[c]:.4g}" for c in columns) + " |")
+        print(
+            "| " + " | ".join(row["run"] if c == "run" else f"{row[c]:.4g}" for c in columns) + " |"
+        )
     (args.sweep / "outliers.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

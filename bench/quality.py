@@ -44,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vs_sparsify import ensure_venv  # sparsify's virtual environment, installed on first use
 
 from saelab import SAE, SAEConfig, TrainConfig
 from saelab.data.cache import ActivationCache
 from saelab.train.loop import Trainer
-from vs_sparsify import ensure_venv  # sparsify's virtual environment, installed on first use
 
 DL_VENV = Path(__file__).parent / ".venv-dictionary-learning"
 DL_REQUIREMENT = "dictionary-learning==0.1.0"
@@ -76,7 +76,9 @@ def save(x_hat, l0, fires, seconds, lr):
     print(json.dumps({"seconds": seconds, "lr": lr}))
 """
 
-SPARSIFY_CHILD = CHILD_IO + r"""
+SPARSIFY_CHILD = (
+    CHILD_IO
+    + r"""
 from schedulefree import ScheduleFreeWrapper
 from sparsify import SparseCoder, SparseCoderConfig
 from sparsify.sign_sgd import SignSGD
@@ -105,11 +107,14 @@ with torch.no_grad():
     active = enc.top_acts > 0
 save(x_hat.numpy(), active.sum(1).numpy(), np.bincount(enc.top_indices[active].numpy(), minlength=d_sae), seconds, lr)
 """
+)
 
 # dictionary_learning's trainers, driven as its trainSAE drives them (update(step, x) per batch;
 # no activation normalisation, its default). Its package __init__ imports nnsight for its
 # activation buffer, which this benchmark does not use: a stub module stands in for it.
-DL_CHILD = CHILD_IO + r"""
+DL_CHILD = (
+    CHILD_IO
+    + r"""
 import types
 sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=None)
 from dictionary_learning.trainers import BatchTopKTrainer, TopKTrainer
@@ -128,6 +133,7 @@ with torch.no_grad():
     x_hat = trainer.ae.decode(f)
 save(x_hat.numpy(), (f > 0).sum(1).numpy(), (f > 0).sum(0).numpy(), seconds, trainer.lr)
 """
+)
 
 
 def ensure_dictionary_learning_venv() -> Path:
@@ -136,8 +142,13 @@ def ensure_dictionary_learning_venv() -> Path:
     python = DL_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(DL_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "einops", "numpy", "tqdm"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", DL_REQUIREMENT], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "einops", "numpy", "tqdm"],
+            check=True,
+        )
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", DL_REQUIREMENT], check=True
+        )
     return python
 
 
@@ -164,9 +175,15 @@ def metrics(x: np.ndarray, x_hat: np.ndarray, l0: np.ndarray, fires: np.ndarray)
     def fvu(rows):
         return error[rows].sum() / ((x[rows] - x[rows].mean(0)) ** 2).sum()
 
-    return {"nmse": (error / norms ** 2).mean(), "fvu": fvu(slice(None)), "fvu_ordinary": fvu(ordinary),
-            "l0": float(l0.mean()), "l0_p5": float(np.percentile(l0, 5)), "l0_p95": float(np.percentile(l0, 95)),
-            "dead": float((fires == 0).mean())}
+    return {
+        "nmse": (error / norms**2).mean(),
+        "fvu": fvu(slice(None)),
+        "fvu_ordinary": fvu(ordinary),
+        "l0": float(l0.mean()),
+        "l0_p5": float(np.percentile(l0, 5)),
+        "l0_p95": float(np.percentile(l0, 95)),
+        "dead": float((fires == 0).mean()),
+    }
 
 
 def schedule_free(name: str, sae, lr: float, warmup_steps: int):
@@ -176,9 +193,11 @@ def schedule_free(name: str, sae, lr: float, warmup_steps: int):
     import schedulefree
 
     if name == "schedulefree-adam":
-        optimizer = schedulefree.AdamWScheduleFree(sae.parameters(), lr=lr, betas=(0.9, 0.999),
-                                                   warmup_steps=warmup_steps)
+        optimizer = schedulefree.AdamWScheduleFree(
+            sae.parameters(), lr=lr, betas=(0.9, 0.999), warmup_steps=warmup_steps
+        )
     else:  # schedulefree-signum: sparsify's default, SignSGD in ScheduleFreeWrapper (momentum 0.95)
+
         def signs(opt, *_):
             for group in opt.param_groups:
                 for p in group["params"]:
@@ -192,22 +211,37 @@ def schedule_free(name: str, sae, lr: float, warmup_steps: int):
     return optimizer
 
 
-def run_saelab(arch: str, lr: str, train: np.ndarray, order: np.ndarray, held: np.ndarray, args,
-               seed: int) -> dict:
+def run_saelab(
+    arch: str, lr: str, train: np.ndarray, order: np.ndarray, held: np.ndarray, args, seed: int
+) -> dict:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(batch_size=args.batch, progress=False, seed=seed,
-                      **{f: v for f, v in args.set.items() if f in train_fields},
-                      **({} if lr == "default" else {"lr": float(lr)}))
+    cfg = TrainConfig(
+        batch_size=args.batch,
+        progress=False,
+        seed=seed,
+        **{f: v for f, v in args.set.items() if f in train_fields},
+        **({} if lr == "default" else {"lr": float(lr)}),
+    )
     steps = len(order) // args.batch
-    sae = SAE(SAEConfig(arch=arch, d_in=train.shape[1], d_sae=args.d_sae, k=args.k,
-                        **{f: v for f, v in args.set.items() if f not in train_fields}), seed=seed)
+    sae = SAE(
+        SAEConfig(
+            arch=arch,
+            d_in=train.shape[1],
+            d_sae=args.d_sae,
+            k=args.k,
+            **{f: v for f, v in args.set.items() if f not in train_fields},
+        ),
+        seed=seed,
+    )
     trainer = Trainer(sae, cfg, total_steps=steps)
     if args.optimizer != "adam":
-        warmup = min(TrainConfig.warmup_tokens // args.batch, steps // 2)  # the default warmup, in its steps
+        warmup = min(
+            TrainConfig.warmup_tokens // args.batch, steps // 2
+        )  # the default warmup, in its steps
         trainer.optimizer = schedule_free(args.optimizer, sae, trainer.lr, warmup)
     start = time.perf_counter()
     for step in range(steps):
-        rows = np.sort(order[step * args.batch:(step + 1) * args.batch])
+        rows = np.sort(order[step * args.batch : (step + 1) * args.batch])
         trainer.train_step(torch.from_numpy(train[rows].astype(np.float32)))
     seconds = time.perf_counter() - start
     if args.optimizer != "adam":
@@ -219,58 +253,121 @@ def run_saelab(arch: str, lr: str, train: np.ndarray, order: np.ndarray, held: n
         x_hat = sae(x).numpy()
         active = sae.encode(x) > 0
     result = metrics(held, x_hat, active.sum(1).numpy(), active.sum(0).numpy())
-    return {**result, "seconds": seconds, "lr": trainer.lr, "last_batch_l0": trainer.history[-1]["l0"]}
+    return {
+        **result,
+        "seconds": seconds,
+        "lr": trainer.lr,
+        "last_batch_l0": trainer.history[-1]["l0"],
+    }
 
 
 def run_child(python: Path, code: str, lr: str, files: dict, args, seed: int, *extra: str) -> dict:
     """A peer's training in its own virtual environment, evaluated here on its saved outputs."""
     out = str(files["dir"] / "peer")
-    child = subprocess.run([str(python), "-c", code, str(files["train"]), str(files["order"]), str(files["held"]),
-                            out, str(args.d_sae), str(args.k), str(args.batch), str(seed), lr, *extra],
-                           capture_output=True, text=True)
+    child = subprocess.run(
+        [
+            str(python),
+            "-c",
+            code,
+            str(files["train"]),
+            str(files["order"]),
+            str(files["held"]),
+            out,
+            str(args.d_sae),
+            str(args.k),
+            str(args.batch),
+            str(seed),
+            lr,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if child.returncode:
         raise SystemExit(f"{python} failed:\n{child.stderr[-2000:]}")
     info = json.loads(child.stdout.strip().splitlines()[-1])
-    result = metrics(files["held_values"], np.load(out + ".x_hat.npy"), np.load(out + ".l0.npy"),
-                     np.load(out + ".fires.npy"))
+    result = metrics(
+        files["held_values"],
+        np.load(out + ".x_hat.npy"),
+        np.load(out + ".l0.npy"),
+        np.load(out + ".fires.npy"),
+    )
     return {**result, **info}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", required=True, metavar="CACHE", help="training activations (saelab cache)")
-    parser.add_argument("--held-out", required=True, metavar="CACHE", help="held-out activations (--split eval)")
+    parser.add_argument(
+        "--train", required=True, metavar="CACHE", help="training activations (saelab cache)"
+    )
+    parser.add_argument(
+        "--held-out", required=True, metavar="CACHE", help="held-out activations (--split eval)"
+    )
     parser.add_argument("--tokens", type=int, default=540_000)
     parser.add_argument("--d-sae", type=int, default=4608)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--saelab", nargs="*", default=["topk", "batchtopk"], help="saelab architectures")
-    parser.add_argument("--lr", nargs="+", default=["default"], help="saelab learning rates ('default': TrainConfig's)")
-    parser.add_argument("--sparsify-lr", nargs="*", default=[], help="also sparsify at these learning rates")
+    parser.add_argument(
+        "--saelab", nargs="*", default=["topk", "batchtopk"], help="saelab architectures"
+    )
+    parser.add_argument(
+        "--lr",
+        nargs="+",
+        default=["default"],
+        help="saelab learning rates ('default': TrainConfig's)",
+    )
+    parser.add_argument(
+        "--sparsify-lr", nargs="*", default=[], help="also sparsify at these learning rates"
+    )
     parser.add_argument("--no-sparsify", action="store_true", help="leave sparsify out")
-    parser.add_argument("--dictionary-learning", nargs="*", default=[], choices=["topk", "batchtopk"],
-                        help="also dictionary_learning's trainers for these architectures (at its default lr)")
-    parser.add_argument("--dl-lr", nargs="*", default=[], help="also dictionary_learning at these learning rates")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
-                        help="TrainConfig or SAEConfig fields for saelab's runs, e.g. grad_clip=null aux_k=256")
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "schedulefree-adam", "schedulefree-signum"],
-                        help="saelab's optimizer (schedule-free ones need the schedulefree package and "
-                             "--set warmup_tokens=0 decay_fraction=0 for the trainer's own schedule)")
+    parser.add_argument(
+        "--dictionary-learning",
+        nargs="*",
+        default=[],
+        choices=["topk", "batchtopk"],
+        help="also dictionary_learning's trainers for these architectures (at its default lr)",
+    )
+    parser.add_argument(
+        "--dl-lr", nargs="*", default=[], help="also dictionary_learning at these learning rates"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=JSON",
+        help="TrainConfig or SAEConfig fields for saelab's runs, e.g. grad_clip=null aux_k=256",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "schedulefree-adam", "schedulefree-signum"],
+        help="saelab's optimizer (schedule-free ones need the schedulefree package and "
+        "--set warmup_tokens=0 decay_fraction=0 for the trainer's own schedule)",
+    )
     parser.add_argument("--json", help="also write every run to this file")
     args = parser.parse_args()
-    args.set = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)}
+    args.set = {
+        field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)
+    }
     train, held = load(args.train), load(args.held_out)
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; train {args.train} "
-          f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget {args.tokens} tokens "
-          f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
-          + (f"; saelab with {args.set}" if args.set else ""))
+    print(
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; train {args.train} "
+        f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget {args.tokens} tokens "
+        f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
+        + (f"; saelab with {args.set}" if args.set else "")
+    )
     python = None if args.no_sparsify else ensure_venv()
     dl_python = ensure_dictionary_learning_venv() if args.dictionary_learning else None
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"dir": Path(tmp), "train": Path(tmp) / "train.npy", "order": Path(tmp) / "order.npy",
-                 "held": Path(tmp) / "held.npy", "held_values": held}
+        files = {
+            "dir": Path(tmp),
+            "train": Path(tmp) / "train.npy",
+            "order": Path(tmp) / "order.npy",
+            "held": Path(tmp) / "held.npy",
+            "held_values": held,
+        }
         np.save(files["train"], train)
         np.save(files["held"], held)
         for seed in args.seeds:
@@ -278,30 +375,53 @@ def main() -> None:
             np.save(files["order"], order)
             for arch in args.saelab:
                 for lr in args.lr:
-                    runs.append({"contender": f"saelab {arch}", "seed": seed,
-                                 **run_saelab(arch, lr, train, order, held, args, seed)})
+                    runs.append(
+                        {
+                            "contender": f"saelab {arch}",
+                            "seed": seed,
+                            **run_saelab(arch, lr, train, order, held, args, seed),
+                        }
+                    )
                     print(json.dumps(runs[-1]), flush=True)
             if python is not None:
                 for lr in ["default", *args.sparsify_lr]:
-                    runs.append({"contender": "sparsify topk", "seed": seed,
-                                 **run_child(python, SPARSIFY_CHILD, lr, files, args, seed)})
+                    runs.append(
+                        {
+                            "contender": "sparsify topk",
+                            "seed": seed,
+                            **run_child(python, SPARSIFY_CHILD, lr, files, args, seed),
+                        }
+                    )
                     print(json.dumps(runs[-1]), flush=True)
             for arch in args.dictionary_learning:
                 for lr in ["default", *args.dl_lr]:
-                    runs.append({"contender": f"dict_learning {arch}", "seed": seed,
-                                 **run_child(dl_python, DL_CHILD, lr, files, args, seed, arch)})
+                    runs.append(
+                        {
+                            "contender": f"dict_learning {arch}",
+                            "seed": seed,
+                            **run_child(dl_python, DL_CHILD, lr, files, args, seed, arch),
+                        }
+                    )
                     print(json.dumps(runs[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
-    print(f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
-          f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})")
+    print(
+        f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
+        f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})"
+    )
     groups = {}
     for run in runs:
         groups.setdefault((run["contender"], run["lr"]), []).append(run)
     for (name, lr), group in groups.items():
-        med = {key: statistics.median(r[key] for r in group) for key in group[0] if key not in ("contender", "seed")}
-        print(f"{name:<24} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
-              f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} {med['seconds']:>8.0f}")
+        med = {
+            key: statistics.median(r[key] for r in group)
+            for key in group[0]
+            if key not in ("contender", "seed")
+        }
+        print(
+            f"{name:<24} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
+            f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} {med['seconds']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

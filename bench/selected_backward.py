@@ -28,9 +28,13 @@ def main() -> None:
     args = parser.parse_args()
     cache = ActivationCache(args.cache)
     x = next(cache.batches(4096, seed=0))
-    print(f"{torch.get_num_threads()} threads, batch {len(x)}, d_in {cache.d_in}, medians of {args.repeats}")
+    print(
+        f"{torch.get_num_threads()} threads, batch {len(x)}, d_in {cache.d_in}, medians of {args.repeats}"
+    )
     for d_sae in args.d_sae:
-        sae = SAE(SAEConfig(arch="topk", d_in=cache.d_in, d_sae=d_sae, k=32, input_scaling="none"), seed=0)
+        sae = SAE(
+            SAEConfig(arch="topk", d_in=cache.d_in, d_sae=d_sae, k=32, input_scaling="none"), seed=0
+        )
         times = {"with input gradient (old)": [], "b_dec by matvec (new)": []}
         for _ in range(args.repeats + 1):
             for label, needs in zip(times, (True, False)):
@@ -41,8 +45,11 @@ def main() -> None:
                 sae.zero_grad(set_to_none=True)
         medians = {label: statistics.median(t[1:]) for label, t in times.items()}
         old, new = medians.values()
-        print(f"d_sae {d_sae}: " + ", ".join(f"{label} {1e3 * m:.1f} ms" for label, m in medians.items())
-              + f"; {old / new:.2f}x")
+        print(
+            f"d_sae {d_sae}: "
+            + ", ".join(f"{label} {1e3 * m:.1f} ms" for label, m in medians.items())
+            + f"; {old / new:.2f}x"
+        )
 
 
 if __name__ == "__main__":

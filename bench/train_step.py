@@ -46,14 +46,26 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra", nargs="*", default=[], choices=["bf16", "compile", "adam-foreach", "one-tile"],
-                        help="also time the sparse path with these TrainConfig flags, with the unfused Adam, or "
-                        "with the whole pre-activation in one tile")
-    parser.add_argument("--activations", metavar="CACHE", required=True,
-                        help="real activations from this cache (saelab cache --model builtin:smollm2-135m ...)")
-    parser.add_argument("--profile", action="store_true",
-                        help="after the timings, profile one sparse step per arch and size (torch.profiler): "
-                        "the operators that take the time")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        choices=["bf16", "compile", "adam-foreach", "one-tile"],
+        help="also time the sparse path with these TrainConfig flags, with the unfused Adam, or "
+        "with the whole pre-activation in one tile",
+    )
+    parser.add_argument(
+        "--activations",
+        metavar="CACHE",
+        required=True,
+        help="real activations from this cache (saelab cache --model builtin:smollm2-135m ...)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timings, profile one sparse step per arch and size (torch.profiler): "
+        "the operators that take the time",
+    )
     args = parser.parse_args()
     from saelab.data.cache import ActivationCache
 
@@ -61,27 +73,39 @@ def main() -> None:
     x, args.d_in = next(cache.batches(args.batch, seed=0)), cache.d_in
     torch.manual_seed(0)
     data = {"real": x, "random": torch.randn(args.batch, args.d_in)}
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"d_in={args.d_in}, k={args.k}, batch={args.batch}, medians of {args.repeats}; "
-          f"data: {args.activations or 'random'}")
-    print(f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} {'roofline':>9} "
-          f"{'% roofline':>10}" + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra)
-          + f" {'sparse tok/s (random data)':>27}")
+    print(
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"d_in={args.d_in}, k={args.k}, batch={args.batch}, medians of {args.repeats}; "
+        f"data: {args.activations or 'random'}"
+    )
+    print(
+        f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} {'roofline':>9} "
+        f"{'% roofline':>10}"
+        + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra)
+        + f" {'sparse tok/s (random data)':>27}"
+    )
     profiles = []
     for d_sae in args.d_sae:
-        roofline = matmul_flops(x, torch.randn(args.d_in, d_sae), args.repeats) / (2 * args.d_in * d_sae)
+        roofline = matmul_flops(x, torch.randn(args.d_in, d_sae), args.repeats) / (
+            2 * args.d_in * d_sae
+        )
         for arch in args.archs:
             trainers = {}
             for path in ("sparse", "dense", *args.extra, "random"):
                 k = None if arch == "topafa" else args.k
                 sae = SAE(SAEConfig(arch=arch, d_in=args.d_in, d_sae=d_sae, k=k), seed=0)
                 flags = {path: True} if path in ("bf16", "compile") else {}
-                cfg = TrainConfig(batch_size=args.batch, sparse=path != "dense", progress=False, **flags)
+                cfg = TrainConfig(
+                    batch_size=args.batch, sparse=path != "dense", progress=False, **flags
+                )
                 trainers[path] = Trainer(sae, cfg, total_steps=1000)
                 if path == "adam-foreach":
-                    trainers[path].optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                                                foreach=True)
-                for _ in range(2 if path == "compile" else 1):  # warm-up, initialisation, compilation
+                    trainers[path].optimizer = torch.optim.Adam(
+                        sae.parameters(), lr=cfg.lr, betas=cfg.betas, foreach=True
+                    )
+                for _ in range(
+                    2 if path == "compile" else 1
+                ):  # warm-up, initialisation, compilation
                     step(trainers[path], path, data)
             times = {path: [] for path in trainers}
             for _ in range(args.repeats):
@@ -90,9 +114,12 @@ def main() -> None:
                     step(trainer, path, data)
                     times[path].append(time.perf_counter() - start)
             rate = {path: args.batch / statistics.median(t) for path, t in times.items()}
-            print(f"{arch:<10} {d_sae:>6} {rate['sparse']:>13.0f} {rate['dense']:>12.0f} "
-                  f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} {100 * rate['sparse'] / roofline:>9.0f}%"
-                  + "".join(f" {rate[e]:>20.0f}" for e in args.extra) + f" {rate['random']:>27.0f}")
+            print(
+                f"{arch:<10} {d_sae:>6} {rate['sparse']:>13.0f} {rate['dense']:>12.0f} "
+                f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} {100 * rate['sparse'] / roofline:>9.0f}%"
+                + "".join(f" {rate[e]:>20.0f}" for e in args.extra)
+                + f" {rate['random']:>27.0f}"
+            )
             if args.profile:
                 profiles.append((arch, d_sae, profile_step(trainers["sparse"], x)))
     for arch, d_sae, table in profiles:

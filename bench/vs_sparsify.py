@@ -78,7 +78,9 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "eai-sparsify==1.3.3"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "eai-sparsify==1.3.3"], check=True
+        )
     return python
 
 
@@ -95,12 +97,18 @@ def saelab_rate(x: torch.Tensor, arch: str, d_sae: int, k: int) -> float:
 
 
 def sparsify_rate(python: Path, data: Path, d_sae: int, k: int, optimizer: str) -> float:
-    child = subprocess.run([str(python), "-c", CHILD, str(data), str(d_sae), str(k), optimizer],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [str(python), "-c", CHILD, str(data), str(d_sae), str(k), optimizer],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(child.stdout.strip().splitlines()[-1])["tokens_per_s"]
 
 
-def rates(python: Path, x: torch.Tensor, data: Path, d_sae: int, k: int, rounds: int) -> dict[str, float]:
+def rates(
+    python: Path, x: torch.Tensor, data: Path, d_sae: int, k: int, rounds: int
+) -> dict[str, float]:
     """Medians over alternating rounds of every contender's tokens/s."""
     runs = {name: [] for name in (*SAELAB, *(f"sparsify-{o}" for o in SPARSIFY))}
     for _ in range(rounds):
@@ -113,7 +121,9 @@ def rates(python: Path, x: torch.Tensor, data: Path, d_sae: int, k: int, rounds:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--activations", metavar="CACHE", required=True, help="an activation cache (saelab cache)")
+    parser.add_argument(
+        "--activations", metavar="CACHE", required=True, help="an activation cache (saelab cache)"
+    )
     parser.add_argument("--d-sae", type=int, nargs="+", default=[4608, 18432])
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4096)
@@ -121,11 +131,17 @@ def main() -> None:
     args = parser.parse_args()
     python = ensure_venv()
     real = next(ActivationCache(args.activations).batches(args.batch, seed=0))
-    random = torch.from_numpy(np.random.default_rng(0).normal(size=tuple(real.shape)).astype(np.float32))
-    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.activations}, "
-          f"d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} alternating rounds; tokens/s")
-    print(f"{'d_sae':>6} {'contender':<18} {'real':>7} {'vs sparsify default':>20} {'vs sparsify adam':>17} "
-          f"{'random':>7} {'vs default (random)':>20}")
+    random = torch.from_numpy(
+        np.random.default_rng(0).normal(size=tuple(real.shape)).astype(np.float32)
+    )
+    print(
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.activations}, "
+        f"d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} alternating rounds; tokens/s"
+    )
+    print(
+        f"{'d_sae':>6} {'contender':<18} {'real':>7} {'vs sparsify default':>20} {'vs sparsify adam':>17} "
+        f"{'random':>7} {'vs default (random)':>20}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for d_sae in args.d_sae:
             measured = {}
@@ -135,9 +151,11 @@ def main() -> None:
                 measured[name] = rates(python, x, data, d_sae, args.k, rounds)
             real_rates, random_rates = measured["real"], measured["random"]
             for name, rate in real_rates.items():
-                print(f"{d_sae:>6} {name:<18} {rate:>7.0f} {rate / real_rates['sparsify-default']:>19.2f}x "
-                      f"{rate / real_rates['sparsify-adam']:>16.2f}x {random_rates[name]:>7.0f} "
-                      f"{random_rates[name] / random_rates['sparsify-default']:>19.2f}x")
+                print(
+                    f"{d_sae:>6} {name:<18} {rate:>7.0f} {rate / real_rates['sparsify-default']:>19.2f}x "
+                    f"{rate / real_rates['sparsify-adam']:>16.2f}x {random_rates[name]:>7.0f} "
+                    f"{random_rates[name] / random_rates['sparsify-default']:>19.2f}x"
+                )
 
 
 if __name__ == "__main__":

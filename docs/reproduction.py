@@ -32,14 +32,29 @@ from saelab.data.pipeline import cache_dir
 from saelab.eval.plots import draw_curves, pareto_plot, plt
 from saelab.eval.saebench.output import flat_metrics, read_outputs
 from saelab.io.jsonfile import read_json_object
-from saelab.sweep import heldout_curve, read_grid_file, result_row, seed_summary, union, without_seed, write_csv
+from saelab.sweep import (
+    heldout_curve,
+    read_grid_file,
+    result_row,
+    seed_summary,
+    union,
+    without_seed,
+    write_csv,
+)
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
 DOCUMENT = DOCS / "REPRODUCTION.md"
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
-COLORS = {"topk": "tab:blue", "batchtopk": "tab:orange", "matryoshka": "tab:green", "jumprelu": "tab:red",
-          "topafa": "tab:purple", "gated": "tab:brown", "relu": "tab:gray"}
+COLORS = {
+    "topk": "tab:blue",
+    "batchtopk": "tab:orange",
+    "matryoshka": "tab:green",
+    "jumprelu": "tab:red",
+    "topafa": "tab:purple",
+    "gated": "tab:brown",
+    "relu": "tab:gray",
+}
 SIGNIFICANCE = 0.05
 CACHE_ROOT = Path("cache")
 
@@ -51,7 +66,12 @@ def load_rows(sweep: Path, config: Path = DOCS / "reproduction.toml") -> list[di
     for point in union(read_grid_file(config)):
         run = sweep / point.name
         if rundir.state(run) == "evaluated":
-            rows.append(result_row({**read_json_object(run / rundir.EVAL), **flat_metrics(read_outputs(run))}, point))
+            rows.append(
+                result_row(
+                    {**read_json_object(run / rundir.EVAL), **flat_metrics(read_outputs(run))},
+                    point,
+                )
+            )
     if not rows:
         raise SystemExit(f"no evaluated SAE of {config} in {sweep}")
     return rows
@@ -63,7 +83,11 @@ def select(rows: list[dict], **where) -> list[dict]:
 
 
 def fmt(value: float, digits: int = 4) -> str:
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}g}"
+    return (
+        ""
+        if value is None or (isinstance(value, float) and np.isnan(value))
+        else f"{value:.{digits}g}"
+    )
 
 
 def spread(values: list[float], digits: int = 4) -> str:
@@ -76,6 +100,7 @@ def spread(values: list[float], digits: int = 4) -> str:
 
 
 # ---- figures ---------------------------------------------------------------------------------
+
 
 def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> None:
     """`metric` against k for the top-k family, one line per (arch, expansion): seed means with
@@ -90,13 +115,24 @@ def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> Non
             values = [[row[metric] for row in select(runs, k=k)] for k in ks]
             errors = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
             seeds = max(len(v) for v in values)
-            ax.errorbar(ks, [np.mean(v) for v in values], yerr=errors, marker=marker, capsize=3, lw=1.2,
-                        color=COLORS[arch], ls="-" if expansion == 8 else ":",
-                        label=f"{arch} x{expansion} ({seeds} seed{'s' * (seeds > 1)})")
+            ax.errorbar(
+                ks,
+                [np.mean(v) for v in values],
+                yerr=errors,
+                marker=marker,
+                capsize=3,
+                lw=1.2,
+                color=COLORS[arch],
+                ls="-" if expansion == 8 else ":",
+                label=f"{arch} x{expansion} ({seeds} seed{'s' * (seeds > 1)})",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks([16, 32, 64], ["16", "32", "64"])
-    ax.set(xlabel="k (latents per token; BatchTopK: the batch mean)", ylabel=label,
-           title=f"{label} vs k (mean ± std over seeds)")
+    ax.set(
+        xlabel="k (latents per token; BatchTopK: the batch mean)",
+        ylabel=label,
+        title=f"{label} vs k (mean ± std over seeds)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -126,13 +162,20 @@ def plot_training(sweep: Path, rows: list[dict], path: Path) -> None:
     curves = {}
     for expansion in (8, 32):
         for arch in ("topk", "batchtopk"):
-            runs = [heldout_curve(sweep / row["name"]) for row in select(rows, arch=arch, k=32, expansion=expansion)]
+            runs = [
+                heldout_curve(sweep / row["name"])
+                for row in select(rows, arch=arch, k=32, expansion=expansion)
+            ]
             if runs := [run for run in runs if run[0]]:
                 curves[f"{arch} k=32 x{expansion}"] = runs
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
     draw_curves(left, curves, "held-out NMSE", log_y=True)
-    draw_curves(right, paired_gap_curves(sweep, rows), "held-out NMSE, BatchTopK - TopK",
-                title="BatchTopK - TopK, paired by seed (< 0: BatchTopK better)")
+    draw_curves(
+        right,
+        paired_gap_curves(sweep, rows),
+        "held-out NMSE, BatchTopK - TopK",
+        title="BatchTopK - TopK, paired by seed (< 0: BatchTopK better)",
+    )
     right.axhline(0, color="black", lw=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -142,16 +185,28 @@ def plot_training(sweep: Path, rows: list[dict], path: Path) -> None:
 def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
     """Held-out tokens per L0 for BatchTopK at each k (seed 0, learned threshold)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for row, color in zip(sorted(select(rows, arch="batchtopk", expansion=8, seed=0), key=lambda r: r["k"]),
-                          ("tab:blue", "tab:orange", "tab:green")):
-        counts = np.asarray(json.loads((sweep / row["name"] / rundir.EVAL).read_text())["l0_histogram"], float)
+    for row, color in zip(
+        sorted(select(rows, arch="batchtopk", expansion=8, seed=0), key=lambda r: r["k"]),
+        ("tab:blue", "tab:orange", "tab:green"),
+    ):
+        counts = np.asarray(
+            json.loads((sweep / row["name"] / rundir.EVAL).read_text())["l0_histogram"], float
+        )
         median = int(np.searchsorted(np.cumsum(counts), counts.sum() / 2))
-        ax.step(np.arange(len(counts)), counts / counts.sum(), where="mid", color=color,
-                label=f"k={row['k']}: mean {row['l0']:.1f}, median {median}")
+        ax.step(
+            np.arange(len(counts)),
+            counts / counts.sum(),
+            where="mid",
+            color=color,
+            label=f"k={row['k']}: mean {row['l0']:.1f}, median {median}",
+        )
         ax.axvline(row["k"], color=color, ls="--", lw=0.8)
     ax.set_xlim(0, 2.5 * max(row["k"] for row in select(rows, arch="batchtopk", expansion=8)))
-    ax.set(xlabel="active latents per held-out token (dashed: k; TopK would be a spike there)",
-           ylabel="fraction of tokens", title="BatchTopK: L0 per token at inference (x8, seed 0)")
+    ax.set(
+        xlabel="active latents per held-out token (dashed: k; TopK would be a spike there)",
+        ylabel="fraction of tokens",
+        title="BatchTopK: L0 per token at inference (x8, seed 0)",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -161,23 +216,38 @@ def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
 
 # ---- tables ----------------------------------------------------------------------------------
 
+
 def configuration_table(rows: list[dict]) -> str:
     """One line per configuration: seed means ± std of the headline metrics."""
-    columns = (("l0", "L0", 3), ("nmse", "NMSE", 4), ("fvu", "FVU", 3), ("ce_degradation", "CE deg.", 3),
-               ("ce_loss_recovered", "CE rec.", 3), ("kl", "KL", 3), ("dead_fraction", "dead", 2),
-               ("f_tilde_over_z_median", "‖f~‖/‖z‖ med.", 3), ("eps_lbo_median", "eps_LBO med.", 2))
-    lines = ["| SAE | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    columns = (
+        ("l0", "L0", 3),
+        ("nmse", "NMSE", 4),
+        ("fvu", "FVU", 3),
+        ("ce_degradation", "CE deg.", 3),
+        ("ce_loss_recovered", "CE rec.", 3),
+        ("kl", "KL", 3),
+        ("dead_fraction", "dead", 2),
+        ("f_tilde_over_z_median", "‖f~‖/‖z‖ med.", 3),
+        ("eps_lbo_median", "eps_LBO med.", 2),
+    )
+    lines = [
+        "| SAE | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(without_seed(row["name"]), []).append(row)
     for name, group in groups.items():
-        cells = [spread([row[key] for row in group if key in row], digits) for key, _, digits in columns]
+        cells = [
+            spread([row[key] for row in group if key in row], digits) for key, _, digits in columns
+        ]
         lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def paired(rows: list[dict], metric: str, k: int, expansion: int) -> tuple[list[float], float] | None:
+def paired(
+    rows: list[dict], metric: str, k: int, expansion: int
+) -> tuple[list[float], float] | None:
     """Per-seed BatchTopK - TopK differences of `metric` and the paired t-test's p-value."""
     pairs = []
     for row in select(rows, arch="batchtopk", k=k, expansion=expansion):
@@ -202,7 +272,10 @@ def verdict(differences: list[float], p: float) -> str:
 def comparison_table(header: list[str], cells_of) -> str:
     """A table with one line per (expansion, k) that cells_of(k, expansion) answers with
     (seeds, cells) rather than None."""
-    lines = ["| expansion | k | seeds | " + " | ".join(header) + " |", "|---" * (len(header) + 3) + "|"]
+    lines = [
+        "| expansion | k | seeds | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 3) + "|",
+    ]
     for expansion in (8, 32):
         for k in (16, 32, 64):
             if (found := cells_of(k, expansion)) is not None:
@@ -217,19 +290,34 @@ def batchtopk_vs_topk_table(rows: list[dict]) -> str:
             return None
         cells = []
         for metric, result in (("nmse", nmse), ("ce_degradation", ce)):
-            cells += [spread([r[metric] for r in select(rows, arch=arch, k=k, expansion=expansion)], 4)
-                      for arch in ("topk", "batchtopk")]
+            cells += [
+                spread([r[metric] for r in select(rows, arch=arch, k=k, expansion=expansion)], 4)
+                for arch in ("topk", "batchtopk")
+            ]
             cells += [spread(result[0], 2), verdict(*result)] if result else ["", ""]
         return len(nmse[0]), cells
 
-    return comparison_table(["NMSE TopK", "NMSE BatchTopK", "NMSE diff.", "verdict", "CE deg. TopK",
-                             "CE deg. BatchTopK", "CE diff.", "verdict"], cells_of)
+    return comparison_table(
+        [
+            "NMSE TopK",
+            "NMSE BatchTopK",
+            "NMSE diff.",
+            "verdict",
+            "CE deg. TopK",
+            "CE deg. BatchTopK",
+            "CE diff.",
+            "verdict",
+        ],
+        cells_of,
+    )
 
 
 EXTRAPOLATE = np.log(1.1)  # topk_at extends TopK's curve by at most 10% in L0 beyond its last k
 
 
-def log_l0_interp(points: list[tuple[float, float]], l0: float, extend: float = 0.0) -> float | None:
+def log_l0_interp(
+    points: list[tuple[float, float]], l0: float, extend: float = 0.0
+) -> float | None:
     """The value at `l0` of points [(L0, value)] (distinct L0s): linear in log L0 between them,
     and along the end segment up to a factor exp(extend) beyond them; None farther out or with
     fewer than two points."""
@@ -239,7 +327,9 @@ def log_l0_interp(points: list[tuple[float, float]], l0: float, extend: float = 
     u = np.log(l0)
     if not x[0] - extend <= u <= x[-1] + extend:
         return None
-    i = int(np.clip(np.searchsorted(x, u) - 1, 0, len(x) - 2))  # the segment containing u, or the end one
+    i = int(
+        np.clip(np.searchsorted(x, u) - 1, 0, len(x) - 2)
+    )  # the segment containing u, or the end one
     return float(y[i] + (y[i + 1] - y[i]) * (u - x[i]) / (x[i + 1] - x[i]))
 
 
@@ -250,7 +340,9 @@ def topk_at(rows: list[dict], metric: str, l0: float, seed: int, expansion: int)
     return log_l0_interp([(r["k"], r[metric]) for r in runs if metric in r], l0, EXTRAPOLATE)
 
 
-def equal_l0_pairs(rows: list[dict], metric: str, k: int, expansion: int) -> tuple[list[float], float] | None:
+def equal_l0_pairs(
+    rows: list[dict], metric: str, k: int, expansion: int
+) -> tuple[list[float], float] | None:
     """Per seed: BatchTopK's `metric` minus TopK's (same seed) at BatchTopK's measured L0; the
     paired t-test's p-value."""
     differences = []
@@ -266,15 +358,22 @@ def equal_l0_pairs(rows: list[dict], metric: str, k: int, expansion: int) -> tup
 
 def batchtopk_vs_topk_at_equal_l0_table(rows: list[dict]) -> str:
     def cells_of(k, expansion):
-        nmse, ce = equal_l0_pairs(rows, "nmse", k, expansion), equal_l0_pairs(rows, "ce_degradation", k, expansion)
+        nmse, ce = (
+            equal_l0_pairs(rows, "nmse", k, expansion),
+            equal_l0_pairs(rows, "ce_degradation", k, expansion),
+        )
         if nmse is None:
             return None
         l0 = spread([r["l0"] for r in select(rows, arch="batchtopk", k=k, expansion=expansion)], 3)
-        cells = [l0, spread(nmse[0], 2), verdict(*nmse)] + ([spread(ce[0], 2), verdict(*ce)] if ce else ["", ""])
+        cells = [l0, spread(nmse[0], 2), verdict(*nmse)] + (
+            [spread(ce[0], 2), verdict(*ce)] if ce else ["", ""]
+        )
         return len(nmse[0]), cells
 
-    return comparison_table(["L0 BatchTopK", "NMSE diff. at equal L0", "verdict", "CE diff. at equal L0", "verdict"],
-                            cells_of)
+    return comparison_table(
+        ["L0 BatchTopK", "NMSE diff. at equal L0", "verdict", "CE diff. at equal L0", "verdict"],
+        cells_of,
+    )
 
 
 def family_means(rows: list[dict], arch: str, metric: str) -> list[dict]:
@@ -303,32 +402,49 @@ def at_l0_cell(rows: list[dict], arch: str, metric: str, l0: float, digits: int)
 def equal_l0_table(rows: list[dict]) -> str:
     """JumpReLU, top-AFA, Matryoshka, Gated and ReLU against TopK and BatchTopK at the same L0
     (interpolated; in parentheses, outside their range: their nearest point)."""
-    lines = ["| SAE | L0 | NMSE | NMSE TopK at this L0 | NMSE BatchTopK at this L0 | CE deg. | "
-             "CE deg. TopK at this L0 | CE deg. BatchTopK at this L0 |", "|---|---|---|---|---|---|---|---|"]
-    for row in seed_summary([r for r in rows if r["arch"] not in ("topk", "batchtopk") and r["expansion"] == 8]):
+    lines = [
+        "| SAE | L0 | NMSE | NMSE TopK at this L0 | NMSE BatchTopK at this L0 | CE deg. | "
+        "CE deg. TopK at this L0 | CE deg. BatchTopK at this L0 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in seed_summary(
+        [r for r in rows if r["arch"] not in ("topk", "batchtopk") and r["expansion"] == 8]
+    ):
         cells = [fmt(row["l0"], 3), fmt(row["nmse"])]
         cells += [at_l0_cell(rows, arch, "nmse", row["l0"], 4) for arch in ("topk", "batchtopk")]
         cells += [fmt(row.get("ce_degradation"), 3)]
-        cells += [at_l0_cell(rows, arch, "ce_degradation", row["l0"], 3) for arch in ("topk", "batchtopk")]
+        cells += [
+            at_l0_cell(rows, arch, "ce_degradation", row["l0"], 3) for arch in ("topk", "batchtopk")
+        ]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-INTERP_COLUMNS = (("mean_absorption_fraction_score", "absorption fraction"),
-                  ("mean_full_absorption_score", "full absorption"),
-                  ("mean_num_split_features", "split latents"),
-                  ("sae_top_1_test_accuracy", "probe top-1"), ("sae_top_5_test_accuracy", "probe top-5"),
-                  ("sae_test_accuracy", "probe all latents"), ("llm_top_1_test_accuracy", "model top-1"),
-                  ("llm_top_5_test_accuracy", "model top-5"), ("llm_test_accuracy", "model all"))
+INTERP_COLUMNS = (
+    ("mean_absorption_fraction_score", "absorption fraction"),
+    ("mean_full_absorption_score", "full absorption"),
+    ("mean_num_split_features", "split latents"),
+    ("sae_top_1_test_accuracy", "probe top-1"),
+    ("sae_top_5_test_accuracy", "probe top-5"),
+    ("sae_test_accuracy", "probe all latents"),
+    ("llm_top_1_test_accuracy", "model top-1"),
+    ("llm_top_5_test_accuracy", "model top-5"),
+    ("llm_test_accuracy", "model all"),
+)
 
 
 def interp_table(rows: list[dict]) -> str:
-    lines = ["| SAE | L0 | " + " | ".join(title for _, title in INTERP_COLUMNS) + " |",
-             "|---|---|" + "---|" * len(INTERP_COLUMNS)]
+    lines = [
+        "| SAE | L0 | " + " | ".join(title for _, title in INTERP_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(INTERP_COLUMNS),
+    ]
     for row in rows:
         if "mean_absorption_fraction_score" in row or "sae_top_1_test_accuracy" in row:
-            lines.append(f"| {row['name']} | {fmt(row['l0'], 3)} | "
-                         + " | ".join(fmt(row.get(key), 3) for key, _ in INTERP_COLUMNS) + " |")
+            lines.append(
+                f"| {row['name']} | {fmt(row['l0'], 3)} | "
+                + " | ".join(fmt(row.get(key), 3) for key, _ in INTERP_COLUMNS)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -351,14 +467,18 @@ def wall_time(log: Path, sweep: Path) -> str:
             starts.append(moment)
             configs.append(config)
             continue
-        open_starts = [i for i in range(len(starts)) if i not in ends and (not config or configs[i] == config)]
+        open_starts = [
+            i for i in range(len(starts)) if i not in ends and (not config or configs[i] == config)
+        ]
         if open_starts:
             ends[open_starts[-1]] = moment
     stamps = sorted(p.stat().st_mtime for p in sweep.rglob("*") if p.is_file())
     intervals = []
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
-        intervals.append((start, ends.get(i) or max([t for t in stamps if start <= t < stop], default=start)))
+        intervals.append(
+            (start, ends.get(i) or max([t for t in stamps if start <= t < stop], default=start))
+        )
     total, reached = 0.0, float("-inf")
     for start, stop in sorted(intervals):
         total += max(0.0, stop - max(start, reached))
@@ -370,9 +490,14 @@ def training_cache_tokens(metadata: dict) -> int | None:
     """Tokens in the training cache the runs were harvested into (saelab's default cache folder)."""
     if "model" not in metadata:
         return None
-    spec = CacheSpec(model=metadata["model"], layer=metadata["layer"], site=metadata["site"],
-                     dataset=metadata["dataset"], ctx_len=metadata["ctx_len"],
-                     include_special=metadata["include_special"])
+    spec = CacheSpec(
+        model=metadata["model"],
+        layer=metadata["layer"],
+        site=metadata["site"],
+        dataset=metadata["dataset"],
+        ctx_len=metadata["ctx_len"],
+        include_special=metadata["include_special"],
+    )
     manifest = cache_dir(CACHE_ROOT, spec) / "manifest.json"
     return json.loads(manifest.read_text())["n_tokens"] if manifest.is_file() else None
 
@@ -381,34 +506,48 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
     first = json.loads((sweep / rows[0]["name"] / rundir.EVAL).read_text())
     metadata = json.loads((sweep / rows[0]["name"] / "cfg.json").read_text())["metadata"]
     train_tokens, cached = rows[0]["train_tokens"], training_cache_tokens(metadata)
-    facts = [f"- training tokens per SAE: {train_tokens:,} ({train_tokens // 4096} steps of 4096)",
-             f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
-             f"- downstream predictions (CE/KL): {first.get('n_predictions', 'n/a')}",
-             f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation {fmt(first.get('ce_zero'), 4)}, "
-             f"mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
-             f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
-             f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}"]
+    facts = [
+        f"- training tokens per SAE: {train_tokens:,} ({train_tokens // 4096} steps of 4096)",
+        f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
+        f"- downstream predictions (CE/KL): {first.get('n_predictions', 'n/a')}",
+        f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation {fmt(first.get('ce_zero'), 4)}, "
+        f"mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
+        f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
+        f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}",
+    ]
     if cached:
-        facts.insert(1, f"- training activations: {cached:,} tokens (all of the builtin text's training split), "
-                        f"so each SAE sees {train_tokens / cached:.2f} epochs")
+        facts.insert(
+            1,
+            f"- training activations: {cached:,} tokens (all of the builtin text's training split), "
+            f"so each SAE sees {train_tokens / cached:.2f} epochs",
+        )
     return "\n".join(facts)
 
 
 # ---- the document ------------------------------------------------------------------------------
 
+
 def replace_section(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin {name} -->\n).*?(<!-- end {name} -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"the document has no section {name} (<!-- begin {name} --> ... <!-- end {name} -->)")
+        raise SystemExit(
+            f"the document has no section {name} (<!-- begin {name} --> ... <!-- end {name} -->)"
+        )
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep directory (runs/reproduction)")
-    parser.add_argument("--config", type=Path, default=DOCS / "reproduction.toml", help="the sweep's grid")
-    parser.add_argument("--docs", type=Path, default=DOCS,
-                        help="where REPRODUCTION.md and figures/ are (default: docs)")
+    parser.add_argument(
+        "--config", type=Path, default=DOCS / "reproduction.toml", help="the sweep's grid"
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=DOCS,
+        help="where REPRODUCTION.md and figures/ are (default: docs)",
+    )
     args = parser.parse_args()
     rows = load_rows(args.sweep, args.config)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
@@ -420,17 +559,30 @@ def main() -> None:
     plot_l0_histograms(args.sweep, rows, figures / "repro_batchtopk_l0.png")
     summary = seed_summary(select(rows, expansion=8))
     for metric, label in (("nmse", "normalized MSE"), ("ce_degradation", "CE degradation (nats)")):
-        pareto_plot(summary, metric, label, figures / f"repro_pareto_{metric}.png", series=["arch"],
-                    title=f"{label} vs L0, expansion 8 (mean ± std over seeds)")
+        pareto_plot(
+            summary,
+            metric,
+            label,
+            figures / f"repro_pareto_{metric}.png",
+            series=["arch"],
+            title=f"{label} vs L0, expansion 8 (mean ± std over seeds)",
+        )
     for row in rows:
-        if row["seed"] == 0 and (row.get("k") == 32 or "sae_top_1_test_accuracy" in row):  # one SAE per arch
-            shutil.copy(args.sweep / row["name"] / "zf_plot.png", figures / f"repro_zf_{row['name']}.png")
+        if row["seed"] == 0 and (
+            row.get("k") == 32 or "sae_top_1_test_accuracy" in row
+        ):  # one SAE per arch
+            shutil.copy(
+                args.sweep / row["name"] / "zf_plot.png", figures / f"repro_zf_{row['name']}.png"
+            )
     text = document.read_text()
-    for name, body in (("setup", setup_facts(args.sweep, rows)), ("configurations", configuration_table(rows)),
-                       ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)),
-                       ("batchtopk_vs_topk_equal_l0", batchtopk_vs_topk_at_equal_l0_table(rows)),
-                       ("equal_l0", equal_l0_table(rows)),
-                       ("interp", interp_table(rows))):
+    for name, body in (
+        ("setup", setup_facts(args.sweep, rows)),
+        ("configurations", configuration_table(rows)),
+        ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)),
+        ("batchtopk_vs_topk_equal_l0", batchtopk_vs_topk_at_equal_l0_table(rows)),
+        ("equal_l0", equal_l0_table(rows)),
+        ("interp", interp_table(rows)),
+    ):
         text = replace_section(text, name, body)
     document.write_text(text)
     print(f"wrote {document}, {args.docs / 'reproduction_results.csv'} and {figures}/repro_*.png")

@@ -19,8 +19,15 @@ def make_sae(arch="topk", d_in=16, d_sae=64, k=4, **kw) -> SAE:
     settings = {key: value for key, value in {"k": k, **kw}.items() if key in takes}
     if arch == "jumprelu" and settings.get("l0_coefficient") is not None:
         settings.pop("k", None)
-    cfg = SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, input_scaling=kw.get("input_scaling", "none"),
-                    input_scale=kw.get("input_scale", 1.0), metadata=kw.get("metadata"), **settings)
+    cfg = SAEConfig(
+        arch=arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        input_scaling=kw.get("input_scaling", "none"),
+        input_scale=kw.get("input_scale", 1.0),
+        metadata=kw.get("metadata"),
+        **settings,
+    )
     return SAE(cfg, seed=0)
 
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_sae, randomize
 
 from saelab import afa_stats
 from saelab.eval.afa import decoder_orthogonality, summarize
 from saelab.eval.plots import density_plot, l0_histogram_plot, zf_plot
-
-from conftest import make_sae, randomize
 
 
 @pytest.mark.parametrize("input_scaling", ["none", "per_token"])
@@ -19,18 +18,25 @@ def test_afa_stats_match_numpy(input_scaling):
     x = torch.randn(40, 16) * 3
     got = afa_stats(sae, x)
     f = sae.encode(x).detach().numpy().astype(np.float64)
-    W, b = sae.W_dec.detach().numpy().astype(np.float64), sae.b_dec.detach().numpy().astype(np.float64)
+    W, b = (
+        sae.W_dec.detach().numpy().astype(np.float64),
+        sae.b_dec.detach().numpy().astype(np.float64),
+    )
     z = x.numpy().astype(np.float64)
     to_raw = 1.0
     if input_scaling == "per_token":
         to_raw = z.std(1, ddof=1) + 1e-5
         z = (z - z.mean(1, keepdims=True)) / to_raw[:, None]
-    f_tilde = np.concatenate([f * np.linalg.norm(W, axis=1), np.broadcast_to(np.linalg.norm(b), (40, 1))], axis=1)
+    f_tilde = np.concatenate(
+        [f * np.linalg.norm(W, axis=1), np.broadcast_to(np.linalg.norm(b), (40, 1))], axis=1
+    )
     nz, nf = np.linalg.norm(z, axis=1), np.linalg.norm(f_tilde, axis=1)
     # norms in raw input units (per_token: times each token's std); eps_LBO is scale-free
     np.testing.assert_allclose(got["norm_z"], nz * to_raw, rtol=1e-4)
     np.testing.assert_allclose(got["norm_f_tilde"], nf * to_raw, rtol=1e-4)
-    np.testing.assert_allclose(got["eps_lbo"], np.abs(nz**2 - nf**2) / (63 * nf**2), rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(
+        got["eps_lbo"], np.abs(nz**2 - nf**2) / (63 * nf**2), rtol=1e-3, atol=1e-9
+    )
     s = summarize(got)
     assert s["eps_lbo_median"] == pytest.approx(np.median(got["eps_lbo"].numpy()), rel=1e-5)
 
@@ -40,17 +46,25 @@ def test_per_token_norms_are_in_raw_units_and_spread():
     sae = randomize(make_sae("topk", k=5, input_scaling="per_token"))
     x = torch.randn(200, 16) * torch.logspace(-1, 2, 200)[:, None]
     stats = afa_stats(sae, x)
-    torch.testing.assert_close(stats["norm_z"], (x - x.mean(1, keepdim=True)).norm(dim=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        stats["norm_z"], (x - x.mean(1, keepdim=True)).norm(dim=1), rtol=1e-4, atol=1e-4
+    )
     assert stats["norm_z"].max() / stats["norm_z"].min() > 100
-    expected_norm = randomize(make_sae("topk", k=5, input_scaling="expected_norm", input_scale=0.25))
-    torch.testing.assert_close(afa_stats(expected_norm, x)["norm_z"], x.norm(dim=1), rtol=1e-4, atol=1e-4)
+    expected_norm = randomize(
+        make_sae("topk", k=5, input_scaling="expected_norm", input_scale=0.25)
+    )
+    torch.testing.assert_close(
+        afa_stats(expected_norm, x)["norm_z"], x.norm(dim=1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_zf_plot_uses_log_axes_when_norms_span_decades(tmp_path):
     rng = np.random.default_rng(0)
     ordinary = rng.uniform(5, 10, 500)
     assert not zf_plot(ordinary, ordinary * 0.9, tmp_path / "linear.png")
-    massive = np.concatenate([ordinary, [800.0, 900.0, 1000.0]])  # first-token norms 100x the median
+    massive = np.concatenate(
+        [ordinary, [800.0, 900.0, 1000.0]]
+    )  # first-token norms 100x the median
     assert zf_plot(massive, massive * 0.9, tmp_path / "log.png")
 
 
@@ -60,7 +74,9 @@ def test_orthonormal_decoder_satisfies_the_bound_exactly():
         q, _ = torch.linalg.qr(torch.randn(8, 8))
         sae.W_dec.copy_(q)
         sae.W_enc.copy_(q.T)
-    coords = torch.rand(10, 8)  # positive coordinates in the basis q: relu keeps them all, f = coords
+    coords = torch.rand(
+        10, 8
+    )  # positive coordinates in the basis q: relu keeps them all, f = coords
     stats = afa_stats(sae, coords @ q)
     torch.testing.assert_close(stats["norm_f_tilde"], stats["norm_z"], rtol=1e-4, atol=1e-4)
     assert stats["eps_lbo"].max() < 1e-4

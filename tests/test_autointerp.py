@@ -7,14 +7,20 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
-
-from saelab.data.cache import CacheSpec, build_cache
-from saelab.eval.saebench.autointerp import (SCORE_SYSTEM, AutoInterpConfig, autointerp, excerpt,
-                                             explanation_of, parse_prediction, score_latent)
-from saelab.eval.saebench.llm import LLMError, OpenAIChat, chat_model
-
 from conftest import make_sae
 from tiny_models import tiny_lm, tiny_tokenizer
+
+from saelab.data.cache import CacheSpec, build_cache
+from saelab.eval.saebench.autointerp import (
+    SCORE_SYSTEM,
+    AutoInterpConfig,
+    autointerp,
+    excerpt,
+    explanation_of,
+    parse_prediction,
+    score_latent,
+)
+from saelab.eval.saebench.llm import LLMError, OpenAIChat, chat_model
 
 
 def _ids(words):
@@ -36,10 +42,22 @@ def test_detection_score_of_a_hand_made_latent():
     """The scorer predicts the excerpts holding w5; one positive excerpt lacks it and one negative
     has it, so 6 of 8 predictions are right and F1 is 2 * 3 / (4 + 4)."""
     tok = tiny_tokenizer()
-    positive = [(_ids(["w5", "w1"]), True), (_ids(["w2", "w5"]), True), (_ids(["w5"]), True), (_ids(["w9"]), True)]
-    negative = [(_ids(["w5", "w3"]), False), (_ids(["w7"]), False), (_ids(["w8"]), False), (_ids(["w6"]), False)]
-    examples = {"generation": [([(t, 1.0) for t in ids], True) for ids, _ in positive[:2]],
-                "scoring": [([(t, 0.0) for t in ids], label) for ids, label in positive + negative]}
+    positive = [
+        (_ids(["w5", "w1"]), True),
+        (_ids(["w2", "w5"]), True),
+        (_ids(["w5"]), True),
+        (_ids(["w9"]), True),
+    ]
+    negative = [
+        (_ids(["w5", "w3"]), False),
+        (_ids(["w7"]), False),
+        (_ids(["w8"]), False),
+        (_ids(["w6"]), False),
+    ]
+    examples = {
+        "generation": [([(t, 1.0) for t in ids], True) for ids, _ in positive[:2]],
+        "scoring": [([(t, 0.0) for t in ids], label) for ids, label in positive + negative],
+    }
     seen = {}
 
     def explainer(messages):
@@ -47,7 +65,10 @@ def test_detection_score_of_a_hand_made_latent():
         return "The feature fires on the word w5"
 
     def scorer(messages):
-        assert messages[0]["content"] == SCORE_SYSTEM and "fires on the word w5" in messages[1]["content"]
+        assert (
+            messages[0]["content"] == SCORE_SYSTEM
+            and "fires on the word w5" in messages[1]["content"]
+        )
         lines = [line for line in messages[1]["content"].splitlines() if line[:1].isdigit()]
         return ", ".join(line.split(".")[0] for line in lines if "w5" in line)
 
@@ -66,7 +87,9 @@ class _FakeChat(BaseHTTPRequestHandler):
         _FakeChat.requests.append((self.path, dict(self.headers), body))
         system = body["messages"][0]["content"]
         content = "1, 3" if system == SCORE_SYSTEM else "tokens w1 to w9"
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        reply = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -90,10 +113,17 @@ def endpoint():
 def test_openai_compatible_endpoint(endpoint, monkeypatch):
     monkeypatch.setenv("SAELAB_TEST_KEY", "not-a-secret")
     chat = OpenAIChat(endpoint, model="local-model", key_env="SAELAB_TEST_KEY")
-    assert chat([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]) == "tokens w1 to w9"
+    assert (
+        chat([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
+        == "tokens w1 to w9"
+    )
     path, headers, body = _FakeChat.requests[-1]
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer not-a-secret"
-    assert body["model"] == "local-model" and body["temperature"] == 0 and body["messages"][1]["content"] == "y"
+    assert (
+        body["model"] == "local-model"
+        and body["temperature"] == 0
+        and body["messages"][1]["content"] == "y"
+    )
     with pytest.raises(LLMError, match="SAELAB_UNSET_KEY"):
         OpenAIChat(endpoint, key_env="SAELAB_UNSET_KEY")
     with pytest.raises(LLMError, match="cannot reach the chat endpoint"):
@@ -104,31 +134,67 @@ def test_openai_compatible_endpoint(endpoint, monkeypatch):
 
 def test_autointerp_on_a_tiny_cache(endpoint, tmp_path):
     text = tmp_path / "docs.jsonl"
-    text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100}" for j in range(30))})
-                              for i in range(80)))
-    spec = CacheSpec(model="tiny", layer=1, site="resid_post", dataset=str(text), split="train", ctx_len=16,
-                     dtype="float32")
-    cache = build_cache(tiny_lm("llama"), tmp_path / "cache", spec, 1000, shard_tokens=300, progress=False)
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100}" for j in range(30))})
+            for i in range(80)
+        )
+    )
+    spec = CacheSpec(
+        model="tiny",
+        layer=1,
+        site="resid_post",
+        dataset=str(text),
+        split="train",
+        ctx_len=16,
+        dtype="float32",
+    )
+    cache = build_cache(
+        tiny_lm("llama"), tmp_path / "cache", spec, 1000, shard_tokens=300, progress=False
+    )
     sae = make_sae("topk", d_in=32, d_sae=64, k=6)
     chat = OpenAIChat(endpoint, model="m")
-    doc = autointerp(sae, cache, tiny_tokenizer(), chat, cfg=AutoInterpConfig(n_latents=3, buffer=4), progress=False)
+    doc = autointerp(
+        sae,
+        cache,
+        tiny_tokenizer(),
+        chat,
+        cfg=AutoInterpConfig(n_latents=3, buffer=4),
+        progress=False,
+    )
     assert doc["eval_type_id"] == "autointerp"
-    assert set(doc["eval_result_metrics"]["autointerp"]) == {"autointerp_score", "autointerp_std_dev", "autointerp_f1"}
+    assert set(doc["eval_result_metrics"]["autointerp"]) == {
+        "autointerp_score",
+        "autointerp_std_dev",
+        "autointerp_f1",
+    }
     details = doc["eval_result_details"]
     assert len(details) == 3 and doc["eval_config"]["latents"] == [d["latent"] for d in details]
-    for d in details:  # 2 top + 2 sampled + 10 random excerpts, of which the fake scorer names 1 and 3
-        assert d["explanation"] == "tokens w1 to w9" and d["n_scored"] == 14 and 0 <= d["score"] <= 1
+    for (
+        d
+    ) in details:  # 2 top + 2 sampled + 10 random excerpts, of which the fake scorer names 1 and 3
+        assert (
+            d["explanation"] == "tokens w1 to w9" and d["n_scored"] == 14 and 0 <= d["score"] <= 1
+        )
     assert doc["eval_result_metrics"]["autointerp"]["autointerp_score"] == pytest.approx(
-        np.mean([d["score"] for d in details]))
+        np.mean([d["score"] for d in details])
+    )
     assert len(_FakeChat.requests) == 6  # one explanation and one scoring per latent
     with pytest.raises(ValueError, match="out of range"):
-        autointerp(sae, cache, tiny_tokenizer(), chat, cfg=AutoInterpConfig(override_latents=[64]), progress=False)
+        autointerp(
+            sae,
+            cache,
+            tiny_tokenizer(),
+            chat,
+            cfg=AutoInterpConfig(override_latents=[64]),
+            progress=False,
+        )
 
 
 def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
-    from saelab.eval.saebench.llm import LocalChat
-
     from tiny_models import saved_model
+
+    from saelab.eval.saebench.llm import LocalChat
 
     model = saved_model(tmp_path / "model")
     tok = tiny_tokenizer()
@@ -139,7 +205,9 @@ def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
     tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     tok.save_pretrained(model)
     templated = LocalChat(str(model), max_tokens=5)
-    ids = templated.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    ids = templated.lm.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=False
+    )
     assert ids == templated.lm.tokenizer("w1 w2 w3 ", add_special_tokens=False)["input_ids"]
     assert isinstance(templated(messages), str)
 
@@ -153,7 +221,9 @@ def test_quantile_rows_take_one_context_from_each_activation_bin():
     context = torch.arange(10)
     rows = quantile_rows(values, context, 4, np.random.default_rng(0))
     # bins of the 8 positive values: [1, 2.75), [2.75, 4.5), [4.5, 6.25), [6.25, 8]
-    assert [float(values[r]) in pair for r, pair in zip(rows, [(1, 2), (3, 4), (5, 6), (7, 8)])] == [True] * 4
+    assert [
+        float(values[r]) in pair for r, pair in zip(rows, [(1, 2), (3, 4), (5, 6), (7, 8)])
+    ] == [True] * 4
     used = {int(context[r]) for r in rows}
     again = quantile_rows(values, context, 4, np.random.default_rng(0), used=set(used))
     assert not used & {int(context[r]) for r in again}  # contexts already shown are not drawn twice

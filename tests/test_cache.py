@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_lm
 
 from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.data import harvesting
 from saelab.data.cache import ActivationCache, CacheError, CacheSpec, build_cache
 from saelab.data.hooks import harvest
-
-from tiny_models import tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +20,19 @@ def lm():
 @pytest.fixture
 def text(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
-                              for i in range(200)))
+    path.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+            for i in range(200)
+        )
+    )
     return str(path)
 
 
 def _spec(text, **kw):
-    return CacheSpec(model="tiny", layer=1, site="resid_post", dataset=text, ctx_len=8, dtype="float32", **kw)
+    return CacheSpec(
+        model="tiny", layer=1, site="resid_post", dataset=text, ctx_len=8, dtype="float32", **kw
+    )
 
 
 def _all(cache):
@@ -36,8 +41,15 @@ def _all(cache):
 
 
 def test_cache_rows_are_the_model_activations_without_special_tokens(lm, text, tmp_path):
-    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=300, shard_tokens=100, batch_contexts=4,
-                        progress=False)
+    cache = build_cache(
+        lm,
+        tmp_path / "c",
+        _spec(text),
+        tokens=300,
+        shard_tokens=100,
+        batch_contexts=4,
+        progress=False,
+    )
     assert cache.n_tokens >= 300 and len(cache.shards) >= 3
     rows = _all(cache)
     first = cache.load_shard(0)
@@ -48,12 +60,18 @@ def test_cache_rows_are_the_model_activations_without_special_tokens(lm, text, t
         torch.testing.assert_close(rows["activations"][r], acts[c, p])
         assert p != 0 and int(ids[c, p]) not in (0, 1, 2)
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
-    assert manifest["spec"]["layer"] == 1 and manifest["d_in"] == 32 and manifest["n_tokens"] == cache.n_tokens
+    assert (
+        manifest["spec"]["layer"] == 1
+        and manifest["d_in"] == 32
+        and manifest["n_tokens"] == cache.n_tokens
+    )
     assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
 
 
 def test_shuffled_batches_cover_everything_and_resume_exactly(lm, text, tmp_path):
-    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=400, shard_tokens=50, progress=False)
+    cache = build_cache(
+        lm, tmp_path / "c", _spec(text), tokens=400, shard_tokens=50, progress=False
+    )
     n, b = cache.n_tokens, 64
     stream = cache.batches(batch_size=b, seed=5)
     shuffled = torch.cat([next(stream) for _ in range(n // b + 2)])
@@ -71,8 +89,17 @@ class Interrupt(Exception):
 
 
 def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
-    whole = _all(build_cache(lm, tmp_path / "whole", _spec(text), tokens=500, shard_tokens=120,
-                             batch_contexts=4, progress=False))
+    whole = _all(
+        build_cache(
+            lm,
+            tmp_path / "whole",
+            _spec(text),
+            tokens=500,
+            shard_tokens=120,
+            batch_contexts=4,
+            progress=False,
+        )
+    )
     calls = []
 
     def flaky(*args, **kw):
@@ -83,17 +110,36 @@ def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
 
     monkeypatch.setattr(harvesting, "harvest", flaky)
     with pytest.raises(Interrupt):
-        build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120, batch_contexts=4, progress=False)
+        build_cache(
+            lm,
+            tmp_path / "cut",
+            _spec(text),
+            tokens=500,
+            shard_tokens=120,
+            batch_contexts=4,
+            progress=False,
+        )
     monkeypatch.setattr(harvesting, "harvest", harvest)
     assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["n_tokens"] > 0
-    resumed = _all(build_cache(lm, tmp_path / "cut", _spec(text), tokens=500, shard_tokens=120,
-                               batch_contexts=4, progress=False))
+    resumed = _all(
+        build_cache(
+            lm,
+            tmp_path / "cut",
+            _spec(text),
+            tokens=500,
+            shard_tokens=120,
+            batch_contexts=4,
+            progress=False,
+        )
+    )
     for key in whole:
         assert torch.equal(resumed[key], whole[key]), key
 
 
 def test_extend_appends_new_contexts(lm, text, tmp_path):
-    small = build_cache(lm, tmp_path / "c", _spec(text), tokens=100, shard_tokens=60, progress=False)
+    small = build_cache(
+        lm, tmp_path / "c", _spec(text), tokens=100, shard_tokens=60, progress=False
+    )
     n_small = small.n_tokens
     big = build_cache(lm, tmp_path / "c", _spec(text), tokens=400, shard_tokens=60, progress=False)
     assert big.n_tokens >= 400
@@ -105,10 +151,19 @@ def test_extend_appends_new_contexts(lm, text, tmp_path):
 def test_mismatched_request_and_bad_shards(lm, text, tmp_path):
     build_cache(lm, tmp_path / "c", _spec(text), tokens=200, shard_tokens=60, progress=False)
     with pytest.raises(CacheError, match="layer: cache has 1, requested 2"):
-        build_cache(lm, tmp_path / "c", CacheSpec(model="tiny", layer=2, site="resid_post", dataset=text,
-                                                  ctx_len=8, dtype="float32"), tokens=10)
+        build_cache(
+            lm,
+            tmp_path / "c",
+            CacheSpec(
+                model="tiny", layer=2, site="resid_post", dataset=text, ctx_len=8, dtype="float32"
+            ),
+            tokens=10,
+        )
     with pytest.raises(CacheError, match="site: cache has 'resid_post', requested 'mlp_out'"):
-        ActivationCache(tmp_path / "c", expect=_spec(text).__class__(**{**_spec(text).__dict__, "site": "mlp_out"}))
+        ActivationCache(
+            tmp_path / "c",
+            expect=_spec(text).__class__(**{**_spec(text).__dict__, "site": "mlp_out"}),
+        )
     shard = tmp_path / "c" / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-64])
     cache = ActivationCache(tmp_path / "c")
@@ -126,16 +181,24 @@ def test_mismatched_request_and_bad_shards(lm, text, tmp_path):
 def test_train_reads_a_cache_directory(lm, text, tmp_path):
     build_cache(lm, tmp_path / "c", _spec(text), tokens=600, shard_tokens=100, progress=False)
     sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4), seed=0)
-    result = train(sae, str(tmp_path / "c"), TrainConfig(batch_size=64, total_tokens=640, progress=False))
+    result = train(
+        sae, str(tmp_path / "c"), TrainConfig(batch_size=64, total_tokens=640, progress=False)
+    )
     assert result.steps == 10
     with pytest.raises(ValueError, match="d_in=32, but the SAE has d_in=16"):
-        train(SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4)), str(tmp_path / "c"), TrainConfig(progress=False))
+        train(
+            SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4)),
+            str(tmp_path / "c"),
+            TrainConfig(progress=False),
+        )
 
 
 def test_streaming_mixes_contexts_and_matches_the_cache(lm, text, tmp_path):
     from saelab.data.streaming import harvested_activations, shuffle_buffer, streamed_source
 
-    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=10_000, shard_tokens=10_000, progress=False)
+    cache = build_cache(
+        lm, tmp_path / "c", _spec(text), tokens=10_000, shard_tokens=10_000, progress=False
+    )
     cached = torch.cat(list(cache.chunks(1000)))
     streamed = torch.cat(list(harvested_activations(lm, _spec(text), batch_contexts=16)))
     torch.testing.assert_close(streamed, cached[: len(streamed)])
@@ -144,7 +207,9 @@ def test_streaming_mixes_contexts_and_matches_the_cache(lm, text, tmp_path):
     assert rows(shuffled) == rows(streamed) and not torch.equal(shuffled, streamed)
     source = streamed_source(lm, _spec(text), buffer_tokens=256)
     sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4), seed=0)
-    assert train(sae, source, TrainConfig(batch_size=64, total_tokens=640, progress=False)).steps == 10
+    assert (
+        train(sae, source, TrainConfig(batch_size=64, total_tokens=640, progress=False)).steps == 10
+    )
 
 
 def test_each_rank_reads_only_its_own_shards(lm, text, tmp_path, monkeypatch):
@@ -153,8 +218,11 @@ def test_each_rank_reads_only_its_own_shards(lm, text, tmp_path, monkeypatch):
     read: dict[int, set] = {0: set(), 1: set()}
     original = ActivationCache.load_shard
     for r in (0, 1):
-        monkeypatch.setattr(ActivationCache, "load_shard",
-                            lambda self, i, r=r: read[r].add(self.shard_ids[i]) or original(self, i))
+        monkeypatch.setattr(
+            ActivationCache,
+            "load_shard",
+            lambda self, i, r=r: read[r].add(self.shard_ids[i]) or original(self, i),
+        )
         part = cache.batches(50, seed=3, part=(r, 2))
         rows = torch.cat([next(part) for _ in range(6)])
         assert rows.shape == (300, cache.d_in)
@@ -172,9 +240,13 @@ def test_each_rank_reads_only_its_own_shards(lm, text, tmp_path, monkeypatch):
 def test_a_request_beyond_the_text_harvests_it_all_once(lm, text, tmp_path, monkeypatch):
     from saelab.data import pipeline
 
-    cache = build_cache(lm, tmp_path / "c", _spec(text), tokens=10**6, shard_tokens=500, progress=False)
+    cache = build_cache(
+        lm, tmp_path / "c", _spec(text), tokens=10**6, shard_tokens=500, progress=False
+    )
     assert cache.manifest["text_exhausted"] and cache.n_tokens < 10**6
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the whole text is cached"))
+    monkeypatch.setattr(
+        pipeline, "load_model", lambda *a, **k: pytest.fail("the whole text is cached")
+    )
     monkeypatch.setattr(pipeline, "cache_dir", lambda root, spec: tmp_path / "c")
-    again, = pipeline.ensure_caches([(_spec(text), 2 * 10**6)], progress=False)
+    (again,) = pipeline.ensure_caches([(_spec(text), 2 * 10**6)], progress=False)
     assert again.n_tokens == cache.n_tokens

@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import cli_error
 
 from saelab import SAE, cli, sources
-
-from conftest import cli_error
 
 
 @pytest.fixture
@@ -22,9 +21,31 @@ def acts(tmp_path):
 
 def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
     out = tmp_path / "run"
-    cli.main(["train", "--activations", str(acts), "--arch", "batchtopk", "--k", "4", "--expansion", "4",
-              "--tokens", "8192", "--batch-size", "512", "--lr", "1e-3", "--seed", "1", "--out", str(out),
-              "--eval-tokens", "1000"])
+    cli.main(
+        [
+            "train",
+            "--activations",
+            str(acts),
+            "--arch",
+            "batchtopk",
+            "--k",
+            "4",
+            "--expansion",
+            "4",
+            "--tokens",
+            "8192",
+            "--batch-size",
+            "512",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--eval-tokens",
+            "1000",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "explained_variance" in printed and str(out) in printed
     metrics = json.loads((out / "eval.json").read_text())
@@ -37,21 +58,53 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
 
 
 def test_default_job_trains_on_generated_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
-                                      "train_tokens": 4096})
-    cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
-              "--no-progress"])
+    monkeypatch.setattr(
+        sources,
+        "DEMO",
+        {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8, "train_tokens": 4096},
+    )
+    cli.main(
+        [
+            "train",
+            "--synthetic",
+            "--out",
+            str(tmp_path / "demo"),
+            "--batch-size",
+            "256",
+            "--k",
+            "4",
+            "--no-progress",
+        ]
+    )
     metrics = json.loads((tmp_path / "demo" / "eval.json").read_text())
     assert 0 < metrics["dictionary_recovery"] <= 1
     assert "generating" in capsys.readouterr().out
 
 
 def test_train_records_the_heldout_curve_when_asked(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
-                                      "train_tokens": 4096})
-    cli.main(["train", "--synthetic", "--out", str(tmp_path / "demo"), "--batch-size", "256", "--k", "4",
-              "--eval-every", "1024", "--no-progress"])
-    history = [json.loads(line) for line in (tmp_path / "demo" / "history.jsonl").read_text().splitlines()]
+    monkeypatch.setattr(
+        sources,
+        "DEMO",
+        {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8, "train_tokens": 4096},
+    )
+    cli.main(
+        [
+            "train",
+            "--synthetic",
+            "--out",
+            str(tmp_path / "demo"),
+            "--batch-size",
+            "256",
+            "--k",
+            "4",
+            "--eval-every",
+            "1024",
+            "--no-progress",
+        ]
+    )
+    history = [
+        json.loads(line) for line in (tmp_path / "demo" / "history.jsonl").read_text().splitlines()
+    ]
     assert [r["tokens"] for r in history if "heldout_nmse" in r] == [1024, 2048, 3072, 4096]
 
 
@@ -64,20 +117,36 @@ def test_train_records_the_heldout_curve_when_asked(tmp_path, monkeypatch):
     ],
 )
 def test_bad_arguments_are_named(capsys, acts, tmp_path, args, message):
-    error = cli_error(capsys, ["train", "--activations", str(acts), "--out", str(tmp_path / "r"), *args])
+    error = cli_error(
+        capsys, ["train", "--activations", str(acts), "--out", str(tmp_path / "r"), *args]
+    )
     assert re.search(message, error)
 
 
 def test_missing_activation_file(capsys, tmp_path):
-    error = cli_error(capsys, ["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")])
+    error = cli_error(
+        capsys, ["train", "--activations", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")]
+    )
     assert re.search("no activation file or cache", error)
 
 
 def test_help_explains_every_flag():
-    result = subprocess.run([sys.executable, "-m", "saelab", "train", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "saelab", "train", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
-    for flag in ("--activations", "--arch", "--k", "--expansion", "--tokens", "--batch-size", "--lr",
-                 "--seed", "--out", "--resume"):
+    for flag in (
+        "--activations",
+        "--arch",
+        "--k",
+        "--expansion",
+        "--tokens",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--out",
+        "--resume",
+    ):
         assert flag in result.stdout
     top = subprocess.run([sys.executable, "-m", "saelab", "--help"], capture_output=True, text=True)
     assert "train" in top.stdout
@@ -93,33 +162,99 @@ def model_dir(tmp_path_factory):
 @pytest.fixture
 def docs(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(40))})
-                              for i in range(300)))
+    path.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(40))})
+            for i in range(300)
+        )
+    )
     return path
 
 
 def test_cache_command_then_train_several_saes_on_it(model_dir, docs, tmp_path, capsys):
     cache = tmp_path / "cache"
-    cli.main(["cache", "--model", str(model_dir), "--layer", "1", "--dataset", str(docs), "--tokens", "1500",
-              "--ctx-len", "16", "--shard-tokens", "300", "--out", str(cache), "--no-progress"])
+    cli.main(
+        [
+            "cache",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--dataset",
+            str(docs),
+            "--tokens",
+            "1500",
+            "--ctx-len",
+            "16",
+            "--shard-tokens",
+            "300",
+            "--out",
+            str(cache),
+            "--no-progress",
+        ]
+    )
     assert "activations [32]" in capsys.readouterr().out
     out = tmp_path / "runs"
-    cli.main(["train", "--activations", str(cache), "--arch", "topk,batchtopk,relu", "--k", "4,8",
-              "--expansion", "2", "--tokens", "640", "--batch-size", "64", "--eval-tokens", "300",
-              "--out", str(out), "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "--activations",
+            str(cache),
+            "--arch",
+            "topk,batchtopk,relu",
+            "--k",
+            "4,8",
+            "--expansion",
+            "2",
+            "--tokens",
+            "640",
+            "--batch-size",
+            "64",
+            "--eval-tokens",
+            "300",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     runs = sorted(p.name for p in out.iterdir())
     assert runs == ["batchtopk-k4", "batchtopk-k8", "relu", "topk-k4", "topk-k8"]
     for run in runs:
         assert json.loads((out / run / "eval.json").read_text())["train_tokens"] == 640
     assert SAE.load(out / "topk-k8").cfg.k == 8
-    error = cli_error(capsys, ["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")])
+    error = cli_error(
+        capsys, ["train", "--activations", str(cache), "--layer", "2", "--out", str(tmp_path / "x")]
+    )
     assert re.search("layer: cache has 1, requested 2", error)
 
 
 def test_train_from_a_model_caches_then_reuses(model_dir, docs, tmp_path, capsys):
-    args = ["train", "--model", str(model_dir), "--layer", "2", "--site", "mlp_out", "--dataset", str(docs),
-            "--ctx-len", "16", "--tokens", "512", "--eval-tokens", "100", "--batch-size", "64", "--k", "4",
-            "--expansion", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    args = [
+        "train",
+        "--model",
+        str(model_dir),
+        "--layer",
+        "2",
+        "--site",
+        "mlp_out",
+        "--dataset",
+        str(docs),
+        "--ctx-len",
+        "16",
+        "--tokens",
+        "512",
+        "--eval-tokens",
+        "100",
+        "--batch-size",
+        "64",
+        "--k",
+        "4",
+        "--expansion",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     cli.main([*args, "--out", str(tmp_path / "a")])
     assert "reusing" not in capsys.readouterr().out
     cli.main([*args, "--out", str(tmp_path / "b")])
@@ -128,24 +263,76 @@ def test_train_from_a_model_caches_then_reuses(model_dir, docs, tmp_path, capsys
 
 
 def test_train_streaming_without_cache(model_dir, docs, tmp_path):
-    cli.main(["train", "--model", str(model_dir), "--layer", "0", "--dataset", str(docs), "--no-cache",
-              "--ctx-len", "16", "--tokens", "512", "--eval-tokens", "100", "--batch-size", "64", "--k", "4",
-              "--expansion", "2", "--shuffle-buffer", "256", "--out", str(tmp_path / "s"), "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "0",
+            "--dataset",
+            str(docs),
+            "--no-cache",
+            "--ctx-len",
+            "16",
+            "--tokens",
+            "512",
+            "--eval-tokens",
+            "100",
+            "--batch-size",
+            "64",
+            "--k",
+            "4",
+            "--expansion",
+            "2",
+            "--shuffle-buffer",
+            "256",
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+        ]
+    )
     metrics = json.loads((tmp_path / "s" / "eval.json").read_text())
     assert metrics["train_tokens"] == 512 and metrics["n_tokens"] == 100
     assert not (tmp_path / "cache").exists()
 
 
 def _trained_run(acts, out):
-    cli.main(["train", "--activations", str(acts), "--arch", "batchtopk", "--k", "4", "--expansion", "2",
-              "--tokens", "2048", "--batch-size", "256", "--eval-tokens", "500", "--out", str(out), "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "--activations",
+            str(acts),
+            "--arch",
+            "batchtopk",
+            "--k",
+            "4",
+            "--expansion",
+            "2",
+            "--tokens",
+            "2048",
+            "--batch-size",
+            "256",
+            "--eval-tokens",
+            "500",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     return out
 
 
 def test_train_leaves_evaluation_and_plots(acts, tmp_path):
     run = _trained_run(acts, tmp_path / "r")
     results = json.loads((run / "eval.json").read_text())
-    for key in ("nmse", "eps_lbo_median", "decoder_max_abs_cos", "inference_l0_minus_k", "latent_density"):
+    for key in (
+        "nmse",
+        "eps_lbo_median",
+        "decoder_max_abs_cos",
+        "inference_l0_minus_k",
+        "latent_density",
+    ):
         assert key in results
     for name in ("zf_plot.png", "l0_histogram.png", "latent_density.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
@@ -153,20 +340,99 @@ def test_train_leaves_evaluation_and_plots(acts, tmp_path):
 
 def test_eval_command_with_downstream_on_a_model(model_dir, docs, tmp_path, capsys):
     cache = tmp_path / "cache"
-    cli.main(["cache", "--model", str(model_dir), "--layer", "1", "--dataset", str(docs), "--tokens", "1500",
-              "--ctx-len", "16", "--shard-tokens", "500", "--out", str(cache), "--no-progress"])
+    cli.main(
+        [
+            "cache",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--dataset",
+            str(docs),
+            "--tokens",
+            "1500",
+            "--ctx-len",
+            "16",
+            "--shard-tokens",
+            "500",
+            "--out",
+            str(cache),
+            "--no-progress",
+        ]
+    )
     run = tmp_path / "run"
-    cli.main(["train", "--activations", str(cache), "--k", "4", "--expansion", "2", "--tokens", "1024",
-              "--batch-size", "128", "--eval-tokens", "200", "--out", str(run), "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "--activations",
+            str(cache),
+            "--k",
+            "4",
+            "--expansion",
+            "2",
+            "--tokens",
+            "1024",
+            "--batch-size",
+            "128",
+            "--eval-tokens",
+            "200",
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
+    )
     capsys.readouterr()
-    cli.main(["eval", str(run), "--activations", str(cache), "--model", str(model_dir), "--layer", "1",
-              "--dataset", str(docs), "--ctx-len", "16", "--downstream-contexts", "8", "--out", str(tmp_path / "e")])
+    cli.main(
+        [
+            "eval",
+            str(run),
+            "--activations",
+            str(cache),
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--dataset",
+            str(docs),
+            "--ctx-len",
+            "16",
+            "--downstream-contexts",
+            "8",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "e" / "eval.json").read_text())
-    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_degradation", "ce_loss_recovered", "kl"):
+    for key in (
+        "ce_clean",
+        "ce_sae",
+        "ce_zero",
+        "ce_mean",
+        "ce_degradation",
+        "ce_loss_recovered",
+        "kl",
+    ):
         assert key in results and key in printed
-    error = cli_error(capsys, ["eval", str(run), "--activations", str(cache), "--model", str(model_dir),
-                               "--layer", "9", "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "e2")])
+    error = cli_error(
+        capsys,
+        [
+            "eval",
+            str(run),
+            "--activations",
+            str(cache),
+            "--model",
+            str(model_dir),
+            "--layer",
+            "9",
+            "--dataset",
+            str(docs),
+            "--ctx-len",
+            "16",
+            "--out",
+            str(tmp_path / "e2"),
+        ],
+    )
     assert re.search("layer 9 out of range", error)
 
 
@@ -175,26 +441,54 @@ def test_eval_of_an_external_sae_and_bad_inputs(capsys, acts, tmp_path, model_di
 
     sae = SAE.load(_trained_run(acts, tmp_path / "r"))
     export(sae, tmp_path / "lens", "saelens")
-    cli.main(["eval", str(tmp_path / "lens"), "--activations", str(acts), "--out", str(tmp_path / "e")])
+    cli.main(
+        ["eval", str(tmp_path / "lens"), "--activations", str(acts), "--out", str(tmp_path / "e")]
+    )
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["n_tokens"] == 6000
-    assert re.search("does not record the model", cli_error(capsys, ["eval", str(tmp_path / "lens")]))
-    error = cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(acts), "--model", str(model_dir),
-                               "--layer", "0", "--dataset", str(docs), "--ctx-len", "16"])
+    assert re.search(
+        "does not record the model", cli_error(capsys, ["eval", str(tmp_path / "lens")])
+    )
+    error = cli_error(
+        capsys,
+        [
+            "eval",
+            str(tmp_path / "r"),
+            "--activations",
+            str(acts),
+            "--model",
+            str(model_dir),
+            "--layer",
+            "0",
+            "--dataset",
+            str(docs),
+            "--ctx-len",
+            "16",
+        ],
+    )
     assert re.search("d_in=16, but resid_post of this model has width 32", error)
     bad = np.load(acts)
     bad[10, 3] = np.nan
     np.save(tmp_path / "bad.npy", bad)
-    error = cli_error(capsys, ["eval", str(tmp_path / "r"), "--activations", str(tmp_path / "bad.npy")])
+    error = cli_error(
+        capsys, ["eval", str(tmp_path / "r"), "--activations", str(tmp_path / "bad.npy")]
+    )
     assert re.search("NaN", error)
     (tmp_path / "junk").mkdir()
-    assert re.search("no cfg.json", cli_error(capsys, ["eval", str(tmp_path / "junk"), "--activations", str(acts)]))
+    assert re.search(
+        "no cfg.json",
+        cli_error(capsys, ["eval", str(tmp_path / "junk"), "--activations", str(acts)]),
+    )
 
 
 def test_sweep_table_shows_a_metric_some_runs_lack_as_a_dash():
     """Per-grid evals give the first run an absorption score the second lacks (a KeyError once)."""
     from saelab.cli import sweep_table
 
-    lines = sweep_table([{"name": "a", "l0": 32.0, "nmse": 0.1, "mean_absorption_fraction_score": 0.2},
-                         {"name": "b", "l0": 16.0, "nmse": 0.2}])
+    lines = sweep_table(
+        [
+            {"name": "a", "l0": 32.0, "nmse": 0.1, "mean_absorption_fraction_score": 0.2},
+            {"name": "b", "l0": 16.0, "nmse": 0.2},
+        ]
+    )
     assert "mean_absorption_fraction_score" in lines[0] and "0.2000" in lines[1]
     assert lines[2].split()[1:] == ["16.0000", "0.2000", "-"]

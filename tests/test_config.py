@@ -15,8 +15,14 @@ from saelab.config import ConfigError
         ({"arch": "ladder"}, "unknown arch 'ladder'"),
         ({"arch": "jumprelu"}, "exactly one of k"),
         ({"arch": "jumprelu", "k": 4, "l0_coefficient": 1.0}, "exactly one of k"),
-        ({"arch": "jumprelu", "k": 4, "jumprelu_threshold_rate": -1}, "jumprelu_threshold_rate must be a finite number >= 0"),
-        ({"arch": "jumprelu", "k": 4, "jumprelu_target_rate": float("nan")}, "jumprelu_target_rate must be a finite"),
+        (
+            {"arch": "jumprelu", "k": 4, "jumprelu_threshold_rate": -1},
+            "jumprelu_threshold_rate must be a finite number >= 0",
+        ),
+        (
+            {"arch": "jumprelu", "k": 4, "jumprelu_target_rate": float("nan")},
+            "jumprelu_target_rate must be a finite",
+        ),
         ({"arch": "relu", "input_scaling": "layer"}, "unknown input_scaling"),
     ],
 )

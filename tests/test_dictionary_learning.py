@@ -7,20 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import estimate_threshold, make_sae, randomize
 
 from saelab.config import ConfigError
 from saelab.io.external import detect_format, export, load_any
 from saelab.io.format import SAEFormatError
-
-from conftest import estimate_threshold, make_sae, randomize
 
 D, H = 8, 24
 
 
 def _write(path, dict_class, tensors, **trainer):
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"trainer": {"dict_class": dict_class, "activation_dim": D,
-                                                              "dict_size": H, **trainer}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {"trainer": {"dict_class": dict_class, "activation_dim": D, "dict_size": H, **trainer}}
+        )
+    )
     torch.save(tensors, path / "ae.pt")
     return path
 
@@ -43,23 +45,33 @@ def _x(seed=5):
 
 def test_autoencoder_standard(tmp_path):
     g = _g()
-    t = {"bias": torch.randn(D, generator=g), "encoder.weight": torch.randn(H, D, generator=g),
-         "encoder.bias": torch.randn(H, generator=g) * 0.1, "decoder.weight": torch.randn(D, H, generator=g)}
+    t = {
+        "bias": torch.randn(D, generator=g),
+        "encoder.weight": torch.randn(H, D, generator=g),
+        "encoder.bias": torch.randn(H, generator=g) * 0.1,
+        "decoder.weight": torch.randn(D, H, generator=g),
+    }
     sae = load_any(_write(tmp_path / "dl", "AutoEncoder", t))
     x = _x()
     f = _relu((_n(x) - _n(t["bias"])) @ _n(t["encoder.weight"]).T + _n(t["encoder.bias"]))
     assert sae.cfg.arch == "relu" and detect_format(tmp_path / "dl") == "dictionary_learning"
     np.testing.assert_allclose(_n(sae.encode(x).detach()), f, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(_n(sae(x).detach()), f @ _n(t["decoder.weight"]).T + _n(t["bias"]), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        _n(sae(x).detach()), f @ _n(t["decoder.weight"]).T + _n(t["bias"]), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("dict_class", ["AutoEncoderTopK", "BatchTopKSAE"])
 def test_topk_and_batchtopk(tmp_path, dict_class):
     g = _g(1)
-    t = {"encoder.weight": torch.randn(H, D, generator=g), "encoder.bias": torch.randn(H, generator=g) * 0.1,
-         "decoder.weight": torch.randn(D, H, generator=g), "b_dec": torch.randn(D, generator=g),
-         "k": torch.tensor(3, dtype=torch.int), "threshold": torch.tensor(0.4)}
+    t = {
+        "encoder.weight": torch.randn(H, D, generator=g),
+        "encoder.bias": torch.randn(H, generator=g) * 0.1,
+        "decoder.weight": torch.randn(D, H, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "k": torch.tensor(3, dtype=torch.int),
+        "threshold": torch.tensor(0.4),
+    }
     sae = load_any(_write(tmp_path / "dl", dict_class, t, k=3)).eval()
     x = _x()
     post = _relu((_n(x) - _n(t["b_dec"])) @ _n(t["encoder.weight"]).T + _n(t["encoder.bias"]))
@@ -68,27 +80,40 @@ def test_topk_and_batchtopk(tmp_path, dict_class):
         f = post * (post >= cut)
     else:  # inference: above the global threshold
         f = post * (post > 0.4)
-    assert sae.cfg.arch == ("topk" if dict_class == "AutoEncoderTopK" else "batchtopk") and sae.cfg.k == 3
+    assert (
+        sae.cfg.arch == ("topk" if dict_class == "AutoEncoderTopK" else "batchtopk")
+        and sae.cfg.k == 3
+    )
     np.testing.assert_allclose(_n(sae.encode(x).detach()), f, rtol=1e-5, atol=1e-5)
 
 
 def test_jumprelu_folds_b_dec_into_the_encoder_bias(tmp_path):
     g = _g(2)
-    t = {"W_enc": torch.randn(D, H, generator=g), "b_enc": torch.randn(H, generator=g) * 0.1,
-         "W_dec": torch.randn(H, D, generator=g), "b_dec": torch.randn(D, generator=g),
-         "threshold": torch.rand(H, generator=g) * 0.5 + 0.05}
+    t = {
+        "W_enc": torch.randn(D, H, generator=g),
+        "b_enc": torch.randn(H, generator=g) * 0.1,
+        "W_dec": torch.randn(H, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "threshold": torch.rand(H, generator=g) * 0.5 + 0.05,
+    }
     sae = load_any(_write(tmp_path / "dl", "JumpReluAutoEncoder", t)).eval()
     x = _x()
     pre = _n(x) @ _n(t["W_enc"]) + _n(t["b_enc"])  # its encoder does not subtract b_dec
-    np.testing.assert_allclose(_n(sae.encode(x).detach()), _relu(pre * (pre > _n(t["threshold"]))), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _n(sae.encode(x).detach()), _relu(pre * (pre > _n(t["threshold"]))), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_gated(tmp_path):
     g = _g(3)
-    t = {"decoder_bias": torch.randn(D, generator=g), "encoder.weight": torch.randn(H, D, generator=g),
-         "r_mag": torch.randn(H, generator=g) * 0.1, "gate_bias": torch.randn(H, generator=g) * 0.1,
-         "mag_bias": torch.randn(H, generator=g) * 0.1, "decoder.weight": torch.randn(D, H, generator=g)}
+    t = {
+        "decoder_bias": torch.randn(D, generator=g),
+        "encoder.weight": torch.randn(H, D, generator=g),
+        "r_mag": torch.randn(H, generator=g) * 0.1,
+        "gate_bias": torch.randn(H, generator=g) * 0.1,
+        "mag_bias": torch.randn(H, generator=g) * 0.1,
+        "decoder.weight": torch.randn(D, H, generator=g),
+    }
     sae = load_any(_write(tmp_path / "dl", "GatedAutoEncoder", t)).eval()
     x = _x()
     enc = (_n(x) - _n(t["decoder_bias"])) @ _n(t["encoder.weight"]).T
@@ -106,9 +131,18 @@ def _trained(arch, **kw):
     return sae.eval()
 
 
-@pytest.mark.parametrize("arch, kw", [("relu", {}), ("topk", {}), ("batchtopk", {}), ("jumprelu", {}),
-                                      ("gated", {}), ("matryoshka", {"matryoshka_widths": [6, 12, 24]}),
-                                      ("topk", {"input_scaling": "expected_norm", "input_scale": 0.5})])
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("relu", {}),
+        ("topk", {}),
+        ("batchtopk", {}),
+        ("jumprelu", {}),
+        ("gated", {}),
+        ("matryoshka", {"matryoshka_widths": [6, 12, 24]}),
+        ("topk", {"input_scaling": "expected_norm", "input_scale": 0.5}),
+    ],
+)
 def test_round_trip_gives_identical_codes(tmp_path, arch, kw):
     sae = _trained(arch, **kw)
     export(sae, tmp_path / "dl", "dictionary_learning")
@@ -145,10 +179,17 @@ class _Evil:
 
 
 def test_bad_directories_are_refused(tmp_path):
-    t = {"encoder.weight": torch.zeros(H, D), "encoder.bias": torch.zeros(H), "decoder.weight": torch.zeros(D, H),
-         "bias": torch.zeros(D), "payload": _Payload()}
+    t = {
+        "encoder.weight": torch.zeros(H, D),
+        "encoder.bias": torch.zeros(H),
+        "decoder.weight": torch.zeros(D, H),
+        "bias": torch.zeros(D),
+        "payload": _Payload(),
+    }
     _write(tmp_path / "pickle", "AutoEncoder", t)
-    with pytest.raises(SAEFormatError, match="object of test_dictionary_learning._Payload.*weights_only=True"):
+    with pytest.raises(
+        SAEFormatError, match="object of test_dictionary_learning._Payload.*weights_only=True"
+    ):
         load_any(tmp_path / "pickle")
     marker = tmp_path / "ran"
     _write(tmp_path / "evil", "AutoEncoder", {"bias": torch.zeros(D), "x": _Evil(marker)})

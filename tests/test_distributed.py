@@ -17,25 +17,62 @@ from saelab import cli
 def acts(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "acts.npy"
     rng = np.random.default_rng(0)
-    np.save(path, (rng.normal(size=(6000, 16)) * rng.uniform(0.5, 3, size=(6000, 1))).astype(np.float32))
+    np.save(
+        path, (rng.normal(size=(6000, 16)) * rng.uniform(0.5, 3, size=(6000, 1))).astype(np.float32)
+    )
     return path
 
 
 def _args(acts, out, arch):
-    return ["train", "--activations", str(acts), "--arch", arch, "--k", "4", "--expansion", "4", "--tokens", "3200",
-            "--batch-size", "320", "--lr", "3e-3", "--eval-tokens", "500", "--dead-tokens", "640",
-            "--out", str(out), "--no-progress"]
+    return [
+        "train",
+        "--activations",
+        str(acts),
+        "--arch",
+        arch,
+        "--k",
+        "4",
+        "--expansion",
+        "4",
+        "--tokens",
+        "3200",
+        "--batch-size",
+        "320",
+        "--lr",
+        "3e-3",
+        "--eval-tokens",
+        "500",
+        "--dead-tokens",
+        "640",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
-@pytest.mark.parametrize("arch, processes", [("topk", 2), ("batchtopk", 2), ("jumprelu", 2), ("batchtopk", 5)])
+@pytest.mark.parametrize(
+    "arch, processes", [("topk", 2), ("batchtopk", 2), ("jumprelu", 2), ("batchtopk", 5)]
+)
 def test_several_processes_equal_one(acts, tmp_path, arch, processes):
     """5 processes: more than 4 ranks used to crash BatchTopK's global selection at step 1."""
     cli.main(_args(acts, tmp_path / "single", arch))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(processes), "-m", "saelab",
-                             *_args(acts, tmp_path / "multi", arch)], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "saelab",
+            *_args(acts, tmp_path / "multi", arch),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     single = load_file(str(tmp_path / "single" / "sae.safetensors"))
     multi = load_file(str(tmp_path / "multi" / "sae.safetensors"))
@@ -46,8 +83,22 @@ def test_several_processes_equal_one(acts, tmp_path, arch, processes):
 
 def test_torchrun_refuses_harvesting(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", "train",
-                             "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "saelab",
+            "train",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "under torchrun" in result.stderr
 
 
@@ -56,30 +107,69 @@ def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
     the ranks' batches concatenated (rank 0's rows first)."""
     import json
 
+    from tiny_models import tiny_lm
+
     from saelab import SAE, SAEConfig, TrainConfig, train
     from saelab.data.cache import CacheSpec, build_cache
 
-    from tiny_models import tiny_lm
-
     text = tmp_path / "docs.jsonl"
-    text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
-                              for i in range(200)))
-    spec = CacheSpec(model="tiny", layer=1, site="resid_post", dataset=str(text), ctx_len=8, dtype="float32")
-    cache = build_cache(tiny_lm("llama"), tmp_path / "cache", spec, 3000, shard_tokens=300, progress=False)
-    args = ["train", "--activations", str(cache.directory), "--arch", "topk", "--k", "4", "--expansion", "4",
-            "--tokens", "2048", "--batch-size", "128", "--lr", "3e-3", "--eval-tokens", "300", "--dead-tokens", "512",
-            "--out", str(tmp_path / "multi"), "--no-progress"]
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+            for i in range(200)
+        )
+    )
+    spec = CacheSpec(
+        model="tiny", layer=1, site="resid_post", dataset=str(text), ctx_len=8, dtype="float32"
+    )
+    cache = build_cache(
+        tiny_lm("llama"), tmp_path / "cache", spec, 3000, shard_tokens=300, progress=False
+    )
+    args = [
+        "train",
+        "--activations",
+        str(cache.directory),
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--expansion",
+        "4",
+        "--tokens",
+        "2048",
+        "--batch-size",
+        "128",
+        "--lr",
+        "3e-3",
+        "--eval-tokens",
+        "300",
+        "--dead-tokens",
+        "512",
+        "--out",
+        str(tmp_path / "multi"),
+        "--no-progress",
+    ]
     torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", *args],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     train_part = cache.split(300)[0]
     parts = [train_part.batches(64, seed=0, part=(r, 2)) for r in range(2)]
     global_batches = [torch.cat([next(p) for p in parts]) for _ in range(2048 // 128)]
     single = SAE(SAEConfig(arch="topk", d_in=32, d_sae=128, k=4), seed=0)
-    train(single, global_batches, TrainConfig(batch_size=128, total_tokens=2048, lr=3e-3, dead_tokens=512,
-                                              progress=False))
+    train(
+        single,
+        global_batches,
+        TrainConfig(batch_size=128, total_tokens=2048, lr=3e-3, dead_tokens=512, progress=False),
+    )
     multi = load_file(str(tmp_path / "multi" / "sae.safetensors"))
     for name in ("W_dec", "W_enc", "b_enc", "b_dec"):
-        torch.testing.assert_close(multi[name], getattr(single, name).detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            multi[name], getattr(single, name).detach(), rtol=1e-4, atol=1e-5
+        )

@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_sae
+from tiny_models import tiny_model
 
 from saelab import downstream
 from saelab.data.hooks import SiteError, splice
-
-from conftest import make_sae
-from tiny_models import tiny_model
 
 
 def identity_sae(d):
@@ -60,14 +59,22 @@ def test_ce_values_against_a_hand_computation():
                 out = value(a).clone()
                 out[:, 0] = a[:, 0]
                 return out
+
             return fn
 
         with splice(model, 0, "resid_post", ablate(lambda a: mean.expand_as(a))):
-            ce_mean = F.cross_entropy(model(ids).logits[:, 1:-1].reshape(-1, 128), ids[:, 2:].reshape(-1))
+            ce_mean = F.cross_entropy(
+                model(ids).logits[:, 1:-1].reshape(-1, 128), ids[:, 2:].reshape(-1)
+            )
         with splice(model, 0, "resid_post", ablate(torch.zeros_like)):
             zero_logits = model(ids).logits[:, 1:-1]
         ce_zero = F.cross_entropy(zero_logits.reshape(-1, 128), ids[:, 2:].reshape(-1))
-        kl = F.kl_div(zero_logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="sum") / 21
+        kl = (
+            F.kl_div(
+                zero_logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="sum"
+            )
+            / 21
+        )
     assert got["ce_clean"] == pytest.approx(ce_clean.item(), rel=1e-5)
     assert got["ce_mean"] == pytest.approx(ce_mean.item(), rel=1e-5)
     assert got["ce_zero"] == pytest.approx(ce_zero.item(), rel=1e-5)

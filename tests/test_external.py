@@ -6,20 +6,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import estimate_threshold, make_sae, randomize
 from safetensors.torch import save_file
 
 from saelab.io.external import detect_format, export, load_any
 from saelab.io.format import SAEFormatError
-
-from conftest import estimate_threshold, make_sae, randomize
 
 D, H = 8, 24
 
 
 def _weights(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D, H, generator=g), "b_enc": torch.randn(H, generator=g) * 0.1,
-            "W_dec": torch.randn(H, D, generator=g), "b_dec": torch.randn(D, generator=g) * 0.1}
+    return {
+        "W_enc": torch.randn(D, H, generator=g),
+        "b_enc": torch.randn(H, generator=g) * 0.1,
+        "W_dec": torch.randn(H, D, generator=g),
+        "b_dec": torch.randn(D, generator=g) * 0.1,
+    }
 
 
 def _write_saelens(path, cfg, tensors):
@@ -35,22 +38,42 @@ def _np(t):
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_saelens_standard(tmp_path, apply_b_dec):
     w = _weights()
-    _write_saelens(tmp_path / "s", {"architecture": "standard", "d_in": D, "d_sae": H,
-                                    "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none",
-                                    "hook_name": "blocks.3.hook_resid_pre"}, w)
+    _write_saelens(
+        tmp_path / "s",
+        {
+            "architecture": "standard",
+            "d_in": D,
+            "d_sae": H,
+            "apply_b_dec_to_input": apply_b_dec,
+            "normalize_activations": "none",
+            "hook_name": "blocks.3.hook_resid_pre",
+        },
+        w,
+    )
     x = torch.randn(10, D)
     sae_in = _np(x) - (_np(w["b_dec"]) if apply_b_dec else 0)
     f = np.maximum(sae_in @ _np(w["W_enc"]) + _np(w["b_enc"]), 0)
     sae = load_any(tmp_path / "s")
     assert detect_format(tmp_path / "s") == "saelens" and sae.cfg.arch == "relu"
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(sae(x).detach().numpy(), f @ _np(w["W_dec"]) + _np(w["b_dec"]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sae(x).detach().numpy(), f @ _np(w["W_dec"]) + _np(w["b_dec"]), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_saelens_topk_jumprelu_and_layer_norm(tmp_path):
     w = _weights(1)
-    _write_saelens(tmp_path / "t", {"architecture": "topk", "d_in": D, "d_sae": H, "k": 3,
-                                    "normalize_activations": "layer_norm"}, w)
+    _write_saelens(
+        tmp_path / "t",
+        {
+            "architecture": "topk",
+            "d_in": D,
+            "d_sae": H,
+            "k": 3,
+            "normalize_activations": "layer_norm",
+        },
+        w,
+    )
     x = torch.randn(10, D) * 5 + 2
     xn = _np(x)
     mu, sd = xn.mean(1, keepdims=True), xn.std(1, ddof=1, keepdims=True) + 1e-5
@@ -61,24 +84,51 @@ def test_saelens_topk_jumprelu_and_layer_norm(tmp_path):
         f[r, top] = np.maximum(pre[r, top], 0)
     sae = load_any(tmp_path / "t")
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(sae(x).detach().numpy(), (f @ _np(w["W_dec"]) + _np(w["b_dec"])) * sd + mu,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sae(x).detach().numpy(),
+        (f @ _np(w["W_dec"]) + _np(w["b_dec"])) * sd + mu,
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
     threshold = torch.rand(H) * 0.5
-    _write_saelens(tmp_path / "j", {"architecture": "jumprelu", "d_in": D, "d_sae": H}, {**w, "threshold": threshold})
+    _write_saelens(
+        tmp_path / "j",
+        {"architecture": "jumprelu", "d_in": D, "d_sae": H},
+        {**w, "threshold": threshold},
+    )
     pre = (_np(x) - _np(w["b_dec"])) @ _np(w["W_enc"]) + _np(w["b_enc"])
     want = pre * (pre > _np(threshold))
-    np.testing.assert_allclose(load_any(tmp_path / "j").encode(x).detach().numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        load_any(tmp_path / "j").encode(x).detach().numpy(), want, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_sparsify(tmp_path):
     w = _weights(2)
     path = tmp_path / "layers.6"
     path.mkdir()
-    (path / "cfg.json").write_text(json.dumps({"expansion_factor": 3, "normalize_decoder": True,
-                                               "num_latents": 0, "k": 4, "multi_topk": False, "d_in": D}))
-    save_file({"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
-               "W_dec": w["W_dec"], "b_dec": w["b_dec"]}, str(path / "sae.safetensors"))
+    (path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "expansion_factor": 3,
+                "normalize_decoder": True,
+                "num_latents": 0,
+                "k": 4,
+                "multi_topk": False,
+                "d_in": D,
+            }
+        )
+    )
+    save_file(
+        {
+            "encoder.weight": w["W_enc"].T.contiguous(),
+            "encoder.bias": w["b_enc"],
+            "W_dec": w["W_dec"],
+            "b_dec": w["b_dec"],
+        },
+        str(path / "sae.safetensors"),
+    )
     x = torch.randn(10, D)
     pre = np.maximum((_np(x) - _np(w["b_dec"])) @ _np(w["W_enc"]) + _np(w["b_enc"]), 0)
     f = np.zeros_like(pre)
@@ -90,14 +140,31 @@ def test_sparsify(tmp_path):
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, fmt", [("relu", "saelens"), ("topk", "saelens"), ("jumprelu", "saelens"),
-                                       ("batchtopk", "saelens"), ("gated", "saelens"), ("matryoshka", "saelens"),
-                                       ("topk", "sparsify")])
+@pytest.mark.parametrize(
+    "arch, fmt",
+    [
+        ("relu", "saelens"),
+        ("topk", "saelens"),
+        ("jumprelu", "saelens"),
+        ("batchtopk", "saelens"),
+        ("gated", "saelens"),
+        ("matryoshka", "saelens"),
+        ("topk", "sparsify"),
+    ],
+)
 def test_export_then_import_gives_the_same_codes(tmp_path, arch, fmt):
     """Every architecture SAELens or sparsify has (matryoshka and batchtopk infer as a jumprelu
     with the global threshold on every latent)."""
-    sae = randomize(make_sae(arch, d_in=D, d_sae=H, k=3, input_scaling="per_token" if fmt == "saelens" else "none",
-                             matryoshka_widths=[6, 12, 24]))
+    sae = randomize(
+        make_sae(
+            arch,
+            d_in=D,
+            d_sae=H,
+            k=3,
+            input_scaling="per_token" if fmt == "saelens" else "none",
+            matryoshka_widths=[6, 12, 24],
+        )
+    )
     if arch in ("batchtopk", "matryoshka"):
         estimate_threshold(sae, torch.randn(64, D))
     sae.eval()
@@ -116,10 +183,14 @@ def test_unknown_and_unsupported_directories(tmp_path):
         load_any(tmp_path / "d")
     with pytest.raises(SAEFormatError, match="no cfg.json"):
         load_any(tmp_path)
-    _write_saelens(tmp_path / "g", {"architecture": "skip_transcoder", "d_in": D, "d_sae": H}, _weights())
+    _write_saelens(
+        tmp_path / "g", {"architecture": "skip_transcoder", "d_in": D, "d_sae": H}, _weights()
+    )
     with pytest.raises(SAEFormatError, match="architecture 'skip_transcoder' is not supported"):
         load_any(tmp_path / "g")
-    _write_saelens(tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights())
+    _write_saelens(
+        tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights()
+    )
     with pytest.raises(SAEFormatError, match="W_enc has shape"):
         load_any(tmp_path / "n")
     with pytest.raises(ValueError, match="SAELens has no topafa"):

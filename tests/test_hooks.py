@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model
 
 from saelab.data.hooks import SITES, SiteError, blocks_of, harvest
-
-from tiny_models import FAMILIES, tiny_model
 
 
 def _reference(model, ids, layer, site):
@@ -18,12 +17,15 @@ def _reference(model, ids, layer, site):
     block = blocks[layer]
     module = {
         "resid_post": block,
-        "attn_out": block.attention.output.dense if hasattr(block, "intermediate")
+        "attn_out": block.attention.output.dense
+        if hasattr(block, "intermediate")
         else getattr(block, "self_attn", None) or getattr(block, "attn", None) or block.attention,
         "mlp_out": block.output.dense if hasattr(block, "intermediate") else block.mlp,
     }[site]
     seen = []
-    handle = module.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    handle = module.register_forward_hook(
+        lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o)
+    )
     model(ids)
     handle.remove()
     return seen[0]

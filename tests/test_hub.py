@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error, make_sae, randomize
 
 from saelab import SAE, cli
 from saelab.io.external import export
 from saelab.io.format import SAEFormatError
 from saelab.io.hub import HubError, model_card, parse_uri
-
-from conftest import cli_error, make_sae, randomize
 
 D, H = 8, 32
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -43,7 +42,9 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 def _saes():
-    topk = randomize(make_sae("topk", d_in=D, d_sae=H, k=4, metadata={"model": "tiny", "layer": 1})).eval()
+    topk = randomize(
+        make_sae("topk", d_in=D, d_sae=H, k=4, metadata={"model": "tiny", "layer": 1})
+    ).eval()
     lens = randomize(make_sae("relu", d_in=D, d_sae=H, seed=2), seed=2).eval()
     return topk, lens
 
@@ -58,12 +59,20 @@ def test_from_pretrained_reads_each_layout_from_the_cache(offline_hub, tmp_path)
     topk.save(tmp_path / "single")
     cache_repo(offline_hub, "org/single", tmp_path / "single")
     x = torch.randn(30, D)
-    for sae_id, original in (("saelab", topk), ("blocks.1.hook_resid_post", lens), ("layers.1", topk)):
+    for sae_id, original in (
+        ("saelab", topk),
+        ("blocks.1.hook_resid_post", lens),
+        ("layers.1", topk),
+    ):
         loaded = SAE.from_pretrained("org/saes", sae_id=sae_id)
         torch.testing.assert_close(loaded.encode(x), original.encode(x))
-        torch.testing.assert_close(SAE.from_pretrained(f"hf://org/saes/{sae_id}").encode(x), original.encode(x))
+        torch.testing.assert_close(
+            SAE.from_pretrained(f"hf://org/saes/{sae_id}").encode(x), original.encode(x)
+        )
     torch.testing.assert_close(SAE.from_pretrained("org/single").encode(x), topk.encode(x))
-    torch.testing.assert_close(SAE.from_pretrained(str(tmp_path / "single")).encode(x), topk.encode(x))
+    torch.testing.assert_close(
+        SAE.from_pretrained(str(tmp_path / "single")).encode(x), topk.encode(x)
+    )
     assert parse_uri("hf://org/saes/a/b") == ("org/saes", "a/b")
 
 
@@ -73,10 +82,24 @@ def test_eval_and_report_take_hub_uris(offline_hub, tmp_path, monkeypatch, capsy
     export(lens, tmp_path / "repo" / "blocks.1.hook_resid_post", "saelens")
     export(topk, tmp_path / "repo" / "layers.1", "sparsify")
     cache_repo(offline_hub, "org/saes", tmp_path / "repo")
-    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(3000, D)).astype(np.float32))
+    np.save(
+        tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(3000, D)).astype(np.float32)
+    )
     monkeypatch.chdir(tmp_path)
-    for sae_id, arch in (("saelab", "topk"), ("blocks.1.hook_resid_post", "relu"), ("layers.1", "topk")):
-        cli.main(["eval", f"hf://org/saes/{sae_id}", "--activations", str(tmp_path / "acts.npy"), "--no-progress"])
+    for sae_id, arch in (
+        ("saelab", "topk"),
+        ("blocks.1.hook_resid_post", "relu"),
+        ("layers.1", "topk"),
+    ):
+        cli.main(
+            [
+                "eval",
+                f"hf://org/saes/{sae_id}",
+                "--activations",
+                str(tmp_path / "acts.npy"),
+                "--no-progress",
+            ]
+        )
         out = tmp_path / "runs" / "hub" / f"org--saes--{sae_id}"
         assert json.loads((out / "eval.json").read_text())["n_tokens"] == 3000
         assert f"{arch} d_in=8 d_sae=32" in capsys.readouterr().out
@@ -91,10 +114,14 @@ def test_bad_repos_give_clear_errors(offline_hub, tmp_path, capsys):
     (tmp_path / "repo" / "notes").mkdir()
     (tmp_path / "repo" / "notes" / "cfg.json").write_text("{}")
     (tmp_path / "repo" / "pickled").mkdir()
-    shutil.copy(tmp_path / "repo" / "saelab" / "cfg.json", tmp_path / "repo" / "pickled" / "cfg.json")
+    shutil.copy(
+        tmp_path / "repo" / "saelab" / "cfg.json", tmp_path / "repo" / "pickled" / "cfg.json"
+    )
     torch.save({"W_enc": torch.zeros(D, H)}, tmp_path / "repo" / "pickled" / "sae.safetensors")
     cache_repo(offline_hub, "org/repo", tmp_path / "repo")
-    with pytest.raises(HubError, match="has no folder blocks.9; its SAE folders: notes, pickled, saelab"):
+    with pytest.raises(
+        HubError, match="has no folder blocks.9; its SAE folders: notes, pickled, saelab"
+    ):
         SAE.from_pretrained("org/repo", sae_id="blocks.9")
     with pytest.raises(SAEFormatError, match="not an SAE directory saelab can read"):
         SAE.from_pretrained("org/repo", sae_id="notes")
@@ -103,8 +130,12 @@ def test_bad_repos_give_clear_errors(offline_hub, tmp_path, capsys):
     error = cli_error(capsys, ["eval", "hf://org/missing", "--activations", "x.npy"])
     assert "not in the local Hugging Face cache" in error
     assert "hf://ORG/NAME" in cli_error(capsys, ["eval", "hf://org", "--activations", "x.npy"])
-    assert "needs the Hugging Face Hub" in cli_error(capsys, ["push", str(tmp_path / "repo" / "saelab"), "org/new"])
-    assert "ORG/NAME" in cli_error(capsys, ["push", str(tmp_path / "repo" / "saelab"), "just-a-name"])
+    assert "needs the Hugging Face Hub" in cli_error(
+        capsys, ["push", str(tmp_path / "repo" / "saelab"), "org/new"]
+    )
+    assert "ORG/NAME" in cli_error(
+        capsys, ["push", str(tmp_path / "repo" / "saelab"), "just-a-name"]
+    )
 
 
 class StandInHub:
@@ -139,17 +170,28 @@ def test_push_to_hub_then_from_pretrained_round_trips(offline_hub, tmp_path):
     (run / "eval_results").mkdir()
     (run / "eval_results" / "absorption.json").write_text("{}")
     hub = StandInHub(tmp_path / "remote")
-    url = SAE.load(run).push_to_hub("org/pushed", sae_id="blocks.1.hook_resid_post", private=True, run=run, api=hub)
+    url = SAE.load(run).push_to_hub(
+        "org/pushed", sae_id="blocks.1.hook_resid_post", private=True, run=run, api=hub
+    )
     assert url == "https://hub.example/org/pushed/commit/1"
     assert hub.calls[0] == ("create_repo", "org/pushed", True)
     assert hub.calls[1][:3] == ("upload_folder", "org/pushed", "blocks.1.hook_resid_post")
     assert hub.calls[2] == ("upload_file", "org/pushed", "README.md")  # the repo had no card yet
     folder = tmp_path / "remote" / "org" / "pushed" / "blocks.1.hook_resid_post"
-    assert {p.name for p in folder.iterdir()} >= {"cfg.json", "sae.safetensors", "eval.json", "zf_plot.png",
-                                                   "eval_results", "README.md"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "cfg.json",
+        "sae.safetensors",
+        "eval.json",
+        "zf_plot.png",
+        "eval_results",
+        "README.md",
+    }
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: saelab\n") and "| nmse | 0.1250 |" in card
-    assert 'SAE.from_pretrained("org/pushed", sae_id="blocks.1.hook_resid_post")' in card and "layer: 1" in card
+    assert (
+        'SAE.from_pretrained("org/pushed", sae_id="blocks.1.hook_resid_post")' in card
+        and "layer: 1" in card
+    )
     cache_repo(offline_hub, "org/pushed", tmp_path / "remote" / "org" / "pushed")
     back = SAE.from_pretrained("hf://org/pushed/blocks.1.hook_resid_post")
     x = torch.randn(20, D)
@@ -157,7 +199,13 @@ def test_push_to_hub_then_from_pretrained_round_trips(offline_hub, tmp_path):
 
 
 def test_model_card_of_an_sae_without_a_run():
-    sae = make_sae("batchtopk", d_in=D, d_sae=H, k=4, metadata={"model": "HuggingFaceTB/SmolLM2-135M", "layer": 3})
+    sae = make_sae(
+        "batchtopk",
+        d_in=D,
+        d_sae=H,
+        k=4,
+        metadata={"model": "HuggingFaceTB/SmolLM2-135M", "layer": 3},
+    )
     card = model_card(sae, None, "org/x")
     assert "base_model: HuggingFaceTB/SmolLM2-135M" in card and "- batchtopk" in card
     assert "Held-out metrics" not in card and 'SAE.from_pretrained("org/x")' in card
@@ -168,14 +216,19 @@ def test_without_network_the_cache_is_used_and_a_miss_says_so(offline_hub, tmp_p
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_reachable", lambda timeout=3.0: False)  # as on a machine without network
+    monkeypatch.setattr(
+        hub, "_reachable", lambda timeout=3.0: False
+    )  # as on a machine without network
     topk, _ = _saes()
     topk.save(tmp_path / "single")
     cache_repo(offline_hub, "org/single", tmp_path / "single")
     x = torch.randn(5, D)
     torch.testing.assert_close(SAE.from_pretrained("org/single").encode(x), topk.encode(x))
-    with pytest.raises(HubError, match="not in the local Hugging Face cache and the Hub cannot be reached "
-                                       r"\(no network\)"):
+    with pytest.raises(
+        HubError,
+        match="not in the local Hugging Face cache and the Hub cannot be reached "
+        r"\(no network\)",
+    ):
         SAE.from_pretrained("org/elsewhere")
     with pytest.raises(HubError, match="is not reachable"):
         topk.push_to_hub("org/single")

@@ -5,20 +5,21 @@ import pickle
 
 import pytest
 import torch
+from conftest import estimate_threshold, make_sae, randomize
 
 from saelab import SAE
 from saelab.io.format import SAEFormatError
 from saelab.sae.model import SAE as SAEModule
 from saelab.sae.registry import ARCHITECTURES
 
-from conftest import estimate_threshold, make_sae, randomize
-
 ARCHS = list(ARCHITECTURES)
 
 
 def _ready(arch, **kw):
     sae = randomize(make_sae(arch, **kw))
-    if "threshold" in sae.arch.unset_when_nan:  # batch top-k rules: estimate the inference threshold
+    if (
+        "threshold" in sae.arch.unset_when_nan
+    ):  # batch top-k rules: estimate the inference threshold
         estimate_threshold(sae, torch.randn(64, 16))
     return sae.eval()
 
@@ -41,7 +42,9 @@ def test_expected_norm_scale_is_folded_on_save(arch, tmp_path):
     codes, x_hat = sae.encode(x).detach(), sae(x).detach()
     sae.save(tmp_path / "sae")
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
-    assert cfg["input_scale"] == 1.0 and cfg["metadata"]["folded_input_scale"] == pytest.approx(0.05)
+    assert cfg["input_scale"] == 1.0 and cfg["metadata"]["folded_input_scale"] == pytest.approx(
+        0.05
+    )
     loaded = SAE.load(tmp_path / "sae")
     torch.testing.assert_close(loaded.encode(x), codes, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loaded(x), x_hat, rtol=1e-4, atol=1e-4)
@@ -71,7 +74,12 @@ def test_file_names_and_shapes(tmp_path):
     _ready("jumprelu", k=4).save(tmp_path / "j")
     t = load_file(str(tmp_path / "j" / "sae.safetensors"))
     assert {n: tuple(v.shape) for n, v in t.items()} == {
-        "W_enc": (16, 64), "b_enc": (64,), "W_dec": (64, 16), "b_dec": (16,), "threshold": (64,), "l0_lambda": ()
+        "W_enc": (16, 64),
+        "b_enc": (64,),
+        "W_dec": (64, 16),
+        "b_dec": (16,),
+        "threshold": (64,),
+        "l0_lambda": (),
     }
 
 
@@ -156,15 +164,27 @@ def test_sae_directories_of_saelab_0_1_still_load(arch, tmp_path):
     sae = _ready(arch)
     sae.save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    old_fields = {"k": None, "l1_coefficient": 5.0, "l0_coefficient": None, "jumprelu_bandwidth": 0.001,
-                  "jumprelu_init_threshold": 0.001, "afa_coefficient": 1 / 32, "aux_k": 512,
-                  "aux_coefficient": 1 / 32, "threshold_momentum": 0.9}
+    old_fields = {
+        "k": None,
+        "l1_coefficient": 5.0,
+        "l0_coefficient": None,
+        "jumprelu_bandwidth": 0.001,
+        "jumprelu_init_threshold": 0.001,
+        "afa_coefficient": 1 / 32,
+        "aux_k": 512,
+        "aux_coefficient": 1 / 32,
+        "threshold_momentum": 0.9,
+    }
     cfg = {**old_fields, **{k: v for k, v in cfg.items() if k != "format_version"}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(tmp_path / "sae.safetensors"))
-    old = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold") if name in tensors}
+    old = {
+        name: tensors[name]
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+        if name in tensors
+    }
     save_file(old, str(tmp_path / "sae.safetensors"))
     x = torch.randn(20, 16)
     torch.testing.assert_close(SAE.load(tmp_path).encode(x), sae.encode(x), rtol=0, atol=0)

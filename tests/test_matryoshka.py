@@ -3,17 +3,28 @@
 import numpy as np
 import pytest
 import torch
+from conftest import estimate_threshold, randomize
 
 from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.config import ConfigError
 from saelab.io.external import export, load_any
 
-from conftest import estimate_threshold, randomize
-
 
 def _sae(widths=(8, 24, 48), **kw):
-    return randomize(SAE(SAEConfig(arch="matryoshka", d_in=16, d_sae=48, k=3, matryoshka_widths=list(widths),
-                                   input_scaling="none", **kw), seed=0))
+    return randomize(
+        SAE(
+            SAEConfig(
+                arch="matryoshka",
+                d_in=16,
+                d_sae=48,
+                k=3,
+                matryoshka_widths=list(widths),
+                input_scaling="none",
+                **kw,
+            ),
+            seed=0,
+        )
+    )
 
 
 @pytest.mark.parametrize("sparse", [True, False])
@@ -35,8 +46,12 @@ def test_loss_is_the_mean_of_the_prefix_reconstructions(sparse):
 
 def test_widths_are_checked_and_default_to_four_prefixes():
     assert SAEConfig(arch="matryoshka", d_in=16, d_sae=64, k=4).matryoshka_widths == [4, 16, 32, 64]
-    for widths, message in (([8, 8, 48], "increase"), ([8, 24], "to d_sae=48"), ([0, 48], "increase"),
-                            ([8.5, 48], "list of integers")):
+    for widths, message in (
+        ([8, 8, 48], "increase"),
+        ([8, 24], "to d_sae=48"),
+        ([0, 48], "increase"),
+        ([8.5, 48], "list of integers"),
+    ):
         with pytest.raises(ConfigError, match=message):
             SAEConfig(arch="matryoshka", d_in=16, d_sae=48, k=3, matryoshka_widths=widths)
     with pytest.raises(ConfigError, match="l1_coefficient do.* not apply to arch 'matryoshka'"):
@@ -66,11 +81,15 @@ def test_its_first_latents_reconstruct_much_better_than_a_plain_batchtopk_sae():
     x = _zipf_activations()
     results = {}
     for arch, extra in (("matryoshka", {"matryoshka_widths": [8, 32, 128]}), ("batchtopk", {})):
-        sae = SAE(SAEConfig(arch=arch, d_in=32, d_sae=128, k=4, input_scaling="none", **extra), seed=0)
+        sae = SAE(
+            SAEConfig(arch=arch, d_in=32, d_sae=128, k=4, input_scaling="none", **extra), seed=0
+        )
         train(sae, x, TrainConfig(batch_size=512, total_tokens=2**16, lr=3e-3, progress=False))
         results[arch] = [_prefix_nmse(sae, x, m) for m in (8, 32, 128)]
     matryoshka, plain = results["matryoshka"], results["batchtopk"]
-    assert matryoshka[0] < plain[0] - 0.1 and matryoshka[1] < plain[1] - 0.1  # measured: 0.72 vs 0.88, 0.55 vs 0.77
+    assert (
+        matryoshka[0] < plain[0] - 0.1 and matryoshka[1] < plain[1] - 0.1
+    )  # measured: 0.72 vs 0.88, 0.55 vs 0.77
     assert matryoshka[2] < plain[2] + 0.05  # at a small cost, if any, in full reconstruction
 
 
@@ -82,4 +101,6 @@ def test_save_load_and_saelens_export_keep_the_codes(tmp_path):
     assert loaded.cfg == sae.cfg
     torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=0, atol=0)
     export(sae, tmp_path / "lens", "saelens")  # inference is a jumprelu with one threshold
-    torch.testing.assert_close(load_any(tmp_path / "lens").encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        load_any(tmp_path / "lens").encode(x), sae.encode(x), rtol=1e-5, atol=1e-6
+    )

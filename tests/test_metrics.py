@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_sae, randomize
 
 from saelab import evaluate
-
-from conftest import make_sae, randomize
 
 
 @pytest.mark.parametrize("input_scaling", ["none", "per_token"])
@@ -58,7 +57,9 @@ def test_perfect_reconstruction_has_zero_error():
         sae.W_dec.copy_(torch.cat([eye, -eye], 0))
     m = evaluate(sae, torch.randn(300, 4))
     assert m["nmse"] == pytest.approx(0, abs=1e-12) and m["explained_variance"] == pytest.approx(1)
-    assert m["cosine_similarity"] == pytest.approx(1) and m["relative_reconstruction_bias"] == pytest.approx(1)
+    assert m["cosine_similarity"] == pytest.approx(1) and m[
+        "relative_reconstruction_bias"
+    ] == pytest.approx(1)
 
 
 @pytest.mark.parametrize("scaling", ["none", "expected_norm", "per_token"])

@@ -11,15 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error
+from tiny_models import saved_model, tiny_lm, tiny_model, tiny_tokenizer
 
 from saelab import SAE, SAEConfig, cli
 from saelab.data.cache import CacheSpec, build_cache
-from saelab.eval.report import (BEFORE, QUANTILES, density_band, latent_examples, latents_across_densities, report_html,
-                                write_report)
-
-from tiny_models import saved_model, tiny_lm, tiny_model, tiny_tokenizer
-
-from conftest import cli_error
+from saelab.eval.report import (
+    BEFORE,
+    QUANTILES,
+    density_band,
+    latent_examples,
+    latents_across_densities,
+    report_html,
+    write_report,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -30,13 +35,35 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     model_dir = saved_model(root / "model")
     text = root / "docs.jsonl"
-    text.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100} <b>" for j in range(20))})
-                              for i in range(60)))
-    spec = CacheSpec(model=str(model_dir), layer=1, site="resid_post", dataset=str(text), split="eval", ctx_len=16,
-                     dtype="float32")
-    cache = build_cache(tiny_lm("llama"), root / "cache", spec, 600, shard_tokens=200, progress=False)
-    sae = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none", metadata={"model": str(model_dir)}),
-              seed=0)
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j * 3) % 100} <b>" for j in range(20))})
+            for i in range(60)
+        )
+    )
+    spec = CacheSpec(
+        model=str(model_dir),
+        layer=1,
+        site="resid_post",
+        dataset=str(text),
+        split="eval",
+        ctx_len=16,
+        dtype="float32",
+    )
+    cache = build_cache(
+        tiny_lm("llama"), root / "cache", spec, 600, shard_tokens=200, progress=False
+    )
+    sae = SAE(
+        SAEConfig(
+            arch="topk",
+            d_in=32,
+            d_sae=64,
+            k=4,
+            input_scaling="none",
+            metadata={"model": str(model_dir)},
+        ),
+        seed=0,
+    )
     return root, cache, sae
 
 
@@ -63,8 +90,12 @@ def test_latents_contexts_and_shading_match_brute_force(setup):
         nonzero = codes[:, lt.index][codes[:, lt.index] > 0].numpy()
         for sample, (lo, hi) in zip(lt.samples, QUANTILES):
             assert sample.label.startswith(f"quantile {lo:.0%}-{hi:.0%}")
-            assert (sample.low, sample.high) == pytest.approx((np.quantile(nonzero, lo), np.quantile(nonzero, hi)))
-            for context, peak in zip(sample.contexts, sample.peaks):  # each lies in its quantile interval
+            assert (sample.low, sample.high) == pytest.approx(
+                (np.quantile(nonzero, lo), np.quantile(nonzero, hi))
+            )
+            for context, peak in zip(
+                sample.contexts, sample.peaks
+            ):  # each lies in its quantile interval
                 assert sample.low <= context[peak][1] < sample.high
         values = codes[:, lt.index]
         assert lt.density == pytest.approx(float((values > 0).float().mean()))
@@ -72,7 +103,10 @@ def test_latents_contexts_and_shading_match_brute_force(setup):
         assert sum(lt.histogram[0]) == int((values > 0).sum())
         best = int(values.argmax())
         first, peak = lt.contexts[0], lt.peaks[0]
-        assert first[peak] == (int(tokens[int(ctx[best])][pos[best]]), pytest.approx(float(values[best])))
+        assert first[peak] == (
+            int(tokens[int(ctx[best])][pos[best]]),
+            pytest.approx(float(values[best])),
+        )
         # every shown token carries the latent's activation at that (context, position), 0 for BOS
         c = int(ctx[best])
         for q, (token_id, value) in enumerate(first):
@@ -99,7 +133,9 @@ def test_latents_are_chosen_across_density_bands():
     counts[42:60] = 2  # too few firings to be drawn
     chosen = latents_across_densities(counts, 10_000, 9, seed=1)
     bands = [density_band(int(counts[i]) / 10_000) for i in chosen]
-    assert bands == ["1e-1..1"] * 4 + ["1e-3..1e-2"] * 3 + ["1e-4..1e-3"] * 2  # the rarest band has only 2
+    assert (
+        bands == ["1e-1..1"] * 4 + ["1e-3..1e-2"] * 3 + ["1e-4..1e-3"] * 2
+    )  # the rarest band has only 2
     assert len(set(chosen)) == 9 and all(counts[i] > 0 for i in chosen)
     assert latents_across_densities(counts, 10_000, 9, seed=1) == chosen
     assert density_band(1.0) == "1e-1..1" and density_band(0.0) == "never fires"
@@ -128,7 +164,9 @@ def test_logit_lens_reads_a_direction_through_the_final_norm(family):
     top = logits.topk(3)
     assert [v for _, v in lens["top"]] == pytest.approx(top.values.tolist(), abs=1e-4)
     assert [t for t, _ in lens["top"]] == [lm.tokenizer.decode([int(i)]) for i in top.indices]
-    assert [v for _, v in lens["bottom"]] == pytest.approx((-logits).topk(3).values.neg().tolist(), abs=1e-4)
+    assert [v for _, v in lens["bottom"]] == pytest.approx(
+        (-logits).topk(3).values.neg().tolist(), abs=1e-4
+    )
 
 
 def test_page_escapes_text_and_bad_requests_are_named(setup):
@@ -137,7 +175,9 @@ def test_page_escapes_text_and_bad_requests_are_named(setup):
     page = report_html(sae, shown, tiny_tokenizer(), {"nmse": 0.25})
     assert page.count("class='latent'") == 2 and "id='latent-7'" in page
     assert "&lt;unk&gt;" in page and "<unk>" not in page  # token text is escaped
-    assert re.search(r"class='tok[^']*' style='background-color: rgba\(255, 110, 0, 0\.\d+\)'", page)
+    assert re.search(
+        r"class='tok[^']*' style='background-color: rgba\(255, 110, 0, 0\.\d+\)'", page
+    )
     with pytest.raises(ValueError, match=r"latent\(s\) \[64\] out of range"):
         latent_examples(sae, cache, latents=[64])
     wide = SAE(SAEConfig(arch="topk", d_in=16, d_sae=32, k=2), seed=0)
@@ -151,26 +191,65 @@ def test_report_command(setup, tmp_path, capsys):
     sae.save(run)
     chosen = latent_examples(sae, cache, top_n=4)[0].index
     (run / "eval_results").mkdir()
-    (run / "eval_results" / "autointerp.json").write_text(json.dumps({"eval_result_details": [
-        {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}],
-        "eval_config": {"explainer": "some-llm"}, "eval_result_metrics": {"autointerp": {"autointerp_score": 0.75}}}))
-    cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "4", "--contexts", "2",
-              "--neuronpedia", str(tmp_path / "np.json")])
+    (run / "eval_results" / "autointerp.json").write_text(
+        json.dumps(
+            {
+                "eval_result_details": [
+                    {"latent": chosen, "explanation": "the <word> w5", "score": 0.75, "f1": 0.5}
+                ],
+                "eval_config": {"explainer": "some-llm"},
+                "eval_result_metrics": {"autointerp": {"autointerp_score": 0.75}},
+            }
+        )
+    )
+    cli.main(
+        [
+            "report",
+            str(run),
+            "--activations",
+            str(cache.directory),
+            "--top",
+            "4",
+            "--contexts",
+            "2",
+            "--neuronpedia",
+            str(tmp_path / "np.json"),
+        ]
+    )
     assert "feature browser with 4 latents" in capsys.readouterr().out
     page = (run / "report.html").read_text()
     assert page.count("class='latent'") == 4 and "data:image/png;base64," in page and "nmse" in page
-    assert "autointerp (some-llm): <b>the &lt;word&gt; w5</b>" in page and "detection accuracy 0.75" in page
+    assert (
+        "autointerp (some-llm): <b>the &lt;word&gt; w5</b>" in page
+        and "detection accuracy 0.75" in page
+    )
     assert page.count("promotes (logit lens)") == 4
-    assert re.search(r"Interpretability evaluations \(SAEBench\).*autointerp_score</td><td class='v'>0\.7500", page)
+    assert re.search(
+        r"Interpretability evaluations \(SAEBench\).*autointerp_score</td><td class='v'>0\.7500",
+        page,
+    )
     features = json.loads((tmp_path / "np.json").read_text())["features"]
     assert len(features) == 4 and features[0]["index"] == str(chosen)
     assert features[0]["explanations"][0]["description"] == "the <word> w5"
     for f in features:
         assert len(f["freq_hist_data_bar_values"]) == len(f["freq_hist_data_bar_heights"])
-        assert {"modelId", "layer", "maxActApprox", "frac_nonzero", "pos_str", "pos_values", "neg_str", "neg_values",
-                "freq_hist_data_bar_heights", "activations"} <= set(f)
+        assert {
+            "modelId",
+            "layer",
+            "maxActApprox",
+            "frac_nonzero",
+            "pos_str",
+            "pos_values",
+            "neg_str",
+            "neg_values",
+            "freq_hist_data_bar_heights",
+            "activations",
+        } <= set(f)
         top = f["activations"][0]
-        assert top["maxValue"] == pytest.approx(f["maxActApprox"]) and top["values"][top["maxValueTokenIndex"]] == top["maxValue"]
+        assert (
+            top["maxValue"] == pytest.approx(f["maxActApprox"])
+            and top["values"][top["maxValueTokenIndex"]] == top["maxValue"]
+        )
     np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
     error = cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")])
     assert re.search("needs token ids", error)
@@ -179,21 +258,52 @@ def test_report_command(setup, tmp_path, capsys):
 def test_page_renders_in_headless_chromium(setup, tmp_path):
     if CHROMIUM is None:
         if os.environ.get("SAELAB_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium), but SAELAB_REQUIRE_BROWSER is set")
+            pytest.fail(
+                "chromium is not installed (apt-get install chromium), but SAELAB_REQUIRE_BROWSER is set"
+            )
         pytest.skip("chromium is not installed (apt-get install chromium)")
     _, cache, sae = setup
     page = tmp_path / "report.html"
-    write_report(sae, cache, page, tiny_tokenizer(), {"nmse": 0.25}, top_n=6, n_contexts=3, lm=tiny_lm("llama"),
-                 interp={"mean_absorption_fraction_score": 0.1})
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--no-first-run", "--hide-scrollbars", "--window-size=1100,1400",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    write_report(
+        sae,
+        cache,
+        page,
+        tiny_tokenizer(),
+        {"nmse": 0.25},
+        top_n=6,
+        n_contexts=3,
+        lm=tiny_lm("llama"),
+        interp={"mean_absorption_fraction_score": 0.1},
+    )
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1100,1400",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count('class="latent"') == 6
-    assert len(re.findall(r'class="tok[^"]*" style="background-color: rgba\(255, 110, 0, 0?\.\d+\)"', dom)) > 20
+    assert (
+        len(
+            re.findall(
+                r'class="tok[^"]*" style="background-color: rgba\(255, 110, 0, 0?\.\d+\)"', dom
+            )
+        )
+        > 20
+    )
     assert dom.count('class="context"') >= 6 and "<svg" in dom
     assert dom.count('class="logits"') == 12 and "mean_absorption_fraction_score" in dom
     shot = Path(os.environ.get("SAELAB_SCREENSHOT_DIR", tmp_path)) / "report.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120
+    )
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000

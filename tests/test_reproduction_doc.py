@@ -9,14 +9,23 @@ import numpy as np
 import pytest
 from scipy import stats
 
-SPEC = importlib.util.spec_from_file_location("reproduction", Path(__file__).parents[1] / "docs" / "reproduction.py")
+SPEC = importlib.util.spec_from_file_location(
+    "reproduction", Path(__file__).parents[1] / "docs" / "reproduction.py"
+)
 reproduction = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(reproduction)
 
 
 def _row(arch, k, seed, nmse, l0=None, expansion=8):
-    return {"name": f"{arch}-k{k}-x{expansion}-per_token-s{seed}", "arch": arch, "k": k, "expansion": expansion,
-            "seed": seed, "nmse": nmse, "l0": l0 or k}
+    return {
+        "name": f"{arch}-k{k}-x{expansion}-per_token-s{seed}",
+        "arch": arch,
+        "k": k,
+        "expansion": expansion,
+        "seed": seed,
+        "nmse": nmse,
+        "l0": l0 or k,
+    }
 
 
 def test_batchtopk_and_topk_are_compared_paired_by_seed():
@@ -30,18 +39,24 @@ def test_batchtopk_and_topk_are_compared_paired_by_seed():
     d = np.subtract(batch, topk)
     t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
     assert p == pytest.approx(2 * stats.t.sf(abs(t), df=2))
-    assert reproduction.verdict(differences, p) == (f"BatchTopK lower (p = {p:.2g})" if p < 0.05
-                                                    else f"not beyond seed noise (p = {p:.2g})")
+    assert reproduction.verdict(differences, p) == (
+        f"BatchTopK lower (p = {p:.2g})" if p < 0.05 else f"not beyond seed noise (p = {p:.2g})"
+    )
     assert reproduction.verdict([-0.1, -0.1001, -0.0999], 0.001).startswith("BatchTopK lower")
     assert reproduction.verdict([0.1], float("nan")) == "one seed: no test"
     assert reproduction.paired(rows, "nmse", 64, 8) is None
 
 
 def test_metrics_at_equal_l0_interpolate_in_log_l0_over_seed_means():
-    rows = [_row("topk", 16, s, 0.4 + 0.01 * s) for s in range(2)] + [_row("topk", 64, s, 0.2) for s in range(2)]
+    rows = [_row("topk", 16, s, 0.4 + 0.01 * s) for s in range(2)] + [
+        _row("topk", 64, s, 0.2) for s in range(2)
+    ]
     # halfway in log L0 between 16 and 64 is 32: halfway between the seed means 0.405 and 0.2
     assert reproduction.at_l0(rows, "topk", "nmse", 32) == pytest.approx((0.405 + 0.2) / 2)
-    assert reproduction.at_l0(rows, "topk", "nmse", 8) is None and reproduction.at_l0(rows, "relu", "nmse", 32) is None
+    assert (
+        reproduction.at_l0(rows, "topk", "nmse", 8) is None
+        and reproduction.at_l0(rows, "relu", "nmse", 32) is None
+    )
 
 
 def test_spread_is_the_mean_and_sample_std():
@@ -57,8 +72,10 @@ def test_wall_time_sums_invocations_to_their_end_or_last_file(tmp_path):
     # first invocation stopped without an end line; its last file was written 600 s after its start
     (sweep / "checkpoint.pt").write_text("x")
     os.utime(sweep / "checkpoint.pt", (now - 3000 + 600, now - 3000 + 600))
-    log.write_text(f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\n"
-                   f"train: 99%\rend rc=0 {stamp(now - 100)}\n")
+    log.write_text(
+        f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\n"
+        f"train: 99%\rend rc=0 {stamp(now - 100)}\n"
+    )
     assert reproduction.wall_time(log, sweep) == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
 
 
@@ -69,14 +86,19 @@ def test_wall_time_pairs_named_ends_and_counts_overlapping_invocations_once(tmp_
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))  # noqa: E731
     # a runs 0-1000 s; b starts inside it at 200 s and ends (naming itself) at 500 s; a's bare
     # end line comes last: union 1000 s, not 1300
-    log.write_text(f"start {stamp(now - 1000)} a.toml\ntrain 5%\rstart {stamp(now - 800)} b.toml\n"
-                   f"end rc=0 {stamp(now - 500)} b.toml\ntrain 99%\rend rc=0 {stamp(now)}\n")
+    log.write_text(
+        f"start {stamp(now - 1000)} a.toml\ntrain 5%\rstart {stamp(now - 800)} b.toml\n"
+        f"end rc=0 {stamp(now - 500)} b.toml\ntrain 99%\rend rc=0 {stamp(now)}\n"
+    )
     assert reproduction.wall_time(log, sweep) == f"{1000 / 3600:.2f} h in 2 invocation(s)"
 
 
 def test_sections_are_replaced_between_their_markers():
     text = "a\n<!-- begin t -->\nold\n<!-- end t -->\nb"
-    assert reproduction.replace_section(text, "t", "new") == "a\n<!-- begin t -->\nnew\n<!-- end t -->\nb"
+    assert (
+        reproduction.replace_section(text, "t", "new")
+        == "a\n<!-- begin t -->\nnew\n<!-- end t -->\nb"
+    )
     with pytest.raises(SystemExit, match="no section u"):
         reproduction.replace_section(text, "u", "x")
 
@@ -84,9 +106,11 @@ def test_sections_are_replaced_between_their_markers():
 def test_topk_at_an_l0_follows_its_log_l0_segments_and_extends_the_end_one_by_10_percent():
     rows = [_row("topk", k, 0, v) for k, v in ((16, 0.10), (32, 0.08), (64, 0.06))]
     assert reproduction.topk_at(rows, "nmse", 32, 0, 8) == pytest.approx(0.08)
-    assert reproduction.topk_at(rows, "nmse", 16 * 2 ** 0.5, 0, 8) == pytest.approx(0.09)
+    assert reproduction.topk_at(rows, "nmse", 16 * 2**0.5, 0, 8) == pytest.approx(0.09)
     # 5% beyond k = 64 along the 32-64 segment: 0.02 less per doubling
-    assert reproduction.topk_at(rows, "nmse", 64 * 1.05, 0, 8) == pytest.approx(0.06 - 0.02 * np.log2(1.05))
+    assert reproduction.topk_at(rows, "nmse", 64 * 1.05, 0, 8) == pytest.approx(
+        0.06 - 0.02 * np.log2(1.05)
+    )
     assert reproduction.topk_at(rows, "nmse", 64 * 1.2, 0, 8) is None
     assert reproduction.topk_at(rows, "nmse", 32, 1, 8) is None  # no TopK of seed 1
     rows += [_row("batchtopk", 64, 0, 0.05, l0=64 * 1.05)]

@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_sae, randomize
 
 from saelab.sae import ThresholdNotEstimated
+from saelab.sae.architecture import Collectives
 from saelab.sae.jumprelu import JumpReLU, Step
 from saelab.sae.registry import ARCHITECTURES
 from saelab.sae.relu import RELU_ENCODER_INIT_SCALE
-from saelab.sae.architecture import Collectives
 from saelab.sae.sparse import RowTiles
 from saelab.sae.topafa import chosen_k
-
-from conftest import make_sae, randomize
 
 
 def test_topk_keeps_exactly_k_largest_per_row():
@@ -110,7 +109,9 @@ def test_jumprelu_gradients_equal_straight_through_formulas():
     (f * grad_out).sum().backward()
     # hand computation: K((pre - theta)/eps) = 1 where |pre - theta| < eps / 2 = 0.25
     kernel = [[0, 1, 1, 0], [1, 1, 0, 0]]
-    want_theta = [-(1.0 / eps) * sum(kernel[r][c] * grad_out[r][c].item() for r in range(2)) for c in range(4)]
+    want_theta = [
+        -(1.0 / eps) * sum(kernel[r][c] * grad_out[r][c].item() for r in range(2)) for c in range(4)
+    ]
     np.testing.assert_allclose(theta.grad.numpy(), want_theta)
     np.testing.assert_allclose(pre.grad.numpy(), (grad_out * (pre > theta)).detach().numpy())
     np.testing.assert_allclose(f.detach().numpy(), (pre * (pre > theta)).detach().numpy())
@@ -170,7 +171,11 @@ def test_decoder_rows_stay_unit_norm_after_steps(arch):
     from saelab import TrainConfig, train
 
     sae = make_sae(arch, k=4)
-    train(sae, torch.randn(2048, 16), TrainConfig(batch_size=256, lr=1e-2, total_tokens=2048, progress=False))
+    train(
+        sae,
+        torch.randn(2048, 16),
+        TrainConfig(batch_size=256, lr=1e-2, total_tokens=2048, progress=False),
+    )
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
     assert not torch.allclose(sae.W_dec, make_sae(arch, k=4).W_dec)  # it did train
 
@@ -207,7 +212,10 @@ def test_top_entries_is_exact_with_and_without_fallback():
     from saelab.sae.batchtopk import top_entries
 
     a = torch.rand(30, 50)
-    for matrix in (a, torch.cat([a[:29], a[29:] + 10])):  # the second has one dominant row: fallback
+    for matrix in (
+        a,
+        torch.cat([a[:29], a[29:] + 10]),
+    ):  # the second has one dominant row: fallback
         values, rows, cols = top_entries(RowTiles.of(matrix, tile_rows=7), 60, per_row=8)
         want = matrix.flatten().topk(60).values
         torch.testing.assert_close(values.sort().values, want.sort().values)
@@ -228,7 +236,9 @@ def test_topafa_prefix_search_equals_full_sort(prefix, width, monkeypatch):
     assert order.shape[1] == width  # the prefix sufficed (12), or the full sort ran (2)
     norms = sae.W_dec.norm(dim=1).detach().numpy()
     for i in range(40):
-        assert k_star[i].item() == _brute_force_k(a[i].numpy(), norms, (x[i] - sae.b_dec).norm().item())
+        assert k_star[i].item() == _brute_force_k(
+            a[i].numpy(), norms, (x[i] - sae.b_dec).norm().item()
+        )
 
 
 def test_relu_starts_with_a_small_encoder_and_every_other_rule_with_the_transpose():
@@ -243,7 +253,9 @@ def test_relu_starts_with_a_small_encoder_and_every_other_rule_with_the_transpos
 
 def _brute_force_batch_topk(pre: torch.Tensor, count: int) -> set:
     """{(row, col)} of the `count` largest positive entries of pre, by a full sort."""
-    order = sorted(((v, i, j) for i, row in enumerate(pre.tolist()) for j, v in enumerate(row)), reverse=True)
+    order = sorted(
+        ((v, i, j) for i, row in enumerate(pre.tolist()) for j, v in enumerate(row)), reverse=True
+    )
     return {(i, j) for v, i, j in order[:count] if v > 0}
 
 
@@ -272,7 +284,9 @@ def test_global_batch_topk_is_exact_for_any_world_size(n_ranks):
     assert _simulated_ranks(pre, k, n_ranks) == _brute_force_batch_topk(pre, len(pre) * k)
 
 
-@pytest.mark.parametrize("bound, path", [(-100.0, "bound: raised"), (1.0, "bound"), (4.0, "per-row: too few")])
+@pytest.mark.parametrize(
+    "bound, path", [(-100.0, "bound: raised"), (1.0, "bound"), (4.0, "per-row: too few")]
+)
 def test_global_batch_topk_first_cut_is_exact(bound, path, monkeypatch):
     """The cut at a bound from the running threshold gives the brute-force top n*k, when the
     bound keeps everything (and rises on the way), a few times n*k, or too few entries (then the
@@ -288,8 +302,12 @@ def test_global_batch_topk_first_cut_is_exact(bound, path, monkeypatch):
     pool = batchtopk.local_offers
     pooled = []
     monkeypatch.setattr(batchtopk, "local_offers", lambda *a: pooled.append(1) or pool(*a))
-    rows, cols, values = batchtopk.global_batch_topk(RowTiles.of(pre, tile_rows=10), k, bound=torch.tensor(bound))
-    assert {(i, j) for i, j in zip(rows.tolist(), cols.tolist())} == _brute_force_batch_topk(pre, 64 * k)
+    rows, cols, values = batchtopk.global_batch_topk(
+        RowTiles.of(pre, tile_rows=10), k, bound=torch.tensor(bound)
+    )
+    assert {(i, j) for i, j in zip(rows.tolist(), cols.tolist())} == _brute_force_batch_topk(
+        pre, 64 * k
+    )
     torch.testing.assert_close(pre[rows, cols], values)
     assert bool(pooled) == path.startswith("per-row")
     assert (rows.diff() >= 0).all()  # row-major
@@ -335,11 +353,14 @@ def _reference_loss_terms(sae, x):
     f = np.zeros_like(acts)
     for t in range(len(xs)):  # brute-force top-AFA selection per token
         k = _brute_force_k(acts[t], np.linalg.norm(W_dec, axis=1), np.linalg.norm(xs[t] - b_dec))
-        top = np.argsort(-(acts[t] * np.linalg.norm(W_dec, axis=1)) ** 2, kind="stable")[:k]
+        top = np.argsort(-((acts[t] * np.linalg.norm(W_dec, axis=1)) ** 2), kind="stable")[:k]
         f[t, top] = acts[t, top]
     x_hat = f @ W_dec + b_dec
     l2 = ((x_hat - xs) ** 2).mean()
-    afa = sae.cfg.afa_coefficient * ((np.linalg.norm(f, axis=1) - np.linalg.norm(xs - b_dec, axis=1)) ** 2).mean()
+    afa = (
+        sae.cfg.afa_coefficient
+        * ((np.linalg.norm(f, axis=1) - np.linalg.norm(xs - b_dec, axis=1)) ** 2).mean()
+    )
     return l2, afa
 
 
@@ -347,7 +368,9 @@ def _reference_loss_terms(sae, x):
 @pytest.mark.parametrize("sparse", [True, False])
 def test_topafa_afa_term_has_the_reference_weight(scaling, sparse):
     """The ratio AFA term / reconstruction term equals the reference's for the same coefficient."""
-    sae = randomize(make_sae("topafa", d_in=16, d_sae=48, afa_coefficient=1 / 32, input_scaling=scaling))
+    sae = randomize(
+        make_sae("topafa", d_in=16, d_sae=48, afa_coefficient=1 / 32, input_scaling=scaling)
+    )
     x = torch.randn(30, 16) * 2 + 0.5
     out = sae.loss(x, sparse=sparse)
     l2, afa = _reference_loss_terms(sae, x)
@@ -362,7 +385,11 @@ def test_topafa_afa_term_targets_the_norm_the_selection_aims_at():
         sae.b_dec.fill_(3.0)
     x = torch.randn(5, 16)
     direction = torch.randn(5, 48).abs()
-    f = (direction / direction.norm(dim=-1, keepdim=True) * (x - sae.b_dec).norm(dim=-1, keepdim=True)).detach()
+    f = (
+        direction
+        / direction.norm(dim=-1, keepdim=True)
+        * (x - sae.b_dec).norm(dim=-1, keepdim=True)
+    ).detach()
     term = sae.arch.penalty(sae, f.requires_grad_(), None, x)["afa"]
     assert term.item() == pytest.approx(0, abs=1e-8)
     mismatch = sae.arch.penalty(sae, f * 1.5, None, x)["afa"]
@@ -382,7 +409,9 @@ def test_jumprelu_l0_coefficient_is_in_per_element_units():
     x_hat = (f @ sae.W_dec + sae.b_dec).detach()
     l2_reference = (x_hat - x).square().mean().item()
     l0_reference = 0.004 * (f != 0).sum(-1).float().mean().item()
-    assert out.terms["l0"].item() / out.terms["mse"].item() == pytest.approx(l0_reference / l2_reference, rel=1e-5)
+    assert out.terms["l0"].item() / out.terms["mse"].item() == pytest.approx(
+        l0_reference / l2_reference, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("seed", range(8))

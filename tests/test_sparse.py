@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
+from conftest import make_sae, randomize
 
 from saelab.sae import sparse as sparse_module
-from saelab.sae.sparse import SparseCode, decode, select
 from saelab.sae.registry import ARCHITECTURES
-
-from conftest import make_sae, randomize
+from saelab.sae.sparse import SparseCode, decode, select
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -21,8 +20,13 @@ def test_sparse_and_dense_paths_agree(arch, input_scaling, tile_rows, monkeypatc
         monkeypatch.setattr(sparse_module, "TILE_ENTRIES", 64 * tile_rows)
         shapes = []
         iterate = sparse_module.RowTiles.__iter__
-        monkeypatch.setattr(sparse_module.RowTiles, "__iter__",
-                            lambda tiles: (shapes.append(tile.shape) or (rows, tile) for rows, tile in iterate(tiles)))
+        monkeypatch.setattr(
+            sparse_module.RowTiles,
+            "__iter__",
+            lambda tiles: (
+                shapes.append(tile.shape) or (rows, tile) for rows, tile in iterate(tiles)
+            ),
+        )
     dense = randomize(make_sae(arch, k=5, aux_k=7, input_scaling=input_scaling)).train()
     sparse = copy.deepcopy(dense)
     x = torch.randn(50, 16) * 2
@@ -32,7 +36,9 @@ def test_sparse_and_dense_paths_agree(arch, input_scaling, tile_rows, monkeypatc
     out_s = sparse.loss(x, dead, sparse=True)
     assert out_d.terms.keys() == out_s.terms.keys()
     for name in out_d.terms:
-        torch.testing.assert_close(out_s.terms[name], out_d.terms[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            out_s.terms[name], out_d.terms[name], rtol=1e-5, atol=1e-5, msg=name
+        )
     torch.testing.assert_close(out_s.fired, out_d.fired)
     torch.testing.assert_close(out_s.l0.float(), out_d.l0.float())
     out_d.loss.backward()
@@ -42,7 +48,11 @@ def test_sparse_and_dense_paths_agree(arch, input_scaling, tile_rows, monkeypatc
     if arch == "batchtopk":  # the value the threshold update takes
         torch.testing.assert_close(out_s.smallest_active, out_d.smallest_active)
     if tile_rows and dense.arch.select is not None:
-        assert shapes and max(rows for rows, _ in shapes) == 7 and sum(rows for rows, _ in shapes) % 50 == 0
+        assert (
+            shapes
+            and max(rows for rows, _ in shapes) == 7
+            and sum(rows for rows, _ in shapes) % 50 == 0
+        )
 
 
 def test_sparse_code_decode_matches_dense_matmul():

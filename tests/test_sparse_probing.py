@@ -7,15 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error, make_sae
+from tiny_models import saved_model, tiny_lm, tiny_tokenizer
 
 from saelab import cli
 from saelab.data.hooks import harvest
 from saelab.eval.saebench.probes import f1, fit_probe, top_mean_difference
-from saelab.eval.saebench.sparse_probing import (ProbingDataError, SparseProbingConfig, labelled_texts,
-                                                 pooled_features, sparse_probing, task_accuracies, tasks_of)
-
-from conftest import cli_error, make_sae
-from tiny_models import saved_model, tiny_lm, tiny_tokenizer
+from saelab.eval.saebench.sparse_probing import (
+    ProbingDataError,
+    SparseProbingConfig,
+    labelled_texts,
+    pooled_features,
+    sparse_probing,
+    task_accuracies,
+    tasks_of,
+)
 
 LLM_FIELDS = {"llm_test_accuracy"} | {f"llm_top_{k}_test_accuracy" for k in (1, 2, 5)}
 SAE_FIELDS = {"sae_test_accuracy"} | {f"sae_top_{k}_test_accuracy" for k in (1, 2, 5)}
@@ -38,11 +44,16 @@ def test_mean_difference_and_probes_on_separable_data():
     out = task_accuracies(x[:300], y[:300], x[300:], y[300:], [1, 2, 5], "sae")
     assert out["sae_top_1_test_accuracy"] == 1.0 and out["sae_test_accuracy"] >= 0.95
     probe = fit_probe(x[:300], y[:300])
-    assert probe.accuracy(x[300:], y[300:]) == pytest.approx(float(((x[300:] @ probe.weight + probe.bias > 0) == y[300:]).mean()))
+    assert probe.accuracy(x[300:], y[300:]) == pytest.approx(
+        float(((x[300:] @ probe.weight + probe.bias > 0) == y[300:]).mean())
+    )
     # a feature that is pure noise classifies at chance: half of a balanced test set, within noise
     noise = task_accuracies(x[:300, :5], y[:300], x[300:, :5], y[300:], [1], "llm")
     assert 0.3 < noise["llm_top_1_test_accuracy"] < 0.7
-    assert f1(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == 0.5 and f1(np.zeros(3), np.ones(3)) == 0.0
+    assert (
+        f1(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == 0.5
+        and f1(np.zeros(3), np.ones(3)) == 0.0
+    )
 
 
 def test_tasks_are_labels_with_enough_examples_on_both_sides():
@@ -91,8 +102,15 @@ def test_a_hub_dataset_without_network_fails_before_any_work(monkeypatch):
 def _probe_file(path, n=80):
     """Two topics in the tiny vocabulary: words w0..w49 against w50..w99."""
     rng = np.random.default_rng(0)
-    rows = [{"text": " ".join(f"w{int(v)}" for v in rng.integers(50 * (i % 2), 50 * (i % 2) + 50, 12)),
-             "label": "low" if i % 2 == 0 else "high"} for i in range(n)]
+    rows = [
+        {
+            "text": " ".join(
+                f"w{int(v)}" for v in rng.integers(50 * (i % 2), 50 * (i % 2) + 50, 12)
+            ),
+            "label": "low" if i % 2 == 0 else "high",
+        }
+        for i in range(n)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
@@ -100,39 +118,81 @@ def _probe_file(path, n=80):
 def test_sparse_probing_document(tmp_path):
     lm = tiny_lm("llama")
     sae = make_sae("topk", d_in=32, d_sae=64, k=8)
-    cfg = SparseProbingConfig(layer=1, dataset_names=[str(_probe_file(tmp_path / "p.jsonl"))], k_values=[1, 2, 5])
+    cfg = SparseProbingConfig(
+        layer=1, dataset_names=[str(_probe_file(tmp_path / "p.jsonl"))], k_values=[1, 2, 5]
+    )
     doc = sparse_probing(sae, lm, cfg, progress=False)
     assert doc["eval_type_id"] == "sparse_probing"
     assert set(doc["eval_result_metrics"]) == {"llm", "sae"}
-    assert set(doc["eval_result_metrics"]["llm"]) == LLM_FIELDS and set(doc["eval_result_metrics"]["sae"]) == SAE_FIELDS
+    assert (
+        set(doc["eval_result_metrics"]["llm"]) == LLM_FIELDS
+        and set(doc["eval_result_metrics"]["sae"]) == SAE_FIELDS
+    )
     (detail,) = doc["eval_result_details"]  # two labels: one task
     assert detail["llm_test_accuracy"] > 0.8  # the topics are separable in the model's activations
     assert detail["n_train"] + detail["n_test"] == 80
     with pytest.raises(ValueError, match="k_values"):
-        sparse_probing(sae, lm, SparseProbingConfig(layer=1, dataset_names=cfg.dataset_names, k_values=[100]),
-                       progress=False)
+        sparse_probing(
+            sae,
+            lm,
+            SparseProbingConfig(layer=1, dataset_names=cfg.dataset_names, k_values=[100]),
+            progress=False,
+        )
 
 
 def test_eval_command_writes_saebench_files_and_refuses_bad_flags(tmp_path, capsys):
     model = saved_model(tmp_path / "model")
     run = tmp_path / "run"
-    make_sae("topk", d_in=32, d_sae=64, k=8, metadata={"model": str(model), "layer": 1, "site": "resid_post"}).save(run)
+    make_sae(
+        "topk",
+        d_in=32,
+        d_sae=64,
+        k=8,
+        metadata={"model": str(model), "layer": 1, "site": "resid_post"},
+    ).save(run)
     probe = _probe_file(tmp_path / "p.jsonl")
-    cli.main(["eval", str(run), "--evals", "sparse_probing", "--probe-dataset", str(probe), "--no-progress"])
+    cli.main(
+        [
+            "eval",
+            str(run),
+            "--evals",
+            "sparse_probing",
+            "--probe-dataset",
+            str(probe),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
-    assert "sparse_probing (1 tasks): SAE top-1" in out and "eval_results/: sparse_probing.json" in out
+    assert (
+        "sparse_probing (1 tasks): SAE top-1" in out and "eval_results/: sparse_probing.json" in out
+    )
     doc = json.loads((run / "eval_results" / "sparse_probing.json").read_text())
-    assert list(doc) == ["eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
-                         "eval_result_details", "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id",
-                         "sae_lens_version", "sae_cfg_dict", "eval_result_unstructured"]
+    assert list(doc) == [
+        "eval_type_id",
+        "eval_config",
+        "eval_id",
+        "datetime_epoch_millis",
+        "eval_result_metrics",
+        "eval_result_details",
+        "sae_bench_commit_hash",
+        "sae_lens_id",
+        "sae_lens_release_id",
+        "sae_lens_version",
+        "sae_cfg_dict",
+        "eval_result_unstructured",
+    ]
     assert doc["eval_config"]["layer"] == 1 and doc["sae_cfg_dict"]["d_sae"] == 64
     assert not (run / "eval.json").exists()  # core was not asked for
-    assert "autointerp needs one chat model" in cli_error(capsys, ["eval", str(run), "--evals", "autointerp"])
+    assert "autointerp needs one chat model" in cli_error(
+        capsys, ["eval", str(run), "--evals", "autointerp"]
+    )
     assert "--llm is for --evals autointerp" in cli_error(capsys, ["eval", str(run), "--llm", "x"])
     assert "invalid choice" in cli_error(capsys, ["eval", str(run), "--evals", "core,probing"])
     bare = tmp_path / "bare"
     make_sae("topk", d_in=32, d_sae=64, k=8).save(bare)
-    assert "pass --model and --layer" in cli_error(capsys, ["eval", str(bare), "--evals", "absorption"])
+    assert "pass --model and --layer" in cli_error(
+        capsys, ["eval", str(bare), "--evals", "absorption"]
+    )
 
 
 def test_builtin_topics_are_contexts_labelled_by_held_out_article():
@@ -154,15 +214,46 @@ def test_sweep_command_adds_the_evals_to_its_table(tmp_path, capsys):
 
     model = saved_model(tmp_path / "model")
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
-                              for i in range(100)))
-    spec = CacheSpec(model=str(model), layer=1, site="resid_post", dataset=str(docs), ctx_len=16, dtype="float32")
+    docs.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(f"w{(i * 7 + j) % 100}" for j in range(30))})
+            for i in range(100)
+        )
+    )
+    spec = CacheSpec(
+        model=str(model), layer=1, site="resid_post", dataset=str(docs), ctx_len=16, dtype="float32"
+    )
     build_cache(tiny_lm("llama"), tmp_path / "cache", spec, 1200, shard_tokens=400, progress=False)
     out = tmp_path / "sweep"
-    cli.main(["sweep", "--activations", str(tmp_path / "cache"), "--arch", "topk", "--k", "2,4", "--expansion", "2",
-              "--tokens", "512", "--batch-size", "128", "--downstream-contexts", "0", "--evals", "core,sparse_probing",
-              "--probe-dataset", str(_probe_file(tmp_path / "p.jsonl")), "--out", str(out), "--no-progress"])
+    cli.main(
+        [
+            "sweep",
+            "--activations",
+            str(tmp_path / "cache"),
+            "--arch",
+            "topk",
+            "--k",
+            "2,4",
+            "--expansion",
+            "2",
+            "--tokens",
+            "512",
+            "--batch-size",
+            "128",
+            "--downstream-contexts",
+            "0",
+            "--evals",
+            "core,sparse_probing",
+            "--probe-dataset",
+            str(_probe_file(tmp_path / "p.jsonl")),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "sae_top_1_test_accuracy" in printed
     rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == 2 and all("llm_top_5_test_accuracy" in row and "nmse" in row for row in rows)
+    assert len(rows) == 2 and all(
+        "llm_top_5_test_accuracy" in row and "nmse" in row for row in rows
+    )

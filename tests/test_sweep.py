@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from conftest import cli_error
+from tiny_models import tiny_model
 
 from saelab import SAE, TrainConfig, cli, evaluate, sources, train
 from saelab.config import ConfigError
@@ -15,31 +17,50 @@ from saelab.eval.downstream import ablation_losses, downstream
 from saelab.sweep import Downstream, Point, expand, read_grid_file, run_sweep, union
 from saelab.train import loop
 
-from tiny_models import tiny_model
-
-from conftest import cli_error
-
 
 def test_grid_expansion_uses_each_architectures_own_knob():
-    points = expand({"arch": ["topk", "relu", "topafa", "jumprelu"], "k": [4, 8], "l1_coefficient": [1, 2, 3],
-                     "afa_coefficient": [0.1], "seed": [0, 1]})
-    by_arch = {arch: [p for p in points if p.arch == arch] for arch in ("topk", "relu", "topafa", "jumprelu")}
+    points = expand(
+        {
+            "arch": ["topk", "relu", "topafa", "jumprelu"],
+            "k": [4, 8],
+            "l1_coefficient": [1, 2, 3],
+            "afa_coefficient": [0.1],
+            "seed": [0, 1],
+        }
+    )
+    by_arch = {
+        arch: [p for p in points if p.arch == arch]
+        for arch in ("topk", "relu", "topafa", "jumprelu")
+    }
     assert [len(v) for v in by_arch.values()] == [4, 6, 2, 4]
     assert {(p.knob, p.value) for p in by_arch["topk"]} == {("k", 4), ("k", 8)}
-    assert {(p.knob, p.value) for p in by_arch["relu"]} == {("l1_coefficient", v) for v in (1, 2, 3)}
+    assert {(p.knob, p.value) for p in by_arch["relu"]} == {
+        ("l1_coefficient", v) for v in (1, 2, 3)
+    }
     assert all((p.knob, p.value) == ("afa_coefficient", 0.1) for p in by_arch["topafa"])
     jump = expand({"arch": ["jumprelu"], "l0_coefficient": [0.5], "k": [4, 8]})
     assert jump == [Point("jumprelu", 8, "per_token", 0, knob="l0_coefficient", value=0.5)]
-    assert "k" not in jump[0].sae_config(16).to_dict()["metadata"] and jump[0].sae_config(16).k is None
+    assert (
+        "k" not in jump[0].sae_config(16).to_dict()["metadata"] and jump[0].sae_config(16).k is None
+    )
     assert len({p.name for p in points}) == len(points)
-    assert Point("batchtopk", 8, "per_token", 0, knob="k", value=32).name == "batchtopk-k32-x8-per_token-s0"
-    assert Point("relu", 8, "per_token", 0, knob="l1_coefficient", value=3).name == "relu-l1-3-x8-per_token-s0"
+    assert (
+        Point("batchtopk", 8, "per_token", 0, knob="k", value=32).name
+        == "batchtopk-k32-x8-per_token-s0"
+    )
+    assert (
+        Point("relu", 8, "per_token", 0, knob="l1_coefficient", value=3).name
+        == "relu-l1-3-x8-per_token-s0"
+    )
 
 
 def test_union_keeps_each_point_once_and_bad_axes_are_named():
     grids = [{"arch": ["topk", "batchtopk"], "k": [4]}, {"arch": ["topk"], "k": [4, 8]}]
-    assert [p.name for p in union(grids)] == ["topk-k4-x8-per_token-s0", "batchtopk-k4-x8-per_token-s0",
-                                              "topk-k8-x8-per_token-s0"]
+    assert [p.name for p in union(grids)] == [
+        "topk-k4-x8-per_token-s0",
+        "batchtopk-k4-x8-per_token-s0",
+        "topk-k8-x8-per_token-s0",
+    ]
     with pytest.raises(ConfigError, match="unknown sweep axis kk"):
         expand({"kk": [1]})
     with pytest.raises(ConfigError, match="unknown arch 'ladder'"):
@@ -50,8 +71,10 @@ def test_union_keeps_each_point_once_and_bad_axes_are_named():
 
 def test_toml_grids_share_top_level_axes(tmp_path):
     path = tmp_path / "sweep.toml"
-    path.write_text('expansion = 4\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
-                    'input_scaling = ["per_token", "expected_norm"]\n[[grid]]\narch = "relu"\nl1_coefficient = [2, 5]\n')
+    path.write_text(
+        'expansion = 4\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
+        'input_scaling = ["per_token", "expected_norm"]\n[[grid]]\narch = "relu"\nl1_coefficient = [2, 5]\n'
+    )
     points = union(read_grid_file(path))
     assert len(points) == 10 and {p.expansion for p in points} == {4}
     assert {p.input_scaling for p in points if p.arch == "relu"} == {"per_token"}
@@ -69,12 +92,16 @@ def data():
 
 
 def _cfg(**kw):
-    return TrainConfig(**{"batch_size": 512, "total_tokens": 4096, "lr": 1e-3, "progress": False, **kw})
+    return TrainConfig(
+        **{"batch_size": 512, "total_tokens": 4096, "lr": 1e-3, "progress": False, **kw}
+    )
 
 
 def test_sweep_points_equal_separately_trained_saes(data, tmp_path):
     train_source, eval_source = open_source(data).split(1024)
-    points = union([{"arch": ["topk", "batchtopk", "relu"], "k": [2, 4], "expansion": [2], "seed": [0, 1]}])
+    points = union(
+        [{"arch": ["topk", "batchtopk", "relu"], "k": [2, 4], "expansion": [2], "seed": [0, 1]}]
+    )
     rows = run_sweep(points, train_source, eval_source, tmp_path, _cfg())
     assert len(rows) == 10
     table = list(csv.DictReader(open(tmp_path / "results.csv")))
@@ -116,9 +143,13 @@ def test_interrupted_sweep_resumes_to_the_same_results(data, tmp_path, monkeypat
     assert all((tmp_path / "cut" / p.name / "checkpoint.pt").is_file() for p in points)
     steps["n"] = -1000
     resumed = run_sweep(points, train_source, eval_source, tmp_path / "cut", cfg)
-    assert steps["n"] == -1000 + 2 * 4  # from the checkpoint at step 4 to step 8, not from the start
+    assert (
+        steps["n"] == -1000 + 2 * 4
+    )  # from the checkpoint at step 4 to step 8, not from the start
     for a, b in zip(reference, resumed):
-        assert a["nmse"] == pytest.approx(b["nmse"], rel=1e-6) and a["l0"] == pytest.approx(b["l0"], rel=1e-6)
+        assert a["nmse"] == pytest.approx(b["nmse"], rel=1e-6) and a["l0"] == pytest.approx(
+            b["l0"], rel=1e-6
+        )
 
     # a finished point is neither retrained nor re-evaluated; one that lost its eval.json is evaluated again
     (tmp_path / "cut" / points[1].name / "eval.json").unlink()
@@ -133,8 +164,13 @@ def test_finished_points_with_other_settings_are_refused(data, tmp_path):
     points = union([{"arch": ["topk"], "k": [4], "expansion": [2]}])
     run_sweep(points, train_source, eval_source, tmp_path, _cfg())
     with pytest.raises(ConfigError, match="different settings than this sweep: lr"):
-        run_sweep(points, train_source, eval_source, tmp_path, TrainConfig(
-            batch_size=512, total_tokens=4096, lr=2e-3, progress=False))
+        run_sweep(
+            points,
+            train_source,
+            eval_source,
+            tmp_path,
+            TrainConfig(batch_size=512, total_tokens=4096, lr=2e-3, progress=False),
+        )
     with pytest.raises(ConfigError, match="grid is empty"):
         run_sweep([], train_source, eval_source, tmp_path, _cfg())
 
@@ -143,6 +179,7 @@ def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, mon
     model = tiny_model("llama").eval()
     ids = torch.randint(1, 128, (4, 12))
     from saelab.data.hooks import harvest
+
     with torch.no_grad():
         acts = harvest(model, torch.randint(1, 128, (64, 16)), 0, "resid_post").reshape(-1, 32)
     train_source, eval_source = open_source(acts).split(256)
@@ -155,31 +192,70 @@ def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, mon
 
     monkeypatch.setattr("saelab.sweep.ablation_losses", counted)
     points = union([{"arch": ["topk", "batchtopk"], "k": [2, 4], "expansion": [2]}])
-    rows = run_sweep(points, train_source, eval_source, tmp_path, _cfg(total_tokens=512, batch_size=128),
-                     downstream=Downstream(model, ids, 0, "resid_post"))
+    rows = run_sweep(
+        points,
+        train_source,
+        eval_source,
+        tmp_path,
+        _cfg(total_tokens=512, batch_size=128),
+        downstream=Downstream(model, ids, 0, "resid_post"),
+    )
     assert calls["n"] == 1
     assert all("ce_degradation" in row and "kl" in row for row in rows)
     assert (tmp_path / "pareto_ce.png").is_file()
     # the precomputed ablations give the same numbers as computing them inside downstream
     sae = SAE.load(tmp_path / points[0].name)
-    assert downstream(sae, model, ids, 0, ablations=ablation_losses(model, ids, 0)) == downstream(sae, model, ids, 0)
+    assert downstream(sae, model, ids, 0, ablations=ablation_losses(model, ids, 0)) == downstream(
+        sae, model, ids, 0
+    )
 
 
 def test_sweep_command(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sources, "DEMO", {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8,
-                                      "train_tokens": 2048})
+    monkeypatch.setattr(
+        sources,
+        "DEMO",
+        {"n_tokens": 5000, "d_in": 16, "n_features": 32, "max_active": 8, "train_tokens": 2048},
+    )
     grid = tmp_path / "grid.toml"
-    grid.write_text('expansion = 2\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [2, 4]\n'
-                    '[[grid]]\narch = "relu"\nl1_coefficient = [1, 3]\n')
+    grid.write_text(
+        'expansion = 2\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [2, 4]\n'
+        '[[grid]]\narch = "relu"\nl1_coefficient = [1, 3]\n'
+    )
     out = tmp_path / "sweep"
-    cli.main(["sweep", "--synthetic", "--config", str(grid), "--batch-size", "256", "--out", str(out), "--no-progress"])
+    cli.main(
+        [
+            "sweep",
+            "--synthetic",
+            "--config",
+            str(grid),
+            "--batch-size",
+            "256",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "6 to train in 1 pass" in printed and "relu-l1-3-x2-per_token-s0" in printed
     rows = json.loads((out / "results.json").read_text())
     assert {r["arch"] for r in rows} == {"topk", "batchtopk", "relu"}
-    cli.main(["sweep", "--synthetic", "--config", str(grid), "--batch-size", "256", "--out", str(out), "--no-progress"])
+    cli.main(
+        [
+            "sweep",
+            "--synthetic",
+            "--config",
+            str(grid),
+            "--batch-size",
+            "256",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert "6 done, 0 to evaluate, 0 to train" in capsys.readouterr().out
-    error = cli_error(capsys, ["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)])
+    error = cli_error(
+        capsys, ["sweep", "--synthetic", "--config", str(grid), "--k", "4", "--out", str(out)]
+    )
     assert re.search("not both", error)
     error = cli_error(capsys, ["sweep", "--synthetic", "--archs", "topk,ladder", "--out", str(out)])
     assert "invalid choice ['ladder']" in error
@@ -188,15 +264,22 @@ def test_sweep_command(tmp_path, capsys, monkeypatch):
 def _probing_setup(tmp_path):
     """A tiny model, activations of it split into train and held-out sources, and a labelled
     file with two separable topics."""
-    from saelab.data.hooks import harvest
     from tiny_models import tiny_lm
+
+    from saelab.data.hooks import harvest
 
     lm = tiny_lm("llama")
     with torch.no_grad():
         acts = harvest(lm.model, torch.randint(4, 104, (64, 16)), 0, "resid_post").reshape(-1, 32)
     probe = tmp_path / "p.jsonl"
-    probe.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)),
-                                           "label": i % 2}) for i in range(60)))
+    probe.write_text(
+        "\n".join(
+            json.dumps(
+                {"text": " ".join(f"w{(i % 2) * 50 + j}" for j in range(10)), "label": i % 2}
+            )
+            for i in range(60)
+        )
+    )
     return lm, *open_source(acts).split(256), probe
 
 
@@ -204,18 +287,38 @@ def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
     from saelab.eval.saebench.suite import Interp
 
     lm, train_source, eval_source, probe = _probing_setup(tmp_path)
-    interp = Interp(lm=lm, layer=0, site="resid_post", settings={"sparse_probing": {
-        "dataset_names": [str(probe)], "k_values": [1, 2]}}, progress=False)
+    interp = Interp(
+        lm=lm,
+        layer=0,
+        site="resid_post",
+        settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": [1, 2]}},
+        progress=False,
+    )
     points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
     out = tmp_path / "sweep"
-    rows = run_sweep(points, train_source, eval_source, out, _cfg(total_tokens=512, batch_size=128),
-                     interp=interp, evals=["core", "sparse_probing"])
-    assert all(0 <= row["sae_top_1_test_accuracy"] <= 1 and "llm_test_accuracy" in row for row in rows)
+    rows = run_sweep(
+        points,
+        train_source,
+        eval_source,
+        out,
+        _cfg(total_tokens=512, batch_size=128),
+        interp=interp,
+        evals=["core", "sparse_probing"],
+    )
+    assert all(
+        0 <= row["sae_top_1_test_accuracy"] <= 1 and "llm_test_accuracy" in row for row in rows
+    )
     assert all((out / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points)
     assert "sae_top_2_test_accuracy" in (out / "results.csv").read_text().splitlines()[0]
     with pytest.raises(ConfigError, match="need an Interp"):
-        run_sweep(points, train_source, eval_source, out, _cfg(total_tokens=512, batch_size=128),
-                  evals=["core", "absorption"])
+        run_sweep(
+            points,
+            train_source,
+            eval_source,
+            out,
+            _cfg(total_tokens=512, batch_size=128),
+            evals=["core", "absorption"],
+        )
 
 
 def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatch):
@@ -228,10 +331,21 @@ def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatc
     original = sweep_module.run_interp
     monkeypatch.setattr(sweep_module, "run_interp", lambda *a: calls.append(a[1]) or original(*a))
     for k_values in ([1], [1], [1, 2]):
-        interp = Interp(lm=lm, layer=0, settings={"sparse_probing": {"dataset_names": [str(probe)],
-                                                                     "k_values": k_values}}, progress=False)
-        run_sweep(points, train_source, eval_source, tmp_path / "s", _cfg(total_tokens=256, batch_size=128),
-                  interp=interp, evals=["core", "sparse_probing"])
+        interp = Interp(
+            lm=lm,
+            layer=0,
+            settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": k_values}},
+            progress=False,
+        )
+        run_sweep(
+            points,
+            train_source,
+            eval_source,
+            tmp_path / "s",
+            _cfg(total_tokens=256, batch_size=128),
+            interp=interp,
+            evals=["core", "sparse_probing"],
+        )
     assert calls == [["sparse_probing"], ["sparse_probing"]]  # first run, then the changed k_values
 
 
@@ -239,13 +353,16 @@ def test_a_grid_can_name_evaluations_for_its_own_points(tmp_path):
     from saelab.sweep import grid_evals
 
     path = tmp_path / "sweep.toml"
-    path.write_text('[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
-                    '[[grid]]\narch = "batchtopk"\nk = 32\nevals = ["absorption", "sparse_probing"]\n')
+    path.write_text(
+        '[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
+        '[[grid]]\narch = "batchtopk"\nk = 32\nevals = ["absorption", "sparse_probing"]\n'
+    )
     grids = read_grid_file(path)
     assert len(union(grids)) == 4  # the second grid only repeats a point
     evals = grid_evals(grids, ["core"])
     assert {p.name: v for p, v in evals.items() if v != ["core"]} == {
-        "batchtopk-k32-x8-per_token-s0": ["core", "absorption", "sparse_probing"]}
+        "batchtopk-k32-x8-per_token-s0": ["core", "absorption", "sparse_probing"]
+    }
     with pytest.raises(ValueError, match="unknown evaluation 'absorb'"):
         grid_evals([{"arch": "topk", "evals": "absorb"}])
 
@@ -254,22 +371,42 @@ def test_sweep_runs_per_point_evals_only_on_their_points(tmp_path):
     from saelab.eval.saebench.suite import Interp
 
     lm, train_source, eval_source, probe = _probing_setup(tmp_path)
-    interp = Interp(lm=lm, layer=0, site="resid_post", settings={"sparse_probing": {
-        "dataset_names": [str(probe)], "k_values": [1]}}, progress=False)
+    interp = Interp(
+        lm=lm,
+        layer=0,
+        site="resid_post",
+        settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": [1]}},
+        progress=False,
+    )
     points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
-    rows = run_sweep(points, train_source, eval_source, tmp_path / "s", _cfg(total_tokens=256, batch_size=128),
-                     interp=interp, evals={points[0]: ["sparse_probing"], points[1]: []})
-    written = [(tmp_path / "s" / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points]
+    rows = run_sweep(
+        points,
+        train_source,
+        eval_source,
+        tmp_path / "s",
+        _cfg(total_tokens=256, batch_size=128),
+        interp=interp,
+        evals={points[0]: ["sparse_probing"], points[1]: []},
+    )
+    written = [
+        (tmp_path / "s" / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points
+    ]
     assert written == [True, False]
     assert "sae_top_1_test_accuracy" in rows[0] and "sae_top_1_test_accuracy" not in rows[1]
 
 
-def test_each_pass_is_evaluated_as_soon_as_it_is_trained_smallest_first(data, tmp_path, monkeypatch):
+def test_each_pass_is_evaluated_as_soon_as_it_is_trained_smallest_first(
+    data, tmp_path, monkeypatch
+):
     import saelab.sweep as sweep_module
 
     train_source, eval_source = open_source(data).split(1024)
-    points = union([{"arch": ["topk", "relu"], "k": [4], "expansion": [2], "seed": [0]},
-                    {"arch": ["topk"], "k": [4], "expansion": [2], "seed": [1]}])
+    points = union(
+        [
+            {"arch": ["topk", "relu"], "k": [4], "expansion": [2], "seed": [0]},
+            {"arch": ["topk"], "k": [4], "expansion": [2], "seed": [1]},
+        ]
+    )
     original, passes = sweep_module.train_many, []
 
     def second_pass_dies(saes, *args, **kw):
@@ -291,20 +428,33 @@ def test_sweep_records_the_heldout_curve(data, tmp_path):
     train_source, eval_source = open_source(data).split(1024)
     points = union([{"arch": ["topk"], "k": [4], "expansion": [2], "seed": [0, 1]}])
     run_sweep(points, train_source, eval_source, tmp_path, _cfg(eval_every_tokens=2048))
-    curve = [r["tokens"] for r in rundir.read_history(tmp_path / points[0].name) if "heldout_nmse" in r]
+    curve = [
+        r["tokens"] for r in rundir.read_history(tmp_path / points[0].name) if "heldout_nmse" in r
+    ]
     assert curve == [2048, 4096]
     assert (tmp_path / "curves_nmse.png").read_bytes()[:4] == b"\x89PNG"
     summary = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert [(r["name"], r["n_seeds"]) for r in summary] == [("topk-k4-x2-per_token", "2")] and summary[0]["nmse_std"]
+    assert [(r["name"], r["n_seeds"]) for r in summary] == [
+        ("topk-k4-x2-per_token", "2")
+    ] and summary[0]["nmse_std"]
 
 
 def test_seed_summary_is_the_mean_and_sample_std_over_seeds():
     import numpy as np
+
     from saelab.sweep import seed_summary
 
-    rows = [{"name": f"topk-k4-x2-per_token-s{s}", "arch": "topk", "seed": s, "k": 4, "nmse": v, "l0": 4.0}
-            for s, v in enumerate([0.1, 0.2, 0.4])] + [{"name": "relu-l1-3-x2-per_token-s0", "arch": "relu",
-                                                         "seed": 0, "nmse": 0.5, "l0": 9.0}]
+    rows = [
+        {
+            "name": f"topk-k4-x2-per_token-s{s}",
+            "arch": "topk",
+            "seed": s,
+            "k": 4,
+            "nmse": v,
+            "l0": 4.0,
+        }
+        for s, v in enumerate([0.1, 0.2, 0.4])
+    ] + [{"name": "relu-l1-3-x2-per_token-s0", "arch": "relu", "seed": 0, "nmse": 0.5, "l0": 9.0}]
     topk, relu = seed_summary(rows)
     assert (topk["name"], topk["seeds"], topk["n_seeds"]) == ("topk-k4-x2-per_token", "0 1 2", 3)
     assert (topk["k"], topk["l0"]) == (4, 4.0)

@@ -6,12 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_models import tiny_tokenizer
 
 from saelab.data.network import OfflineError
 from saelab.data.packing import batched, keep_mask, pack
 from saelab.data.text import TextError, documents
-
-from tiny_models import tiny_tokenizer
 
 
 def _docs(n):
@@ -22,7 +21,9 @@ def test_txt_jsonl_parquet_and_folders(tmp_path):
     for i, doc in enumerate(_docs(3)):
         (tmp_path / f"{i}.txt").write_text(doc)
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "rows.jsonl").write_text("\n".join(json.dumps({"body": d}) for d in _docs(4)) + "\n")
+    (tmp_path / "sub" / "rows.jsonl").write_text(
+        "\n".join(json.dumps({"body": d}) for d in _docs(4)) + "\n"
+    )
     pq.write_table(pa.table({"body": _docs(2)}), tmp_path / "sub" / "rows.parquet")
     assert list(documents(str(tmp_path / "0.txt"))) == ["w0 w1 w2"]
     assert list(documents(str(tmp_path / "sub" / "rows.jsonl"), text_column="body")) == _docs(4)
@@ -77,7 +78,9 @@ def test_packing_starts_each_context_with_bos():
     for d in range(5):
         expected += [tok.convert_tokens_to_ids(f"w{d + j}") for j in range(3)] + [1]
     assert all(len(c) == 6 and c[0] == 0 for c in contexts)
-    assert flat == expected[: len(flat)] and len(flat) == (len(expected) // 5) * 5 and len(words) == 15
+    assert (
+        flat == expected[: len(flat)] and len(flat) == (len(expected) // 5) * 5 and len(words) == 15
+    )
     ids = next(batched(contexts, 2))
     assert ids.shape == (2, 6)
     mask = keep_mask(ids, {0, 1, 2})
@@ -87,12 +90,20 @@ def test_packing_starts_each_context_with_bos():
 def test_plain_text_is_split_into_documents(tmp_path):
     """A .txt corpus of paragraphs (the most common corpus a user has) gives documents and a
     held-out split; text without blank lines is cut into chunks."""
-    paragraphs = [f"Paragraph {i} says " + " ".join(f"w{(i * 7 + j) % 50}" for j in range(40)) for i in range(300)]
+    paragraphs = [
+        f"Paragraph {i} says " + " ".join(f"w{(i * 7 + j) % 50}" for j in range(40))
+        for i in range(300)
+    ]
     (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs) + "\n")
-    train, held = list(documents(str(tmp_path / "corpus.txt"))), list(documents(str(tmp_path / "corpus.txt"), "eval"))
+    train, held = (
+        list(documents(str(tmp_path / "corpus.txt"))),
+        list(documents(str(tmp_path / "corpus.txt"), "eval")),
+    )
     assert held == paragraphs[9::10] and len(train) == 270
     (tmp_path / "one_block.txt").write_text(" ".join(paragraphs))
-    pieces = list(documents(str(tmp_path / "one_block.txt"))) + list(documents(str(tmp_path / "one_block.txt"), "eval"))
+    pieces = list(documents(str(tmp_path / "one_block.txt"))) + list(
+        documents(str(tmp_path / "one_block.txt"), "eval")
+    )
     assert len(pieces) > 20 and all(len(p) <= 4000 for p in pieces)
     assert sorted(" ".join(pieces).split()) == sorted(" ".join(paragraphs).split())  # nothing lost
 
@@ -113,18 +124,47 @@ def test_a_source_of_few_documents_still_holds_out_a_tenth(tmp_path):
 
 def test_train_and_report_on_a_plain_text_file(tmp_path, capsys):
     """The new user's path: saelab train --model M --dataset corpus.txt, then saelab report."""
-    from saelab import cli
-
     from tiny_models import saved_model
+
+    from saelab import cli
 
     model_dir = saved_model(tmp_path / "model")
     paragraphs = [" ".join(f"w{(i * 7 + j) % 100}" for j in range(60)) for i in range(300)]
     (tmp_path / "corpus.txt").write_text("\n\n".join(paragraphs))
     run = tmp_path / "run"
-    cli.main(["train", "--model", str(model_dir), "--layer", "1", "--dataset", str(tmp_path / "corpus.txt"),
-              "--ctx-len", "16", "--tokens", "2048", "--eval-tokens", "256", "--batch-size", "256", "--arch", "topk",
-              "--k", "4", "--expansion", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-progress"])
-    cli.main(["report", str(run), "--cache-dir", str(tmp_path / "cache"), "--top", "3", "--no-progress"])
+    cli.main(
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--dataset",
+            str(tmp_path / "corpus.txt"),
+            "--ctx-len",
+            "16",
+            "--tokens",
+            "2048",
+            "--eval-tokens",
+            "256",
+            "--batch-size",
+            "256",
+            "--arch",
+            "topk",
+            "--k",
+            "4",
+            "--expansion",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
+    )
+    cli.main(
+        ["report", str(run), "--cache-dir", str(tmp_path / "cache"), "--top", "3", "--no-progress"]
+    )
     assert (run / "report.html").is_file()
 
 
@@ -162,8 +202,10 @@ Kept.
 def test_wikitext_keeps_the_prose_only():
     from saelab.data.wikitext import clean_wikitext
 
-    assert clean_wikitext(WIKITEXT) == ("Intro text. More text.\n\nitem one\nitem 2\n\nLine\nbreak\n\nHistory\n"
-                                        "Body.\n\nLater\nKept.")
+    assert clean_wikitext(WIKITEXT) == (
+        "Intro text. More text.\n\nitem one\nitem 2\n\nLine\nbreak\n\nHistory\n"
+        "Body.\n\nLater\nKept."
+    )
 
 
 def test_builtin_wiki_has_no_markup_residue():
@@ -182,9 +224,23 @@ def test_a_cache_of_an_older_cleaning_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(text, "WIKI_REVISION", 1)
     assert text.text_revision("builtin:wiki") == 1 and text.text_revision("a.txt") is None
-    manifest = {"format": "saelab-activation-cache", "spec": {"model": "m", "layer": 0, "site": "resid_post",
-                "dataset": "builtin:wiki", "split": "train", "text_column": "text", "ctx_len": 128,
-                "dtype": "float16", "include_special": False}, "d_in": 8, "n_tokens": 0, "shards": []}
+    manifest = {
+        "format": "saelab-activation-cache",
+        "spec": {
+            "model": "m",
+            "layer": 0,
+            "site": "resid_post",
+            "dataset": "builtin:wiki",
+            "split": "train",
+            "text_column": "text",
+            "ctx_len": 128,
+            "dtype": "float16",
+            "include_special": False,
+        },
+        "d_in": 8,
+        "n_tokens": 0,
+        "shards": [],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     spec = cache.CacheSpec(model="m", layer=0, site="resid_post", dataset="builtin:wiki")
     with pytest.raises(cache.CacheError, match="older cleaning of builtin:wiki"):

@@ -7,23 +7,29 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error, make_sae
 
 from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.config import ConfigError
 from saelab.data.activations import DataError
+from saelab.sae.registry import ARCHITECTURES
 from saelab.train import loop
 from saelab.train.checkpoint import CHECKPOINT_NAME
 from saelab.train.schedule import lr_factor
-from saelab.sae.registry import ARCHITECTURES
-
-from conftest import cli_error, make_sae
 
 ARCHS = list(ARCHITECTURES)
 
 
 def _cfg(tmp_path=None, **kw):
-    base = dict(batch_size=128, lr=3e-3, total_tokens=128 * 12, warmup_tokens=256, log_every=2,
-                progress=False, dead_tokens=256)
+    base = dict(
+        batch_size=128,
+        lr=3e-3,
+        total_tokens=128 * 12,
+        warmup_tokens=256,
+        log_every=2,
+        progress=False,
+        dead_tokens=256,
+    )
     if tmp_path is not None:
         base["out_dir"] = str(tmp_path)
     return TrainConfig(**{**base, **kw})
@@ -56,19 +62,31 @@ def test_resume_is_bit_exact(arch, tmp_path, monkeypatch):
     with open(tmp_path / "cut" / "history.jsonl", "a") as fh:
         fh.write('{"step": 7, "tok')  # a record cut off by the interruption
     # the resumed SAE starts from a fresh object: everything must come from the checkpoint
-    resumed = train(make_sae(arch, input_scaling="expected_norm"), data,
-                    _cfg(tmp_path / "cut", checkpoint_every_tokens=300, resume=True))
+    resumed = train(
+        make_sae(arch, input_scaling="expected_norm"),
+        data,
+        _cfg(tmp_path / "cut", checkpoint_every_tokens=300, resume=True),
+    )
     for name, value in full.sae.state_dict().items():
         assert torch.equal(resumed.sae.state_dict()[name], value), name
     assert not (tmp_path / "cut" / CHECKPOINT_NAME).exists()
-    history = [json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in history] == [r["step"] for r in full.history] == list(range(2, 13, 2))
+    history = [
+        json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()
+    ]
+    assert (
+        [r["step"] for r in history] == [r["step"] for r in full.history] == list(range(2, 13, 2))
+    )
     assert history == full.history
 
 
 def test_run_directory_contents(tmp_path):
     result = train(make_sae("batchtopk"), torch.randn(1000, 16), _cfg(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} == {"cfg.json", "sae.safetensors", "history.jsonl", "train_config.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "cfg.json",
+        "sae.safetensors",
+        "history.jsonl",
+        "train_config.json",
+    }
     record = result.history[-1]
     for key in ("step", "tokens", "lr", "loss", "mse", "l0", "dead_fraction", "threshold"):
         assert key in record
@@ -79,16 +97,19 @@ def test_run_directory_contents(tmp_path):
     torch.testing.assert_close(loaded.encode(x), result.sae.encode(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"lr": 1e-3}, "lr (was 0.003, now 0.001)"),
-    ({"grad_clip": None}, "grad_clip"),
-    ({"k": 3}, "k (was 4, now 3)"),
-    ({"input_scaling": "per_token"}, "input_scaling"),
-    ({"aux_coefficient": 0.5}, "aux_coefficient"),
-    ({"aux_k": 8}, "aux_k"),
-    ({"metadata": {"activations": "other.npy"}}, "metadata"),
-    ({"data": 999}, "n_tokens (was 1000, now 999)"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"lr": 1e-3}, "lr (was 0.003, now 0.001)"),
+        ({"grad_clip": None}, "grad_clip"),
+        ({"k": 3}, "k (was 4, now 3)"),
+        ({"input_scaling": "per_token"}, "input_scaling"),
+        ({"aux_coefficient": 0.5}, "aux_coefficient"),
+        ({"aux_k": 8}, "aux_k"),
+        ({"metadata": {"activations": "other.npy"}}, "metadata"),
+        ({"data": 999}, "n_tokens (was 1000, now 999)"),
+    ],
+)
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch, change, field):
     def crash(*args):
         raise Interrupt
@@ -99,12 +120,25 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch, change, fi
     with pytest.raises(Interrupt):
         train(make_sae("topk"), data, _cfg(tmp_path, checkpoint_every_tokens=300))
     monkeypatch.undo()
-    sae_keys = {key: value for key, value in change.items() if key not in set(TrainConfig.__dataclass_fields__) | {"data"}}
-    train_keys = {key: value for key, value in change.items() if key in TrainConfig.__dataclass_fields__}
-    with pytest.raises(ConfigError, match="cannot resume .* different .* settings: " + re.escape(field)):
-        train(make_sae("topk", **sae_keys), data[: change.get("data", 1000)],
-              _cfg(tmp_path, resume=True, checkpoint_every_tokens=300, **train_keys))
-    train(make_sae("topk"), data, _cfg(tmp_path, resume=True, checkpoint_every_tokens=300))  # same: resumes
+    sae_keys = {
+        key: value
+        for key, value in change.items()
+        if key not in set(TrainConfig.__dataclass_fields__) | {"data"}
+    }
+    train_keys = {
+        key: value for key, value in change.items() if key in TrainConfig.__dataclass_fields__
+    }
+    with pytest.raises(
+        ConfigError, match="cannot resume .* different .* settings: " + re.escape(field)
+    ):
+        train(
+            make_sae("topk", **sae_keys),
+            data[: change.get("data", 1000)],
+            _cfg(tmp_path, resume=True, checkpoint_every_tokens=300, **train_keys),
+        )
+    train(
+        make_sae("topk"), data, _cfg(tmp_path, resume=True, checkpoint_every_tokens=300)
+    )  # same: resumes
 
 
 def test_resume_without_checkpoint(tmp_path):
@@ -129,7 +163,9 @@ def test_data_order_covers_every_row_once_per_epoch():
     source = ArraySource(torch.arange(10.0)[:, None].repeat(1, 2))
     batches = source.batches(batch_size=4, seed=3)
     rows = torch.cat([next(batches)[:, 0] for _ in range(5)])  # 20 rows: two epochs
-    assert sorted(rows[:10].tolist()) == list(range(10)) and sorted(rows[10:].tolist()) == list(range(10))
+    assert sorted(rows[:10].tolist()) == list(range(10)) and sorted(rows[10:].tolist()) == list(
+        range(10)
+    )
     resumed = source.batches(batch_size=4, seed=3, skip_tokens=8)
     torch.testing.assert_close(torch.cat([next(resumed)[:, 0] for _ in range(3)]), rows[8:20])
 
@@ -140,11 +176,18 @@ def test_rank_parts_of_array_and_stream_sources_make_the_global_batch():
     data = torch.randn(1000, 4)
     for n in (2, 3):
         whole = ArraySource(data).batches(96, seed=5, skip_tokens=96)
-        parts = [ArraySource(data).batches(96 // n, seed=5, skip_tokens=96 // n, part=(r, n)) for r in range(n)]
+        parts = [
+            ArraySource(data).batches(96 // n, seed=5, skip_tokens=96 // n, part=(r, n))
+            for r in range(n)
+        ]
         for _ in range(12):  # crosses an epoch boundary
             torch.testing.assert_close(torch.cat([next(p) for p in parts]), next(whole))
-        streams = [StreamSource(iter(data.split(100)), d_in=4).batches(96 // n, 0, skip_tokens=96 // n, part=(r, n))
-                   for r in range(n)]
+        streams = [
+            StreamSource(iter(data.split(100)), d_in=4).batches(
+                96 // n, 0, skip_tokens=96 // n, part=(r, n)
+            )
+            for r in range(n)
+        ]
         torch.testing.assert_close(torch.cat([next(s) for s in streams]), data[96:192])
 
 
@@ -180,14 +223,18 @@ def test_lr_schedule_shape():
 def test_geometric_median_minimises_sum_of_distances():
     from saelab.train.init import geometric_median
 
-    x = torch.cat([torch.randn(50, 3, dtype=torch.float64), torch.full((5, 3), 100.0, dtype=torch.float64)])
+    x = torch.cat(
+        [torch.randn(50, 3, dtype=torch.float64), torch.full((5, 3), 100.0, dtype=torch.float64)]
+    )
     m = geometric_median(x)
     cost = lambda p: (x - p).norm(dim=1).sum().item()  # noqa: E731
     assert cost(m) < cost(x.mean(0))
     for _ in range(200):
         assert cost(m) <= cost(m + torch.randn(3, dtype=torch.float64) * 0.05) + 1e-9
     square = torch.tensor([[0.0, 0], [2, 0], [0, 2], [2, 2]], dtype=torch.float64)
-    torch.testing.assert_close(geometric_median(square), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        geometric_median(square), torch.tensor([1.0, 1.0], dtype=torch.float64)
+    )
 
 
 def test_expected_norm_scale_estimate():
@@ -221,8 +268,14 @@ def test_jumprelu_lagrange_multiplier_follows_the_l0_error(monkeypatch):
     assert sae.l0_lambda.item() == pytest.approx(raised - 0.3 / 16)
 
     calls = []  # the trainer applies it once per step, with the step's L0
-    monkeypatch.setattr(JumpReLUArchitecture, "after_step", lambda self, sae, out: calls.append(out.l0.item()))
-    train(make_sae("jumprelu", k=6), x.repeat(3, 1), TrainConfig(batch_size=64, total_tokens=192, progress=False))
+    monkeypatch.setattr(
+        JumpReLUArchitecture, "after_step", lambda self, sae, out: calls.append(out.l0.item())
+    )
+    train(
+        make_sae("jumprelu", k=6),
+        x.repeat(3, 1),
+        TrainConfig(batch_size=64, total_tokens=192, progress=False),
+    )
     assert len(calls) == 3 and all(c > 0 for c in calls)
 
 
@@ -245,8 +298,11 @@ def test_train_many_equals_separate_runs(tmp_path):
 
     data = torch.randn(1000, 16)
     archs = ["topk", "batchtopk", "relu"]
-    together = train_many([make_sae(a) for a in archs], data,
-                          [_cfg(tmp_path / a, lr=1e-3 * (i + 1)) for i, a in enumerate(archs)])
+    together = train_many(
+        [make_sae(a) for a in archs],
+        data,
+        [_cfg(tmp_path / a, lr=1e-3 * (i + 1)) for i, a in enumerate(archs)],
+    )
     for i, (arch, result) in enumerate(zip(archs, together)):
         alone = train(make_sae(arch), data, _cfg(lr=1e-3 * (i + 1)))
         for name, value in alone.sae.state_dict().items():
@@ -255,7 +311,9 @@ def test_train_many_equals_separate_runs(tmp_path):
     with pytest.raises(ValueError, match="must share batch_size"):
         train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(), _cfg(batch_size=64)])
     with pytest.raises(ValueError, match="distinct out_dir"):
-        train_many([make_sae("topk"), make_sae("topk")], data, [_cfg(tmp_path / "x"), _cfg(tmp_path / "x")])
+        train_many(
+            [make_sae("topk"), make_sae("topk")], data, [_cfg(tmp_path / "x"), _cfg(tmp_path / "x")]
+        )
 
 
 def test_history_goes_to_wandb_when_asked(tmp_path, monkeypatch):
@@ -276,9 +334,18 @@ def test_history_goes_to_wandb_when_asked(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     sae = make_sae("topk")
-    result = train(sae, torch.randn(2048, 16), TrainConfig(batch_size=256, total_tokens=2048, log_every=2,
-                                                           out_dir=str(tmp_path / "run"), wandb_project="proj",
-                                                           progress=False))
+    result = train(
+        sae,
+        torch.randn(2048, 16),
+        TrainConfig(
+            batch_size=256,
+            total_tokens=2048,
+            log_every=2,
+            out_dir=str(tmp_path / "run"),
+            wandb_project="proj",
+            progress=False,
+        ),
+    )
     assert calls["init"][0]["project"] == "proj" and calls["init"][0]["name"] == "run"
     assert calls["init"][0]["config"]["sae"]["arch"] == "topk"
     assert [record for _, record in calls["log"]] == result.history and calls["finish"] == 1
@@ -288,7 +355,11 @@ def test_history_goes_to_wandb_when_asked(tmp_path, monkeypatch):
 def test_missing_wandb_is_named_before_training(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
-        train(make_sae("topk"), torch.randn(512, 16), TrainConfig(batch_size=256, wandb_project="p", progress=False))
+        train(
+            make_sae("topk"),
+            torch.randn(512, 16),
+            TrainConfig(batch_size=256, wandb_project="p", progress=False),
+        )
     error = cli_error(capsys, ["train", "--synthetic", "--wandb", "--out", str(tmp_path / "r")])
     assert re.search("pip install wandb", error)
     assert not (tmp_path / "r").exists()
@@ -299,8 +370,13 @@ def test_bf16_autocast_and_compile_train_close_to_float32(arch):
     x = torch.randn(1024, 16) * torch.linspace(0.5, 3, 16)
     losses = {}
     for flags in ({}, {"bf16": True}, {"compile": True}):
-        result = train(make_sae(arch, input_scaling="per_token"), x,
-                       TrainConfig(batch_size=256, total_tokens=1024, lr=1e-3, log_every=1, progress=False, **flags))
+        result = train(
+            make_sae(arch, input_scaling="per_token"),
+            x,
+            TrainConfig(
+                batch_size=256, total_tokens=1024, lr=1e-3, log_every=1, progress=False, **flags
+            ),
+        )
         losses[str(flags)] = [r["loss"] for r in result.history]
     reference = losses["{}"]
     assert losses["{'bf16': True}"] == pytest.approx(reference, rel=2e-2)
@@ -321,16 +397,27 @@ def test_expected_norm_scale_comes_from_many_tokens_deterministically():
 
     x = _heavy_tailed(NORM_TOKENS + 50_000)
     truth = x.double().square().sum(1).mean().item()
-    one_batch = [x[torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:1024]].double()
-                 .square().sum(1).mean().item() for s in range(8)]
+    one_batch = [
+        x[torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:1024]]
+        .double()
+        .square()
+        .sum(1)
+        .mean()
+        .item()
+        for s in range(8)
+    ]
     assert max(one_batch) / min(one_batch) > 1.5  # a one-batch estimate is seed-dependent here
     scales = []
     for seed in range(3):
-        sae = SAE(SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, input_scaling="expected_norm"), seed=seed)
+        sae = SAE(
+            SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, input_scaling="expected_norm"), seed=seed
+        )
         train(sae, x, _cfg(batch_size=1024, total_tokens=1024, seed=seed))
         scales.append(sae.cfg.input_scale)
     assert scales[0] == scales[1] == scales[2]  # the same for every training seed
-    assert scales[0] ** 2 * truth == pytest.approx(8, rel=0.03)  # s^2 E||x||^2 = d_in over all the data
+    assert scales[0] ** 2 * truth == pytest.approx(
+        8, rel=0.03
+    )  # s^2 E||x||^2 = d_in over all the data
 
 
 def test_a_loaded_expected_norm_sae_trains_on(tmp_path):
@@ -340,17 +427,25 @@ def test_a_loaded_expected_norm_sae_trains_on(tmp_path):
 
     x = torch.randn(8192, 16) @ torch.randn(16, 16) * 40  # raw norms far from sqrt(d_in)
     sae = SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4, input_scaling="expected_norm"), seed=0)
-    train(sae, x, _cfg(batch_size=512, total_tokens=8192, lr=3e-3, warmup_tokens=0, decay_fraction=0))
+    train(
+        sae, x, _cfg(batch_size=512, total_tokens=8192, lr=3e-3, warmup_tokens=0, decay_fraction=0)
+    )
     before = evaluate(sae, x)["nmse"]
     sae.save(tmp_path / "sae")
     loaded = SAE.load(tmp_path / "sae")
     assert loaded.cfg.input_scale == pytest.approx(sae.cfg.input_scale)
     torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(64))
     torch.testing.assert_close(loaded.encode(x[:64]), sae.encode(x[:64]), rtol=1e-4, atol=1e-4)
-    train(loaded, x, _cfg(batch_size=512, total_tokens=1024, lr=1e-5, warmup_tokens=0, decay_fraction=0))
+    train(
+        loaded,
+        x,
+        _cfg(batch_size=512, total_tokens=1024, lr=1e-5, warmup_tokens=0, decay_fraction=0),
+    )
     assert evaluate(loaded, x)["nmse"] == pytest.approx(before, rel=0.05)
     loaded.save(tmp_path / "again")  # folded once, not twice
-    assert SAE.load(tmp_path / "again").cfg.input_scale == pytest.approx(sae.cfg.input_scale, rel=1e-3)
+    assert SAE.load(tmp_path / "again").cfg.input_scale == pytest.approx(
+        sae.cfg.input_scale, rel=1e-3
+    )
 
 
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -367,18 +462,34 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, m
         return out
 
     monkeypatch.setattr(SAE, "loss", nan_at_step_4)
-    with pytest.raises(TrainingDiverged, match="diverged at step 4 .* learning rate .* checkpoint .* is kept"):
+    with pytest.raises(
+        TrainingDiverged, match="diverged at step 4 .* learning rate .* checkpoint .* is kept"
+    ):
         train(make_sae("topk"), torch.randn(2000, 16), _cfg(tmp_path, checkpoint_every_tokens=128))
     state = load_checkpoint(tmp_path)
-    assert state["step"] == 3 and all(torch.isfinite(t).all() for t in state["sae"].values() if t.is_floating_point())
+    assert state["step"] == 3 and all(
+        torch.isfinite(t).all() for t in state["sae"].values() if t.is_floating_point()
+    )
     assert not (tmp_path / "sae.safetensors").exists()
     monkeypatch.undo()
-    with pytest.raises(TrainingDiverged, match="diverged at step"):  # a real one: an absurd learning rate
-        train(make_sae("relu"), torch.randn(2000, 16) * 100, _cfg(lr=1e30, warmup_tokens=0, grad_clip=None))
+    with pytest.raises(
+        TrainingDiverged, match="diverged at step"
+    ):  # a real one: an absurd learning rate
+        train(
+            make_sae("relu"),
+            torch.randn(2000, 16) * 100,
+            _cfg(lr=1e30, warmup_tokens=0, grad_clip=None),
+        )
 
 
-@pytest.mark.parametrize("data", [torch.arange(160).reshape(10, 16), np.ones((10, 16), dtype=np.int32),
-                                  [torch.ones(10, 16, dtype=torch.int64)]])
+@pytest.mark.parametrize(
+    "data",
+    [
+        torch.arange(160).reshape(10, 16),
+        np.ones((10, 16), dtype=np.int32),
+        [torch.ones(10, 16, dtype=torch.int64)],
+    ],
+)
 def test_integer_activations_are_refused_by_the_api(data):
     sae = make_sae("topk")
     with pytest.raises(DataError, match="floating point"):
@@ -395,11 +506,17 @@ def test_default_learning_rate_scales_with_the_dictionary_size():
     """No lr given: 2e-3 at d_sae 4608, times sqrt(4608 / d_sae); a given lr is used as it is."""
     from saelab.train.loop import Trainer
 
-    for d_sae, want in ((4608, 2e-3), (18432, 1e-3), (64, 2e-3 * 72 ** 0.5)):
-        trainer = Trainer(make_sae("topk", d_in=16, d_sae=d_sae, k=4), TrainConfig(progress=False), total_steps=10)
+    for d_sae, want in ((4608, 2e-3), (18432, 1e-3), (64, 2e-3 * 72**0.5)):
+        trainer = Trainer(
+            make_sae("topk", d_in=16, d_sae=d_sae, k=4), TrainConfig(progress=False), total_steps=10
+        )
         assert trainer.lr == pytest.approx(want)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(want)
-    given = Trainer(make_sae("topk", d_in=16, d_sae=4608, k=4), TrainConfig(lr=3e-4, progress=False), total_steps=10)
+    given = Trainer(
+        make_sae("topk", d_in=16, d_sae=4608, k=4),
+        TrainConfig(lr=3e-4, progress=False),
+        total_steps=10,
+    )
     assert given.lr == 3e-4
 
 
@@ -412,9 +529,17 @@ def test_heldout_nmse_is_recorded_every_eval_every_tokens_without_changing_train
     for name, value in plain.sae.state_dict().items():  # evaluating in between changes nothing
         assert torch.equal(tracked.sae.state_dict()[name], value), name
     curve = [r for r in tracked.history if "heldout_nmse" in r]
-    assert [r["tokens"] for r in curve] == [384, 768, 1152, 1536]  # every 3 steps of 128 and the last (12)
+    assert [r["tokens"] for r in curve] == [
+        384,
+        768,
+        1152,
+        1536,
+    ]  # every 3 steps of 128 and the last (12)
     final = evaluate(tracked.sae, heldout)
-    assert curve[-1]["heldout_nmse"] == pytest.approx(final["nmse"]) and curve[-1]["heldout_l0"] == final["l0"]
+    assert (
+        curve[-1]["heldout_nmse"] == pytest.approx(final["nmse"])
+        and curve[-1]["heldout_l0"] == final["l0"]
+    )
     assert not any("heldout_nmse" in r for r in plain.history)
     with pytest.raises(ConfigError, match="needs held-out data"):
         train(make_sae("topk"), data, _cfg(eval_every_tokens=384))

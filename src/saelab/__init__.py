@@ -11,5 +11,17 @@ from .eval.metrics import evaluate  # noqa: E402
 from .sae import SAE  # noqa: E402
 from .train.loop import TrainResult, train, train_many  # noqa: E402
 
-__all__ = ["SAE", "SAEConfig", "TrainConfig", "TrainResult", "train", "train_many", "evaluate",
-           "load_model", "harvest", "downstream", "afa_stats", "__version__"]
+__all__ = [
+    "SAE",
+    "SAEConfig",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "train_many",
+    "evaluate",
+    "load_model",
+    "harvest",
+    "downstream",
+    "afa_stats",
+    "__version__",
+]

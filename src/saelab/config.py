@@ -17,15 +17,21 @@ class ConfigError(SaelabError, ValueError):
 
 def check_integer(name: str, value, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            low, f"an integer >= {low}"
+        )
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
 
 
-def check_number(name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf) -> None:
+def check_number(
+    name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf
+) -> None:
     """A finite number in [low, high) (low excluded when strict); NaN and Inf are refused."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low) or value >= high:
-        bound = f"{'>' if strict else '>='} {low:g}" + (f" and < {high:g}" if high < math.inf else "")
+        bound = f"{'>' if strict else '>='} {low:g}" + (
+            f" and < {high:g}" if high < math.inf else ""
+        )
         raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
@@ -48,8 +54,16 @@ class SAEConfig:
     estimated by the trainer, folded into the weights when the SAE is saved.
     """
 
-    def __init__(self, arch: str, d_in: int, d_sae: int, input_scaling: str = "per_token",
-                 input_scale: float = 1.0, metadata: dict | None = None, **settings):
+    def __init__(
+        self,
+        arch: str,
+        d_in: int,
+        d_sae: int,
+        input_scaling: str = "per_token",
+        input_scale: float = 1.0,
+        metadata: dict | None = None,
+        **settings,
+    ):
         from .sae.architecture import setting_names
         from .sae.registry import architecture
 
@@ -70,8 +84,10 @@ class SAEConfig:
         given = {key: value for key, value in settings.items() if value is not None}
         wrong = sorted(set(given) - set(names))
         if wrong:
-            raise ConfigError(f"{', '.join(wrong)} do(es) not apply to arch {arch!r} "
-                              f"(its settings: {', '.join(names) or 'none'})")
+            raise ConfigError(
+                f"{', '.join(wrong)} do(es) not apply to arch {arch!r} "
+                f"(its settings: {', '.join(names) or 'none'})"
+            )
         self.settings = spec.settings(**given)
         try:
             self.settings.check(d_sae)
@@ -97,8 +113,15 @@ class SAEConfig:
         return f"SAEConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "d_in": self.d_in, "d_sae": self.d_sae, **dataclasses.asdict(self.settings),
-                "input_scaling": self.input_scaling, "input_scale": self.input_scale, "metadata": self.metadata}
+        return {
+            "arch": self.arch,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            **dataclasses.asdict(self.settings),
+            "input_scaling": self.input_scaling,
+            "input_scale": self.input_scale,
+            "metadata": self.metadata,
+        }
 
     @classmethod
     def from_dict(cls, d: dict, legacy: bool = False) -> SAEConfig:

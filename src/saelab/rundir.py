@@ -65,9 +65,13 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
                 (run / name).unlink(missing_ok=True)
             shutil.rmtree(run / EVAL_RESULTS, ignore_errors=True)
     elif any(state(run) == "interrupted" for run in runs):
-        raise RunError(f"{out} holds an interrupted run; pass --resume to continue it or --overwrite")
+        raise RunError(
+            f"{out} holds an interrupted run; pass --resume to continue it or --overwrite"
+        )
     elif any(state(run) in ("trained", "evaluated") for run in runs):
-        raise RunError(f"{out} already holds a trained SAE; pass --overwrite or choose another --out")
+        raise RunError(
+            f"{out} already holds a trained SAE; pass --overwrite or choose another --out"
+        )
     return out
 
 
@@ -83,7 +87,9 @@ def removed_if_failed(out: str | Path | None, current=lambda: None):
     except BaseException:
         path = current() or out
         if path is not None and not existed and Path(path).is_dir():
-            if not any(any(Path(path).rglob(pattern)) for pattern in (CHECKPOINT, WEIGHTS, CACHE_SHARDS)):
+            if not any(
+                any(Path(path).rglob(pattern)) for pattern in (CHECKPOINT, WEIGHTS, CACHE_SHARDS)
+            ):
                 shutil.rmtree(path, ignore_errors=True)
         raise
 

@@ -22,11 +22,11 @@ import csv
 import json
 import re
 import statistics
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from itertools import product
 from pathlib import Path
 
+import tomllib
 from tqdm.auto import tqdm
 
 from . import rundir
@@ -37,8 +37,8 @@ from .eval.plots import curve_plot, pareto_plot
 from .eval.saebench.output import flat_metrics, read_outputs
 from .eval.saebench.suite import Interp, check_evals, run_interp
 from .io.jsonfile import read_json_object
-from .sae.model import SAE
 from .sae.architecture import setting_names
+from .sae.model import SAE
 from .sae.registry import ARCHITECTURES, architecture
 from .train.checkpoint import load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, train_many
@@ -47,10 +47,12 @@ DEFAULT_ARCH, DEFAULT_K, DEFAULT_EXPANSION = "batchtopk", 32, 8  # the command l
 RESULTS = ("results.csv", "results.json")
 SUMMARY, CURVES = "summary.csv", "curves_nmse.png"
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
-PARETO = (("nmse", "normalized MSE", "pareto_nmse.png"),
-          ("ce_degradation", "CE degradation (nats)", "pareto_ce.png"),
-          ("explained_variance", "explained variance", "pareto_ev.png"),
-          ("mse", "MSE ||x - x_hat||^2 per token", "pareto_mse.png"))
+PARETO = (
+    ("nmse", "normalized MSE", "pareto_nmse.png"),
+    ("ce_degradation", "CE degradation (nats)", "pareto_ce.png"),
+    ("explained_variance", "explained variance", "pareto_ev.png"),
+    ("mse", "MSE ||x - x_hat||^2 per token", "pareto_mse.png"),
+)
 
 
 def knob_label(knob: str) -> str:
@@ -71,7 +73,12 @@ def setting_default(f):
 def default_axes() -> dict[str, list]:
     """Every axis a grid may name, with its default: the knobs of all architectures take their
     settings' defaults (setting_default; none for a knob without a default)."""
-    axes = {"arch": [DEFAULT_ARCH], "expansion": [DEFAULT_EXPANSION], "seed": [0], "input_scaling": ["per_token"]}
+    axes = {
+        "arch": [DEFAULT_ARCH],
+        "expansion": [DEFAULT_EXPANSION],
+        "seed": [0],
+        "input_scaling": ["per_token"],
+    }
     for arch in ARCHITECTURES.values():
         defaults = {f.name: setting_default(f) for f in fields(arch.settings)}
         for knob in arch.knobs:
@@ -97,7 +104,12 @@ class Point:
 
     def row(self) -> dict:
         """The point as columns of the results table (the knob under its own name)."""
-        row = {"arch": self.arch, "expansion": self.expansion, "input_scaling": self.input_scaling, "seed": self.seed}
+        row = {
+            "arch": self.arch,
+            "expansion": self.expansion,
+            "input_scaling": self.input_scaling,
+            "seed": self.seed,
+        }
         return {**row, **({self.knob: self.value} if self.knob else {})}
 
     def sae_config(self, d_in: int, **options) -> SAEConfig:
@@ -107,8 +119,15 @@ class Point:
         takes = set(setting_names(spec.settings)) - set(spec.knobs)
         settings = {key: value for key, value in options.items() if key in takes}
         knob = {self.knob: self.value} if self.knob else {}
-        return SAEConfig(arch=self.arch, d_in=d_in, d_sae=self.expansion * d_in, input_scaling=self.input_scaling,
-                         metadata=options.get("metadata"), **settings, **knob)
+        return SAEConfig(
+            arch=self.arch,
+            d_in=d_in,
+            d_sae=self.expansion * d_in,
+            input_scaling=self.input_scaling,
+            metadata=options.get("metadata"),
+            **settings,
+            **knob,
+        )
 
 
 def expand(axes: dict) -> list[Point]:
@@ -117,15 +136,24 @@ def expand(axes: dict) -> list[Point]:
     defaults = default_axes()
     unknown = sorted(set(axes) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(defaults)}")
-    axes = {**defaults, **{key: value if isinstance(value, list) else [value] for key, value in axes.items()}}
+        raise ConfigError(
+            f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(defaults)}"
+        )
+    axes = {
+        **defaults,
+        **{key: value if isinstance(value, list) else [value] for key, value in axes.items()},
+    }
     for arch in axes["arch"]:
         architecture(arch)  # a ConfigError names an unknown one
     for scaling in axes["input_scaling"]:
         if scaling not in INPUT_SCALINGS:
-            raise ConfigError(f"unknown input_scaling {scaling!r}; choose from {', '.join(INPUT_SCALINGS)}")
+            raise ConfigError(
+                f"unknown input_scaling {scaling!r}; choose from {', '.join(INPUT_SCALINGS)}"
+            )
     points = []
-    for arch, expansion, scaling, seed in product(axes["arch"], axes["expansion"], axes["input_scaling"], axes["seed"]):
+    for arch, expansion, scaling, seed in product(
+        axes["arch"], axes["expansion"], axes["input_scaling"], axes["seed"]
+    ):
         base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
         knob = next((name for name in architecture(arch).knobs if axes[name]), None)
         values = axes[knob] if knob else [None]
@@ -194,8 +222,10 @@ def _check_settings(run: Path, cfg: TrainConfig) -> None:
         return
     changed = first_difference(read_json_object(path), cfg.to_dict(), NON_RESULT_KEYS)
     if changed:
-        raise ConfigError(f"{run} was trained with different settings than this sweep: {changed}; "
-                          "use another --out or the same settings")
+        raise ConfigError(
+            f"{run} was trained with different settings than this sweep: {changed}; "
+            "use another --out or the same settings"
+        )
 
 
 @dataclass
@@ -209,10 +239,19 @@ class Downstream:
     site: str
 
 
-def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, train_cfg: TrainConfig,
-              sae_options: dict | None = None, downstream: Downstream | None = None, device: str = "cpu",
-              batch_size_eval: int = 4096, interp: Interp | None = None,
-              evals: list[str] | dict[Point, list[str]] = ("core",)) -> list[dict]:
+def run_sweep(
+    points: list[Point],
+    train_source,
+    eval_source,
+    out: str | Path,
+    train_cfg: TrainConfig,
+    sae_options: dict | None = None,
+    downstream: Downstream | None = None,
+    device: str = "cpu",
+    batch_size_eval: int = 4096,
+    interp: Interp | None = None,
+    evals: list[str] | dict[Point, list[str]] = ("core",),
+) -> list[dict]:
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
     `train_cfg` gives the shared training settings (its out_dir and resume are set per point).
@@ -224,13 +263,18 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
     evals = evals if isinstance(evals, dict) else {point: list(evals) for point in points}
     extra = sorted({name for point in points for name in evals.get(point, []) if name != "core"})
     if interp is None and extra:
-        raise ConfigError(f"evals {', '.join(extra)} need an Interp (the model, its hook, the held-out cache, "
-                          "the chat model)")
+        raise ConfigError(
+            f"evals {', '.join(extra)} need an Interp (the model, its hook, the held-out cache, "
+            "the chat model)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae_options = sae_options or {}
     runs = {point: out / point.name for point in points}
-    cfgs = {point: replace(train_cfg, seed=point.seed, out_dir=str(run), resume=False) for point, run in runs.items()}
+    cfgs = {
+        point: replace(train_cfg, seed=point.seed, out_dir=str(run), resume=False)
+        for point, run in runs.items()
+    }
     states = {point: rundir.state(run) for point, run in runs.items()}
     for point, state in states.items():
         if state != "new":
@@ -241,13 +285,28 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
         extra = {}
         if downstream is not None:
             if not ablations:
-                ablations.update(ablation_losses(downstream.model, downstream.input_ids, downstream.layer, downstream.site))
-            extra = {"model": downstream.model, "input_ids": downstream.input_ids, "layer": downstream.layer,
-                     "site": downstream.site, "ablations": ablations}
+                ablations.update(
+                    ablation_losses(
+                        downstream.model, downstream.input_ids, downstream.layer, downstream.site
+                    )
+                )
+            extra = {
+                "model": downstream.model,
+                "input_ids": downstream.input_ids,
+                "layer": downstream.layer,
+                "site": downstream.site,
+                "ablations": ablations,
+            }
         history = rundir.read_history(runs[point])
-        recorded = {"d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "point": asdict(point),
-                  "train_tokens": history[-1]["tokens"] if history else 0}
-        full_evaluation(sae, eval_source, runs[point], batch_size=batch_size_eval, extra=recorded, **extra)
+        recorded = {
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            "point": asdict(point),
+            "train_tokens": history[-1]["tokens"] if history else 0,
+        }
+        full_evaluation(
+            sae, eval_source, runs[point], batch_size=batch_size_eval, extra=recorded, **extra
+        )
 
     groups: dict[tuple[int, int], list[Point]] = {}
     for point in points:
@@ -255,32 +314,53 @@ def run_sweep(points: list[Point], train_source, eval_source, out: str | Path, t
             step = load_checkpoint(runs[point])["step"] if states[point] == "interrupted" else 0
             groups.setdefault((point.seed, step), []).append(point)
     done = sum(state == "evaluated" for state in states.values())
-    print(f"sweep of {len(points)} SAEs in {out}: {done} done, "
-          f"{sum(s == 'trained' for s in states.values())} to evaluate, "
-          f"{sum(len(g) for g in groups.values())} to train in {len(groups)} pass(es) over the data")
+    print(
+        f"sweep of {len(points)} SAEs in {out}: {done} done, "
+        f"{sum(s == 'trained' for s in states.values())} to evaluate, "
+        f"{sum(len(g) for g in groups.values())} to train in {len(groups)} pass(es) over the data"
+    )
+
     def evaluate_trained() -> None:
-        for point in tqdm([p for p in points if states[p] == "trained"], desc="evaluate", unit="SAE",
-                          disable=not train_cfg.progress):
+        for point in tqdm(
+            [p for p in points if states[p] == "trained"],
+            desc="evaluate",
+            unit="SAE",
+            disable=not train_cfg.progress,
+        ):
             evaluate(point, SAE.load(runs[point], device=device))
             states[point] = "evaluated"
 
     evaluate_trained()
     # the smallest passes first, each evaluated at once: results arrive early, an interruption keeps them
     for (seed, step), group in sorted(groups.items(), key=lambda item: len(item[1])):
-        saes = [SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group]
+        saes = [
+            SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group
+        ]
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
-        train_many(saes, train_source, group_cfgs, heldout=eval_source if train_cfg.eval_every_tokens else None)
+        train_many(
+            saes,
+            train_source,
+            group_cfgs,
+            heldout=eval_source if train_cfg.eval_every_tokens else None,
+        )
         for point in group:
             states[point] = "trained"
         evaluate_trained()
     for point in points:
         done = read_outputs(runs[point])
-        missing = [name for name in evals.get(point, []) if name != "core"
-                   and not _same_settings(done.get(name), interp, name)]
+        missing = [
+            name
+            for name in evals.get(point, [])
+            if name != "core" and not _same_settings(done.get(name), interp, name)
+        ]
         if missing:
             run_interp(SAE.load(runs[point]), missing, runs[point], interp)
-    rows = [result_row({**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p)
-            for p in points]
+    rows = [
+        result_row(
+            {**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p
+        )
+        for p in points
+    ]
     write_results(rows, out, {p.name: heldout_curve(runs[p]) for p in points})
     return rows
 
@@ -305,11 +385,17 @@ def seed_summary(rows: list[dict]) -> list[dict]:
         groups.setdefault(without_seed(row["name"]), []).append(row)
     summary = []
     for name, group in groups.items():
-        entry = {"name": name, "seeds": " ".join(str(r["seed"]) for r in group), "n_seeds": len(group)}
+        entry = {
+            "name": name,
+            "seeds": " ".join(str(r["seed"]) for r in group),
+            "n_seeds": len(group),
+        }
         keys = dict.fromkeys(key for row in group for key in row if key not in ("name", "seed"))
         for key in keys:
             values = [row[key] for row in group if key in row]
-            if all(value == values[0] for value in values) or not all(isinstance(v, (int, float)) for v in values):
+            if all(value == values[0] for value in values) or not all(
+                isinstance(v, (int, float)) for v in values
+            ):
                 entry[key] = values[0]
             else:
                 entry[key] = statistics.fmean(values)
@@ -329,8 +415,13 @@ def _same_settings(document: dict | None, interp: Interp, name: str) -> bool:
 def result_row(results: dict, point: Point) -> dict:
     """One row of the results table: the point, then every scalar of its eval.json."""
     row = {"name": point.name, **point.row()}
-    row.update({key: value for key, value in results.items()
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row})
+    row.update(
+        {
+            key: value
+            for key, value in results.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row
+        }
+    )
     return row
 
 
@@ -342,7 +433,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_results(rows: list[dict], out: Path, curves: dict[str, tuple[list, list]] | None = None) -> None:
+def write_results(
+    rows: list[dict], out: Path, curves: dict[str, tuple[list, list]] | None = None
+) -> None:
     """results.csv, results.json and the Pareto plots (x = L0, one line per architecture). With
     several seeds of a configuration also summary.csv (seed_summary), and the plots show seed
     means with error bars. With held-out curves (`curves`: point name -> (tokens, NMSE)),

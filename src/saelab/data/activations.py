@@ -27,7 +27,9 @@ class DataError(SaelabError, ValueError):
 def check_batch(batch: torch.Tensor, d_in: int, where: str) -> None:
     """Raise a DataError naming the problem if batch is not [n, d_in] finite floats."""
     if batch.ndim != 2 or batch.shape[1] != d_in:
-        raise DataError(f"{where}: activations have shape {tuple(batch.shape)}, but the SAE has d_in={d_in}")
+        raise DataError(
+            f"{where}: activations have shape {tuple(batch.shape)}, but the SAE has d_in={d_in}"
+        )
     if not torch.isfinite(batch).all():
         bad = (~torch.isfinite(batch)).sum().item()
         raise DataError(f"{where}: activations contain {bad} NaN/Inf values")
@@ -39,8 +41,9 @@ def check_d_in(source, d_in: int) -> None:
         raise DataError(f"activations have d_in={source.d_in}, but the SAE has d_in={d_in}")
 
 
-def evaluation_batches(data, d_in: int, batch_size: int = 4096, max_tokens: int | None = None
-                       ) -> Iterator[torch.Tensor]:
+def evaluation_batches(
+    data, d_in: int, batch_size: int = 4096, max_tokens: int | None = None
+) -> Iterator[torch.Tensor]:
     """Every row of `data` once (at most max_tokens), in checked batches [<= batch_size, d_in]."""
     source = open_source(data)
     check_d_in(source, d_in)
@@ -62,8 +65,14 @@ class ArraySource:
 
     def __init__(self, array, start: int = 0, stop: int | None = None, name: str = "tensor"):
         if array.ndim < 2:
-            raise DataError(f"{name}: activations must be [tokens, d_in], got shape {tuple(array.shape)}")
-        floating = array.is_floating_point() if isinstance(array, torch.Tensor) else np.issubdtype(array.dtype, np.floating)
+            raise DataError(
+                f"{name}: activations must be [tokens, d_in], got shape {tuple(array.shape)}"
+            )
+        floating = (
+            array.is_floating_point()
+            if isinstance(array, torch.Tensor)
+            else np.issubdtype(array.dtype, np.floating)
+        )
         if not floating:
             raise DataError(f"{name}: activations must be floating point, got {array.dtype}")
         if array.ndim > 2:
@@ -83,7 +92,10 @@ class ArraySource:
         if not 0 < n_heldout < self.n_tokens:
             raise DataError(f"{self.name}: cannot hold out {n_heldout} of {self.n_tokens} tokens")
         cut = self.stop - n_heldout
-        return (ArraySource(self.array, self.start, cut, self.name), ArraySource(self.array, cut, self.stop, self.name))
+        return (
+            ArraySource(self.array, self.start, cut, self.name),
+            ArraySource(self.array, cut, self.stop, self.name),
+        )
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         if isinstance(self.array, torch.Tensor):
@@ -91,8 +103,9 @@ class ArraySource:
         rows = np.sort(index.numpy()) + self.start
         return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
-                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, skip_tokens: int = 0, part: tuple[int, int] = (0, 1)
+    ) -> Iterator[torch.Tensor]:
         """Endless shuffled batches: stream position p reads row perm_e[p mod N] with e = p // N
         and perm_e = randperm(N) seeded by seed * 1_000_003 + e.
 
@@ -150,15 +163,18 @@ class StreamSource:
         for i, piece in enumerate(self.iterable):
             piece = torch.as_tensor(piece)
             if not piece.is_floating_point():
-                raise DataError(f"{self.name}, piece {i}: activations must be floating point, got {piece.dtype}")
+                raise DataError(
+                    f"{self.name}, piece {i}: activations must be floating point, got {piece.dtype}"
+                )
             piece = piece.float()
             yield piece.reshape(-1, piece.shape[-1])
 
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
         return rebatch(self._pieces(), batch_size)
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
-                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, skip_tokens: int = 0, part: tuple[int, int] = (0, 1)
+    ) -> Iterator[torch.Tensor]:
         """Full batches in stream order, after skipping the first skip_tokens tokens. A stream
         cannot be split: with part=(r, n) every rank reads global batches of n * batch_size
         rows and keeps its share."""
@@ -186,11 +202,15 @@ def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
 
             return ActivationCache(path)
         if path.suffix != ".npy":
-            raise DataError(f"{path}: expected a .npy file of activations [tokens, d_in] or a cache directory")
+            raise DataError(
+                f"{path}: expected a .npy file of activations [tokens, d_in] or a cache directory"
+            )
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise DataError(f"{path}: not a readable .npy array ({err or type(err).__name__})") from None
+            raise DataError(
+                f"{path}: not a readable .npy array ({err or type(err).__name__})"
+            ) from None
         if not np.issubdtype(array.dtype, np.floating):
             raise DataError(f"{path}: activations must be floating point, got {array.dtype}")
         return ArraySource(array, name=str(path))
@@ -198,4 +218,6 @@ def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
         return ArraySource(data, name=name or "tensor")
     if isinstance(data, Iterable):
         return StreamSource(data, name=name or "iterable")
-    raise DataError(f"cannot read activations from {type(data).__name__}; pass a tensor, .npy path or iterable")
+    raise DataError(
+        f"cannot read activations from {type(data).__name__}; pass a tensor, .npy path or iterable"
+    )

@@ -60,7 +60,9 @@ class CacheSpec:
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
-            raise CacheError(f"unknown storage dtype {self.dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
+            raise CacheError(
+                f"unknown storage dtype {self.dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}"
+            )
 
 
 def _sha256(path: Path) -> str:
@@ -88,18 +90,32 @@ def check_spec(manifest: dict, requested: CacheSpec | dict, directory) -> None:
     """Raise a CacheError listing every field where the cache differs from the request (a
     whole CacheSpec, or a dict of just the fields the user named)."""
     fields = asdict(requested) if isinstance(requested, CacheSpec) else requested
-    diffs = [f"{k}: cache has {manifest['spec'].get(k)!r}, requested {v!r}"
-             for k, v in fields.items() if manifest["spec"].get(k) != v]
+    diffs = [
+        f"{k}: cache has {manifest['spec'].get(k)!r}, requested {v!r}"
+        for k, v in fields.items()
+        if manifest["spec"].get(k) != v
+    ]
     if diffs:
-        raise CacheError(f"the cache in {directory} does not match the request: " + "; ".join(diffs))
+        raise CacheError(
+            f"the cache in {directory} does not match the request: " + "; ".join(diffs)
+        )
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
-    atomic_write(directory / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    atomic_write(
+        directory / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n")
+    )
 
 
-def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_tokens: int = 65536,
-                batch_contexts: int = 16, progress: bool = True) -> ActivationCache:
+def build_cache(
+    lm,
+    directory: str | Path,
+    spec: CacheSpec,
+    tokens: int,
+    shard_tokens: int = 65536,
+    batch_contexts: int = 16,
+    progress: bool = True,
+) -> ActivationCache:
     """Harvest at least `tokens` activations of `lm` (a LanguageModel) into `directory`."""
     directory = Path(directory)
     if tokens <= 0:
@@ -108,26 +124,45 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
         manifest = read_manifest(directory)
         check_spec(manifest, spec, directory)
         if manifest.get("text_revision") != text_revision(spec.dataset):
-            raise CacheError(f"the cache in {directory} was harvested from an older cleaning of {spec.dataset} "
-                             f"(revision {manifest.get('text_revision')}, now {text_revision(spec.dataset)}): "
-                             "remove it, or harvest into another directory")
+            raise CacheError(
+                f"the cache in {directory} was harvested from an older cleaning of {spec.dataset} "
+                f"(revision {manifest.get('text_revision')}, now {text_revision(spec.dataset)}): "
+                "remove it, or harvest into another directory"
+            )
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": "saelab-activation-cache", "spec": asdict(spec), "d_in": lm.d_model,
-                    "n_tokens": 0, "contexts_done": 0, "shards": [], "text_revision": text_revision(spec.dataset)}
+        manifest = {
+            "format": "saelab-activation-cache",
+            "spec": asdict(spec),
+            "d_in": lm.d_model,
+            "n_tokens": 0,
+            "contexts_done": 0,
+            "shards": [],
+            "text_revision": text_revision(spec.dataset),
+        }
     if manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False):
         return ActivationCache(directory)
 
-    batches = harvesting.harvested_batches(lm, spec, batch_contexts, skip_contexts=manifest["contexts_done"])
-    bar = tqdm(total=tokens, initial=manifest["n_tokens"], unit="tok", unit_scale=True, disable=not progress,
-               desc=f"harvest {spec.site} L{spec.layer}")
+    batches = harvesting.harvested_batches(
+        lm, spec, batch_contexts, skip_contexts=manifest["contexts_done"]
+    )
+    bar = tqdm(
+        total=tokens,
+        initial=manifest["n_tokens"],
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"harvest {spec.site} L{spec.layer}",
+    )
     pending: dict[str, list] = {"acts": [], "ctx": [], "pos": [], "tokens": []}
     pending_tokens = 0
     first_context = manifest["contexts_done"]
     for ids, keep, acts in batches:
         offset = sum(len(t) for t in pending["tokens"])
         pending["acts"].append(acts.to(STORAGE_DTYPES[spec.dtype]))
-        pending["ctx"].append((torch.arange(len(ids))[:, None] + offset + first_context).expand_as(ids)[keep])
+        pending["ctx"].append(
+            (torch.arange(len(ids))[:, None] + offset + first_context).expand_as(ids)[keep]
+        )
         pending["pos"].append(torch.arange(ids.shape[1]).expand_as(ids)[keep])
         pending["tokens"].append(ids)
         pending_tokens += int(keep.sum())
@@ -141,9 +176,13 @@ def build_cache(lm, directory: str | Path, spec: CacheSpec, tokens: int, shard_t
     else:
         if pending_tokens:
             _flush(directory, manifest, pending, first_context)
-        manifest["text_exhausted"] = True  # all of the text is in: a larger request reuses this cache
+        manifest["text_exhausted"] = (
+            True  # all of the text is in: a larger request reuses this cache
+        )
         _write_manifest(directory, manifest)
-        bar.write(f"text source {spec.dataset} ({spec.split}) ran out after {manifest['n_tokens']} tokens")
+        bar.write(
+            f"text source {spec.dataset} ({spec.split}) ran out after {manifest['n_tokens']} tokens"
+        )
     bar.close()
     if manifest["n_tokens"] == 0:
         raise CacheError(f"{spec.dataset} gave no tokens to harvest")
@@ -163,8 +202,14 @@ def _flush(directory: Path, manifest: dict, pending: dict, first_context: int) -
     name = f"shard-{len(manifest['shards']):05d}.safetensors"
     atomic_write(directory / name, lambda p: save_file(tensors, str(p)))
     n = len(tensors["activations"])
-    manifest["shards"].append({"file": name, "n_tokens": n, "n_contexts": len(tokens),
-                               "sha256": _sha256(directory / name)})
+    manifest["shards"].append(
+        {
+            "file": name,
+            "n_tokens": n,
+            "n_contexts": len(tokens),
+            "sha256": _sha256(directory / name),
+        }
+    )
     manifest["n_tokens"] += n
     manifest["contexts_done"] = first_context + len(tokens)
     _write_manifest(directory, manifest)
@@ -174,7 +219,12 @@ def _flush(directory: Path, manifest: dict, pending: dict, first_context: int) -
 class ActivationCache:
     """Reads a cache directory: an activation source for `train` and `evaluate`."""
 
-    def __init__(self, directory: str | Path, expect: CacheSpec | None = None, shards: list[int] | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        expect: CacheSpec | None = None,
+        shards: list[int] | None = None,
+    ):
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         if expect is not None:
@@ -203,23 +253,31 @@ class ActivationCache:
             m += 1
             count += self.shards[-m]["n_tokens"]
         if m == len(self.shard_ids) or n_heldout <= 0:
-            raise CacheError(f"{self.directory}: cannot hold out {n_heldout} tokens and keep shards to train on")
-        return (ActivationCache(self.directory, shards=self.shard_ids[:-m]),
-                ActivationCache(self.directory, shards=self.shard_ids[-m:]))
+            raise CacheError(
+                f"{self.directory}: cannot hold out {n_heldout} tokens and keep shards to train on"
+            )
+        return (
+            ActivationCache(self.directory, shards=self.shard_ids[:-m]),
+            ActivationCache(self.directory, shards=self.shard_ids[-m:]),
+        )
 
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:
         """Shard i, after checking its checksum and size against the manifest."""
         shard = self.shards[i]
         path = self.directory / shard["file"]
         if _sha256(path) != shard["sha256"]:
-            raise CacheError(f"{path} does not match its checksum in the manifest (corrupt or truncated)")
+            raise CacheError(
+                f"{path} does not match its checksum in the manifest (corrupt or truncated)"
+            )
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError) as err:
             raise CacheError(f"{path} is unreadable: {err}") from None
         acts = tensors.get("activations")
         if acts is None or tuple(acts.shape) != (shard["n_tokens"], self.d_in):
-            raise CacheError(f"{path}: activations do not have the manifest's shape ({shard['n_tokens']}, {self.d_in})")
+            raise CacheError(
+                f"{path}: activations do not have the manifest's shape ({shard['n_tokens']}, {self.d_in})"
+            )
         return tensors
 
     def _activations(self, i: int) -> torch.Tensor:
@@ -233,7 +291,9 @@ class ActivationCache:
         epoch, to_skip = divmod(skip_tokens, self.n_tokens)
         while True:
             epoch_seed = seed * 1_000_003 + epoch
-            order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+            order = torch.randperm(
+                len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)
+            ).tolist()
             for w in range(0, len(order), WINDOW):
                 window = order[w : w + WINDOW]
                 size = sum(self.shards[i]["n_tokens"] for i in window)
@@ -247,8 +307,9 @@ class ActivationCache:
                 to_skip = 0
             epoch += 1
 
-    def batches(self, batch_size: int, seed: int, skip_tokens: int = 0,
-                part: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, skip_tokens: int = 0, part: tuple[int, int] = (0, 1)
+    ) -> Iterator[torch.Tensor]:
         """Endless shuffled batches; the stream from position p is the same on every call.
 
         part=(r, n): data-parallel rank r of n reads only shards r, r + n, r + 2n, ... (the
@@ -257,7 +318,11 @@ class ActivationCache:
         r, n = part
         if n > 1:
             if len(self.shard_ids) < n:
-                raise CacheError(f"{self.directory}: {len(self.shard_ids)} shards cannot be split over {n} "
-                                 "processes; rebuild the cache with a smaller --shard-tokens")
-            return ActivationCache(self.directory, shards=self.shard_ids[r::n]).batches(batch_size, seed, skip_tokens)
+                raise CacheError(
+                    f"{self.directory}: {len(self.shard_ids)} shards cannot be split over {n} "
+                    "processes; rebuild the cache with a smaller --shard-tokens"
+                )
+            return ActivationCache(self.directory, shards=self.shard_ids[r::n]).batches(
+                batch_size, seed, skip_tokens
+            )
         return rebatch(self._shuffled_pieces(seed, skip_tokens), batch_size)

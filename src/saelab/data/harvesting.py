@@ -18,12 +18,15 @@ def packed_contexts(lm, spec, split: str | None = None) -> Iterator[list[int]]:
     return pack(docs, lm.tokenizer, spec.ctx_len, lm.bos_token_id, lm.tokenizer.eos_token_id)
 
 
-def harvested_batches(lm, spec, batch_contexts: int = 16, skip_contexts: int = 0
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def harvested_batches(
+    lm, spec, batch_contexts: int = 16, skip_contexts: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(ids [b, ctx_len], keep [b, ctx_len], activations [keep.sum(), d_model] float32 on CPU)
     for successive batches of packed contexts of spec.dataset, after skipping skip_contexts;
     keep is False at BOS/EOS/pad and other special tokens unless spec.include_special."""
     special = set() if spec.include_special else lm.special_token_ids | {lm.bos_token_id}
-    for ids in batched(itertools.islice(packed_contexts(lm, spec), skip_contexts, None), batch_contexts):
+    for ids in batched(
+        itertools.islice(packed_contexts(lm, spec), skip_contexts, None), batch_contexts
+    ):
         keep = keep_mask(ids, special)
         yield ids, keep, harvest(lm, ids, spec.layer, spec.site).float().cpu()[keep]

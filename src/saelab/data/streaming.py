@@ -38,16 +38,23 @@ def shuffle_buffer(pieces: Iterator[torch.Tensor], size: int, seed: int) -> Iter
 
 
 def streamed_source(lm, spec: CacheSpec, buffer_tokens: int = 65536, seed: int = 0) -> StreamSource:
-    return StreamSource(shuffle_buffer(harvested_activations(lm, spec), buffer_tokens, seed),
-                        name=f"{spec.model} L{spec.layer} {spec.site} (streamed)", d_in=lm.d_model)
+    return StreamSource(
+        shuffle_buffer(harvested_activations(lm, spec), buffer_tokens, seed),
+        name=f"{spec.model} L{spec.layer} {spec.site} (streamed)",
+        d_in=lm.d_model,
+    )
 
 
 def heldout_activations(lm, spec: CacheSpec, tokens: int) -> torch.Tensor:
     """The first `tokens` activations [<= tokens, d_model] of the held-out documents, in memory."""
-    first = list(itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")), tokens), 1))
+    first = list(
+        itertools.islice(rebatch(harvested_activations(lm, replace(spec, split="eval")), tokens), 1)
+    )
     if not first:
-        raise CacheError(f"{spec.dataset} gave no held-out tokens to evaluate on (its held-out documents are "
-                         "empty after tokenization): pass more text, or evaluate on a cache with --activations")
+        raise CacheError(
+            f"{spec.dataset} gave no held-out tokens to evaluate on (its held-out documents are "
+            "empty after tokenization): pass more text, or evaluate on a cache with --activations"
+        )
     return first[0]
 
 
@@ -55,6 +62,8 @@ def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
     """The first n packed contexts [<= n, ctx_len] of the held-out documents."""
     contexts = list(itertools.islice(packed_contexts(lm, spec, "eval"), n))
     if not contexts:
-        raise CacheError(f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens: "
-                         "pass more text, or a smaller --ctx-len")
+        raise CacheError(
+            f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens: "
+            "pass more text, or a smaller --ctx-len"
+        )
     return torch.tensor(contexts)

@@ -26,18 +26,26 @@ def synthetic_activations(
         raise ValueError(f"max_active must be in [1, n_features={n_features}], got {max_active}")
     gen = torch.Generator().manual_seed(seed)
     dictionary = random_dictionary(n_features, d_in, gen)
-    return torch.cat([_samples(n, dictionary, max_active, gen) for n in _chunk_sizes(n_tokens)]), dictionary
+    return torch.cat(
+        [_samples(n, dictionary, max_active, gen) for n in _chunk_sizes(n_tokens)]
+    ), dictionary
 
 
 def _chunk_sizes(n_tokens: int, chunk: int = 8192) -> list[int]:
     return [min(chunk, n_tokens - lo) for lo in range(0, n_tokens, chunk)]
 
 
-def _samples(n: int, dictionary: torch.Tensor, max_active: int, gen: torch.Generator) -> torch.Tensor:
+def _samples(
+    n: int, dictionary: torch.Tensor, max_active: int, gen: torch.Generator
+) -> torch.Tensor:
     n_features, d_in = dictionary.shape
-    counts = (torch.rand(n, generator=gen) * math.log(max_active + 1)).exp().floor().clamp(1, max_active)
+    counts = (
+        (torch.rand(n, generator=gen) * math.log(max_active + 1)).exp().floor().clamp(1, max_active)
+    )
     # a uniformly random subset of `count` features: the first `count` of max_active random picks
     picks = torch.rand(n, n_features, generator=gen).topk(max_active, dim=1).indices
-    values = (0.5 + torch.rand(n, max_active, generator=gen)) * (torch.arange(max_active) < counts[:, None])
+    values = (0.5 + torch.rand(n, max_active, generator=gen)) * (
+        torch.arange(max_active) < counts[:, None]
+    )
     x = torch.zeros(n, n_features).scatter_(1, picks, values) @ dictionary
     return x * (math.sqrt(d_in) / x.norm(dim=1, keepdim=True))

@@ -81,7 +81,11 @@ def text_documents(text: str) -> list[str]:
     """Plain text as documents: paragraphs separated by blank lines, each longer one (or text
     with no blank lines at all) cut into chunks of about CHUNK_CHARS characters."""
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return [piece for p in paragraphs for piece in (chunks(p, CHUNK_CHARS) if len(p) > CHUNK_CHARS else [p])]
+    return [
+        piece
+        for p in paragraphs
+        for piece in (chunks(p, CHUNK_CHARS) if len(p) > CHUNK_CHARS else [p])
+    ]
 
 
 def _file_documents(path: Path, text_column: str) -> Iterator[str]:
@@ -93,16 +97,20 @@ def _file_documents(path: Path, text_column: str) -> Iterator[str]:
                 continue
             row = json.loads(line)
             if text_column not in row:
-                raise TextError(f"{path}:{n} has no {text_column!r} field (fields: {', '.join(row)}); "
-                                "choose one with --text-column")
+                raise TextError(
+                    f"{path}:{n} has no {text_column!r} field (fields: {', '.join(row)}); "
+                    "choose one with --text-column"
+                )
             yield str(row[text_column])
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
         if text_column not in table.column_names:
-            raise TextError(f"{path} has no column {text_column!r} (columns: {', '.join(table.column_names)}); "
-                            "choose one with --text-column")
+            raise TextError(
+                f"{path} has no column {text_column!r} (columns: {', '.join(table.column_names)}); "
+                "choose one with --text-column"
+            )
         yield from (str(t) for t in table.column(text_column).to_pylist() if t is not None)
     else:
         raise TextError(f"{path}: unsupported text file type (use {', '.join(TEXT_SUFFIXES)})")
@@ -115,7 +123,9 @@ def _hub_documents(name: str, text_column: str) -> Iterator[str]:
     stream = datasets.load_dataset(name, split="train", streaming=True)
     for row in stream:
         if text_column not in row:
-            raise TextError(f"dataset {name!r} has no {text_column!r} column (columns: {', '.join(row)})")
+            raise TextError(
+                f"dataset {name!r} has no {text_column!r} column (columns: {', '.join(row)})"
+            )
         yield row[text_column]
 
 
@@ -129,7 +139,11 @@ def documents(source: str, split: str = "train", text_column: str = "text") -> I
         raise TextError(f"unknown builtin text source {source!r}; builtins: builtin:wiki")
     elif Path(source).exists():
         path = Path(source)
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+            if path.is_dir()
+            else [path]
+        )
         if not files:
             raise TextError(f"{path} holds no {', '.join(TEXT_SUFFIXES)} files")
         docs = (doc for f in files for doc in _file_documents(f, text_column))
@@ -148,7 +162,9 @@ def documents(source: str, split: str = "train", text_column: str = "text") -> I
             f"{source} holds too little text to hold out any for evaluation (saelab holds out every "
             f"{HELDOUT_EVERY}th document, after cutting a source of fewer than {MIN_DOCUMENTS} documents into "
             f"{MIN_DOCUMENTS} pieces): pass more text, or evaluate on activations you have (--activations)"
-            if held_out else f"{source} holds no training text once every {HELDOUT_EVERY}th document is held out")
+            if held_out
+            else f"{source} holds no training text once every {HELDOUT_EVERY}th document is held out"
+        )
     yield first
     yield from docs
 

@@ -14,13 +14,36 @@ from __future__ import annotations
 import re
 
 REVISION = 2  # bump when the cleaning changes: caches of builtin:wiki record it (data/cache.py)
-DROPPED_TAGS = {"ref", "references", "table", "gallery", "imagemap", "timeline", "math", "score", "syntaxhighlight",
-                "source", "noinclude"}
+DROPPED_TAGS = {
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "imagemap",
+    "timeline",
+    "math",
+    "score",
+    "syntaxhighlight",
+    "source",
+    "noinclude",
+}
 BREAK_TAGS = {"br", "p"}
 CATEGORY_LINK = re.compile(r"^\s*:?\s*category\s*:", re.IGNORECASE)
 INTERLANGUAGE_LINK = re.compile(r"^\s*[a-z]{2,3}(-[a-z]+)*\s*:", re.IGNORECASE)
-BACK_MATTER = {"references", "notes", "footnotes", "see also", "external links", "further reading", "bibliography",
-               "sources", "citations", "works cited", "notes and references", "references and notes"}
+BACK_MATTER = {
+    "references",
+    "notes",
+    "footnotes",
+    "see also",
+    "external links",
+    "further reading",
+    "bibliography",
+    "sources",
+    "citations",
+    "works cited",
+    "notes and references",
+    "references and notes",
+}
 HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$", re.MULTILINE)
 FOOTNOTE = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.IGNORECASE | re.DOTALL)
 FILE_LINK = re.compile(r"\[\[\s*:?\s*(file|image|media)\s*:", re.IGNORECASE)
@@ -35,7 +58,7 @@ def without_back_matter(text: str) -> str:
         if skip_level is not None and level <= skip_level:
             skip_level, last = None, heading.start()
         if skip_level is None and title in BACK_MATTER:
-            pieces.append(text[last:heading.start()])
+            pieces.append(text[last : heading.start()])
             skip_level = level
     if skip_level is None:
         pieces.append(text[last:])
@@ -66,12 +89,12 @@ def without_file_links(text: str) -> str:
             continue  # inside a link already removed
         depth, i = 0, match.start()
         while i < len(text) - 1:
-            pair = text[i:i + 2]
+            pair = text[i : i + 2]
             depth += (pair == "[[") - (pair == "]]")
             i += 2 if pair in ("[[", "]]") else 1
             if depth == 0:
                 break
-        pieces.append(text[last:match.start()])
+        pieces.append(text[last : match.start()])
         last = i
     pieces.append(text[last:])
     return "".join(pieces)
@@ -89,7 +112,9 @@ def clean_wikitext(text: str) -> str:
     headings on lines of their own."""
     import mwparserfromhell
 
-    code = mwparserfromhell.parse(without_file_links(without_tables(FOOTNOTE.sub("", without_back_matter(text)))))
+    code = mwparserfromhell.parse(
+        without_file_links(without_tables(FOOTNOTE.sub("", without_back_matter(text))))
+    )
     for tag in code.filter_tags(recursive=True):
         name = str(tag.tag).strip().lower()
         if name in DROPPED_TAGS:

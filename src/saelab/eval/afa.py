@@ -25,7 +25,11 @@ def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
     x = x.reshape(-1, sae.cfg.d_in)
     stats = sae.input_stats(x)
     z = sae._scale(x, stats)
-    to_raw = 1 / torch.as_tensor(stats[0], dtype=x.dtype).reshape(-1) if sae.cfg.input_scaling != "none" else 1.0
+    to_raw = (
+        1 / torch.as_tensor(stats[0], dtype=x.dtype).reshape(-1)
+        if sae.cfg.input_scaling != "none"
+        else 1.0
+    )
     f = sae.encode(x)
     f_tilde_sq = (f * sae.W_dec.norm(dim=1)).square().sum(-1) + sae.b_dec.square().sum()
     z_sq = z.square().sum(-1)
@@ -37,10 +41,14 @@ def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def afa_over(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+def afa_over(
+    sae, data, batch_size: int = 4096, max_tokens: int | None = None
+) -> dict[str, torch.Tensor]:
     """afa_stats over a whole activation source, concatenated."""
-    parts = [{key: t.cpu() for key, t in afa_stats(sae, x.to(sae.W_dec.device)).items()}
-             for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)]
+    parts = [
+        {key: t.cpu() for key, t in afa_stats(sae, x.to(sae.W_dec.device)).items()}
+        for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)
+    ]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -49,8 +57,12 @@ def summarize(stats: dict[str, torch.Tensor]) -> dict:
     ratio = stats["norm_f_tilde"] / stats["norm_z"].clamp_min(1e-30)
     out = {}
     for name, values in (("eps_lbo", stats["eps_lbo"]), ("f_tilde_over_z", ratio)):
-        q = torch.quantile(values.double()[: 2**24], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-        out.update({f"{name}_q25": q[0].item(), f"{name}_median": q[1].item(), f"{name}_q75": q[2].item()})
+        q = torch.quantile(
+            values.double()[: 2**24], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+        )
+        out.update(
+            {f"{name}_q25": q[0].item(), f"{name}_median": q[1].item(), f"{name}_q75": q[2].item()}
+        )
     return out
 
 

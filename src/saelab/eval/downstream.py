@@ -24,6 +24,7 @@ def _keep_bos(fn):
         out = fn(acts).to(acts.dtype).clone()
         out[:, 0] = acts[:, 0]
         return out
+
     return replaced
 
 
@@ -36,15 +37,21 @@ def _prepare(model, input_ids, layer, site, attention_mask, batch_size, d_in: in
     net = _hf_model(model)
     site_module(net, layer, site)  # a clear error for a layer/site the model does not have
     if not hasattr(net, "get_output_embeddings") or net.get_output_embeddings() is None:
-        raise ValueError(f"{type(net).__name__} has no language-model head: downstream CE needs a causal LM")
+        raise ValueError(
+            f"{type(net).__name__} has no language-model head: downstream CE needs a causal LM"
+        )
     if d_in is not None and net.config.hidden_size != d_in:
-        raise ValueError(f"the SAE has d_in={d_in}, but {site} of this model has width {net.config.hidden_size}")
+        raise ValueError(
+            f"the SAE has d_in={d_in}, but {site} of this model has width {net.config.hidden_size}"
+        )
     if input_ids.ndim != 2 or input_ids.shape[1] < 3:
         raise ValueError(f"input_ids must be [batch, seq >= 3], got {tuple(input_ids.shape)}")
     device = next(net.parameters()).device
     mask_all = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    batches = [(input_ids[i : i + batch_size].to(device), mask_all[i : i + batch_size].to(device))
-               for i in range(0, len(input_ids), batch_size)]
+    batches = [
+        (input_ids[i : i + batch_size].to(device), mask_all[i : i + batch_size].to(device))
+        for i in range(0, len(input_ids), batch_size)
+    ]
     return net, batches
 
 
@@ -56,8 +63,14 @@ def _predictions(net, ids, mask):
 
 
 @torch.inference_mode()
-def ablation_losses(model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
-                    attention_mask: torch.Tensor | None = None, batch_size: int = 8) -> dict:
+def ablation_losses(
+    model,
+    input_ids: torch.Tensor,
+    layer: int,
+    site: str = "resid_post",
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 8,
+) -> dict:
     """ce_zero and ce_mean: CE with the site zero-ablated or replaced by its mean over the
     evaluation tokens. They do not depend on the SAE, so a sweep computes them once."""
     net, batches = _prepare(model, input_ids, layer, site, attention_mask, batch_size)
@@ -79,14 +92,25 @@ def ablation_losses(model, input_ids: torch.Tensor, layer: int, site: str = "res
 
 
 @torch.inference_mode()
-def downstream(sae, model, input_ids: torch.Tensor, layer: int, site: str = "resid_post",
-               attention_mask: torch.Tensor | None = None, batch_size: int = 8,
-               ablations: dict | None = None) -> dict:
+def downstream(
+    sae,
+    model,
+    input_ids: torch.Tensor,
+    layer: int,
+    site: str = "resid_post",
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 8,
+    ablations: dict | None = None,
+) -> dict:
     """CE/KL metrics of `sae` spliced into `model` (a LanguageModel or causal LM module).
     `ablations`: the result of ablation_losses on the same inputs, if already computed."""
-    net, batches = _prepare(model, input_ids, layer, site, attention_mask, batch_size, d_in=sae.cfg.d_in)
+    net, batches = _prepare(
+        model, input_ids, layer, site, attention_mask, batch_size, d_in=sae.cfg.d_in
+    )
     sae = sae.to(next(net.parameters()).device).eval()
-    ablations = ablations or ablation_losses(net, input_ids, layer, site, attention_mask, batch_size)
+    ablations = ablations or ablation_losses(
+        net, input_ids, layer, site, attention_mask, batch_size
+    )
     sums, n = {"clean": 0.0, "sae": 0.0, "kl": 0.0}, 0
     for ids, mask in batches:
         clean, targets = _predictions(net, ids, mask)
@@ -94,7 +118,9 @@ def downstream(sae, model, input_ids: torch.Tensor, layer: int, site: str = "res
             logits, _ = _predictions(net, ids, mask)
         sums["clean"] += F.cross_entropy(clean, targets, reduction="sum").item()
         sums["sae"] += F.cross_entropy(logits, targets, reduction="sum").item()
-        sums["kl"] += F.kl_div(logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="sum").item()
+        sums["kl"] += F.kl_div(
+            logits.log_softmax(-1), clean.log_softmax(-1), log_target=True, reduction="sum"
+        ).item()
         n += len(targets)
     ce_clean, ce_sae, ce_zero = sums["clean"] / n, sums["sae"] / n, ablations["ce_zero"]
     gap = ce_zero - ce_clean

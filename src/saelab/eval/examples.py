@@ -31,14 +31,21 @@ class LatentCodes:
         return len(self.context)
 
     def row_of(self) -> dict[tuple[int, int], int]:
-        return {(int(c), int(p)): r for r, (c, p) in enumerate(zip(self.context.tolist(), self.position.tolist()))}
+        return {
+            (int(c), int(p)): r
+            for r, (c, p) in enumerate(zip(self.context.tolist(), self.position.tolist()))
+        }
 
 
 @torch.inference_mode()
-def latent_codes(sae, cache: ActivationCache, latents: list[int] | None, batch_size: int = 4096) -> LatentCodes:
+def latent_codes(
+    sae, cache: ActivationCache, latents: list[int] | None, batch_size: int = 4096
+) -> LatentCodes:
     """One pass over the cache: firing counts of every latent and the codes of `latents`."""
     if cache.d_in != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, but the activations in {cache.directory} have d_in={cache.d_in}")
+        raise ValueError(
+            f"the SAE has d_in={sae.cfg.d_in}, but the activations in {cache.directory} have d_in={cache.d_in}"
+        )
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     kept, contexts, positions, token_ids = [], [], [], {}
     for i in range(len(cache.shards)):
@@ -53,18 +60,26 @@ def latent_codes(sae, cache: ActivationCache, latents: list[int] | None, batch_s
         positions.append(shard["position"])
         first = int(shard["first_context"])
         token_ids.update({first + j: row for j, row in enumerate(shard["tokens"])})
-    return LatentCodes(counts, torch.cat(kept) if latents is not None else None, torch.cat(contexts),
-                       torch.cat(positions), token_ids)
+    return LatentCodes(
+        counts,
+        torch.cat(kept) if latents is not None else None,
+        torch.cat(contexts),
+        torch.cat(positions),
+        token_ids,
+    )
 
 
-def window(data: LatentCodes, values: torch.Tensor, row_of: dict, row: int, before: int, after: int
-           ) -> tuple[list[tuple[int, float]], int]:
+def window(
+    data: LatentCodes, values: torch.Tensor, row_of: dict, row: int, before: int, after: int
+) -> tuple[list[tuple[int, float]], int]:
     """([(token id, activation)] of the tokens around `row` within its context, index of the
     row's own token in that list); `values` [N] are one latent's codes."""
     c, p = int(data.context[row]), int(data.position[row])
     ids = data.token_ids[c].tolist()
     lo, hi = max(0, p - before), min(len(ids), p + after + 1)
-    return [(ids[q], float(values[row_of[c, q]]) if (c, q) in row_of else 0.0) for q in range(lo, hi)], p - lo
+    return [
+        (ids[q], float(values[row_of[c, q]]) if (c, q) in row_of else 0.0) for q in range(lo, hi)
+    ], p - lo
 
 
 def one_per_context(rows, context: torch.Tensor, n: int, used: set | None = None) -> list[int]:
@@ -82,35 +97,62 @@ def one_per_context(rows, context: torch.Tensor, n: int, used: set | None = None
     return out
 
 
-def top_rows(values: torch.Tensor, context: torch.Tensor, n: int, used: set | None = None) -> list[int]:
+def top_rows(
+    values: torch.Tensor, context: torch.Tensor, n: int, used: set | None = None
+) -> list[int]:
     """The n rows with the largest positive values, one per context, largest first."""
     order = values.argsort(descending=True, stable=True)
     return one_per_context((r for r in order.tolist() if values[r] > 0), context, n, used)
 
 
-def sampled_rows(context: torch.Tensor, n: int, rng: np.random.Generator, used: set | None = None,
-                 within: torch.Tensor | None = None) -> list[int]:
+def sampled_rows(
+    context: torch.Tensor,
+    n: int,
+    rng: np.random.Generator,
+    used: set | None = None,
+    within: torch.Tensor | None = None,
+) -> list[int]:
     """n rows drawn uniformly without replacement among `within` (a bool mask [N]; default all
     rows), one per context."""
-    candidates = torch.nonzero(within).flatten().numpy() if within is not None else np.arange(len(context))
+    candidates = (
+        torch.nonzero(within).flatten().numpy() if within is not None else np.arange(len(context))
+    )
     return one_per_context(rng.permutation(candidates).tolist(), context, n, used)
 
 
-def rows_between(values: torch.Tensor, context: torch.Tensor, low: float, high: float, n: int,
-                 rng: np.random.Generator, used: set | None = None, closed: bool = False) -> list[int]:
+def rows_between(
+    values: torch.Tensor,
+    context: torch.Tensor,
+    low: float,
+    high: float,
+    n: int,
+    rng: np.random.Generator,
+    used: set | None = None,
+    closed: bool = False,
+) -> list[int]:
     """n rows drawn uniformly among those whose positive value lies in [low, high) ([low, high]
     when closed), one per context."""
     inside = (values > 0) & (values >= low) & ((values <= high) if closed else (values < high))
     return sampled_rows(context, n, rng, used, within=inside)
 
 
-def quantile_rows(values: torch.Tensor, context: torch.Tensor, n: int, rng: np.random.Generator,
-                  used: set | None = None) -> list[int]:
+def quantile_rows(
+    values: torch.Tensor,
+    context: torch.Tensor,
+    n: int,
+    rng: np.random.Generator,
+    used: set | None = None,
+) -> list[int]:
     """n rows, one from each of n equal-count quantile bins of the positive values (lowest bin
     first), drawn uniformly within the bin, one per context; fewer when bins run dry."""
     positive = values[values > 0]
     if n <= 0 or len(positive) == 0:
         return []
     edges = np.quantile(positive.numpy(), np.linspace(0, 1, n + 1))
-    return [r for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
-            for r in rows_between(values, context, float(lo), float(hi), 1, rng, used, closed=i == n - 1)]
+    return [
+        r
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+        for r in rows_between(
+            values, context, float(lo), float(hi), 1, rng, used, closed=i == n - 1
+        )
+    ]

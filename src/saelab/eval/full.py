@@ -18,9 +18,18 @@ AFA_TOKENS = 32_768
 EVAL_NAME, PLOTS = rundir.EVAL, rundir.PLOTS
 
 
-def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, layer: int | None = None,
-                    site: str | None = None, batch_size: int = 4096, ablations: dict | None = None,
-                    extra: dict | None = None) -> dict:
+def full_evaluation(
+    sae,
+    data,
+    out_dir: str | Path,
+    model=None,
+    input_ids=None,
+    layer: int | None = None,
+    site: str | None = None,
+    batch_size: int = 4096,
+    ablations: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Evaluate `sae` on activations `data`; with model and input_ids also downstream (reusing
     `ablations`, see downstream.ablation_losses, when given). Writes out_dir/eval.json (with
     `extra` fields such as train_tokens added, atomically) and the plots; returns the results."""
@@ -36,22 +45,46 @@ def full_evaluation(sae, data, out_dir: str | Path, model=None, input_ids=None, 
     target = sae.arch.target_l0(sae)
     name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={target}" if target else "")
     zf_plot(stats["norm_z"], stats["norm_f_tilde"], out_dir / PLOTS["zf"], f"ZF plot: {name}")
-    l0_histogram_plot(results["l0_histogram"], out_dir / PLOTS["l0"], k=target, title=f"L0 per token: {name}")
-    density_plot(results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}")
+    l0_histogram_plot(
+        results["l0_histogram"], out_dir / PLOTS["l0"], k=target, title=f"L0 per token: {name}"
+    )
+    density_plot(
+        results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}"
+    )
     results["plots"] = dict(PLOTS)
     results.update(extra or {})
     atomic_write(out_dir / EVAL_NAME, lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
     return results
 
 
-SUMMARY_KEYS = ("nmse", "fvu", "explained_variance", "cosine_similarity", "l2_ratio", "relative_reconstruction_bias",
-                "l0", "dead_fraction", "dense_fraction", "eps_lbo_median", "f_tilde_over_z_median",
-                "decoder_max_abs_cos", "inference_l0_minus_k", "ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_degradation",
-                "ce_loss_recovered", "kl")
+SUMMARY_KEYS = (
+    "nmse",
+    "fvu",
+    "explained_variance",
+    "cosine_similarity",
+    "l2_ratio",
+    "relative_reconstruction_bias",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "eps_lbo_median",
+    "f_tilde_over_z_median",
+    "decoder_max_abs_cos",
+    "inference_l0_minus_k",
+    "ce_clean",
+    "ce_sae",
+    "ce_zero",
+    "ce_mean",
+    "ce_degradation",
+    "ce_loss_recovered",
+    "kl",
+)
 
 
-PER_TOKEN_NOTE = ("  note: per_token scaling hands each token's mean and std to the output for free, so these "
-                  "reconstruction and CE numbers are not like-for-like with SAEs that see raw activations")
+PER_TOKEN_NOTE = (
+    "  note: per_token scaling hands each token's mean and std to the output for free, so these "
+    "reconstruction and CE numbers are not like-for-like with SAEs that see raw activations"
+)
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import torch
 
-FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm",
-               "model.decoder.final_layer_norm")
+FINAL_NORMS = (
+    "model.norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.final_layernorm",
+    "model.decoder.final_layer_norm",
+)
 
 
 def final_norm(net) -> torch.nn.Module:
@@ -24,8 +29,10 @@ def final_norm(net) -> torch.nn.Module:
             return net.get_submodule(path)
         except AttributeError:
             continue
-    raise ValueError(f"cannot find the final norm of {type(net).__name__} (looked for {', '.join(FINAL_NORMS)}): "
-                     "no logit lens for this model")
+    raise ValueError(
+        f"cannot find the final norm of {type(net).__name__} (looked for {', '.join(FINAL_NORMS)}): "
+        "no logit lens for this model"
+    )
 
 
 def decoder_directions(sae, latents: list[int]) -> torch.Tensor:
@@ -46,10 +53,25 @@ def logit_lens(sae, lm, latents: list[int], k: int = 10) -> list[dict]:
     norm = final_norm(net)
     device = next(net.parameters()).device
     dirs = decoder_directions(sae, latents).to(device)
-    logits = (head(norm(dirs[:, None])) - head(norm(torch.zeros_like(dirs[:1, None])))).squeeze(1).float().cpu()
+    logits = (
+        (head(norm(dirs[:, None])) - head(norm(torch.zeros_like(dirs[:1, None]))))
+        .squeeze(1)
+        .float()
+        .cpu()
+    )
     out = []
     for row in logits:
         top, bottom = row.topk(k), (-row).topk(k)
-        out.append({"top": [(lm.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)],
-                    "bottom": [(lm.tokenizer.decode([int(i)]), -float(v)) for v, i in zip(bottom.values, bottom.indices)]})
+        out.append(
+            {
+                "top": [
+                    (lm.tokenizer.decode([int(i)]), float(v))
+                    for v, i in zip(top.values, top.indices)
+                ],
+                "bottom": [
+                    (lm.tokenizer.decode([int(i)]), -float(v))
+                    for v, i in zip(bottom.values, bottom.indices)
+                ],
+            }
+        )
     return out

@@ -15,12 +15,19 @@ from pathlib import Path
 from ..io.atomic import atomic_write
 
 
-def _activation(tokenizer, tokens: list[tuple[int, float]], interval: tuple[float, float] | None = None) -> dict:
+def _activation(
+    tokenizer, tokens: list[tuple[int, float]], interval: tuple[float, float] | None = None
+) -> dict:
     """One context; `interval` [binMin, binMax) for a context sampled from a quantile interval."""
     values = [v for _, v in tokens]
     top = max(range(len(values)), key=values.__getitem__)
-    record = {"tokens": [tokenizer.decode([t]) for t, _ in tokens], "values": values, "maxValue": values[top],
-              "maxValueTokenIndex": top, "minValue": min(values)}
+    record = {
+        "tokens": [tokenizer.decode([t]) for t, _ in tokens],
+        "values": values,
+        "maxValue": values[top],
+        "maxValueTokenIndex": top,
+        "minValue": min(values),
+    }
     if interval is not None:
         record.update(binMin=interval[0], binMax=interval[1])
     return record
@@ -29,21 +36,37 @@ def _activation(tokenizer, tokens: list[tuple[int, float]], interval: tuple[floa
 def feature_json(latent, tokenizer, model_id: str, source_id: str) -> dict:
     """One latent (eval/report.Latent) as a Neuronpedia feature record."""
     counts, edges = latent.histogram
-    record = {"modelId": model_id, "layer": source_id, "index": str(latent.index),
-              "maxActApprox": latent.max_activation, "frac_nonzero": latent.density,
-              "freq_hist_data_bar_heights": counts,
-              "freq_hist_data_bar_values": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])],
-              "activations": [_activation(tokenizer, c) for c in latent.contexts]
-              + [_activation(tokenizer, c, (sample.low, sample.high)) for sample in latent.samples
-                 for c in sample.contexts],
-              "explanations": []}
+    record = {
+        "modelId": model_id,
+        "layer": source_id,
+        "index": str(latent.index),
+        "maxActApprox": latent.max_activation,
+        "frac_nonzero": latent.density,
+        "freq_hist_data_bar_heights": counts,
+        "freq_hist_data_bar_values": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])],
+        "activations": [_activation(tokenizer, c) for c in latent.contexts]
+        + [
+            _activation(tokenizer, c, (sample.low, sample.high))
+            for sample in latent.samples
+            for c in sample.contexts
+        ],
+        "explanations": [],
+    }
     if latent.logits:
-        record.update(pos_str=[t for t, _ in latent.logits["top"]], pos_values=[v for _, v in latent.logits["top"]],
-                      neg_str=[t for t, _ in latent.logits["bottom"]], neg_values=[v for _, v in latent.logits["bottom"]])
+        record.update(
+            pos_str=[t for t, _ in latent.logits["top"]],
+            pos_values=[v for _, v in latent.logits["top"]],
+            neg_str=[t for t, _ in latent.logits["bottom"]],
+            neg_values=[v for _, v in latent.logits["bottom"]],
+        )
     if latent.explanation:
-        record["explanations"].append({"description": latent.explanation["explanation"],
-                                       "typeName": "saelab-autointerp-detection",
-                                       "score": latent.explanation.get("score")})
+        record["explanations"].append(
+            {
+                "description": latent.explanation["explanation"],
+                "typeName": "saelab-autointerp-detection",
+                "score": latent.explanation.get("score"),
+            }
+        )
     return record
 
 

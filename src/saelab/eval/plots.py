@@ -45,24 +45,41 @@ def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
     for c, style in zip(BAND_C, (":", "--", "-.")):
         slopes = [math.sqrt(1 / (1 + c))] + ([math.sqrt(1 / (1 - c))] if c < 1 else [])
         for i, slope in enumerate(slopes):
-            ax.plot(xs, xs * slope, color="tab:red", ls=style, lw=1, label=f"c = {c}" if i == 0 else None)
+            ax.plot(
+                xs,
+                xs * slope,
+                color="tab:red",
+                ls=style,
+                lw=1,
+                label=f"c = {c}" if i == 0 else None,
+            )
             ratio_ax.axhline(slope, color="tab:red", ls=style, lw=1)
     if log:
         ax.set(xscale="log", yscale="log")
         ratio_ax.set_xscale("log")
     suffix = ", log" if log else ""
-    ax.set(xlim=(bottom, top), ylim=(bottom, top), xlabel=f"||z|| (input, raw units{suffix})",
-           ylabel=f"||f~|| (code, with b_dec{suffix})", title=title or "ZF plot")
+    ax.set(
+        xlim=(bottom, top),
+        ylim=(bottom, top),
+        xlabel=f"||z|| (input, raw units{suffix})",
+        ylabel=f"||f~|| (code, with b_dec{suffix})",
+        title=title or "ZF plot",
+    )
     ax.legend(fontsize=7, loc="upper left")
     low, high = np.percentile(ratio, [0.5, 99.5]) if len(ratio) else (0.5, 1.5)
-    ratio_ax.set(ylim=(min(low, math.sqrt(0.5)) - 0.05, max(high, 1.0) + 0.05),
-                 xlabel=f"||z|| (input, raw units{suffix})", ylabel="||f~|| / ||z||",
-                 title=f"ratio view (median {np.median(ratio):.3f})" if len(ratio) else "ratio view")
+    ratio_ax.set(
+        ylim=(min(low, math.sqrt(0.5)) - 0.05, max(high, 1.0) + 0.05),
+        xlabel=f"||z|| (input, raw units{suffix})",
+        ylabel="||f~|| / ||z||",
+        title=f"ratio view (median {np.median(ratio):.3f})" if len(ratio) else "ratio view",
+    )
     _save(fig, path)
     return bool(log)
 
 
-def l0_histogram_plot(counts: list[int], path: str | Path, k: int | None = None, title: str = "") -> None:
+def l0_histogram_plot(
+    counts: list[int], path: str | Path, k: int | None = None, title: str = ""
+) -> None:
     """Tokens per number of active latents (BatchTopK paper, Figure 3), with the trained k."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
@@ -80,12 +97,22 @@ def density_plot(density: list[float], path: str | Path, title: str = "") -> Non
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if (d > 0).any():
         ax.hist(np.log10(d[d > 0]), bins=60, color="tab:blue")
-    ax.set(xlabel="log10 firing density", ylabel="latents", title=(title or "Latent density") + f" ({dead} dead)")
+    ax.set(
+        xlabel="log10 firing density",
+        ylabel="latents",
+        title=(title or "Latent density") + f" ({dead} dead)",
+    )
     _save(fig, path)
 
 
-def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, series: list[str],
-                title: str | None = None) -> None:
+def pareto_plot(
+    rows: list[dict],
+    metric: str,
+    label: str,
+    path: str | Path,
+    series: list[str],
+    title: str | None = None,
+) -> None:
     """`metric` (y) against L0 (x), one line per distinct value of the `series` keys, points in
     order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot). Rows of seed
     means (sweep.seed_summary) draw their standard deviations `<metric>_std` and `l0_std` as
@@ -94,19 +121,37 @@ def pareto_plot(rows: list[dict], metric: str, label: str, path: str | Path, ser
     for row in rows:
         if metric in row and "l0" in row:
             name = " ".join(str(row[key]) for key in series)
-            lines.setdefault(name, []).append((row["l0"], row[metric], row.get("l0_std", 0.0),
-                                               row.get(metric + "_std", 0.0)))
+            lines.setdefault(name, []).append(
+                (row["l0"], row[metric], row.get("l0_std", 0.0), row.get(metric + "_std", 0.0))
+            )
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, points in sorted(lines.items()):
         x, y, x_err, y_err = zip(*sorted(points))
         bars = any(e > 0 for e in x_err + y_err)
-        ax.errorbar(x, y, xerr=x_err if bars else None, yerr=y_err if bars else None, marker="o", ms=4, lw=1.2,
-                    capsize=3 if bars else 0, label=name)
+        ax.errorbar(
+            x,
+            y,
+            xerr=x_err if bars else None,
+            yerr=y_err if bars else None,
+            marker="o",
+            ms=4,
+            lw=1.2,
+            capsize=3 if bars else 0,
+            label=name,
+        )
     l0s = [point[0] for points in lines.values() for point in points]
     if l0s and min(l0s) > 0 and max(l0s) / min(l0s) > 10:
         log_x(ax)
-    errors = " (mean ± std over seeds)" if any(p[3] > 0 for points in lines.values() for p in points) else ""
-    ax.set(xlabel="L0 (active latents per token)", ylabel=label, title=title or f"{label} vs L0{errors}")
+    errors = (
+        " (mean ± std over seeds)"
+        if any(p[3] > 0 for points in lines.values() for p in points)
+        else ""
+    )
+    ax.set(
+        xlabel="L0 (active latents per token)",
+        ylabel=label,
+        title=title or f"{label} vs L0{errors}",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
@@ -120,16 +165,26 @@ def log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def curve_plot(curves: dict[str, list[tuple[list[float], list[float]]]], path: str | Path, ylabel: str,
-               title: str = "", log_y: bool = False) -> None:
+def curve_plot(
+    curves: dict[str, list[tuple[list[float], list[float]]]],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    log_y: bool = False,
+) -> None:
     """One line per label against training tokens (see draw_curves)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     draw_curves(ax, curves, ylabel, title, log_y)
     _save(fig, path)
 
 
-def draw_curves(ax, curves: dict[str, list[tuple[list[float], list[float]]]], ylabel: str, title: str = "",
-                log_y: bool = False) -> None:
+def draw_curves(
+    ax,
+    curves: dict[str, list[tuple[list[float], list[float]]]],
+    ylabel: str,
+    title: str = "",
+    log_y: bool = False,
+) -> None:
     """One line per label against training tokens: the mean of its runs (one per seed, on the
     same tokens) and, with several, a band of ± one standard deviation."""
     for label, runs in curves.items():
@@ -137,8 +192,14 @@ def draw_curves(ax, curves: dict[str, list[tuple[list[float], list[float]]]], yl
         tokens = np.asarray(runs[0][0][:length], dtype=float)
         values = np.array([run[1][:length] for run in runs], dtype=float)
         mean = values.mean(0)
-        line, = ax.plot(tokens, mean, marker="o", ms=3, lw=1.2,
-                        label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        (line,) = ax.plot(
+            tokens,
+            mean,
+            marker="o",
+            ms=3,
+            lw=1.2,
+            label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""),
+        )
         if len(runs) > 1:
             std = values.std(0, ddof=1)
             ax.fill_between(tokens, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)

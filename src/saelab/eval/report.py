@@ -50,8 +50,12 @@ class Latent:
     index: int
     density: float  # fraction of tokens on which it fires
     max_activation: float
-    histogram: tuple[list[int], list[float]]  # counts [bins], edges [bins + 1] of nonzero activations
-    contexts: list[list[tuple[int, float]]]  # per top context: (token id, activation) for each shown token
+    histogram: tuple[
+        list[int], list[float]
+    ]  # counts [bins], edges [bins + 1] of nonzero activations
+    contexts: list[
+        list[tuple[int, float]]
+    ]  # per top context: (token id, activation) for each shown token
     peaks: list[int]  # index of the activating token within each shown context
     samples: list[Sample] = field(default_factory=list)  # one per interval of QUANTILES
     logits: dict | None = None  # {"top": [(token, logit)], "bottom": [...]} (eval/logit_lens.py)
@@ -70,8 +74,9 @@ def density_band(density: float) -> str:
     return f"1e{low}..{'1' if low == -1 else f'1e{low + 1}'}"
 
 
-def latents_across_densities(counts: torch.Tensor, n_tokens: int, n: int, seed: int = 0,
-                             min_count: int = MIN_FIRINGS) -> list[int]:
+def latents_across_densities(
+    counts: torch.Tensor, n_tokens: int, n: int, seed: int = 0, min_count: int = MIN_FIRINGS
+) -> list[int]:
     """n latents firing at least min_count times, an equal share from each density band (the
     remainder going to the densest bands, a band short of latents leaving its share to the
     others), random within a band; densest band first, then by index."""
@@ -89,8 +94,16 @@ def latents_across_densities(counts: torch.Tensor, n_tokens: int, n: int, seed: 
     return [i for b in order for i in sorted(chosen[b])]
 
 
-def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = None, top_n: int = 32,
-                    n_contexts: int = 8, n_samples: int = 2, seed: int = 0, batch_size: int = 4096) -> list[Latent]:
+def latent_examples(
+    sae,
+    cache: ActivationCache,
+    latents: list[int] | None = None,
+    top_n: int = 32,
+    n_contexts: int = 8,
+    n_samples: int = 2,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> list[Latent]:
     """The chosen latents (default: top_n across density bands) with their top contexts and
     n_samples contexts from each lower quantile interval of their activations, at most one per
     packed context."""
@@ -108,9 +121,16 @@ def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = Non
     for j, index in enumerate(latents):
         values = data.codes[:, j]
         nonzero = values[values > 0].numpy()
-        hist = np.histogram(nonzero, bins=HISTOGRAM_BINS) if len(nonzero) else (np.zeros(0), np.zeros(1))
+        hist = (
+            np.histogram(nonzero, bins=HISTOGRAM_BINS)
+            if len(nonzero)
+            else (np.zeros(0), np.zeros(1))
+        )
         used: set[int] = set()
-        shown = [window(data, values, row_of, r, BEFORE, AFTER) for r in top_rows(values, data.context, n_contexts, used)]
+        shown = [
+            window(data, values, row_of, r, BEFORE, AFTER)
+            for r in top_rows(values, data.context, n_contexts, used)
+        ]
         samples = []
         if len(nonzero) and n_samples:
             for lo, hi in QUANTILES:
@@ -118,11 +138,26 @@ def latent_examples(sae, cache: ActivationCache, latents: list[int] | None = Non
                 rows = rows_between(values, data.context, float(a), float(b), n_samples, rng, used)
                 if rows:
                     picked = [window(data, values, row_of, r, BEFORE, AFTER) for r in rows]
-                    samples.append(Sample(f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
-                                          float(a), float(b), [c for c, _ in picked], [p for _, p in picked]))
-        out.append(Latent(index=index, density=int(data.counts[index]) / data.n_tokens,
-                          max_activation=float(values.max()), histogram=(hist[0].astype(int).tolist(), hist[1].tolist()),
-                          contexts=[c for c, _ in shown], peaks=[p for _, p in shown], samples=samples))
+                    samples.append(
+                        Sample(
+                            f"quantile {lo:.0%}-{hi:.0%} of its activations ({a:.3g} to {b:.3g})",
+                            float(a),
+                            float(b),
+                            [c for c, _ in picked],
+                            [p for _, p in picked],
+                        )
+                    )
+        out.append(
+            Latent(
+                index=index,
+                density=int(data.counts[index]) / data.n_tokens,
+                max_activation=float(values.max()),
+                histogram=(hist[0].astype(int).tolist(), hist[1].tolist()),
+                contexts=[c for c, _ in shown],
+                peaks=[p for _, p in shown],
+                samples=samples,
+            )
+        )
     return out
 
 
@@ -131,16 +166,22 @@ def _token_text(tokenizer, token_id: int) -> str:
     return text.replace("\n", "\u23ce") or "\u2205"
 
 
-def _histogram_svg(counts: list[int], edges: list[float], width: int = 260, height: int = 70) -> str:
+def _histogram_svg(
+    counts: list[int], edges: list[float], width: int = 260, height: int = 70
+) -> str:
     """Bars of the counts, with the value range written under them."""
     if not counts:
         return "<p class='muted'>never fires</p>"
     top, bar = max(counts), width / len(counts)
-    bars = "".join(f"<rect x='{i * bar:.1f}' y='{height - 14 - h:.1f}' width='{bar - 1:.1f}' height='{h:.1f}'/>"
-                   for i, h in enumerate((height - 16) * c / top for c in counts))
-    return (f"<svg class='hist' width='{width}' height='{height}' role='img' aria-label='activation histogram'>"
-            f"{bars}<text x='0' y='{height - 2}'>{edges[0]:.3g}</text>"
-            f"<text x='{width}' y='{height - 2}' text-anchor='end'>{edges[-1]:.3g}</text></svg>")
+    bars = "".join(
+        f"<rect x='{i * bar:.1f}' y='{height - 14 - h:.1f}' width='{bar - 1:.1f}' height='{h:.1f}'/>"
+        for i, h in enumerate((height - 16) * c / top for c in counts)
+    )
+    return (
+        f"<svg class='hist' width='{width}' height='{height}' role='img' aria-label='activation histogram'>"
+        f"{bars}<text x='0' y='{height - 2}'>{edges[0]:.3g}</text>"
+        f"<text x='{width}' y='{height - 2}' text-anchor='end'>{edges[-1]:.3g}</text></svg>"
+    )
 
 
 def _context_html(tokenizer, tokens: list[tuple[int, float]], peak: int, scale: float) -> str:
@@ -148,8 +189,10 @@ def _context_html(tokenizer, tokens: list[tuple[int, float]], peak: int, scale: 
     for q, (token_id, value) in enumerate(tokens):
         alpha = min(1.0, value / scale) if scale > 0 else 0.0
         cls = "tok peak" if q == peak else "tok"
-        spans.append(f"<span class='{cls}' style='background-color: rgba(255, 110, 0, {alpha:.3f})' "
-                     f"data-act='{value:.4g}' title='{value:.4g}'>{html.escape(_token_text(tokenizer, token_id))}</span>")
+        spans.append(
+            f"<span class='{cls}' style='background-color: rgba(255, 110, 0, {alpha:.3f})' "
+            f"data-act='{value:.4g}' title='{value:.4g}'>{html.escape(_token_text(tokenizer, token_id))}</span>"
+        )
     return "<li class='context'>" + "".join(spans) + "</li>"
 
 
@@ -192,74 +235,138 @@ document.getElementById('filter').addEventListener('input', function (e) {
 
 
 def _contexts_html(tokenizer, contexts, peaks, scale: float) -> str:
-    return "<ol class='contexts'>" + "".join(_context_html(tokenizer, c, peak, scale)
-                                             for c, peak in zip(contexts, peaks)) + "</ol>"
+    return (
+        "<ol class='contexts'>"
+        + "".join(_context_html(tokenizer, c, peak, scale) for c, peak in zip(contexts, peaks))
+        + "</ol>"
+    )
 
 
 def _logits_html(logits: dict) -> str:
     def column(title, pairs):
-        rows = "".join(f"<tr><td class='tokcell'>{html.escape(repr(text)[1:-1])}</td><td class='v'>{value:+.3g}</td></tr>"
-                       for text, value in pairs)
+        rows = "".join(
+            f"<tr><td class='tokcell'>{html.escape(repr(text)[1:-1])}</td><td class='v'>{value:+.3g}</td></tr>"
+            for text, value in pairs
+        )
         return f"<table class='logits'><caption>{title}</caption>{rows}</table>"
 
-    return ("<div class='lens'>" + column("promotes (logit lens)", logits["top"])
-            + column("suppresses", logits["bottom"]) + "</div>")
+    return (
+        "<div class='lens'>"
+        + column("promotes (logit lens)", logits["top"])
+        + column("suppresses", logits["bottom"])
+        + "</div>"
+    )
 
 
 def _latent_html(tokenizer, lt: Latent) -> str:
-    parts = [f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>",
-             f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) &middot; "
-             f"max activation {lt.max_activation:.4g}</div>"]
+    parts = [
+        f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>",
+        f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) &middot; "
+        f"max activation {lt.max_activation:.4g}</div>",
+    ]
     if lt.explanation:
         score = lt.explanation.get("score")
-        by = f" ({html.escape(lt.explanation['explainer'])})" if lt.explanation.get("explainer") else ""
-        parts.append(f"<p class='explanation'>autointerp{by}: <b>{html.escape(lt.explanation['explanation'])}</b>"
-                     + (f" <span class='muted'>(detection accuracy {score:.2f}, F1 {lt.explanation['f1']:.2f})</span>"
-                        if score is not None else "") + "</p>")
-    parts.append("<div class='row'>" + _histogram_svg(*lt.histogram) + (_logits_html(lt.logits) if lt.logits else "")
-                 + "</div>")
-    parts.append("<h4>top activations</h4>" + _contexts_html(tokenizer, lt.contexts, lt.peaks, lt.max_activation))
+        by = (
+            f" ({html.escape(lt.explanation['explainer'])})"
+            if lt.explanation.get("explainer")
+            else ""
+        )
+        parts.append(
+            f"<p class='explanation'>autointerp{by}: <b>{html.escape(lt.explanation['explanation'])}</b>"
+            + (
+                f" <span class='muted'>(detection accuracy {score:.2f}, F1 {lt.explanation['f1']:.2f})</span>"
+                if score is not None
+                else ""
+            )
+            + "</p>"
+        )
+    parts.append(
+        "<div class='row'>"
+        + _histogram_svg(*lt.histogram)
+        + (_logits_html(lt.logits) if lt.logits else "")
+        + "</div>"
+    )
+    parts.append(
+        "<h4>top activations</h4>"
+        + _contexts_html(tokenizer, lt.contexts, lt.peaks, lt.max_activation)
+    )
     for sample in lt.samples:
-        parts.append(f"<h4>{html.escape(sample.label)}</h4>"
-                     + _contexts_html(tokenizer, sample.contexts, sample.peaks, lt.max_activation))
+        parts.append(
+            f"<h4>{html.escape(sample.label)}</h4>"
+            + _contexts_html(tokenizer, sample.contexts, sample.peaks, lt.max_activation)
+        )
     return "".join(parts) + "</section>"
 
 
 def _table(values: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='v'>{v:.4f}</td></tr>" for k, v in values.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td class='v'>{v:.4f}</td></tr>"
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
     return f"<table class='metrics'>{rows}</table>"
 
 
-def report_html(sae, latents: list[Latent], tokenizer, results: dict | None = None,
-                plots: list[Path] | None = None, title: str | None = None, interp: dict | None = None) -> str:
+def report_html(
+    sae,
+    latents: list[Latent],
+    tokenizer,
+    results: dict | None = None,
+    plots: list[Path] | None = None,
+    title: str | None = None,
+    interp: dict | None = None,
+) -> str:
     """The whole page as one string; `interp` holds the metrics of eval_results/ (SAEBench's
     names, eval/saebench/output.flat_metrics)."""
     cfg = sae.cfg
     target = sae.arch.target_l0(sae)
     name = title or f"{cfg.arch} SAE, d_sae={cfg.d_sae}" + (f", k={target}" if target else "")
-    meta = ", ".join(f"{k}: {v}" for k, v in cfg.metadata.items() if k in ("model", "layer", "site", "dataset"))
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>",
-             f"<p class='muted'>{html.escape(meta)}</p>" if meta else ""]
+    meta = ", ".join(
+        f"{k}: {v}" for k, v in cfg.metadata.items() if k in ("model", "layer", "site", "dataset")
+    )
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>",
+        f"<p class='muted'>{html.escape(meta)}</p>" if meta else "",
+    ]
     if results:
         parts.append("<h2>Metrics</h2>" + _table(results))
     if interp:
         parts.append("<h2>Interpretability evaluations (SAEBench)</h2>" + _table(interp))
     if plots:
-        parts.append("<h2>Plots</h2><div class='plots'>" + "".join(_image(p) for p in plots) + "</div>")
-    parts.append(f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. 12, 40'></p>")
-    parts.append("<nav>" + "".join(f"<a href='#latent-{lt.index}'>{lt.index}</a>" for lt in latents) + "</nav>")
+        parts.append(
+            "<h2>Plots</h2><div class='plots'>" + "".join(_image(p) for p in plots) + "</div>"
+        )
+    parts.append(
+        f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. 12, 40'></p>"
+    )
+    parts.append(
+        "<nav>"
+        + "".join(f"<a href='#latent-{lt.index}'>{lt.index}</a>" for lt in latents)
+        + "</nav>"
+    )
     for lt in latents:
         parts.append(_latent_html(tokenizer, lt))
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "".join(parts)
 
 
-def write_report(sae, cache: ActivationCache, path: str | Path, tokenizer, results: dict | None = None,
-                 plots: list[Path] | None = None, latents: list[int] | None = None, top_n: int = 32,
-                 n_contexts: int = 8, n_samples: int = 2, lm=None, explanations: dict | None = None,
-                 interp: dict | None = None, seed: int = 0) -> list[Latent]:
+def write_report(
+    sae,
+    cache: ActivationCache,
+    path: str | Path,
+    tokenizer,
+    results: dict | None = None,
+    plots: list[Path] | None = None,
+    latents: list[int] | None = None,
+    top_n: int = 32,
+    n_contexts: int = 8,
+    n_samples: int = 2,
+    lm=None,
+    explanations: dict | None = None,
+    interp: dict | None = None,
+    seed: int = 0,
+) -> list[Latent]:
     """Write the feature browser page to `path`; returns the latents shown. With `lm` (the
     model the SAE reads) each latent gets its logit lens; `explanations` maps latents to their
     autointerp records; `interp` the metrics of eval_results/."""

@@ -30,10 +30,22 @@ from ..config import ConfigError, SAEConfig
 from .format import SAEFormatError, export_tensors
 
 WEIGHTS, CONFIG = "ae.pt", "config.json"
-CLASSES = {"AutoEncoder": "relu", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
-           "MatryoshkaBatchTopKSAE": "matryoshka", "JumpReluAutoEncoder": "jumprelu", "GatedAutoEncoder": "gated"}
-TRAINERS = {"relu": "StandardTrainer", "topk": "TopKTrainer", "batchtopk": "BatchTopKTrainer",
-            "matryoshka": "MatryoshkaBatchTopKTrainer", "jumprelu": "JumpReluTrainer", "gated": "GatedSAETrainer"}
+CLASSES = {
+    "AutoEncoder": "relu",
+    "AutoEncoderTopK": "topk",
+    "BatchTopKSAE": "batchtopk",
+    "MatryoshkaBatchTopKSAE": "matryoshka",
+    "JumpReluAutoEncoder": "jumprelu",
+    "GatedAutoEncoder": "gated",
+}
+TRAINERS = {
+    "relu": "StandardTrainer",
+    "topk": "TopKTrainer",
+    "batchtopk": "BatchTopKTrainer",
+    "matryoshka": "MatryoshkaBatchTopKTrainer",
+    "jumprelu": "JumpReluTrainer",
+    "gated": "GatedSAETrainer",
+}
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -43,8 +55,10 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:
-            raise SAEFormatError(f"{path} holds an object of {refused.group(1)}, not only tensors: saelab refuses to "
-                                 "unpickle it (torch.load with weights_only=True), since that could run code") from None
+            raise SAEFormatError(
+                f"{path} holds an object of {refused.group(1)}, not only tensors: saelab refuses to "
+                "unpickle it (torch.load with weights_only=True), since that could run code"
+            ) from None
         raise SAEFormatError(f"{path} is not a readable torch state dict") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise SAEFormatError(f"{path} is not a readable torch state dict: {err}") from None
@@ -58,23 +72,41 @@ def _linear(tensors, name):
     return tensors[f"{name}.weight"].float().T.contiguous()
 
 
-def from_dictionary_learning(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
+def from_dictionary_learning(
+    config: dict, tensors: dict[str, torch.Tensor]
+) -> tuple[SAEConfig, dict]:
     """(SAEConfig, tensors in saelab's file layout) of a dictionary_learning SAE."""
     trainer = config.get("trainer", config)
     dict_class = trainer.get("dict_class")
     if dict_class not in CLASSES:
-        raise ConfigError(f"dictionary_learning dict_class {dict_class!r} is not supported "
-                          f"(supported: {', '.join(CLASSES)})")
+        raise ConfigError(
+            f"dictionary_learning dict_class {dict_class!r} is not supported "
+            f"(supported: {', '.join(CLASSES)})"
+        )
     arch, t, settings = CLASSES[dict_class], tensors, {}
     if arch == "relu":
-        out = {"W_enc": _linear(t, "encoder"), "b_enc": t["encoder.bias"], "W_dec": _linear(t, "decoder"),
-               "b_dec": t["bias"]}
+        out = {
+            "W_enc": _linear(t, "encoder"),
+            "b_enc": t["encoder.bias"],
+            "W_dec": _linear(t, "decoder"),
+            "b_dec": t["bias"],
+        }
     elif arch in ("topk", "batchtopk"):
-        out = {"W_enc": _linear(t, "encoder"), "b_enc": t["encoder.bias"], "W_dec": _linear(t, "decoder"),
-               "b_dec": t["b_dec"]}
+        out = {
+            "W_enc": _linear(t, "encoder"),
+            "b_enc": t["encoder.bias"],
+            "W_dec": _linear(t, "decoder"),
+            "b_dec": t["b_dec"],
+        }
     elif arch == "gated":
-        out = {"W_enc": _linear(t, "encoder"), "b_gate": t["gate_bias"], "r_mag": t["r_mag"], "b_mag": t["mag_bias"],
-               "W_dec": _linear(t, "decoder"), "b_dec": t["decoder_bias"]}
+        out = {
+            "W_enc": _linear(t, "encoder"),
+            "b_gate": t["gate_bias"],
+            "r_mag": t["r_mag"],
+            "b_mag": t["mag_bias"],
+            "W_dec": _linear(t, "decoder"),
+            "b_dec": t["decoder_bias"],
+        }
     else:
         out = {name: t[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if arch in ("topk", "batchtopk", "matryoshka"):
@@ -93,28 +125,50 @@ def from_dictionary_learning(config: dict, tensors: dict[str, torch.Tensor]) -> 
     for key, value in (("activation_dim", d_in), ("dict_size", d_sae)):
         if key in trainer and int(trainer[key]) != value:
             raise ConfigError(f"config.json says {key}={trainer[key]} but the weights have {value}")
-    metadata = {key: trainer[key] for key in ("lm_name", "layer", "submodule_name") if key in trainer}
-    return SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, input_scaling="none", metadata=metadata, **settings), out
+    metadata = {
+        key: trainer[key] for key in ("lm_name", "layer", "submodule_name") if key in trainer
+    }
+    return SAEConfig(
+        arch=arch, d_in=d_in, d_sae=d_sae, input_scaling="none", metadata=metadata, **settings
+    ), out
 
 
 def to_dictionary_learning(sae) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, ae.pt state dict) of `sae` as dictionary_learning lays them out."""
     tensors, cfg = export_tensors(sae)
     if cfg.arch not in TRAINERS:
-        raise ConfigError(f"dictionary_learning has no {cfg.arch} SAE (it has {', '.join(TRAINERS)})")
+        raise ConfigError(
+            f"dictionary_learning has no {cfg.arch} SAE (it has {', '.join(TRAINERS)})"
+        )
     if cfg.input_scaling == "per_token":
-        raise ConfigError("dictionary_learning has no per-token input normalisation: export an SAE trained with "
-                          "--input-scaling none or expected_norm")
+        raise ConfigError(
+            "dictionary_learning has no per-token input normalisation: export an SAE trained with "
+            "--input-scaling none or expected_norm"
+        )
     t, arch = tensors, cfg.arch
     if arch == "relu":
-        out = {"bias": t["b_dec"], "encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"],
-               "decoder.weight": t["W_dec"].T}
+        out = {
+            "bias": t["b_dec"],
+            "encoder.weight": t["W_enc"].T,
+            "encoder.bias": t["b_enc"],
+            "decoder.weight": t["W_dec"].T,
+        }
     elif arch in ("topk", "batchtopk"):
-        out = {"encoder.weight": t["W_enc"].T, "encoder.bias": t["b_enc"], "decoder.weight": t["W_dec"].T,
-               "b_dec": t["b_dec"]}
+        out = {
+            "encoder.weight": t["W_enc"].T,
+            "encoder.bias": t["b_enc"],
+            "decoder.weight": t["W_dec"].T,
+            "b_dec": t["b_dec"],
+        }
     elif arch == "gated":
-        out = {"decoder_bias": t["b_dec"], "encoder.weight": t["W_enc"].T, "r_mag": t["r_mag"],
-               "gate_bias": t["b_gate"], "mag_bias": t["b_mag"], "decoder.weight": t["W_dec"].T}
+        out = {
+            "decoder_bias": t["b_dec"],
+            "encoder.weight": t["W_enc"].T,
+            "r_mag": t["r_mag"],
+            "gate_bias": t["b_gate"],
+            "mag_bias": t["b_mag"],
+            "decoder.weight": t["W_dec"].T,
+        }
     else:
         out = {name: t[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if arch in ("topk", "batchtopk", "matryoshka"):
@@ -128,10 +182,18 @@ def to_dictionary_learning(sae) -> tuple[dict, dict[str, torch.Tensor]]:
     if arch == "jumprelu":
         out["threshold"] = t["threshold"]
         out["b_enc"] = t["b_enc"] - t["b_dec"] @ t["W_enc"]
-    trainer = {"dict_class": next(c for c, a in CLASSES.items() if a == arch), "trainer_class": TRAINERS[arch],
-               "activation_dim": cfg.d_in, "dict_size": cfg.d_sae, "exported_by": "saelab"}
+    trainer = {
+        "dict_class": next(c for c, a in CLASSES.items() if a == arch),
+        "trainer_class": TRAINERS[arch],
+        "activation_dim": cfg.d_in,
+        "dict_size": cfg.d_sae,
+        "exported_by": "saelab",
+    }
     if arch in ("topk", "batchtopk", "matryoshka"):
         trainer["k"] = cfg.k
-    recorded = {"lm_name": cfg.metadata.get("model", cfg.metadata.get("lm_name")), "layer": cfg.metadata.get("layer")}
+    recorded = {
+        "lm_name": cfg.metadata.get("model", cfg.metadata.get("lm_name")),
+        "layer": cfg.metadata.get("layer"),
+    }
     trainer.update({key: value for key, value in recorded.items() if value is not None})
     return {"trainer": trainer}, {name: value.contiguous() for name, value in out.items()}

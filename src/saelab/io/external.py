@@ -27,22 +27,33 @@ from ..sae.model import SAE
 from ..sae.registry import ARCHITECTURES
 from . import dictionary_learning
 from .atomic import atomic_write
+from .format import (
+    CFG_NAME,
+    FORMAT,
+    WEIGHTS_NAME,
+    SAEFormatError,
+    export_tensors,
+    load_sae,
+    read_safetensors,
+    sae_from_tensors,
+)
 from .jsonfile import read_json_object
-from .format import CFG_NAME, FORMAT, WEIGHTS_NAME, SAEFormatError, export_tensors, load_sae, read_safetensors, sae_from_tensors
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
 
 
 def detect_format(path: Path) -> str:
-    """"saelab", "saelens", "sparsify" or "dictionary_learning", from the files in an SAE
+    """ "saelab", "saelens", "sparsify" or "dictionary_learning", from the files in an SAE
     directory."""
     if not path.is_dir():
         raise SAEFormatError(f"no SAE directory at {path}")
     if (path / dictionary_learning.WEIGHTS).is_file():
         if not (path / dictionary_learning.CONFIG).is_file():
-            raise SAEFormatError(f"{path} has {dictionary_learning.WEIGHTS} but no {dictionary_learning.CONFIG}: "
-                                 "a dictionary_learning SAE needs both")
+            raise SAEFormatError(
+                f"{path} has {dictionary_learning.WEIGHTS} but no {dictionary_learning.CONFIG}: "
+                "a dictionary_learning SAE needs both"
+            )
         return "dictionary_learning"
     if not (path / CFG_NAME).is_file():
         raise SAEFormatError(f"{path} has no {CFG_NAME}: not an SAE directory of a known format")
@@ -75,8 +86,11 @@ def load_any(path: str | Path, device: str = "cpu") -> SAE:
         cfg_dict = read_json_object(path / CFG_NAME, SAEFormatError)
         weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
         tensors = read_safetensors(weights)
-    translate = {"saelens": from_saelens, "sparsify": from_sparsify,
-                 "dictionary_learning": dictionary_learning.from_dictionary_learning}[kind]
+    translate = {
+        "saelens": from_saelens,
+        "sparsify": from_sparsify,
+        "dictionary_learning": dictionary_learning.from_dictionary_learning,
+    }[kind]
     try:
         cfg, tensors = translate(cfg_dict, tensors)
     except (KeyError, TypeError, ValueError) as err:
@@ -91,19 +105,31 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
     readers = {name: arch for arch in ARCHITECTURES.values() for name in arch.saelens_names}
     arch_name = cfg.get("architecture", "standard")
     if arch_name not in readers:
-        raise ConfigError(f"SAELens architecture {arch_name!r} is not supported (supported: {', '.join(readers)})")
+        raise ConfigError(
+            f"SAELens architecture {arch_name!r} is not supported (supported: {', '.join(readers)})"
+        )
     norm = cfg.get("normalize_activations", "none")
     if norm not in SAELENS_NORMS:
-        raise ConfigError(f"normalize_activations={norm!r} is not supported (supported: none, layer_norm)")
+        raise ConfigError(
+            f"normalize_activations={norm!r} is not supported (supported: none, layer_norm)"
+        )
     arch = readers[arch_name]
     settings, tensors = arch.from_saelens(cfg, {name: t.float() for name, t in tensors.items()})
     if not cfg.get("apply_b_dec_to_input", True):
         if "b_enc" not in tensors:
-            raise ConfigError(f"apply_b_dec_to_input=false is not supported for SAELens {arch_name!r} SAEs")
+            raise ConfigError(
+                f"apply_b_dec_to_input=false is not supported for SAELens {arch_name!r} SAEs"
+            )
         tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
     sae_cfg = SAEConfig(
-        arch=arch.name, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), input_scaling=SAELENS_NORMS[norm],
-        metadata={key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg}, **settings,
+        arch=arch.name,
+        d_in=int(cfg["d_in"]),
+        d_sae=int(cfg["d_sae"]),
+        input_scaling=SAELENS_NORMS[norm],
+        metadata={
+            key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg
+        },
+        **settings,
     )
     return sae_cfg, tensors
 
@@ -114,7 +140,11 @@ def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors, cfg = export_tensors(sae)
     fields, tensors = sae.arch.to_saelens(sae, tensors)
     out = {
-        **fields, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": "float32", "device": "cpu",
+        **fields,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "layer_norm" if cfg.input_scaling == "per_token" else "none",
     }
@@ -130,8 +160,12 @@ def from_sparsify(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfi
     if "d_in" in cfg and int(cfg["d_in"]) != d_in:
         raise ConfigError(f"cfg.json says d_in={cfg['d_in']} but encoder.weight has d_in={d_in}")
     sae_cfg = SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=int(cfg["k"]), input_scaling="none")
-    return sae_cfg, {"W_enc": W_enc, "b_enc": tensors["encoder.bias"].float(),
-                     "W_dec": tensors["W_dec"].float(), "b_dec": tensors["b_dec"].float()}
+    return sae_cfg, {
+        "W_enc": W_enc,
+        "b_enc": tensors["encoder.bias"].float(),
+        "W_dec": tensors["W_dec"].float(),
+        "b_dec": tensors["b_dec"].float(),
+    }
 
 
 def to_sparsify(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -139,8 +173,12 @@ def to_sparsify(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
     if cfg.arch != "topk" or cfg.input_scaling == "per_token":
         raise ConfigError("sparsify holds TopK SAEs on unnormalised inputs only")
     out = {"k": cfg.k, "d_in": cfg.d_in, "num_latents": cfg.d_sae, "normalize_decoder": True}
-    return out, {"encoder.weight": tensors["W_enc"].T.contiguous(), "encoder.bias": tensors["b_enc"],
-                 "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+    return out, {
+        "encoder.weight": tensors["W_enc"].T.contiguous(),
+        "encoder.bias": tensors["b_enc"],
+        "W_dec": tensors["W_dec"],
+        "b_dec": tensors["b_dec"],
+    }
 
 
 EXPORTS = ("saelens", "sparsify", "dictionary_learning")
@@ -153,9 +191,15 @@ def export(sae: SAE, path: str | Path, fmt: str) -> None:
     path = Path(path)
     if fmt == "dictionary_learning":
         cfg, tensors = dictionary_learning.to_dictionary_learning(sae)
-        files = ((dictionary_learning.WEIGHTS, lambda p: torch.save(tensors, p)), (dictionary_learning.CONFIG, cfg))
+        files = (
+            (dictionary_learning.WEIGHTS, lambda p: torch.save(tensors, p)),
+            (dictionary_learning.CONFIG, cfg),
+        )
     else:
-        translate, weights = {"saelens": (to_saelens, SAELENS_WEIGHTS), "sparsify": (to_sparsify, WEIGHTS_NAME)}[fmt]
+        translate, weights = {
+            "saelens": (to_saelens, SAELENS_WEIGHTS),
+            "sparsify": (to_sparsify, WEIGHTS_NAME),
+        }[fmt]
         cfg, tensors = translate(sae)
         files = ((weights, lambda p: save_file(tensors, str(p))), (CFG_NAME, cfg))
     path.mkdir(parents=True, exist_ok=True)

@@ -50,18 +50,31 @@ def export_tensors(sae: SAE) -> tuple[dict[str, torch.Tensor], SAEConfig]:
     cfg = SAEConfig.from_dict(sae.cfg.to_dict())
     s = float(sae.input_scale)
     tensors = file_tensors(sae)
-    tensors.update(W_enc=tensors["W_enc"] * s, W_dec=tensors["W_dec"] / s, b_dec=tensors["b_dec"] / s)
+    tensors.update(
+        W_enc=tensors["W_enc"] * s, W_dec=tensors["W_dec"] / s, b_dec=tensors["b_dec"] / s
+    )
     if cfg.input_scaling == "expected_norm":
-        cfg.metadata = {**cfg.metadata, "folded_input_scale": cfg.metadata.get("folded_input_scale", 1.0) * s}
+        cfg.metadata = {
+            **cfg.metadata,
+            "folded_input_scale": cfg.metadata.get("folded_input_scale", 1.0) * s,
+        }
     cfg.input_scale = 1.0
-    return {name: (t.float() if t.is_floating_point() else t).contiguous().cpu() for name, t in tensors.items()}, cfg
+    return {
+        name: (t.float() if t.is_floating_point() else t).contiguous().cpu()
+        for name, t in tensors.items()
+    }, cfg
 
 
 def save_sae(sae: SAE, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors, cfg = export_tensors(sae)
-    cfg_json = {"format": FORMAT, "format_version": FORMAT_VERSION, "saelab_version": __version__, **cfg.to_dict()}
+    cfg_json = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "saelab_version": __version__,
+        **cfg.to_dict(),
+    }
     atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
     atomic_write(path / CFG_NAME, lambda p: p.write_text(json.dumps(cfg_json, indent=2) + "\n"))
 
@@ -89,7 +102,9 @@ def read_config(path: Path) -> SAEConfig:
         raise SAEFormatError(f"{path} has no {CFG_NAME}")
     raw = read_json_object(cfg_file, SAEFormatError)
     if raw.pop("format", None) != FORMAT:
-        raise SAEFormatError(f"{cfg_file} is not a saelab SAE config (missing \"format\": \"{FORMAT}\")")
+        raise SAEFormatError(
+            f'{cfg_file} is not a saelab SAE config (missing "format": "{FORMAT}")'
+        )
     raw.pop("saelab_version", None)
     legacy = raw.pop("format_version", 1) < FORMAT_VERSION
     try:
@@ -128,24 +143,42 @@ def check_tensors(tensors: dict[str, torch.Tensor], sae: SAE, file: Path) -> Non
                 f"(d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}) needs {tuple(want[name].shape)}"
             )
         if tensor.is_floating_point() != want[name].is_floating_point():
-            raise SAEFormatError(f"{file}: tensor {name} has dtype {tensor.dtype}, expected {want[name].dtype}")
-        if tensor.is_floating_point() and name not in sae.arch.unset_when_nan and not torch.isfinite(tensor).all():
+            raise SAEFormatError(
+                f"{file}: tensor {name} has dtype {tensor.dtype}, expected {want[name].dtype}"
+            )
+        if (
+            tensor.is_floating_point()
+            and name not in sae.arch.unset_when_nan
+            and not torch.isfinite(tensor).all()
+        ):
             raise SAEFormatError(f"{file}: tensor {name} contains NaN or Inf")
 
 
 def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
     """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
-    folded = float(cfg.metadata.get("folded_input_scale", 1.0)) if cfg.input_scaling == "expected_norm" else 1.0
+    folded = (
+        float(cfg.metadata.get("folded_input_scale", 1.0))
+        if cfg.input_scaling == "expected_norm"
+        else 1.0
+    )
     if not (math.isfinite(folded) and folded > 0):
-        raise SAEFormatError(f"{path}: metadata.folded_input_scale must be a positive number, got {folded}")
+        raise SAEFormatError(
+            f"{path}: metadata.folded_input_scale must be a positive number, got {folded}"
+        )
     if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
-        metadata = {key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"}
+        metadata = {
+            key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"
+        }
         cfg = cfg.replace(input_scale=folded, metadata=metadata)
     sae = SAE(cfg)
     check_tensors(tensors, sae, path)
     if folded != 1.0:
-        tensors = {**tensors, "W_enc": tensors["W_enc"] / folded, "W_dec": tensors["W_dec"] * folded,
-                   "b_dec": tensors["b_dec"] * folded}
+        tensors = {
+            **tensors,
+            "W_enc": tensors["W_enc"] / folded,
+            "W_dec": tensors["W_dec"] * folded,
+            "b_dec": tensors["b_dec"] * folded,
+        }
     try:
         state = sae.arch.from_file(tensors)
     except ConfigError as err:
@@ -160,4 +193,6 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     if not path.is_dir():
         raise SAEFormatError(f"no SAE directory at {path}")
     cfg = read_config(path)
-    return sae_from_tensors(cfg, read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME).to(device)
+    return sae_from_tensors(cfg, read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME).to(
+        device
+    )

@@ -29,9 +29,20 @@ from .external import load_any
 
 SCHEME = "hf://"
 CARD = "README.md"
-CARD_METRICS = ("nmse", "fvu", "explained_variance", "l0", "dead_fraction", "ce_degradation", "ce_loss_recovered",
-                "kl", "eps_lbo_median", "mean_absorption_fraction_score", "sae_top_1_test_accuracy",
-                "autointerp_score")
+CARD_METRICS = (
+    "nmse",
+    "fvu",
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "ce_degradation",
+    "ce_loss_recovered",
+    "kl",
+    "eps_lbo_median",
+    "mean_absorption_fraction_score",
+    "sae_top_1_test_accuracy",
+    "autointerp_score",
+)
 
 
 class HubError(SaelabError, ValueError):
@@ -40,14 +51,17 @@ class HubError(SaelabError, ValueError):
 
 def parse_uri(uri: str) -> tuple[str, str | None]:
     """hf://ORG/NAME[/SAE_ID] -> (repo id, sae_id or None)."""
-    parts = [p for p in uri[len(SCHEME):].split("/") if p]
+    parts = [p for p in uri[len(SCHEME) :].split("/") if p]
     if len(parts) < 2:
         raise HubError(f"{uri}: a Hub SAE is hf://ORG/NAME or hf://ORG/NAME/SAE_ID")
     return f"{parts[0]}/{parts[1]}", "/".join(parts[2:]) or None
 
 
 def _reachable(timeout: float = 3.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    host = (
+        urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        or "huggingface.co"
+    )
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -60,23 +74,44 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
     network), else fetched (only the sae_id folder) into the cache. A missing folder is named
     with the SAE folders the repo has."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable()
-    what = f"{repo_id}" + (f" (folder {sae_id})" if sae_id else "") + (f" at revision {revision}" if revision else "")
+    what = (
+        f"{repo_id}"
+        + (f" (folder {sae_id})" if sae_id else "")
+        + (f" at revision {revision}" if revision else "")
+    )
     try:
-        root = Path(snapshot_download(repo_id, revision=revision, local_files_only=offline,
-                                      allow_patterns=[f"{sae_id}/*"] if sae_id and not offline else None))
+        root = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                local_files_only=offline,
+                allow_patterns=[f"{sae_id}/*"] if sae_id and not offline else None,
+            )
+        )
     except LocalEntryNotFoundError:
-        raise HubError(f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
-                       f"({'HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'no network'}): "
-                       "download it once with network, or pass a local directory") from None
+        raise HubError(
+            f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"({'HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'no network'}): "
+            "download it once with network, or pass a local directory"
+        ) from None
     except GatedRepoError:
-        raise HubError(f"{repo_id} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+        raise HubError(
+            f"{repo_id} is gated: accept its terms on the Hub and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubError(f"no Hub repo {repo_id} (or it is private: set HF_TOKEN), and no local directory of that "
-                       "name") from None
+        raise HubError(
+            f"no Hub repo {repo_id} (or it is private: set HF_TOKEN), and no local directory of that "
+            "name"
+        ) from None
     except RevisionNotFoundError:
         raise HubError(f"{repo_id} has no revision {revision}") from None
     except HFValidationError as err:
@@ -89,9 +124,14 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
             from huggingface_hub import HfApi
 
             files = HfApi().list_repo_files(repo_id, revision=revision)
-        found = sorted({str(Path(f).parent) for f in files if Path(f).name in ("cfg.json", "config.json")} - {"."})
-        raise HubError(f"{repo_id} has no folder {sae_id}" + (f"; its SAE folders: {', '.join(found[:20])}"
-                                                               if found else ""))
+        found = sorted(
+            {str(Path(f).parent) for f in files if Path(f).name in ("cfg.json", "config.json")}
+            - {"."}
+        )
+        raise HubError(
+            f"{repo_id} has no folder {sae_id}"
+            + (f"; its SAE folders: {', '.join(found[:20])}" if found else "")
+        )
     return folder
 
 
@@ -111,7 +151,9 @@ def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None =
     return download(repo_or_path, sae_id, revision)
 
 
-def from_pretrained(repo_or_path: str, sae_id: str | None = None, revision: str | None = None, device: str = "cpu"):
+def from_pretrained(
+    repo_or_path: str, sae_id: str | None = None, revision: str | None = None, device: str = "cpu"
+):
     """An SAE from a Hub repo (id or hf:// URI) or a local directory, in any layout load_any reads."""
     return load_any(resolve(repo_or_path, sae_id, revision), device)
 
@@ -120,29 +162,76 @@ def model_card(sae, run: Path | None, repo_id: str, sae_id: str | None = None) -
     """README.md for the Hub: metadata, what the SAE was trained on, how to load it, its
     settings and held-out metrics."""
     cfg, meta = sae.cfg, sae.cfg.metadata
-    results = json.loads((run / rundir.EVAL).read_text()) if run and (run / rundir.EVAL).is_file() else {}
-    train = json.loads((run / rundir.TRAIN_CONFIG).read_text()) if run and (run / rundir.TRAIN_CONFIG).is_file() else {}
+    results = (
+        json.loads((run / rundir.EVAL).read_text()) if run and (run / rundir.EVAL).is_file() else {}
+    )
+    train = (
+        json.loads((run / rundir.TRAIN_CONFIG).read_text())
+        if run and (run / rundir.TRAIN_CONFIG).is_file()
+        else {}
+    )
     model = meta.get("model", meta.get("model_name", meta.get("lm_name")))
-    lines = ["---", "library_name: saelab", "tags:", "- saelab", "- sparse-autoencoder", f"- {cfg.arch}"]
+    lines = [
+        "---",
+        "library_name: saelab",
+        "tags:",
+        "- saelab",
+        "- sparse-autoencoder",
+        f"- {cfg.arch}",
+    ]
     if model and not str(model).startswith(("builtin:", "/", ".")) and str(model).count("/") == 1:
         lines.append(f"base_model: {model}")
     lines += ["---", "", f"# {cfg.arch} SAE, d_in={cfg.d_in}, d_sae={cfg.d_sae}", ""]
-    hook = ", ".join(f"{key}: {meta[key]}" for key in ("model", "layer", "site", "dataset", "hook_name") if key in meta)
-    lines += [f"Trained with saelab on {hook or 'activations it does not record'}.",
-              "", "```python", "from saelab import SAE",
-              f'sae = SAE.from_pretrained("{repo_id}"' + (f', sae_id="{sae_id}")' if sae_id else ")"),
-              "```", "", "## Settings", "", "| setting | value |", "|---|---|"]
-    settings = {**cfg.to_dict(), **{k: v for k, v in train.items() if k in ("batch_size", "lr", "total_tokens", "seed")}}
-    lines += [f"| {key} | {value} |" for key, value in settings.items() if key != "metadata" and value is not None]
-    shown = [(key, results[key]) for key in CARD_METRICS if isinstance(results.get(key), (int, float))]
+    hook = ", ".join(
+        f"{key}: {meta[key]}"
+        for key in ("model", "layer", "site", "dataset", "hook_name")
+        if key in meta
+    )
+    lines += [
+        f"Trained with saelab on {hook or 'activations it does not record'}.",
+        "",
+        "```python",
+        "from saelab import SAE",
+        f'sae = SAE.from_pretrained("{repo_id}"' + (f', sae_id="{sae_id}")' if sae_id else ")"),
+        "```",
+        "",
+        "## Settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    settings = {
+        **cfg.to_dict(),
+        **{k: v for k, v in train.items() if k in ("batch_size", "lr", "total_tokens", "seed")},
+    }
+    lines += [
+        f"| {key} | {value} |"
+        for key, value in settings.items()
+        if key != "metadata" and value is not None
+    ]
+    shown = [
+        (key, results[key]) for key in CARD_METRICS if isinstance(results.get(key), (int, float))
+    ]
     if shown:
-        lines += ["", f"## Held-out metrics ({results.get('n_tokens', '?')} tokens)", "", "| metric | value |",
-                  "|---|---|"] + [f"| {key} | {value:.4f} |" for key, value in shown]
+        lines += [
+            "",
+            f"## Held-out metrics ({results.get('n_tokens', '?')} tokens)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ] + [f"| {key} | {value:.4f} |" for key, value in shown]
     return "\n".join(lines) + "\n"
 
 
-def push_to_hub(sae, repo_id: str, sae_id: str | None = None, private: bool = False, run: str | Path | None = None,
-                api=None, commit_message: str | None = None) -> str:
+def push_to_hub(
+    sae,
+    repo_id: str,
+    sae_id: str | None = None,
+    private: bool = False,
+    run: str | Path | None = None,
+    api=None,
+    commit_message: str | None = None,
+) -> str:
     """Upload `sae` (and from `run`, its evaluation, plots and training settings) to the Hub repo
     `repo_id`, into folder `sae_id` if given, as one commit; returns the commit's URL. `api` is
     a huggingface_hub.HfApi (default: one with HF_TOKEN)."""
@@ -150,16 +239,26 @@ def push_to_hub(sae, repo_id: str, sae_id: str | None = None, private: bool = Fa
 
     if api is None:
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable():
-            raise HubError(f"pushing to {repo_id} needs the Hugging Face Hub, which "
-                           + ("offline mode (HF_HUB_OFFLINE=1) rules out" if os.environ.get("HF_HUB_OFFLINE") == "1"
-                              else "is not reachable from this machine"))
+            raise HubError(
+                f"pushing to {repo_id} needs the Hugging Face Hub, which "
+                + (
+                    "offline mode (HF_HUB_OFFLINE=1) rules out"
+                    if os.environ.get("HF_HUB_OFFLINE") == "1"
+                    else "is not reachable from this machine"
+                )
+            )
         api = HfApi()
     run = Path(run) if run else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         sae.save(folder)
         if run is not None:
-            for name in (rundir.EVAL, rundir.TRAIN_CONFIG, *rundir.PLOTS.values(), rundir.EVAL_RESULTS):
+            for name in (
+                rundir.EVAL,
+                rundir.TRAIN_CONFIG,
+                *rundir.PLOTS.values(),
+                rundir.EVAL_RESULTS,
+            ):
                 source = run / name
                 if source.is_dir():
                     shutil.copytree(source, folder / name)
@@ -167,10 +266,18 @@ def push_to_hub(sae, repo_id: str, sae_id: str | None = None, private: bool = Fa
                     shutil.copy2(source, folder / name)
         (folder / CARD).write_text(model_card(sae, run, repo_id, sae_id))
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=sae_id or "",
-                                   commit_message=commit_message or f"saelab: {sae.cfg.arch} SAE"
-                                   + (f" in {sae_id}" if sae_id else ""))
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            path_in_repo=sae_id or "",
+            commit_message=commit_message
+            or f"saelab: {sae.cfg.arch} SAE" + (f" in {sae_id}" if sae_id else ""),
+        )
         if sae_id and not api.file_exists(repo_id, CARD):
-            api.upload_file(path_or_fileobj=str(folder / CARD), path_in_repo=CARD, repo_id=repo_id,
-                            commit_message="saelab: model card")
+            api.upload_file(
+                path_or_fileobj=str(folder / CARD),
+                path_in_repo=CARD,
+                repo_id=repo_id,
+                commit_message="saelab: model card",
+            )
     return str(getattr(commit, "commit_url", commit))

@@ -13,8 +13,9 @@ class JSONFileError(SaelabError, ValueError):
     """A JSON file that is missing, unreadable or not the object it should be."""
 
 
-def read_json_object(path: str | Path, error: type[Exception] = JSONFileError,
-                     required: tuple[str, ...] = ()) -> dict:
+def read_json_object(
+    path: str | Path, error: type[Exception] = JSONFileError, required: tuple[str, ...] = ()
+) -> dict:
     """The JSON object in `path`; raises `error` if the file is missing, not JSON, not an
     object, or lacks one of the `required` keys."""
     path = Path(path)
@@ -28,5 +29,7 @@ def read_json_object(path: str | Path, error: type[Exception] = JSONFileError,
         raise error(f"{path} holds a JSON {type(value).__name__}, not an object")
     missing = [key for key in required if key not in value]
     if missing:
-        raise error(f"{path} has no {', '.join(repr(k) for k in missing)} (truncated or not written by saelab?)")
+        raise error(
+            f"{path} has no {', '.join(repr(k) for k in missing)} (truncated or not written by saelab?)"
+        )
     return value

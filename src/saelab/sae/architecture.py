@@ -43,7 +43,9 @@ def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tenso
     """The named tensors; a ConfigError names those that are missing."""
     missing = [name for name in names if name not in tensors]
     if missing:
-        raise ConfigError(f"missing tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))})")
+        raise ConfigError(
+            f"missing tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))})"
+        )
     return {name: tensors[name] for name in names}
 
 
@@ -124,10 +126,14 @@ class Architecture:
         return {}
 
     # -- other libraries ---------------------------------------------------------------------
-    def to_saelens(self, sae, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    def to_saelens(
+        self, sae, tensors: dict[str, torch.Tensor]
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
         """(SAELens config fields, tensors) for SAELens' layout."""
         raise ConfigError(f"SAELens has no {self.name} architecture")
 
-    def from_saelens(self, cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    def from_saelens(
+        self, cfg: dict, tensors: dict[str, torch.Tensor]
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
         """(settings keywords, saelab-named tensors) from an SAELens config and tensors."""
         raise ConfigError(f"cannot read {self.name} SAEs from SAELens")

@@ -17,8 +17,11 @@ class AuxKSettings(Settings):
     """The AuxK keywords of the architectures that use it."""
 
     aux_k: int = setting(512, "AuxK: dead latents used per token (Gao et al.)")
-    aux_coefficient: float = setting(1 / 32, "AuxK loss weight, relative to the reconstruction error as in the "
-                                             "BatchTopK and top-AFA reference code")
+    aux_coefficient: float = setting(
+        1 / 32,
+        "AuxK loss weight, relative to the reconstruction error as in the "
+        "BatchTopK and top-AFA reference code",
+    )
 
     def check(self, d_sae: int) -> None:
         check_integer("aux_k", self.aux_k, low=0)
@@ -31,7 +34,9 @@ def dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
     return dead_idx, min(sae.cfg.aux_k, dead_idx.numel())
 
 
-def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+def aux_loss(
+    sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor
+) -> torch.Tensor:
     dead_idx, k = dead_latents(sae, dead)
     if k == 0:
         return pre.new_zeros(())
@@ -43,7 +48,9 @@ def aux_loss(sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead:
     return (residual - residual_hat).square().sum(-1).mean()
 
 
-def aux_loss_sparse(sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def aux_loss_sparse(
+    sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
     """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
     the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
     they go through sparse.select and are decoded with an embedding bag."""

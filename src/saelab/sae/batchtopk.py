@@ -23,8 +23,9 @@ from .architecture import SAELENS_TENSORS, Architecture, Collectives, pick, sett
 from .sparse import RowTiles, masked_entries
 from .topk import KSettings
 
-
-BOUND_MARGIN = 0.8  # the first cut starts at this fraction of the running threshold (bench/RESULTS.md)
+BOUND_MARGIN = (
+    0.8  # the first cut starts at this fraction of the running threshold (bench/RESULTS.md)
+)
 
 
 class ThresholdNotEstimated(SaelabError, RuntimeError):
@@ -33,8 +34,11 @@ class ThresholdNotEstimated(SaelabError, RuntimeError):
 
 @dataclass(kw_only=True)
 class BatchTopKSettings(KSettings):
-    threshold_momentum: float = setting(0.9, "EMA momentum of the inference threshold (after a plain mean over "
-                                             "the first 1 / (1 - momentum) steps)")
+    threshold_momentum: float = setting(
+        0.9,
+        "EMA momentum of the inference threshold (after a plain mean over "
+        "the first 1 / (1 - momentum) steps)",
+    )
 
     def check(self, d_sae: int) -> None:
         super().check(d_sae)
@@ -86,11 +90,15 @@ class BatchTopK(Architecture):
     def to_saelens(self, sae, tensors):
         """A jumprelu SAE with the global threshold on every latent."""
         threshold = tensors["threshold"].expand(sae.cfg.d_sae).contiguous()
-        return {"architecture": "jumprelu"}, {**pick(tensors, *SAELENS_TENSORS), "threshold": threshold}
+        return {"architecture": "jumprelu"}, {
+            **pick(tensors, *SAELENS_TENSORS),
+            "threshold": threshold,
+        }
 
 
-def global_batch_topk(pre: RowTiles, k: int, ranks: Collectives = Collectives(),
-                      bound: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def global_batch_topk(
+    pre: RowTiles, k: int, ranks: Collectives = Collectives(), bound: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """This rank's part (rows, cols, values), row-major, of the top n*k positive entries of the
     global batch, exactly.
 
@@ -203,4 +211,3 @@ def update_threshold(sae, smallest_kept: torch.Tensor) -> None:
         sae.threshold.copy_(smallest_kept)
     else:
         sae.threshold.lerp_(smallest_kept.to(sae.threshold), 1 - momentum)
-

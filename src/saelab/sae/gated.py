@@ -41,8 +41,10 @@ class Gated(Architecture):
         reconstruction through the frozen decoder, both averaged over tokens."""
         gate = torch.relu(pre)
         through_gate = gate @ sae.W_dec.detach() + sae.b_dec.detach()
-        return {"l1": sae.cfg.l1_coefficient * weighted_l1(sae, gate),
-                "gate_aux": (x - through_gate).square().sum(-1).mean()}
+        return {
+            "l1": sae.cfg.l1_coefficient * weighted_l1(sae, gate),
+            "gate_aux": (x - through_gate).square().sum(-1).mean(),
+        }
 
     def to_saelens(self, sae, tensors):
         return {"architecture": "gated"}, pick(tensors, *SAELENS_GATED)

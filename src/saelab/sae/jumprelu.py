@@ -35,22 +35,40 @@ INITIAL_TARGET_LAMBDA = 0.0
 
 @dataclass(kw_only=True)
 class JumpReLUSettings(Settings):
-    k: int | None = setting(None, "the target L0 (a Lagrange multiplier adapts the penalty)", label="k{}")
-    l0_coefficient: float | None = setting(None, "a fixed L0 penalty weight instead of the --k target, "
-                                                 "in the BatchTopK paper's units (error as a mean over elements; "
-                                                 "the paper used 0.004-0.0008 for GPT-2)", label="l0c-{:g}")
-    jumprelu_bandwidth: float = setting(0.05, "bandwidth eps of the straight-through estimators, in the "
-                                              "scaled units (token norm ~sqrt(d_in))")
-    jumprelu_init_threshold: float = setting(0.001, "initial threshold (a floor under the data-driven "
-                                                    "initialisation with a target L0)")
-    jumprelu_target_rate: float = setting(0.05, "with a target L0: the multiplier's step, "
-                                                "lam += rate / d_in * (L0 / k - 1) after each training step")
-    jumprelu_threshold_rate: float = setting(0.03, "with a target L0: every log-threshold moves by "
-                                                   "rate * (L0 / k - 1) after each training step (0: off)")
+    k: int | None = setting(
+        None, "the target L0 (a Lagrange multiplier adapts the penalty)", label="k{}"
+    )
+    l0_coefficient: float | None = setting(
+        None,
+        "a fixed L0 penalty weight instead of the --k target, "
+        "in the BatchTopK paper's units (error as a mean over elements; "
+        "the paper used 0.004-0.0008 for GPT-2)",
+        label="l0c-{:g}",
+    )
+    jumprelu_bandwidth: float = setting(
+        0.05,
+        "bandwidth eps of the straight-through estimators, in the "
+        "scaled units (token norm ~sqrt(d_in))",
+    )
+    jumprelu_init_threshold: float = setting(
+        0.001, "initial threshold (a floor under the data-driven initialisation with a target L0)"
+    )
+    jumprelu_target_rate: float = setting(
+        0.05,
+        "with a target L0: the multiplier's step, "
+        "lam += rate / d_in * (L0 / k - 1) after each training step",
+    )
+    jumprelu_threshold_rate: float = setting(
+        0.03,
+        "with a target L0: every log-threshold moves by "
+        "rate * (L0 / k - 1) after each training step (0: off)",
+    )
 
     def check(self, d_sae: int) -> None:
         if (self.k is None) == (self.l0_coefficient is None):
-            raise ConfigError("jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)")
+            raise ConfigError(
+                "jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)"
+            )
         if self.k is not None:
             check_k(self.k, d_sae)
         else:
@@ -93,7 +111,11 @@ class Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
-        return None, -_window_sum(pre, threshold, ctx.eps, grad) / ctx.eps, None  # d step / d pre = 0
+        return (
+            None,
+            -_window_sum(pre, threshold, ctx.eps, grad) / ctx.eps,
+            None,
+        )  # d step / d pre = 0
 
 
 class JumpReLUArchitecture(Architecture):
@@ -105,7 +127,9 @@ class JumpReLUArchitecture(Architecture):
 
     def add_state(self, sae):
         cfg = sae.cfg
-        sae.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        sae.log_threshold = torch.nn.Parameter(
+            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold))
+        )
         lam = INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
         sae.register_buffer("l0_lambda", torch.tensor(float(lam)))
 
@@ -161,4 +185,3 @@ class JumpReLUArchitecture(Architecture):
 
     def from_saelens(self, cfg, tensors):
         return {"l0_coefficient": 0.0}, pick(tensors, *SAELENS_TENSORS, "threshold")
-

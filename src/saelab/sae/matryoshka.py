@@ -24,19 +24,28 @@ from .sparse import SparseCode, decode
 @dataclass(kw_only=True)
 class MatryoshkaSettings(BatchTopKSettings):
     matryoshka_widths: list[int] | None = setting(
-        None, "increasing prefix widths of the dictionary, the last equal to d_sae (default: d_sae/16, "
-              "d_sae/4, d_sae/2, d_sae)")
+        None,
+        "increasing prefix widths of the dictionary, the last equal to d_sae (default: d_sae/16, "
+        "d_sae/4, d_sae/2, d_sae)",
+    )
 
     def check(self, d_sae: int) -> None:
         super().check(d_sae)
         if self.matryoshka_widths is None:
-            self.matryoshka_widths = sorted({max(1, d_sae // 16), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
+            self.matryoshka_widths = sorted(
+                {max(1, d_sae // 16), max(1, d_sae // 4), max(1, d_sae // 2), d_sae}
+            )
         widths = self.matryoshka_widths
-        if (not isinstance(widths, list) or not widths or any(not isinstance(w, int) or isinstance(w, bool)
-                                                               for w in widths)):
+        if (
+            not isinstance(widths, list)
+            or not widths
+            or any(not isinstance(w, int) or isinstance(w, bool) for w in widths)
+        ):
             raise ConfigError(f"matryoshka_widths must be a list of integers, got {widths!r}")
         if any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 or widths[-1] != d_sae:
-            raise ConfigError(f"matryoshka_widths must increase from >= 1 to d_sae={d_sae}, got {widths}")
+            raise ConfigError(
+                f"matryoshka_widths must increase from >= 1 to d_sae={d_sae}, got {widths}"
+            )
 
 
 class Matryoshka(BatchTopK):
@@ -50,10 +59,19 @@ class Matryoshka(BatchTopK):
         for m in sae.cfg.matryoshka_widths[:-1]:
             if isinstance(code, SparseCode):
                 inside = code.cols < m
-                prefix = decode(SparseCode(code.rows[inside], code.cols[inside], code.values[inside], code.n),
-                                sae.W_dec) + sae.b_dec
+                prefix = (
+                    decode(
+                        SparseCode(
+                            code.rows[inside], code.cols[inside], code.values[inside], code.n
+                        ),
+                        sae.W_dec,
+                    )
+                    + sae.b_dec
+                )
             else:
                 prefix = code[:, :m] @ sae.W_dec[:m] + sae.b_dec
             errors.append((x - prefix).square().sum(-1).mean())
-        errors.append((x - x_hat).square().sum(-1).mean())  # the last prefix is the whole dictionary
+        errors.append(
+            (x - x_hat).square().sum(-1).mean()
+        )  # the last prefix is the whole dictionary
         return torch.stack(errors).mean()

@@ -36,7 +36,11 @@ class LossOutput:
     @property
     def smallest_active(self) -> torch.Tensor:
         """The smallest positive code value of the batch (inf if none): BatchTopK's cut."""
-        values = self.code.values if isinstance(self.code, sparse_code.SparseCode) else self.code[self.code > 0]
+        values = (
+            self.code.values
+            if isinstance(self.code, sparse_code.SparseCode)
+            else self.code[self.code > 0]
+        )
         values = values[values > 0]
         return values.min() if values.numel() else torch.tensor(float("inf"), device=values.device)
 
@@ -53,7 +57,9 @@ class SAE(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_enc = nn.Parameter((W_dec.T * self.arch.encoder_init_scale).contiguous())  # fused Adam wants it so
+        self.W_enc = nn.Parameter(
+            (W_dec.T * self.arch.encoder_init_scale).contiguous()
+        )  # fused Adam wants it so
         self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
@@ -132,7 +138,9 @@ class SAE(nn.Module):
         return self.decode(f, stats).reshape(x.shape)
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None, sparse: bool = True) -> LossOutput:
+    def loss(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None, sparse: bool = True
+    ) -> LossOutput:
         """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
         the architecture's reconstruction term (||x' - x_hat'||^2) + its penalty terms +
         aux_coefficient * L_aux where it uses AuxK.
@@ -146,9 +154,13 @@ class SAE(nn.Module):
         if sparse and arch.select is not None:
             dead_idx, aux_k = auxk.dead_latents(self, dead) if use_aux else (None, 0)
             pre = sparse_code.encoder_tiles(self, x, watch=dead_idx, watch_k=aux_k)
-            code = sparse_code.select(*arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias)
+            code = sparse_code.select(
+                *arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias
+            )
             f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
-            fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, code.cols, True)
+            fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
+                0, code.cols, True
+            )
             l0 = torch.tensor(len(code.values) / len(x))
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
             aux = auxk.aux_loss_sparse(self, x, x_hat, pre.watched) if use_aux else None
@@ -163,7 +175,9 @@ class SAE(nn.Module):
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         loss = sum(terms.values())
-        return LossOutput(loss, {name: t.detach() for name, t in terms.items()}, fired, l0, detached)
+        return LossOutput(
+            loss, {name: t.detach() for name, t in terms.items()}, fired, l0, detached
+        )
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -190,8 +204,13 @@ class SAE(nn.Module):
         return load_sae(path, device=device)
 
     @classmethod
-    def from_pretrained(cls, repo_or_path: str, sae_id: str | None = None, revision: str | None = None,
-                        device: str | torch.device = "cpu") -> SAE:
+    def from_pretrained(
+        cls,
+        repo_or_path: str,
+        sae_id: str | None = None,
+        revision: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> SAE:
         """An SAE from a Hugging Face Hub repo ("org/name", a folder `sae_id` in it; or
         "hf://org/name/sae_id") or a local directory, in saelab's, SAELens', sparsify's or
         dictionary_learning's layout (io/hub.py)."""
@@ -199,8 +218,14 @@ class SAE(nn.Module):
 
         return from_pretrained(repo_or_path, sae_id, revision, device)
 
-    def push_to_hub(self, repo_id: str, sae_id: str | None = None, private: bool = False,
-                    run: str | Path | None = None, api=None) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        sae_id: str | None = None,
+        private: bool = False,
+        run: str | Path | None = None,
+        api=None,
+    ) -> str:
         """Upload this SAE (with a model card, and from `run` its evaluation and plots) to the
         Hub repo `repo_id`, into folder `sae_id` if given; returns the commit URL (io/hub.py)."""
         from ..io.hub import push_to_hub

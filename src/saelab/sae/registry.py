@@ -12,15 +12,18 @@ from .relu import ReLU
 from .topafa import TopAFA
 from .topk import TopK
 
-ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
-    ReLU(),
-    TopK(),
-    BatchTopK(),
-    JumpReLUArchitecture(),
-    TopAFA(),
-    Matryoshka(),
-    Gated(),
-)}
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        ReLU(),
+        TopK(),
+        BatchTopK(),
+        JumpReLUArchitecture(),
+        TopAFA(),
+        Matryoshka(),
+        Gated(),
+    )
+}
 
 
 def architecture(name: str) -> Architecture:

@@ -17,8 +17,12 @@ RELU_ENCODER_INIT_SCALE = 0.1
 
 @dataclass(kw_only=True)
 class L1Settings(Settings):
-    l1_coefficient: float = setting(5.0, "L1 penalty weight, against the squared error summed "
-                                         "over d_in (SAELens and Anthropic units)", label="l1-{:g}")
+    l1_coefficient: float = setting(
+        5.0,
+        "L1 penalty weight, against the squared error summed "
+        "over d_in (SAELens and Anthropic units)",
+        label="l1-{:g}",
+    )
 
     def check(self, d_sae: int) -> None:
         check_number("l1_coefficient", self.l1_coefficient)

@@ -35,8 +35,15 @@ class RowTiles:
     every row, the `watch_k` largest entries among the columns `watch` (AuxK's dead latents):
     `watched` = (values, cols), each [n, watch_k]."""
 
-    def __init__(self, n: int, h: int, compute: Callable, tile_rows: int | None = None,
-                 watch: torch.Tensor | None = None, watch_k: int = 0):
+    def __init__(
+        self,
+        n: int,
+        h: int,
+        compute: Callable,
+        tile_rows: int | None = None,
+        watch: torch.Tensor | None = None,
+        watch_k: int = 0,
+    ):
         self.shape = (n, h)
         self.compute = compute
         self.tile_rows = tile_rows or max(1, TILE_ENTRIES // h)
@@ -77,13 +84,17 @@ class RowTiles:
         return tuple(torch.cat(part) for part in zip(*parts))
 
 
-def masked_entries(tile: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def masked_entries(
+    tile: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, values), row-major, of the entries of tile [t, h] where mask [t, h] is True."""
     rows, cols = mask.nonzero(as_tuple=True)
     return rows, cols, tile[rows, cols]
 
 
-def encoder_tiles(sae, x: torch.Tensor, watch: torch.Tensor | None = None, watch_k: int = 0) -> RowTiles:
+def encoder_tiles(
+    sae, x: torch.Tensor, watch: torch.Tensor | None = None, watch_k: int = 0
+) -> RowTiles:
     """The pre-activations of the scaled input x [n, d] as RowTiles, without autograd, in
     float32 (under a bfloat16 autocast only the matrix product is bfloat16)."""
     x_in = (x - sae.b_dec).detach()
@@ -138,19 +149,33 @@ class SelectedPre(torch.autograd.Function):
         counts = torch.bincount(rows, minlength=n)
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            selection = torch.sparse_csr_tensor(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols, grad,
-                                                (n, h), check_invariants=False)
-            grad_W_enc = x_in.T @ selection  # [d, h] in W_enc's layout: no copy into the parameter's
+            selection = torch.sparse_csr_tensor(
+                torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+                cols,
+                grad,
+                (n, h),
+                check_invariants=False,
+            )
+            grad_W_enc = (
+                x_in.T @ selection
+            )  # [d, h] in W_enc's layout: no copy into the parameter's
         grad_x = grad_b_dec = None
         if ctx.needs_input_grad[3]:
-            grad_x = F.embedding_bag(cols, W_enc.detach().T.contiguous(), torch.cumsum(counts, 0) - counts,
-                                     per_sample_weights=grad, mode="sum")
+            grad_x = F.embedding_bag(
+                cols,
+                W_enc.detach().T.contiguous(),
+                torch.cumsum(counts, 0) - counts,
+                per_sample_weights=grad,
+                mode="sum",
+            )
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc.detach() @ grad_b_enc)
         return None, None, None, grad_x, grad_b_dec, grad_W_enc, grad_b_enc, None
 
 
-def select(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, x, b_dec, W_enc, b_enc) -> SparseCode:
+def select(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, x, b_dec, W_enc, b_enc
+) -> SparseCode:
     """The code relu(pre[rows, cols]) of pre = (x - b_dec) @ W_enc + b_enc [n, h], from the
     selected entries' values (computed without autograd), differentiable into b_dec, W_enc,
     b_enc (and x, if it requires a gradient)."""
@@ -161,5 +186,6 @@ def select(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, x, b_de
 
 def decode(code: SparseCode, W_dec: torch.Tensor) -> torch.Tensor:
     """sum_j f_ij W_dec[j] for each row i: [n, d_in] (no bias)."""
-    return F.embedding_bag(code.cols, W_dec, code.offsets, per_sample_weights=code.values, mode="sum")
-
+    return F.embedding_bag(
+        code.cols, W_dec, code.offsets, per_sample_weights=code.values, mode="sum"
+    )

@@ -33,8 +33,12 @@ PREFIX = 512
 
 @dataclass(kw_only=True)
 class TopAFASettings(AuxKSettings):
-    afa_coefficient: float = setting(1 / 32, "AFA loss weight in the top-AFA paper's units (error as a "
-                                             "mean over elements; the paper used 1/128-1/16)", label="afa-{:g}")
+    afa_coefficient: float = setting(
+        1 / 32,
+        "AFA loss weight in the top-AFA paper's units (error as a "
+        "mean over elements; the paper used 1/128-1/16)",
+        label="afa-{:g}",
+    )
 
     def check(self, d_sae: int) -> None:
         super().check(d_sae)
@@ -85,6 +89,7 @@ class TopAFA(Architecture):
     def select(self, sae, pre, x):
         """(rows, cols, values) of the kept latents with a positive value, for the sparse path
         (pre: RowTiles [n, h])."""
+
         def pick(tile, rows):
             a = torch.relu(tile)
             return masked_entries(a, selection(sae, a, x[rows]) & (a > 0))

@@ -27,8 +27,12 @@ def top_positive(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
 
 @dataclass(kw_only=True)
 class KSettings(AuxKSettings):
-    k: int | None = setting(None, "latents per token: exact for topk, the mean over the batch for batchtopk, "
-                                  "the target L0 for jumprelu", label="k{}")
+    k: int | None = setting(
+        None,
+        "latents per token: exact for topk, the mean over the batch for batchtopk, "
+        "the target L0 for jumprelu",
+        label="k{}",
+    )
 
     def check(self, d_sae: int) -> None:
         super().check(d_sae)

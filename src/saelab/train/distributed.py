@@ -57,7 +57,9 @@ def shutdown() -> None:
 
 def collectives() -> Collectives:
     """What an SAE needs to reach the other ranks (sae/architecture.py): this process group's."""
-    return Collectives(world_size(), all_gather_cat, all_reduce) if is_distributed() else Collectives()
+    return (
+        Collectives(world_size(), all_gather_cat, all_reduce) if is_distributed() else Collectives()
+    )
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

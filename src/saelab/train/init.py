@@ -27,7 +27,10 @@ def mean_squared_norm(source, part: tuple[int, int] = (0, 1)) -> float | None:
         batches, shared = source.chunks(NORM_BATCH), False
     else:
         n_batches = max(1, NORM_TOKENS // (NORM_BATCH * part[1]))
-        batches, shared = itertools.islice(source.batches(NORM_BATCH, NORM_SEED, part=part), n_batches), True
+        batches, shared = (
+            itertools.islice(source.batches(NORM_BATCH, NORM_SEED, part=part), n_batches),
+            True,
+        )
     sums = torch.zeros(2, dtype=torch.float64)
     for i, x in enumerate(batches):
         check_batch(x, source.d_in, f"{source.name}, input-norm batch {i}")

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from .. import rundir
 from ..config import ConfigError, TrainConfig
-from ..errors import SaelabError
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
+from ..errors import SaelabError
 from ..eval.metrics import evaluate
 from ..sae.model import SAE
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -31,12 +31,27 @@ from .wandb_log import start_run
 HISTORY_NAME = rundir.HISTORY
 # TrainConfig fields that do not change the trained SAE; every other field must agree between a
 # checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
-NON_RESULT_KEYS = ("out_dir", "checkpoint_every_tokens", "eval_every_tokens", "resume", "log_every", "progress",
-                   "wandb_project", "compile")
+NON_RESULT_KEYS = (
+    "out_dir",
+    "checkpoint_every_tokens",
+    "eval_every_tokens",
+    "resume",
+    "log_every",
+    "progress",
+    "wandb_project",
+    "compile",
+)
 # SAEConfig fields that training itself sets
 ESTIMATED_KEYS = ("input_scale",)
 # TrainConfig fields that SAEs trained together on one stream of batches must share
-SHARED_KEYS = ("batch_size", "total_tokens", "seed", "resume", "checkpoint_every_tokens", "eval_every_tokens")
+SHARED_KEYS = (
+    "batch_size",
+    "total_tokens",
+    "seed",
+    "resume",
+    "checkpoint_every_tokens",
+    "eval_every_tokens",
+)
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -90,14 +105,24 @@ class Trainer:
     """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
     the loss goes through DDP and only rank 0 writes files."""
 
-    def __init__(self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None, heldout=None):
-        self.sae, self.cfg, self.total_steps, self.data, self.heldout = sae, cfg, total_steps, data, heldout
+    def __init__(
+        self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None, heldout=None
+    ):
+        self.sae, self.cfg, self.total_steps, self.data, self.heldout = (
+            sae,
+            cfg,
+            total_steps,
+            data,
+            heldout,
+        )
         sae.collectives = collectives()
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
         if is_distributed():
-            self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, broadcast_buffers=False)
+            self.loss_fn = torch.nn.parallel.DistributedDataParallel(
+                self.loss_fn, broadcast_buffers=False
+            )
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
         self.optimizer = adam(sae.parameters(), self.lr, cfg.betas)
@@ -113,22 +138,31 @@ class Trainer:
         if cfg.resume:
             self._restore()
         if self.writes:  # the history file holds exactly the records of the steps done so far
-            (self.out_dir / HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            (self.out_dir / HISTORY_NAME).write_text(
+                "".join(json.dumps(r) + "\n" for r in self.history)
+            )
         self.wandb = None
         if cfg.wandb_project and rank() == 0:
-            self.wandb = start_run(cfg.wandb_project, self.out_dir.name if self.out_dir else None,
-                                   {"sae": sae.cfg.to_dict(), "train": cfg.to_dict()}, cfg.out_dir)
+            self.wandb = start_run(
+                cfg.wandb_project,
+                self.out_dir.name if self.out_dir else None,
+                {"sae": sae.cfg.to_dict(), "train": cfg.to_dict()},
+                cfg.out_dir,
+            )
 
     def _restore(self) -> None:
         state = load_checkpoint(self.cfg.out_dir)
         for what, saved, now, ignore in (
-                ("SAE", state["sae_cfg"], self.sae.cfg.to_dict(), ESTIMATED_KEYS),
-                ("training", state["train_cfg"], self.cfg.to_dict(), NON_RESULT_KEYS),
-                ("data", state.get("data", self.data), self.data or {}, ())):
+            ("SAE", state["sae_cfg"], self.sae.cfg.to_dict(), ESTIMATED_KEYS),
+            ("training", state["train_cfg"], self.cfg.to_dict(), NON_RESULT_KEYS),
+            ("data", state.get("data", self.data), self.data or {}, ()),
+        ):
             changed = first_difference(saved, now, ignore)
             if changed:
-                raise ConfigError(f"cannot resume {self.cfg.out_dir} with different {what} settings: {changed}; "
-                                  "rerun with the checkpoint's settings, or pass --overwrite to start again")
+                raise ConfigError(
+                    f"cannot resume {self.cfg.out_dir} with different {what} settings: {changed}; "
+                    "rerun with the checkpoint's settings, or pass --overwrite to start again"
+                )
         self.sae.load_state_dict(state["sae"])
         self.sae.cfg.input_scale = float(self.sae.input_scale)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -141,16 +175,19 @@ class Trainer:
             self._diverged(self.step, "the parameters contain NaN or Inf")
         if not self.writes:
             return
-        save_checkpoint(self.cfg.out_dir, {
-            "sae": self.sae.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "tokens": self.step * self.cfg.batch_size,
-            "since_fired": self.since_fired,
-            "sae_cfg": self.sae.cfg.to_dict(),
-            "train_cfg": self.cfg.to_dict(),
-            "data": self.data,
-        })
+        save_checkpoint(
+            self.cfg.out_dir,
+            {
+                "sae": self.sae.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "tokens": self.step * self.cfg.batch_size,
+                "since_fired": self.since_fired,
+                "sae_cfg": self.sae.cfg.to_dict(),
+                "train_cfg": self.cfg.to_dict(),
+                "data": self.data,
+            },
+        )
 
     def _diverged(self, step: int, what: str) -> None:
         """Raise TrainingDiverged for `step` (counted from 1)."""
@@ -159,7 +196,12 @@ class Trainer:
             f"training diverged at step {step} ({(step - 1) * self.cfg.batch_size} tokens before it): {what}. "
             "Likely cause: a learning rate too high for these activations (try a smaller --lr, a longer warmup, "
             "or --input-scaling per_token / expected_norm for activations of large norm)"
-            + (f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)" if kept else ""))
+            + (
+                f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)"
+                if kept
+                else ""
+            )
+        )
 
     def train_step(self, x: torch.Tensor) -> dict | None:
         """One optimizer step on batch x [n, d_in]; returns the history record when one is due.
@@ -177,7 +219,10 @@ class Trainer:
             out = self.loss_fn(x, dead)
         loss, terms = out.loss, out.terms
         if not torch.isfinite(loss):
-            self._diverged(self.step + 1, f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})")
+            self._diverged(
+                self.step + 1,
+                f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})",
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sae.arch.after_step(sae, out)
@@ -193,8 +238,12 @@ class Trainer:
         heldout_due = self._heldout_due()
         if self.step % cfg.log_every and self.step != self.total_steps and not heldout_due:
             return None
-        record = {"step": self.step, "tokens": self.step * cfg.batch_size, "lr": lr,
-                  "loss": sum(terms.values()).item()}
+        record = {
+            "step": self.step,
+            "tokens": self.step * cfg.batch_size,
+            "lr": lr,
+            "loss": sum(terms.values()).item(),
+        }
         record.update({name: value.item() for name, value in terms.items()})
         record["l0"] = out.l0.item()
         record["dead_fraction"] = dead.float().mean().item()
@@ -214,7 +263,10 @@ class Trainer:
         every, batch = self.cfg.eval_every_tokens, self.cfg.batch_size
         if self.heldout is None or not every:
             return False
-        return self.step == self.total_steps or self.step * batch // every > (self.step - 1) * batch // every
+        return (
+            self.step == self.total_steps
+            or self.step * batch // every > (self.step - 1) * batch // every
+        )
 
     @torch.no_grad()
     def heldout_metrics(self) -> dict:
@@ -231,22 +283,30 @@ class Trainer:
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         if self.wandb is not None:
             self.wandb.finish()
-        return TrainResult(sae=self.sae, history=self.history, tokens=self.step * self.cfg.batch_size,
-                           steps=self.step)
+        return TrainResult(
+            sae=self.sae,
+            history=self.history,
+            tokens=self.step * self.cfg.batch_size,
+            steps=self.step,
+        )
 
 
 def _total_steps(source, cfg: TrainConfig) -> int:
     if source.n_tokens is not None and source.n_tokens < cfg.batch_size:
-        raise ConfigError(f"{source.name} has {source.n_tokens} training tokens, fewer than one batch of "
-                          f"{cfg.batch_size}: pass a smaller batch size (--batch-size) or more data")
+        raise ConfigError(
+            f"{source.name} has {source.n_tokens} training tokens, fewer than one batch of "
+            f"{cfg.batch_size}: pass a smaller batch size (--batch-size) or more data"
+        )
     total = cfg.total_tokens
     if total is None:
         if isinstance(source, StreamSource):
             raise ConfigError("streamed data has no known length: set TrainConfig.total_tokens")
         total = source.n_tokens
     if total < cfg.batch_size:
-        raise ConfigError(f"total_tokens={total} is less than one batch of {cfg.batch_size}: "
-                          "train on more tokens (--tokens) or pass a smaller batch size (--batch-size)")
+        raise ConfigError(
+            f"total_tokens={total} is less than one batch of {cfg.batch_size}: "
+            "train on more tokens (--tokens) or pass a smaller batch size (--batch-size)"
+        )
     return total // cfg.batch_size
 
 
@@ -268,7 +328,9 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     cfg = cfgs[0]
     n_ranks, me = world_size(), rank()
     if cfg.batch_size % n_ranks:
-        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes"
+        )
     per_rank = cfg.batch_size // n_ranks
     total_steps = _total_steps(source, cfg)
     if cfg.eval_every_tokens and heldout is None:
@@ -276,23 +338,35 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if heldout is not None:
         heldout = open_source(heldout)
         check_d_in(heldout, saes[0].cfg.d_in)
-    trainers = [Trainer(sae, c, total_steps, data_identity(source), heldout) for sae, c in zip(saes, cfgs)]
+    trainers = [
+        Trainer(sae, c, total_steps, data_identity(source), heldout) for sae, c in zip(saes, cfgs)
+    ]
     start = trainers[0].step
     if any(t.step != start for t in trainers):
         raise ConfigError("the checkpoints of SAEs trained together are at different steps")
-    if start == 0 and any(s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes):
+    if start == 0 and any(
+        s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes
+    ):
         squared_norm = mean_squared_norm(source, part=(me, n_ranks))
         for t in trainers:
             t.squared_norm = squared_norm
 
     budget = total_steps * cfg.batch_size
     if me == 0 and source.n_tokens and budget > source.n_tokens:
-        print(f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the {source.n_tokens} tokens "
-              f"of {source.name}")
+        print(
+            f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the {source.n_tokens} tokens "
+            f"of {source.name}"
+        )
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))
-    bar = tqdm(total=total_steps * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
-               disable=not cfg.progress or me != 0, desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""))
+    bar = tqdm(
+        total=total_steps * cfg.batch_size,
+        initial=start * cfg.batch_size,
+        unit="tok",
+        unit_scale=True,
+        disable=not cfg.progress or me != 0,
+        desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""),
+    )
     for sae in saes:
         sae.train()
     with bar:
@@ -308,7 +382,11 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
             if records[0] is not None:
                 bar.set_postfix(loss=f"{records[0]['loss']:.4g}", l0=f"{records[0]['l0']:.1f}")
             every, tokens = cfg.checkpoint_every_tokens, (step + 1) * cfg.batch_size
-            if every and tokens // every > (tokens - cfg.batch_size) // every and step + 1 < total_steps:
+            if (
+                every
+                and tokens // every > (tokens - cfg.batch_size) // every
+                and step + 1 < total_steps
+            ):
                 for t in trainers:
                     t.checkpoint()
     return [t.finish() for t in trainers]

@@ -13,9 +13,13 @@ def require_wandb():
     try:
         return importlib.import_module("wandb")
     except ImportError:
-        raise ConfigError("W&B logging needs the wandb package: pip install wandb (or drop --wandb)") from None
+        raise ConfigError(
+            "W&B logging needs the wandb package: pip install wandb (or drop --wandb)"
+        ) from None
 
 
 def start_run(project: str, name: str | None, config: dict, directory: str | None):
     """A wandb run that the trainer logs each history record to."""
-    return require_wandb().init(project=project, name=name, config=config, dir=directory, reinit=True)
+    return require_wandb().init(
+        project=project, name=name, config=config, dir=directory, reinit=True
+    )

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from ...data.hooks import harvest
 from ...data.packing import right_padded
-from .probes import as_numpy, f1, fit_probe, top_mean_difference
 from .output import eval_output
+from .probes import as_numpy, f1, fit_probe, top_mean_difference
 
 LETTERS = string.ascii_lowercase
 
@@ -84,24 +84,38 @@ def single_token_words(tokenizer) -> list[tuple[int, str]]:
     return words
 
 
-def prompt_ids(tokenizer, bos_id: int | None, word: tuple[int, str], examples: list[str], template: str
-               ) -> tuple[list[int], int]:
+def prompt_ids(
+    tokenizer, bos_id: int | None, word: tuple[int, str], examples: list[str], template: str
+) -> tuple[list[int], int]:
     """(token ids, position of the word's token) of one ICL prompt; the word is its own token."""
     prefix, suffix = template.split("{word}")
     shots = "".join(template.format(word=w) + f" {w.strip()[0].upper()}\n" for w in examples)
-    head = ([bos_id] if bos_id is not None else []) + tokenizer(shots + prefix, add_special_tokens=False)["input_ids"]
+    head = ([bos_id] if bos_id is not None else []) + tokenizer(
+        shots + prefix, add_special_tokens=False
+    )["input_ids"]
     tail = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     return head + [word[0]] + tail, len(head)
 
 
 @torch.inference_mode()
-def word_activations(lm, prompts: list[tuple[list[int], int]], layer: int, site: str, batch_size: int,
-                     progress: bool = True) -> torch.Tensor:
+def word_activations(
+    lm,
+    prompts: list[tuple[list[int], int]],
+    layer: int,
+    site: str,
+    batch_size: int,
+    progress: bool = True,
+) -> torch.Tensor:
     """The activation [n, d_model] at each prompt's word position (right-padded batches of
     prompts of similar length)."""
     out = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
-    for start in tqdm(range(0, len(prompts), batch_size), desc="absorption prompts", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(prompts), batch_size),
+        desc="absorption prompts",
+        unit="batch",
+        disable=not progress,
+    ):
         batch = [prompts[i] for i in order[start : start + batch_size]]
         ids, mask = right_padded([tokens for tokens, _ in batch], lm.tokenizer.pad_token_id)
         acts = harvest(lm, ids, layer, site, attention_mask=mask).float().cpu()
@@ -109,7 +123,9 @@ def word_activations(lm, prompts: list[tuple[list[int], int]], layer: int, site:
     return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
 
-def latent_projections(sae, x: torch.Tensor, codes: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+def latent_projections(
+    sae, x: torch.Tensor, codes: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
     """c [n, d_sae]: the projection onto `direction` (unit, input units) of each latent's
     contribution f_i W_dec,i to the reconstruction of x [n, d_in], mapped back to input units
     (per_token: times the token's std; expected_norm: divided by s)."""
@@ -120,8 +136,14 @@ def latent_projections(sae, x: torch.Tensor, codes: torch.Tensor, direction: tor
     return codes * along / mult
 
 
-def word_absorption(codes: torch.Tensor, projections: torch.Tensor, probe_projection: torch.Tensor,
-                    cos: torch.Tensor, main: list[int], cfg: AbsorptionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def word_absorption(
+    codes: torch.Tensor,
+    projections: torch.Tensor,
+    probe_projection: torch.Tensor,
+    cos: torch.Tensor,
+    main: list[int],
+    cfg: AbsorptionConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(absorption fraction [n], full absorption [n] bool) of n words (module docstring, step 5):
     codes and projections [n, d_sae], probe_projection P [n], cos(W_dec,i, p) [d_sae]."""
     main_t = torch.tensor(main, dtype=torch.long)
@@ -133,13 +155,20 @@ def word_absorption(codes: torch.Tensor, projections: torch.Tensor, probe_projec
     absorbed = candidates.topk(m, dim=1).values.sum(1)
     a = torch.minimum(absorbed, probe_projection - main_sum)
     partial = (a / (a + main_sum)).clamp(0, 1)
-    none = (main_sum >= probe_projection) | (absorbed / probe_projection < cfg.probe_projection_proportion_threshold)
-    fraction = torch.where(none, torch.zeros(()), torch.where(main_sum <= 0, torch.ones(()), partial))
+    none = (main_sum >= probe_projection) | (
+        absorbed / probe_projection < cfg.probe_projection_proportion_threshold
+    )
+    fraction = torch.where(
+        none, torch.zeros(()), torch.where(main_sum <= 0, torch.ones(()), partial)
+    )
     top = projections.argmax(1)
     top_value = projections.gather(1, top[:, None]).squeeze(1)
-    full = ((codes[:, main_t].abs() < 1e-8).all(1) & (cos[top] >= cfg.full_absorption_probe_cos_sim_threshold)
-            & (probe_projection >= 0)
-            & (top_value / probe_projection >= cfg.probe_projection_proportion_threshold))
+    full = (
+        (codes[:, main_t].abs() < 1e-8).all(1)
+        & (cos[top] >= cfg.full_absorption_probe_cos_sim_threshold)
+        & (probe_projection >= 0)
+        & (top_value / probe_projection >= cfg.probe_projection_proportion_threshold)
+    )
     return fraction, full
 
 
@@ -164,21 +193,31 @@ def main_latents(train_codes, train_y, test_codes, test_y, cfg: AbsorptionConfig
 def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
     """The absorption eval of `sae` at cfg.layer / cfg.site of `lm`; a SAEBench document."""
     if lm.d_model != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, but {cfg.site} of {lm.name} has width {lm.d_model}")
+        raise ValueError(
+            f"the SAE has d_in={sae.cfg.d_in}, but {cfg.site} of {lm.name} has width {lm.d_model}"
+        )
     sae = sae.cpu().eval()
     rng = np.random.default_rng(cfg.random_seed)
     vocabulary = single_token_words(lm.tokenizer)
     if len(vocabulary) < 100:
-        raise AbsorptionError(f"the tokenizer of {lm.name} has {len(vocabulary)} single-token words (a space and "
-                              "letters): too few to probe first letters")
-    words = [vocabulary[i] for i in sorted(rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)),
-                                                      replace=False))]
+        raise AbsorptionError(
+            f"the tokenizer of {lm.name} has {len(vocabulary)} single-token words (a space and "
+            "letters): too few to probe first letters"
+        )
+    words = [
+        vocabulary[i]
+        for i in sorted(
+            rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)), replace=False)
+        )
+    ]
     texts = [w for _, w in words]
     prompts = []
     for word in words:
         examples = [texts[i] for i in rng.choice(len(texts), cfg.icl_examples + 1, replace=False)]
         examples = [e for e in examples if e != word[1]][: cfg.icl_examples]
-        prompts.append(prompt_ids(lm.tokenizer, lm.bos_token_id, word, examples, cfg.prompt_template))
+        prompts.append(
+            prompt_ids(lm.tokenizer, lm.bos_token_id, word, examples, cfg.prompt_template)
+        )
     x = word_activations(lm, prompts, cfg.layer, cfg.site, cfg.llm_batch_size, progress)
     codes = sae.encode(x)
     letters = np.array([LETTERS.index(w.strip()[0].lower()) for w in texts])
@@ -200,30 +239,56 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         direction = torch.tensor(probe.weight / np.linalg.norm(probe.weight), dtype=torch.float32)
         cos = W_dec @ direction / W_dec.norm(dim=1).clamp_min(1e-12)
         rows = torch.tensor(positives, dtype=torch.long)
-        fraction, full = word_absorption(codes[rows], latent_projections(sae, x[rows], codes[rows], direction),
-                                         x[rows] @ direction, cos, main, cfg)
+        fraction, full = word_absorption(
+            codes[rows],
+            latent_projections(sae, x[rows], codes[rows], direction),
+            x[rows] @ direction,
+            cos,
+            main,
+            cfg,
+        )
         letter = LETTERS[index]
-        details.append({"first_letter": letter, "mean_absorption_fraction": float(fraction.mean()),
-                        "full_absorption_rate": float(full.float().mean()), "num_full_absorption": int(full.sum()),
-                        "num_probe_true_positives": len(positives), "num_split_features": len(main),
-                        "main_latents": main})
-        absorbed_words[letter] = [texts[r] for r, a in zip(positives.tolist(), fraction.tolist()) if a > 0]
+        details.append(
+            {
+                "first_letter": letter,
+                "mean_absorption_fraction": float(fraction.mean()),
+                "full_absorption_rate": float(full.float().mean()),
+                "num_full_absorption": int(full.sum()),
+                "num_probe_true_positives": len(positives),
+                "num_split_features": len(main),
+                "main_latents": main,
+            }
+        )
+        absorbed_words[letter] = [
+            texts[r] for r, a in zip(positives.tolist(), fraction.tolist()) if a > 0
+        ]
     if len(details) < cfg.min_letters:
         raise AbsorptionError(
             f"only {len(details)} letters have a first-letter probe with test F1 > {cfg.min_probe_f1} at {cfg.site} "
             f"of layer {cfg.layer} of {lm.name} (at least {cfg.min_letters} needed): the model does not represent "
-            "first letters linearly there; try another layer, or lower min_probe_f1")
-    return eval_output("absorption", sae, asdict(cfg), {"mean": _mean_metrics(details)},
-                       [{k: v for k, v in d.items() if k != "main_latents"} for d in details],
-                       {"main_latents": {d["first_letter"]: d["main_latents"] for d in details},
-                        "absorbed_words": absorbed_words})
+            "first letters linearly there; try another layer, or lower min_probe_f1"
+        )
+    return eval_output(
+        "absorption",
+        sae,
+        asdict(cfg),
+        {"mean": _mean_metrics(details)},
+        [{k: v for k, v in d.items() if k != "main_latents"} for d in details],
+        {
+            "main_latents": {d["first_letter"]: d["main_latents"] for d in details},
+            "absorbed_words": absorbed_words,
+        },
+    )
 
 
 def _mean_metrics(details: list[dict]) -> dict:
     """SAEBench's mean_<metric> and std_dev_<metric> over the letters evaluated."""
     out = {}
-    for metric, key in (("absorption_fraction_score", "mean_absorption_fraction"),
-                        ("full_absorption_score", "full_absorption_rate"), ("num_split_features", "num_split_features")):
+    for metric, key in (
+        ("absorption_fraction_score", "mean_absorption_fraction"),
+        ("full_absorption_score", "full_absorption_rate"),
+        ("num_split_features", "num_split_features"),
+    ):
         values = [d[key] for d in details]
         out[f"mean_{metric}"] = statistics.mean(values)
         out[f"std_dev_{metric}"] = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -33,12 +33,14 @@ EXPLAIN_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "
     "text. You see text excerpts on which it fires, the strongest first, with the words it fires on marked "
     "<<like this>>. Say in one short sentence (at most 20 words, no list) what the feature fires on: a general "
-    "pattern, not one example. Answer with the explanation only.")
+    "pattern, not one example. Answer with the explanation only."
+)
 SCORE_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "
     "text. You get an explanation of the feature and numbered text excerpts. Answer with the numbers of the "
     "excerpts on which you predict the feature fires somewhere, comma-separated (for example: 2, 5), or None. "
-    "Answer with nothing else.")
+    "Answer with nothing else."
+)
 
 
 @dataclass
@@ -89,37 +91,71 @@ def explanation_of(reply: str, limit: int) -> str:
     """The first non-empty line of an explainer's reply, without quotes, a list number or a
     leading 'This feature fires on', at most `limit` characters."""
     line = next((s.strip() for s in reply.splitlines() if s.strip()), "")
-    line = re.sub(r"^(\d+[.)]\s*)?(explanation:\s*)?((this|the) (feature|neuron|latent) (activates|fires) on\s*)?",
-                  "", line, flags=re.IGNORECASE).strip(" \"'")
+    line = re.sub(
+        r"^(\d+[.)]\s*)?(explanation:\s*)?((this|the) (feature|neuron|latent) (activates|fires) on\s*)?",
+        "",
+        line,
+        flags=re.IGNORECASE,
+    ).strip(" \"'")
     return line[:limit] or "(no explanation)"
 
 
-def score_latent(chat_explain, chat_score, tokenizer, examples: dict, threshold: float, rng, limit: int) -> dict:
+def score_latent(
+    chat_explain, chat_score, tokenizer, examples: dict, threshold: float, rng, limit: int
+) -> dict:
     """Explain one latent from examples["generation"] and score the explanation on
     examples["scoring"] (each a list of (tokens, is_positive)); returns its record."""
-    shown = "\n".join(f"{i}. {excerpt(tokenizer, t, threshold)}" for i, (t, _) in enumerate(examples["generation"], 1))
-    explanation = explanation_of(chat_explain([{"role": "system", "content": EXPLAIN_SYSTEM},
-                                               {"role": "user", "content": f"Excerpts:\n{shown}"}]), limit)
+    shown = "\n".join(
+        f"{i}. {excerpt(tokenizer, t, threshold)}"
+        for i, (t, _) in enumerate(examples["generation"], 1)
+    )
+    explanation = explanation_of(
+        chat_explain(
+            [
+                {"role": "system", "content": EXPLAIN_SYSTEM},
+                {"role": "user", "content": f"Excerpts:\n{shown}"},
+            ]
+        ),
+        limit,
+    )
     scoring = [examples["scoring"][i] for i in rng.permutation(len(examples["scoring"]))]
     listed = "\n".join(f"{i}. {excerpt(tokenizer, t, None)}" for i, (t, _) in enumerate(scoring, 1))
-    reply = chat_score([{"role": "system", "content": SCORE_SYSTEM},
-                        {"role": "user", "content": f"Explanation: the feature fires on {explanation}\n\n"
-                                                    f"Excerpts:\n{listed}"}])
+    reply = chat_score(
+        [
+            {"role": "system", "content": SCORE_SYSTEM},
+            {
+                "role": "user",
+                "content": f"Explanation: the feature fires on {explanation}\n\n"
+                f"Excerpts:\n{listed}",
+            },
+        ]
+    )
     predicted = parse_prediction(reply, len(scoring))
     truth = np.array([positive for _, positive in scoring])
     guess = np.array([i + 1 in predicted for i in range(len(scoring))])
-    return {"explanation": explanation, "score": float((guess == truth).mean()), "f1": f1(guess, truth),
-            "n_scored": len(scoring), "n_positive": int(truth.sum()), "scorer_reply": reply.strip()[:200]}
+    return {
+        "explanation": explanation,
+        "score": float((guess == truth).mean()),
+        "f1": f1(guess, truth),
+        "n_scored": len(scoring),
+        "n_positive": int(truth.sum()),
+        "scorer_reply": reply.strip()[:200],
+    }
 
 
-def latent_examples_for_scoring(data, row_of: dict, values: torch.Tensor, cfg: AutoInterpConfig, rng
-                                ) -> tuple[dict, float]:
+def latent_examples_for_scoring(
+    data, row_of: dict, values: torch.Tensor, cfg: AutoInterpConfig, rng
+) -> tuple[dict, float]:
     """({"generation": [...], "scoring": [...]} of (window tokens, is_positive), threshold) of
     one latent with codes `values` [N] (row_of: LatentCodes.row_of())."""
     threshold = cfg.act_threshold_frac * float(values.max())
     used = set()
-    top = top_rows(values, data.context, cfg.n_top_ex_for_generation + cfg.n_top_ex_for_scoring, used)
-    for_generation = quantile_rows(values, data.context, cfg.n_quantile_ex_for_generation, rng, used)
+    top = top_rows(
+        values, data.context, cfg.n_top_ex_for_generation + cfg.n_top_ex_for_scoring, used
+    )
+    for_generation = quantile_rows(
+        values, data.context, cfg.n_quantile_ex_for_generation, rng, used
+    )
     for_scoring = quantile_rows(values, data.context, cfg.n_quantile_ex_for_scoring, rng, used)
     random = sampled_rows(data.context, cfg.n_random_ex_for_scoring, rng, used)
 
@@ -128,12 +164,24 @@ def latent_examples_for_scoring(data, row_of: dict, values: torch.Tensor, cfg: A
         return tokens, any(v > threshold for _, v in tokens)
 
     n_top = cfg.n_top_ex_for_generation
-    return ({"generation": [example(r) for r in top[:n_top] + for_generation],
-             "scoring": [example(r) for r in top[n_top:] + for_scoring + random]}, threshold)
+    return (
+        {
+            "generation": [example(r) for r in top[:n_top] + for_generation],
+            "scoring": [example(r) for r in top[n_top:] + for_scoring + random],
+        },
+        threshold,
+    )
 
 
-def autointerp(sae, cache, tokenizer, explainer, scorer=None, cfg: AutoInterpConfig | None = None,
-               progress: bool = True) -> dict:
+def autointerp(
+    sae,
+    cache,
+    tokenizer,
+    explainer,
+    scorer=None,
+    cfg: AutoInterpConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """The autointerp eval of `sae` on an activation cache (held-out text) with chat models
     `explainer` and `scorer` (default: the explainer); a SAEBench document."""
     cfg = cfg or AutoInterpConfig()
@@ -149,27 +197,56 @@ def autointerp(sae, cache, tokenizer, explainer, scorer=None, cfg: AutoInterpCon
         counts = latent_codes(sae, cache, None).counts
         alive = torch.nonzero(counts >= cfg.dead_latent_threshold).flatten().numpy()
         if len(alive) == 0:
-            raise ValueError(f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} held-out "
-                             "tokens: nothing to explain (more --eval-tokens?)")
+            raise ValueError(
+                f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} held-out "
+                "tokens: nothing to explain (more --eval-tokens?)"
+            )
         latents = sorted(rng.choice(alive, min(cfg.n_latents, len(alive)), replace=False).tolist())
     data = latent_codes(sae, cache, latents)
     cfg.explainer, cfg.scorer = explainer.name, scorer.name
     cfg.n_tokens, cfg.latents = data.n_tokens, latents
     details, row_of = [], data.row_of()
-    for j, latent in enumerate(tqdm(latents, desc="autointerp", unit="latent", disable=not progress)):
+    for j, latent in enumerate(
+        tqdm(latents, desc="autointerp", unit="latent", disable=not progress)
+    ):
         values = data.codes[:, j]
         if values.max() <= 0:
-            details.append({"latent": latent, "explanation": "(never fires on these tokens)", "score": None,
-                            "f1": None, "n_scored": 0, "n_positive": 0, "scorer_reply": ""})
+            details.append(
+                {
+                    "latent": latent,
+                    "explanation": "(never fires on these tokens)",
+                    "score": None,
+                    "f1": None,
+                    "n_scored": 0,
+                    "n_positive": 0,
+                    "scorer_reply": "",
+                }
+            )
             continue
         examples, threshold = latent_examples_for_scoring(data, row_of, values, cfg, rng)
-        details.append({"latent": latent, **score_latent(explainer, scorer, tokenizer, examples, threshold, rng,
-                                                         cfg.max_explanation_chars)})
+        details.append(
+            {
+                "latent": latent,
+                **score_latent(
+                    explainer,
+                    scorer,
+                    tokenizer,
+                    examples,
+                    threshold,
+                    rng,
+                    cfg.max_explanation_chars,
+                ),
+            }
+        )
     scores = np.array([d["score"] for d in details if d["n_scored"]])
     f1s = np.array([d["f1"] for d in details if d["n_scored"]])
     if len(scores) == 0:
         raise ValueError("none of the chosen latents fires on the held-out tokens")
-    metrics = {"autointerp": {"autointerp_score": float(scores.mean()),
-                              "autointerp_std_dev": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-                              "autointerp_f1": float(f1s.mean())}}
+    metrics = {
+        "autointerp": {
+            "autointerp_score": float(scores.mean()),
+            "autointerp_std_dev": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "autointerp_f1": float(f1s.mean()),
+        }
+    }
     return eval_output("autointerp", sae, asdict(cfg), metrics, details)

@@ -25,27 +25,53 @@ from ...io.atomic import atomic_write
 from ...io.jsonfile import read_json_object
 
 RESULTS_DIR = rundir.EVAL_RESULTS
-EVAL_TYPE_IDS = {"absorption": "absorption_first_letter", "sparse_probing": "sparse_probing",
-                 "autointerp": "autointerp"}
-FIELDS = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
-          "eval_result_details", "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id", "sae_lens_version",
-          "sae_cfg_dict", "eval_result_unstructured")
+EVAL_TYPE_IDS = {
+    "absorption": "absorption_first_letter",
+    "sparse_probing": "sparse_probing",
+    "autointerp": "autointerp",
+}
+FIELDS = (
+    "eval_type_id",
+    "eval_config",
+    "eval_id",
+    "datetime_epoch_millis",
+    "eval_result_metrics",
+    "eval_result_details",
+    "sae_bench_commit_hash",
+    "sae_lens_id",
+    "sae_lens_release_id",
+    "sae_lens_version",
+    "sae_cfg_dict",
+    "eval_result_unstructured",
+)
 
 
-def eval_output(name: str, sae, config: dict, metrics: dict[str, dict], details: list[dict],
-                unstructured=None) -> dict:
+def eval_output(
+    name: str, sae, config: dict, metrics: dict[str, dict], details: list[dict], unstructured=None
+) -> dict:
     """The result document of evaluation `name` (a key of EVAL_TYPE_IDS)."""
     from ... import __version__
 
     for category, values in metrics.items():
         nested = [key for key, value in values.items() if isinstance(value, (dict, list))]
         if nested:
-            raise ValueError(f"metrics must be flat within a category: {category}.{nested[0]} is not a number")
-    return {"eval_type_id": EVAL_TYPE_IDS[name], "eval_config": config, "eval_id": str(uuid.uuid4()),
-            "datetime_epoch_millis": int(time.time() * 1000), "eval_result_metrics": metrics,
-            "eval_result_details": details, "sae_bench_commit_hash": f"saelab {__version__}", "sae_lens_id": None,
-            "sae_lens_release_id": None, "sae_lens_version": None, "sae_cfg_dict": sae.cfg.to_dict(),
-            "eval_result_unstructured": unstructured}
+            raise ValueError(
+                f"metrics must be flat within a category: {category}.{nested[0]} is not a number"
+            )
+    return {
+        "eval_type_id": EVAL_TYPE_IDS[name],
+        "eval_config": config,
+        "eval_id": str(uuid.uuid4()),
+        "datetime_epoch_millis": int(time.time() * 1000),
+        "eval_result_metrics": metrics,
+        "eval_result_details": details,
+        "sae_bench_commit_hash": f"saelab {__version__}",
+        "sae_lens_id": None,
+        "sae_lens_release_id": None,
+        "sae_lens_version": None,
+        "sae_cfg_dict": sae.cfg.to_dict(),
+        "eval_result_unstructured": unstructured,
+    }
 
 
 def result_path(out_dir: str | Path, name: str) -> Path:
@@ -63,8 +89,15 @@ def write_output(out_dir: str | Path, name: str, document: dict) -> Path:
 def read_outputs(out_dir: str | Path) -> dict[str, dict]:
     """{name: document} of the result files in out_dir/eval_results (none: {})."""
     folder = Path(out_dir) / RESULTS_DIR
-    return {name: read_json_object(result_path(out_dir, name)) for name in EVAL_TYPE_IDS
-            if result_path(out_dir, name).is_file()} if folder.is_dir() else {}
+    return (
+        {
+            name: read_json_object(result_path(out_dir, name))
+            for name in EVAL_TYPE_IDS
+            if result_path(out_dir, name).is_file()
+        }
+        if folder.is_dir()
+        else {}
+    )
 
 
 def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
@@ -74,6 +107,11 @@ def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
     row = {}
     for document in outputs.values():
         for values in document["eval_result_metrics"].values():
-            row.update({key: value for key, value in values.items()
-                        if isinstance(value, (int, float)) and not isinstance(value, bool)})
+            row.update(
+                {
+                    key: value
+                    for key, value in values.items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)
+                }
+            )
     return row

@@ -30,7 +30,11 @@ class Probe:
 
 
 def as_numpy(x) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    return (
+        x.detach().float().cpu().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, dtype=np.float32)
+    )
 
 
 def fit_probe(x, y, balanced: bool = True, max_iter: int = 1000, seed: int = 0) -> Probe:
@@ -42,7 +46,9 @@ def fit_probe(x, y, balanced: bool = True, max_iter: int = 1000, seed: int = 0) 
     if len(np.unique(y)) < 2:
         raise ValueError("a probe needs examples of both classes")
     scale = float(np.linalg.norm(x, axis=1).mean()) or 1.0
-    model = LogisticRegression(max_iter=max_iter, class_weight="balanced" if balanced else None, random_state=seed)
+    model = LogisticRegression(
+        max_iter=max_iter, class_weight="balanced" if balanced else None, random_state=seed
+    )
     model.fit(x / scale, y)
     return Probe(weight=model.coef_[0] / scale, bias=float(model.intercept_[0]))
 

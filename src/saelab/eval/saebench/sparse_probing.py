@@ -35,8 +35,8 @@ from ...data.hooks import harvest
 from ...data.network import require_hub
 from ...data.packing import right_padded
 from ...data.text import documents
-from .probes import as_numpy, fit_probe, top_mean_difference
 from .output import eval_output
+from .probes import as_numpy, fit_probe, top_mean_difference
 
 BUILTIN = "builtin:wiki-topics"
 SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -86,7 +86,11 @@ def labelled_texts(source: str, text_column: str, label_column: str) -> tuple[li
         if not path.is_file():
             raise ProbingDataError(f"no labelled text file at {path}")
         if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows = [
+                json.loads(line)
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
             columns = set(rows[0]) if rows else set()
             table = {c: [r.get(c) for r in rows] for c in columns}
         elif path.suffix == ".csv":
@@ -106,10 +110,15 @@ def labelled_texts(source: str, text_column: str, label_column: str) -> tuple[li
         table = datasets.load_dataset(source, split="train")[:]
     missing = [c for c in (text_column, label_column) if c not in table]
     if missing:
-        raise ProbingDataError(f"{source} has no column {missing[0]!r} (columns: {', '.join(map(str, table))}); "
-                               "choose them with --probe-text-column / --probe-label-column")
-    pairs = [(str(t), str(lab)) for t, lab in zip(table[text_column], table[label_column])
-             if t is not None and lab is not None and str(t).strip()]
+        raise ProbingDataError(
+            f"{source} has no column {missing[0]!r} (columns: {', '.join(map(str, table))}); "
+            "choose them with --probe-text-column / --probe-label-column"
+        )
+    pairs = [
+        (str(t), str(lab))
+        for t, lab in zip(table[text_column], table[label_column])
+        if t is not None and lab is not None and str(t).strip()
+    ]
     if not pairs:
         raise ProbingDataError(f"{source} holds no labelled text")
     return [t for t, _ in pairs], [lab for _, lab in pairs]
@@ -130,27 +139,44 @@ def _is_local(source: str) -> bool:
     """A labelled file (existing or named like one), as opposed to a datasets name."""
     return Path(source).suffix in SUFFIXES or Path(source).exists()
 
+
 def tasks_of(labels: list[str], min_examples: int, max_tasks: int | None = None) -> list[str]:
     """The positive class of each one-vs-rest task: labels with at least min_examples examples
     (and as many others), most frequent first; one task when there are exactly two labels."""
     counts = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
-    ranked = sorted((c for c in counts if min_examples <= counts[c] <= len(labels) - counts[c]),
-                    key=lambda c: (-counts[c], c))
+    ranked = sorted(
+        (c for c in counts if min_examples <= counts[c] <= len(labels) - counts[c]),
+        key=lambda c: (-counts[c], c),
+    )
     if len(counts) == 2:
         ranked = ranked[:1]
     return ranked[:max_tasks] if max_tasks else ranked
 
 
 @torch.inference_mode()
-def pooled_features(sae, lm, contexts: list[list[int]], layer: int, site: str, batch_size: int,
-                    progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(
+    sae,
+    lm,
+    contexts: list[list[int]],
+    layer: int,
+    site: str,
+    batch_size: int,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean activation [n, d_model], mean SAE code [n, d_sae]) over each context's tokens,
     BOS and padding left out."""
-    special = torch.tensor(sorted(lm.special_token_ids | ({lm.bos_token_id} - {None})), dtype=torch.long)
+    special = torch.tensor(
+        sorted(lm.special_token_ids | ({lm.bos_token_id} - {None})), dtype=torch.long
+    )
     llm, codes = [], []
-    for start in tqdm(range(0, len(contexts), batch_size), desc="probing texts", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(contexts), batch_size),
+        desc="probing texts",
+        unit="batch",
+        disable=not progress,
+    ):
         batch = contexts[start : start + batch_size]
         ids, mask = right_padded(batch, lm.tokenizer.pad_token_id)
         acts = harvest(lm, ids, layer, site, attention_mask=mask).float().cpu()
@@ -160,19 +186,26 @@ def pooled_features(sae, lm, contexts: list[list[int]], layer: int, site: str, b
         counts = keep.sum(1, keepdim=True).float()
         flat = acts[keep]
         llm.append(torch.zeros(len(batch), acts.shape[-1]).index_add_(0, rows, flat) / counts)
-        codes.append(torch.zeros(len(batch), sae.cfg.d_sae).index_add_(0, rows, sae.encode(flat)) / counts)
+        codes.append(
+            torch.zeros(len(batch), sae.cfg.d_sae).index_add_(0, rows, sae.encode(flat)) / counts
+        )
     return torch.cat(llm), torch.cat(codes)
 
 
-def task_accuracies(x_train, y_train, x_test, y_test, k_values: list[int], prefix: str, seed: int = 0) -> dict:
+def task_accuracies(
+    x_train, y_train, x_test, y_test, k_values: list[int], prefix: str, seed: int = 0
+) -> dict:
     """{prefix_test_accuracy, prefix_top_k_test_accuracy for k in k_values} of logistic
     regressions on all features and on the top k by class-mean difference."""
     x_train, x_test = as_numpy(x_train), as_numpy(x_test)
-    out = {f"{prefix}_test_accuracy": fit_probe(x_train, y_train, seed=seed).accuracy(x_test, y_test)}
+    out = {
+        f"{prefix}_test_accuracy": fit_probe(x_train, y_train, seed=seed).accuracy(x_test, y_test)
+    }
     for k in k_values:
         top = top_mean_difference(x_train, y_train, k)
-        out[f"{prefix}_top_{k}_test_accuracy"] = fit_probe(x_train[:, top], y_train, seed=seed).accuracy(
-            x_test[:, top], y_test)
+        out[f"{prefix}_top_{k}_test_accuracy"] = fit_probe(
+            x_train[:, top], y_train, seed=seed
+        ).accuracy(x_test[:, top], y_test)
     return out
 
 
@@ -182,13 +215,18 @@ def _split(y: np.ndarray, positive: str, rng, train_size: int, test_size: int):
     n = min(len(pos), len(neg), (train_size + test_size) // 2)
     pos, neg = rng.permutation(pos)[:n], rng.permutation(neg)[:n]
     n_test = max(1, int(round(n * test_size / (train_size + test_size))))
-    return (np.concatenate([pos[n_test:], neg[n_test:]]), np.concatenate([pos[:n_test], neg[:n_test]]))
+    return (
+        np.concatenate([pos[n_test:], neg[n_test:]]),
+        np.concatenate([pos[:n_test], neg[:n_test]]),
+    )
 
 
 def sparse_probing(sae, lm, cfg: SparseProbingConfig, progress: bool = True) -> dict:
     """The sparse-probing eval of `sae` at cfg.layer / cfg.site of `lm`; a SAEBench document."""
     if lm.d_model != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, but {cfg.site} of {lm.name} has width {lm.d_model}")
+        raise ValueError(
+            f"the SAE has d_in={sae.cfg.d_in}, but {cfg.site} of {lm.name} has width {lm.d_model}"
+        )
     if any(k < 1 or k > min(sae.cfg.d_sae, lm.d_model) for k in cfg.k_values):
         raise ValueError(f"k_values {cfg.k_values} must lie in 1..{min(sae.cfg.d_sae, lm.d_model)}")
     sae = sae.cpu().eval()
@@ -200,28 +238,57 @@ def sparse_probing(sae, lm, cfg: SparseProbingConfig, progress: bool = True) -> 
         else:
             texts, labels = labelled_texts(dataset, cfg.text_column, cfg.label_column)
             bos = [lm.bos_token_id] if lm.bos_token_id is not None else []
-            contexts = [bos + lm.tokenizer(t, add_special_tokens=False)["input_ids"][: cfg.context_length - len(bos)]
-                        for t in texts]
+            contexts = [
+                bos
+                + lm.tokenizer(t, add_special_tokens=False)["input_ids"][
+                    : cfg.context_length - len(bos)
+                ]
+                for t in texts
+            ]
             positives = tasks_of(labels, cfg.min_examples)
         if not positives:
-            raise ProbingDataError(f"{dataset}: no label has {cfg.min_examples} examples and as many of other labels")
+            raise ProbingDataError(
+                f"{dataset}: no label has {cfg.min_examples} examples and as many of other labels"
+            )
         rng = np.random.default_rng(cfg.random_seed)
         y = np.array(labels)
-        splits = {p: _split(y, p, rng, cfg.probe_train_set_size, cfg.probe_test_set_size) for p in positives}
-        used = sorted(set(itertools.chain.from_iterable(np.concatenate(s) for s in splits.values())))
-        llm, codes = pooled_features(sae, lm, [contexts[i] for i in used], cfg.layer, cfg.site, cfg.llm_batch_size,
-                                     progress)
+        splits = {
+            p: _split(y, p, rng, cfg.probe_train_set_size, cfg.probe_test_set_size)
+            for p in positives
+        }
+        used = sorted(
+            set(itertools.chain.from_iterable(np.concatenate(s) for s in splits.values()))
+        )
+        llm, codes = pooled_features(
+            sae, lm, [contexts[i] for i in used], cfg.layer, cfg.site, cfg.llm_batch_size, progress
+        )
         row_of = {index: row for row, index in enumerate(used)}
-        for positive, (train, test) in tqdm(splits.items(), desc="probing tasks", disable=not progress):
+        for positive, (train, test) in tqdm(
+            splits.items(), desc="probing tasks", disable=not progress
+        ):
             tr, te = [row_of[i] for i in train], [row_of[i] for i in test]
             y_train, y_test = y[train] == positive, y[test] == positive
-            detail = {"dataset_name": f"{dataset}: {positive}" if dataset != BUILTIN else f"wiki-topic {positive}"}
-            detail.update(task_accuracies(llm[tr], y_train, llm[te], y_test, cfg.k_values, "llm", cfg.random_seed))
-            detail.update(task_accuracies(codes[tr], y_train, codes[te], y_test, cfg.k_values, "sae", cfg.random_seed))
+            detail = {
+                "dataset_name": f"{dataset}: {positive}"
+                if dataset != BUILTIN
+                else f"wiki-topic {positive}"
+            }
+            detail.update(
+                task_accuracies(
+                    llm[tr], y_train, llm[te], y_test, cfg.k_values, "llm", cfg.random_seed
+                )
+            )
+            detail.update(
+                task_accuracies(
+                    codes[tr], y_train, codes[te], y_test, cfg.k_values, "sae", cfg.random_seed
+                )
+            )
             detail.update(n_train=len(train), n_test=len(test))
             details.append(detail)
     keys = [k for k in details[0] if k.endswith("accuracy")]
     means = {k: float(np.mean([d[k] for d in details])) for k in keys}
-    metrics = {"llm": {k: v for k, v in means.items() if k.startswith("llm")},
-               "sae": {k: v for k, v in means.items() if k.startswith("sae")}}
+    metrics = {
+        "llm": {k: v for k, v in means.items() if k.startswith("llm")},
+        "sae": {k: v for k, v in means.items() if k.startswith("sae")},
+    }
     return eval_output("sparse_probing", sae, asdict(cfg), metrics, details)

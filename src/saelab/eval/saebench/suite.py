@@ -52,12 +52,22 @@ def run_interp(sae, names: list[str], out_dir: str | Path, interp: Interp) -> di
         if name in NEED_MODEL:
             hook = {"model_name": interp.lm.name, "layer": interp.layer, "site": interp.site}
             if name == "absorption":
-                doc = absorption(sae, interp.lm, AbsorptionConfig(**hook, **settings), interp.progress)
+                doc = absorption(
+                    sae, interp.lm, AbsorptionConfig(**hook, **settings), interp.progress
+                )
             else:
-                doc = sparse_probing(sae, interp.lm, SparseProbingConfig(**hook, **settings), interp.progress)
+                doc = sparse_probing(
+                    sae, interp.lm, SparseProbingConfig(**hook, **settings), interp.progress
+                )
         else:
-            doc = autointerp(sae, interp.cache, interp.tokenizer,
-                             interp.chat, cfg=AutoInterpConfig(**settings), progress=interp.progress)
+            doc = autointerp(
+                sae,
+                interp.cache,
+                interp.tokenizer,
+                interp.chat,
+                cfg=AutoInterpConfig(**settings),
+                progress=interp.progress,
+            )
         write_output(out_dir, name, doc)
         documents[name] = doc
     return documents
@@ -70,19 +80,25 @@ def summary_lines(documents: dict[str, dict]) -> list[str]:
         metrics = doc["eval_result_metrics"]
         if name == "absorption":
             m = metrics["mean"]
-            lines.append(f"  absorption: mean absorption fraction {m['mean_absorption_fraction_score']:.4f}, "
-                         f"full absorption {m['mean_full_absorption_score']:.4f}, split latents "
-                         f"{m['mean_num_split_features']:.2f} ({len(doc['eval_result_details'])} letters)")
+            lines.append(
+                f"  absorption: mean absorption fraction {m['mean_absorption_fraction_score']:.4f}, "
+                f"full absorption {m['mean_full_absorption_score']:.4f}, split latents "
+                f"{m['mean_num_split_features']:.2f} ({len(doc['eval_result_details'])} letters)"
+            )
         elif name == "sparse_probing":
             llm, sae = metrics["llm"], metrics["sae"]
             ks = [key.split("_")[2] for key in sae if key.startswith("sae_top_")]
             tops = ", ".join(f"top-{k} {sae[f'sae_top_{k}_test_accuracy']:.3f}" for k in ks)
-            lines.append(f"  sparse_probing ({len(doc['eval_result_details'])} tasks): SAE {tops}, all latents "
-                         f"{sae['sae_test_accuracy']:.3f}; model activations {llm['llm_test_accuracy']:.3f}, top-1 "
-                         f"channel {llm.get('llm_top_1_test_accuracy', float('nan')):.3f}")
+            lines.append(
+                f"  sparse_probing ({len(doc['eval_result_details'])} tasks): SAE {tops}, all latents "
+                f"{sae['sae_test_accuracy']:.3f}; model activations {llm['llm_test_accuracy']:.3f}, top-1 "
+                f"channel {llm.get('llm_top_1_test_accuracy', float('nan')):.3f}"
+            )
         elif name == "autointerp":
             m = metrics["autointerp"]
-            lines.append(f"  autointerp ({len(doc['eval_result_details'])} latents, {doc['eval_config']['explainer']}): "
-                         f"detection accuracy {m['autointerp_score']:.3f} +- {m['autointerp_std_dev']:.3f}, "
-                         f"F1 {m['autointerp_f1']:.3f}")
+            lines.append(
+                f"  autointerp ({len(doc['eval_result_details'])} latents, {doc['eval_config']['explainer']}): "
+                f"detection accuracy {m['autointerp_score']:.3f} +- {m['autointerp_std_dev']:.3f}, "
+                f"F1 {m['autointerp_f1']:.3f}"
+            )
     return lines
