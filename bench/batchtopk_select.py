@@ -44,7 +44,8 @@ def main() -> None:
         [ActivationCache(args.cache).load_shard(i)["activations"].float() for i in range(2)]
     )
     print(
-        f"{args.run}: d_sae {sae.cfg.d_sae}, k {k}, batch {args.batch}, {torch.get_num_threads()} threads"
+        f"{args.run}: d_sae {sae.cfg.d_sae}, k {k}, batch {args.batch}, {torch.get_num_threads()} "
+        "threads"
     )
     ratios = []
     for b in range(args.batches):
@@ -66,12 +67,15 @@ def main() -> None:
         c, p, f = statistics.median(bound), statistics.median(pool), statistics.median(full)
         ratios.append((f / c, f / p))
         print(
-            f"batch {b}: old candidates would fall back: {fell_back}; most entries of one row in the top "
-            f"{count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool {1e3 * p:.1f} ms, "
+            f"batch {b}: old candidates would fall back: {fell_back}; most entries of one row in "
+            "the top "
+            f"{count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool "
+            f"{1e3 * p:.1f} ms, "
             f"full top-k {1e3 * f:.1f} ms"
         )
     print(
-        f"median speed-up over the full top-k: first cut {statistics.median(r[0] for r in ratios):.2f}x, "
+        "median speed-up over the full top-k: first cut "
+        f"{statistics.median(r[0] for r in ratios):.2f}x, "
         f"pool {statistics.median(r[1] for r in ratios):.2f}x"
     )
 

@@ -1,6 +1,7 @@
 """Harvesting throughput vs the same model's forward pass, whole and truncated, in the same run.
 
-python bench/harvest.py [--model builtin:smollm2-135m] [--layer 15] [--batch 16] [--ctx 128] [--repeats 5]
+python bench/harvest.py [--model builtin:smollm2-135m] [--layer 15] [--batch 16] [--ctx 128]
+    [--repeats 5]
 
 Alternates three contenders on the same random token batch and reports median tokens/s of each
 and the ratios: the full pass computes all blocks and the LM head (as a user would without
@@ -66,10 +67,12 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - start)
     print(
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}"
     )
     print(
-        f"model {args.model}, batch {args.batch} x ctx {args.ctx}, {args.repeats} alternating repeats"
+        f"model {args.model}, batch {args.batch} x ctx {args.ctx}, {args.repeats} alternating "
+        "repeats"
     )
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     for name, rate in rates.items():

@@ -1,4 +1,5 @@
-"""Peak memory of SAE training steps against the floor: parameters + Adam state + one batch + its codes.
+"""Peak memory of SAE training steps against the floor: parameters + Adam state + one batch +
+its codes.
 
 python bench/memory.py --activations CACHE [--d-sae 4608 18432] [--archs topk batchtopk] [--steps 3]
 
@@ -135,7 +136,8 @@ def main() -> None:
         )
         return
     print(
-        f"{platform.machine()}, device {args.device}; {args.activations}, k={args.k}, batch={args.batch}, "
+        f"{platform.machine()}, device {args.device}; {args.activations}, k={args.k}, "
+        f"batch={args.batch}, "
         f"{args.steps} steps; MiB"
     )
     print(

@@ -75,7 +75,8 @@ def main() -> None:
             norms = x.norm(dim=-1)
             outlier = norms > args.factor * norms.median()
             print(
-                f"{len(x)} held-out tokens; {int(outlier.sum())} outliers (norm > {args.factor:g} x median "
+                f"{len(x)} held-out tokens; {int(outlier.sum())} outliers (norm > {args.factor:g} "
+                "x median "
                 f"{norms.median():.0f}; their median norm {norms[outlier].median():.0f})\n"
             )
         for rule in ["own", "top-k", "batch top-k"] if sae.cfg.arch == "batchtopk" else ["own"]:

@@ -1,4 +1,5 @@
-"""Held-out quality at an equal token budget: saelab's SAEs against EleutherAI sparsify and dictionary_learning.
+"""Held-out quality at an equal token budget: saelab's SAEs against EleutherAI sparsify and
+dictionary_learning.
 
 python bench/quality.py --train CACHE --held-out CACHE [--tokens 540000] [--d-sae 4608] [--k 32]
                         [--batch 1024] [--seeds 0 1] [--saelab topk batchtopk] [--lr 3e-4 1e-3]
@@ -12,11 +13,13 @@ seed, until `--tokens`; the seed also sets the initialisation. Contenders:
 - saelab: `Trainer` with every default but the named architecture (k is jumprelu's target L0),
   the learning rate (each `--lr`; `default` means TrainConfig's) and the TrainConfig or
   SAEConfig fields given with `--set` (JSON values), warmup/decay as `saelab train` does;
-- sparsify 1.3.3 (bench/.venv-sparsify, installed on first use as by vs_sparsify.py) with the defaults of its trainer:
+- sparsify 1.3.3 (bench/.venv-sparsify, installed on first use as by vs_sparsify.py) with the
+  defaults of its trainer:
   TopK, signum in schedule-free (lr 5e-3 / sqrt(d_sae / 2^14)), FVU loss, no AuxK, b_dec at the
   first batch's mean; evaluated with the schedule-free average (`optimizer.eval()`), as its
   trainer saves. A `--sparsify-lr` list adds sparsify at those learning rates (tuned runs).
-- dictionary_learning 0.1.0 (`--dictionary-learning topk batchtopk`; bench/.venv-dictionary-learning,
+- dictionary_learning 0.1.0 (`--dictionary-learning topk batchtopk`;
+  bench/.venv-dictionary-learning,
   installed on first use) with the defaults of its TopKTrainer / BatchTopKTrainer: Adam (0.9,
   0.999) at 2e-4 / sqrt(d_sae / 2^14), gradient clipping at 1, AuxK after 10M tokens without
   firing, b_dec at the first batch's geometric median, raw (unnormalised) activations; its
@@ -58,15 +61,18 @@ DL_REQUIREMENT = "dictionary-learning==0.1.0"
 CHILD_IO = r"""
 import json, sys, time
 import numpy as np, torch
-train, order, held, out = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2]), np.load(sys.argv[3]), sys.argv[4]
-d_sae, k, batch, seed, lr = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
+train, order = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2])
+held, out = np.load(sys.argv[3]), sys.argv[4]
+d_sae, k, batch, seed = (int(a) for a in sys.argv[5:9])
+lr = sys.argv[9]
 extra = sys.argv[10:]
 steps = len(order) // batch
 
 
 def batches():
     for step in range(steps):
-        yield step, torch.from_numpy(train[np.sort(order[step * batch:(step + 1) * batch])].astype(np.float32))
+        rows = np.sort(order[step * batch:(step + 1) * batch])
+        yield step, torch.from_numpy(train[rows].astype(np.float32))
 
 
 def save(x_hat, l0, fires, seconds, lr):
@@ -105,7 +111,8 @@ with torch.no_grad():
     enc = sae.encode(x)
     x_hat = sae.decode(enc.top_acts, enc.top_indices)
     active = enc.top_acts > 0
-save(x_hat.numpy(), active.sum(1).numpy(), np.bincount(enc.top_indices[active].numpy(), minlength=d_sae), seconds, lr)
+counts = np.bincount(enc.top_indices[active].numpy(), minlength=d_sae)
+save(x_hat.numpy(), active.sum(1).numpy(), counts, seconds, lr)
 """
 )
 
@@ -120,7 +127,8 @@ sys.modules["nnsight"] = types.SimpleNamespace(LanguageModel=None)
 from dictionary_learning.trainers import BatchTopKTrainer, TopKTrainer
 scaled = min(1000, steps // 5)  # its step-counted defaults (1000) scaled down to short budgets
 Trainer = {"topk": TopKTrainer, "batchtopk": BatchTopKTrainer}[extra[0]]
-trainer = Trainer(steps=steps, activation_dim=train.shape[1], dict_size=d_sae, k=k, layer=15, lm_name="smollm2",
+trainer = Trainer(steps=steps, activation_dim=train.shape[1], dict_size=d_sae, k=k, layer=15,
+                  lm_name="smollm2",
                   warmup_steps=scaled, threshold_start_step=scaled, seed=seed, device="cpu",
                   **({} if lr == "default" else {"lr": float(lr)}))
 start = time.perf_counter()
@@ -352,10 +360,12 @@ def main() -> None:
     }
     train, held = load(args.train), load(args.held_out)
     print(
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; train {args.train} "
-        f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget {args.tokens} tokens "
-        f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k {args.k}"
-        + (f"; saelab with {args.set}" if args.set else "")
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"train {args.train} "
+        f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget "
+        f"{args.tokens} tokens "
+        f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k "
+        f"{args.k}" + (f"; saelab with {args.set}" if args.set else "")
     )
     python = None if args.no_sparsify else ensure_venv()
     dl_python = ensure_dictionary_learning_venv() if args.dictionary_learning else None
@@ -406,7 +416,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
     print(
-        f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} {'L0 5-95%':>11} "
+        f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} "
+        f"{'L0 5-95%':>11} "
         f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})"
     )
     groups = {}
@@ -419,8 +430,10 @@ def main() -> None:
             if key not in ("contender", "seed")
         }
         print(
-            f"{name:<24} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} {med['fvu_ordinary']:>9.4f} "
-            f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} {med['seconds']:>8.0f}"
+            f"{name:<24} {lr:>8.2g} {med['nmse']:>7.4f} {med['fvu']:>7.4f} "
+            f"{med['fvu_ordinary']:>9.4f} "
+            f"{med['l0']:>6.1f} {med['l0_p5']:>5.0f}-{med['l0_p95']:<5.0f} {med['dead']:>6.3f} "
+            f"{med['seconds']:>8.0f}"
         )
 
 

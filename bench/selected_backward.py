@@ -29,7 +29,8 @@ def main() -> None:
     cache = ActivationCache(args.cache)
     x = next(cache.batches(4096, seed=0))
     print(
-        f"{torch.get_num_threads()} threads, batch {len(x)}, d_in {cache.d_in}, medians of {args.repeats}"
+        f"{torch.get_num_threads()} threads, batch {len(x)}, d_in {cache.d_in}, medians of "
+        f"{args.repeats}"
     )
     for d_sae in args.d_sae:
         sae = SAE(

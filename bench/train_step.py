@@ -79,7 +79,8 @@ def main() -> None:
         f"data: {args.activations or 'random'}"
     )
     print(
-        f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} {'roofline':>9} "
+        f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} "
+        f"{'roofline':>9} "
         f"{'% roofline':>10}"
         + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra)
         + f" {'sparse tok/s (random data)':>27}"
@@ -116,7 +117,8 @@ def main() -> None:
             rate = {path: args.batch / statistics.median(t) for path, t in times.items()}
             print(
                 f"{arch:<10} {d_sae:>6} {rate['sparse']:>13.0f} {rate['dense']:>12.0f} "
-                f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} {100 * rate['sparse'] / roofline:>9.0f}%"
+                f"{rate['sparse'] / rate['dense']:>7.2f}x {roofline:>9.0f} "
+                f"{100 * rate['sparse'] / roofline:>9.0f}%"
                 + "".join(f" {rate[e]:>20.0f}" for e in args.extra)
                 + f" {rate['random']:>27.0f}"
             )

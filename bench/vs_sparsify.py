@@ -51,7 +51,8 @@ scale = (d_sae / 2**14) ** 0.5
 if optimizer == "default":
     from schedulefree import ScheduleFreeWrapper
     from sparsify.sign_sgd import SignSGD
-    opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=5e-3 / scale)]), momentum=0.95)
+    signum = SignSGD([dict(params=sae.parameters(), lr=5e-3 / scale)])
+    opt = ScheduleFreeWrapper(signum, momentum=0.95)
     opt.train()
 else:
     opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / scale)
@@ -135,11 +136,14 @@ def main() -> None:
         np.random.default_rng(0).normal(size=tuple(real.shape)).astype(np.float32)
     )
     print(
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.activations}, "
-        f"d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} alternating rounds; tokens/s"
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{args.activations}, "
+        f"d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} alternating rounds; "
+        "tokens/s"
     )
     print(
-        f"{'d_sae':>6} {'contender':<18} {'real':>7} {'vs sparsify default':>20} {'vs sparsify adam':>17} "
+        f"{'d_sae':>6} {'contender':<18} {'real':>7} {'vs sparsify default':>20} "
+        f"{'vs sparsify adam':>17} "
         f"{'random':>7} {'vs default (random)':>20}"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +156,8 @@ def main() -> None:
             real_rates, random_rates = measured["real"], measured["random"]
             for name, rate in real_rates.items():
                 print(
-                    f"{d_sae:>6} {name:<18} {rate:>7.0f} {rate / real_rates['sparsify-default']:>19.2f}x "
+                    f"{d_sae:>6} {name:<18} {rate:>7.0f} "
+                    f"{rate / real_rates['sparsify-default']:>19.2f}x "
                     f"{rate / real_rates['sparsify-adam']:>16.2f}x {random_rates[name]:>7.0f} "
                     f"{random_rates[name] / random_rates['sparsify-default']:>19.2f}x"
                 )

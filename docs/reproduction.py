@@ -30,7 +30,8 @@ from saelab import rundir
 from saelab.data.cache import CacheSpec
 from saelab.data.pipeline import cache_dir
 from saelab.eval.plots import draw_curves, pareto_plot, plt
-from saelab.eval.saebench.output import flat_metrics, read_outputs
+from saelab.eval.registry import read_results
+from saelab.eval.saebench.output import flat_metrics
 from saelab.io.jsonfile import read_json_object
 from saelab.sweep import (
     heldout_curve,
@@ -68,7 +69,7 @@ def load_rows(sweep: Path, config: Path = DOCS / "reproduction.toml") -> list[di
         if rundir.state(run) == "evaluated":
             rows.append(
                 result_row(
-                    {**read_json_object(run / rundir.EVAL), **flat_metrics(read_outputs(run))},
+                    {**read_json_object(run / rundir.EVAL), **flat_metrics(read_results(run))},
                     point,
                 )
             )
@@ -510,7 +511,8 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
         f"- training tokens per SAE: {train_tokens:,} ({train_tokens // 4096} steps of 4096)",
         f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
         f"- downstream predictions (CE/KL): {first.get('n_predictions', 'n/a')}",
-        f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation {fmt(first.get('ce_zero'), 4)}, "
+        f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation "
+        f"{fmt(first.get('ce_zero'), 4)}, "
         f"mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
         f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
         f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}",
@@ -518,7 +520,8 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
     if cached:
         facts.insert(
             1,
-            f"- training activations: {cached:,} tokens (all of the builtin text's training split), "
+            f"- training activations: {cached:,} tokens (all of the builtin text's training "
+            "split), "
             f"so each SAE sees {train_tokens / cached:.2f} epochs",
         )
     return "\n".join(facts)

@@ -44,11 +44,11 @@ def randomize(sae: SAE, seed: int = 1) -> SAE:
 def estimate_threshold(sae: SAE, x: torch.Tensor) -> SAE:
     """What one training step does to a batchtopk threshold (the loss's smallest kept value,
     then the trainer's update), without changing the parameters; returns sae in eval mode."""
-    from saelab.sae.batchtopk import update_threshold
+    from saelab.sae.batchtopk import smallest_active, update_threshold
 
     sae.train()
     with torch.no_grad():
-        update_threshold(sae, sae.loss(x).smallest_active)
+        update_threshold(sae, smallest_active(sae.loss(x).code))
     return sae.eval()
 
 

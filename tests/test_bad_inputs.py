@@ -110,7 +110,8 @@ CACHE = [
 
 
 def _with(base, *args, **values):
-    """base + args, with the value of each flag named in `values` replaced (model="x": --model x)."""
+    """base + args, with the value of each flag named in `values` replaced (model="x":
+    --model x)."""
     argv = list(base) + list(args)
     for key, value in values.items():
         argv[argv.index("--" + key.replace("_", "-")) + 1] = value
@@ -568,7 +569,7 @@ def test_overwrite_removes_the_old_runs_files(world, capsys, tmp_path):
 
 
 def test_a_failure_after_a_finished_sae_keeps_it(world, capsys, tmp_path, monkeypatch):
-    from saelab import cli
+    from saelab.eval import full
 
     calls = []
 
@@ -578,8 +579,8 @@ def test_a_failure_after_a_finished_sae_keeps_it(world, capsys, tmp_path, monkey
             raise ValueError("evaluation broke")
         return real(*args, **kwargs)
 
-    real = cli.full_evaluation
-    monkeypatch.setattr(cli, "full_evaluation", fail_on_second)
+    real = full.full_evaluation
+    monkeypatch.setattr(full, "full_evaluation", fail_on_second)
     args = [a.format(w=tmp_path, acts=world / "acts.npy") for a in TRAIN] + ["--arch", "topk,relu"]
     assert "evaluation broke" in cli_error(capsys, args)
     assert SAE.load(tmp_path / "new-run" / "topk-k4").cfg.arch == "topk"  # trained and kept

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import estimate_threshold, make_sae, randomize
 
+from saelab import SAE
 from saelab.config import ConfigError
-from saelab.io.external import detect_format, export, load_any
+from saelab.io.external import detect_format, export
 from saelab.io.format import SAEFormatError
 
 D, H = 8, 24
@@ -51,7 +52,7 @@ def test_autoencoder_standard(tmp_path):
         "encoder.bias": torch.randn(H, generator=g) * 0.1,
         "decoder.weight": torch.randn(D, H, generator=g),
     }
-    sae = load_any(_write(tmp_path / "dl", "AutoEncoder", t))
+    sae = SAE.load_any(_write(tmp_path / "dl", "AutoEncoder", t))
     x = _x()
     f = _relu((_n(x) - _n(t["bias"])) @ _n(t["encoder.weight"]).T + _n(t["encoder.bias"]))
     assert sae.cfg.arch == "relu" and detect_format(tmp_path / "dl") == "dictionary_learning"
@@ -72,7 +73,7 @@ def test_topk_and_batchtopk(tmp_path, dict_class):
         "k": torch.tensor(3, dtype=torch.int),
         "threshold": torch.tensor(0.4),
     }
-    sae = load_any(_write(tmp_path / "dl", dict_class, t, k=3)).eval()
+    sae = SAE.load_any(_write(tmp_path / "dl", dict_class, t, k=3)).eval()
     x = _x()
     post = _relu((_n(x) - _n(t["b_dec"])) @ _n(t["encoder.weight"]).T + _n(t["encoder.bias"]))
     if dict_class == "AutoEncoderTopK":  # the 3 largest of each row
@@ -96,7 +97,7 @@ def test_jumprelu_folds_b_dec_into_the_encoder_bias(tmp_path):
         "b_dec": torch.randn(D, generator=g),
         "threshold": torch.rand(H, generator=g) * 0.5 + 0.05,
     }
-    sae = load_any(_write(tmp_path / "dl", "JumpReluAutoEncoder", t)).eval()
+    sae = SAE.load_any(_write(tmp_path / "dl", "JumpReluAutoEncoder", t)).eval()
     x = _x()
     pre = _n(x) @ _n(t["W_enc"]) + _n(t["b_enc"])  # its encoder does not subtract b_dec
     np.testing.assert_allclose(
@@ -114,7 +115,7 @@ def test_gated(tmp_path):
         "mag_bias": torch.randn(H, generator=g) * 0.1,
         "decoder.weight": torch.randn(D, H, generator=g),
     }
-    sae = load_any(_write(tmp_path / "dl", "GatedAutoEncoder", t)).eval()
+    sae = SAE.load_any(_write(tmp_path / "dl", "GatedAutoEncoder", t)).eval()
     x = _x()
     enc = (_n(x) - _n(t["decoder_bias"])) @ _n(t["encoder.weight"]).T
     f = (enc + _n(t["gate_bias"]) > 0) * _relu(np.exp(_n(t["r_mag"])) * enc + _n(t["mag_bias"]))
@@ -146,7 +147,7 @@ def _trained(arch, **kw):
 def test_round_trip_gives_identical_codes(tmp_path, arch, kw):
     sae = _trained(arch, **kw)
     export(sae, tmp_path / "dl", "dictionary_learning")
-    back = load_any(tmp_path / "dl").eval()
+    back = SAE.load_any(tmp_path / "dl").eval()
     x = _x(7) * 3
     assert back.cfg.arch == arch
     torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
@@ -190,21 +191,21 @@ def test_bad_directories_are_refused(tmp_path):
     with pytest.raises(
         SAEFormatError, match="object of test_dictionary_learning._Payload.*weights_only=True"
     ):
-        load_any(tmp_path / "pickle")
+        SAE.load_any(tmp_path / "pickle")
     marker = tmp_path / "ran"
     _write(tmp_path / "evil", "AutoEncoder", {"bias": torch.zeros(D), "x": _Evil(marker)})
     with pytest.raises(SAEFormatError, match="refuses to unpickle"):
-        load_any(tmp_path / "evil")
+        SAE.load_any(tmp_path / "evil")
     assert not marker.exists()
     (tmp_path / "lonely").mkdir()
     torch.save({}, tmp_path / "lonely" / "ae.pt")
     with pytest.raises(SAEFormatError, match="no config.json"):
-        load_any(tmp_path / "lonely")
+        SAE.load_any(tmp_path / "lonely")
     _write(tmp_path / "unknown", "CrossCoder", {"W_enc": torch.zeros(D, H)})
     with pytest.raises(SAEFormatError, match="dict_class 'CrossCoder' is not supported"):
-        load_any(tmp_path / "unknown")
+        SAE.load_any(tmp_path / "unknown")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{}")
     (tmp_path / "junk" / "ae.pt").write_bytes(b"not a torch file")
     with pytest.raises(SAEFormatError, match="not a readable torch state dict"):
-        load_any(tmp_path / "junk")
+        SAE.load_any(tmp_path / "junk")

@@ -11,7 +11,8 @@ from saelab.data.hooks import SiteError, splice
 
 
 def identity_sae(d):
-    """ReLU SAE with W_enc = [I, -I], W_dec = [I; -I], zero biases: x_hat = relu(x) - relu(-x) = x."""
+    """ReLU SAE with W_enc = [I, -I], W_dec = [I; -I], zero biases:
+    x_hat = relu(x) - relu(-x) = x."""
     sae = make_sae("relu", d_in=d, d_sae=2 * d)
     eye = torch.eye(d)
     with torch.no_grad():

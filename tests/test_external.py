@@ -9,7 +9,8 @@ import torch
 from conftest import estimate_threshold, make_sae, randomize
 from safetensors.torch import save_file
 
-from saelab.io.external import detect_format, export, load_any
+from saelab import SAE
+from saelab.io.external import detect_format, export
 from saelab.io.format import SAEFormatError
 
 D, H = 8, 24
@@ -53,7 +54,7 @@ def test_saelens_standard(tmp_path, apply_b_dec):
     x = torch.randn(10, D)
     sae_in = _np(x) - (_np(w["b_dec"]) if apply_b_dec else 0)
     f = np.maximum(sae_in @ _np(w["W_enc"]) + _np(w["b_enc"]), 0)
-    sae = load_any(tmp_path / "s")
+    sae = SAE.load_any(tmp_path / "s")
     assert detect_format(tmp_path / "s") == "saelens" and sae.cfg.arch == "relu"
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
@@ -82,7 +83,7 @@ def test_saelens_topk_jumprelu_and_layer_norm(tmp_path):
     for r in range(10):
         top = np.argsort(-pre[r])[:3]
         f[r, top] = np.maximum(pre[r, top], 0)
-    sae = load_any(tmp_path / "t")
+    sae = SAE.load_any(tmp_path / "t")
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         sae(x).detach().numpy(),
@@ -100,7 +101,7 @@ def test_saelens_topk_jumprelu_and_layer_norm(tmp_path):
     pre = (_np(x) - _np(w["b_dec"])) @ _np(w["W_enc"]) + _np(w["b_enc"])
     want = pre * (pre > _np(threshold))
     np.testing.assert_allclose(
-        load_any(tmp_path / "j").encode(x).detach().numpy(), want, rtol=1e-4, atol=1e-5
+        SAE.load_any(tmp_path / "j").encode(x).detach().numpy(), want, rtol=1e-4, atol=1e-5
     )
 
 
@@ -135,7 +136,7 @@ def test_sparsify(tmp_path):
     for r in range(10):
         top = np.argsort(-pre[r])[:4]
         f[r, top] = pre[r, top]
-    sae = load_any(path)
+    sae = SAE.load_any(path)
     assert detect_format(path) == "sparsify" and (sae.cfg.arch, sae.cfg.k) == ("topk", 4)
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), f, rtol=1e-4, atol=1e-5)
 
@@ -169,7 +170,7 @@ def test_export_then_import_gives_the_same_codes(tmp_path, arch, fmt):
         estimate_threshold(sae, torch.randn(64, D))
     sae.eval()
     export(sae, tmp_path / "e", fmt)
-    back = load_any(tmp_path / "e")
+    back = SAE.load_any(tmp_path / "e")
     x = torch.randn(20, D)
     torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(back(x), sae(x), rtol=1e-5, atol=1e-5)
@@ -180,18 +181,18 @@ def test_unknown_and_unsupported_directories(tmp_path):
     (tmp_path / "d" / "cfg.json").write_text("{}")
     (tmp_path / "d" / "weights.bin").write_bytes(b"\0")
     with pytest.raises(SAEFormatError, match="not an SAE directory saelab can read .* weights.bin"):
-        load_any(tmp_path / "d")
+        SAE.load_any(tmp_path / "d")
     with pytest.raises(SAEFormatError, match="no cfg.json"):
-        load_any(tmp_path)
+        SAE.load_any(tmp_path)
     _write_saelens(
         tmp_path / "g", {"architecture": "skip_transcoder", "d_in": D, "d_sae": H}, _weights()
     )
     with pytest.raises(SAEFormatError, match="architecture 'skip_transcoder' is not supported"):
-        load_any(tmp_path / "g")
+        SAE.load_any(tmp_path / "g")
     _write_saelens(
         tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights()
     )
     with pytest.raises(SAEFormatError, match="W_enc has shape"):
-        load_any(tmp_path / "n")
+        SAE.load_any(tmp_path / "n")
     with pytest.raises(ValueError, match="SAELens has no topafa"):
         export(make_sae("topafa", d_in=D, d_sae=H), tmp_path / "x", "saelens")

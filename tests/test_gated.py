@@ -10,7 +10,7 @@ from conftest import randomize
 from safetensors.torch import load_file
 
 from saelab import SAE, SAEConfig, TrainConfig, cli, evaluate, sources, train
-from saelab.io.external import export, load_any
+from saelab.io.external import export
 
 
 def _sae(**kw):
@@ -84,7 +84,9 @@ def test_saelens_names_export_and_import(tmp_path):
     assert cfg["architecture"] == "gated"
     x = torch.randn(30, 16)
     for path in (tmp_path / "own", tmp_path / "lens"):
-        torch.testing.assert_close(load_any(path).encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            SAE.load_any(path).encode(x), sae.encode(x), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_training_lowers_the_error_and_a_larger_l1_gives_sparser_codes():

@@ -7,7 +7,7 @@ from conftest import estimate_threshold, randomize
 
 from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.config import ConfigError
-from saelab.io.external import export, load_any
+from saelab.io.external import export
 
 
 def _sae(widths=(8, 24, 48), **kw):
@@ -29,7 +29,8 @@ def _sae(widths=(8, 24, 48), **kw):
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_loss_is_the_mean_of_the_prefix_reconstructions(sparse):
-    """Batch top-k codes by a full sort, then (1/G) sum_g ||x - (f[:, :m_g] W_dec[:m_g] + b_dec)||^2."""
+    """Batch top-k codes by a full sort, then
+    (1/G) sum_g ||x - (f[:, :m_g] W_dec[:m_g] + b_dec)||^2."""
     sae = _sae().train()
     x = torch.randn(20, 16)
     out = sae.loss(x, sparse=sparse)
@@ -102,5 +103,5 @@ def test_save_load_and_saelens_export_keep_the_codes(tmp_path):
     torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=0, atol=0)
     export(sae, tmp_path / "lens", "saelens")  # inference is a jumprelu with one threshold
     torch.testing.assert_close(
-        load_any(tmp_path / "lens").encode(x), sae.encode(x), rtol=1e-5, atol=1e-6
+        SAE.load_any(tmp_path / "lens").encode(x), sae.encode(x), rtol=1e-5, atol=1e-6
     )

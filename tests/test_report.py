@@ -259,7 +259,8 @@ def test_page_renders_in_headless_chromium(setup, tmp_path):
     if CHROMIUM is None:
         if os.environ.get("SAELAB_REQUIRE_BROWSER"):
             pytest.fail(
-                "chromium is not installed (apt-get install chromium), but SAELAB_REQUIRE_BROWSER is set"
+                "chromium is not installed (apt-get install chromium), but SAELAB_REQUIRE_BROWSER "
+                "is set"
             )
         pytest.skip("chromium is not installed (apt-get install chromium)")
     _, cache, sae = setup

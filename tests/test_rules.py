@@ -7,6 +7,7 @@ from conftest import make_sae, randomize
 
 from saelab.sae import ThresholdNotEstimated
 from saelab.sae.architecture import Collectives
+from saelab.sae.batchtopk import smallest_active
 from saelab.sae.jumprelu import JumpReLU, Step
 from saelab.sae.registry import ARCHITECTURES
 from saelab.sae.relu import RELU_ENCODER_INIT_SCALE
@@ -28,11 +29,12 @@ def test_topk_keeps_exactly_k_largest_per_row():
 
 
 def _training_step_threshold(sae, x):
-    """What a training step does to the threshold: the loss's smallest kept value, then the update."""
+    """What a training step does to the threshold: the loss's smallest kept value, then the
+    update."""
     from saelab.sae.batchtopk import update_threshold
 
     out = sae.loss(x)
-    update_threshold(sae, out.smallest_active)
+    update_threshold(sae, smallest_active(out.code))
     return out
 
 
@@ -49,7 +51,7 @@ def test_batchtopk_training_keeps_n_times_k_over_the_batch():
     for sparse in (True, False):
         fresh = randomize(make_sae("batchtopk", k=3)).train()
         out = fresh.loss(x, sparse=sparse)
-        assert out.smallest_active.item() == pytest.approx(cutoff, rel=1e-6)
+        assert smallest_active(out.code).item() == pytest.approx(cutoff, rel=1e-6)
     _training_step_threshold(sae, x)
     assert sae.threshold.item() == pytest.approx(cutoff, rel=1e-6)
 

@@ -14,7 +14,9 @@ from saelab.config import ConfigError
 from saelab.data.activations import open_source
 from saelab.eval import downstream as downstream_module
 from saelab.eval.downstream import ablation_losses, downstream
-from saelab.sweep import Downstream, Point, expand, read_grid_file, run_sweep, union
+from saelab.eval.registry import EvalContext
+from saelab.eval.saebench.sparse_probing import SparseProbingConfig
+from saelab.sweep import Point, expand, read_grid_file, run_sweep, union
 from saelab.train import loop
 
 
@@ -73,7 +75,8 @@ def test_toml_grids_share_top_level_axes(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_text(
         'expansion = 4\n[[grid]]\narch = ["topk", "batchtopk"]\nk = [16, 32]\n'
-        'input_scaling = ["per_token", "expected_norm"]\n[[grid]]\narch = "relu"\nl1_coefficient = [2, 5]\n'
+        'input_scaling = ["per_token", "expected_norm"]\n[[grid]]\narch = "relu"\n'
+        "l1_coefficient = [2, 5]\n"
     )
     points = union(read_grid_file(path))
     assert len(points) == 10 and {p.expansion for p in points} == {4}
@@ -151,7 +154,8 @@ def test_interrupted_sweep_resumes_to_the_same_results(data, tmp_path, monkeypat
             b["l0"], rel=1e-6
         )
 
-    # a finished point is neither retrained nor re-evaluated; one that lost its eval.json is evaluated again
+    # a finished point is neither retrained nor re-evaluated; one that lost its eval.json is
+    # evaluated again
     (tmp_path / "cut" / points[1].name / "eval.json").unlink()
     monkeypatch.setattr(loop.Trainer, "train_step", original)
     monkeypatch.setattr("saelab.sweep.train_many", lambda *a: pytest.fail("nothing should train"))
@@ -190,7 +194,7 @@ def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, mon
         calls["n"] += 1
         return original(*args, **kw)
 
-    monkeypatch.setattr("saelab.sweep.ablation_losses", counted)
+    monkeypatch.setattr("saelab.eval.full.ablation_losses", counted)
     points = union([{"arch": ["topk", "batchtopk"], "k": [2, 4], "expansion": [2]}])
     rows = run_sweep(
         points,
@@ -198,7 +202,7 @@ def test_sweep_with_a_model_reports_ce_and_computes_ablations_once(tmp_path, mon
         eval_source,
         tmp_path,
         _cfg(total_tokens=512, batch_size=128),
-        downstream=Downstream(model, ids, 0, "resid_post"),
+        context=EvalContext(lm=model, layer=0, site="resid_post", input_ids=ids),
     )
     assert calls["n"] == 1
     assert all("ce_degradation" in row and "kl" in row for row in rows)
@@ -284,16 +288,10 @@ def _probing_setup(tmp_path):
 
 
 def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
-    from saelab.eval.saebench.suite import Interp
 
     lm, train_source, eval_source, probe = _probing_setup(tmp_path)
-    interp = Interp(
-        lm=lm,
-        layer=0,
-        site="resid_post",
-        settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": [1, 2]}},
-        progress=False,
-    )
+    context = EvalContext(lm=lm, layer=0, site="resid_post", progress=False)
+    configs = {"sparse_probing": SparseProbingConfig(dataset_names=[str(probe)], k_values=[1, 2])}
     points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
     out = tmp_path / "sweep"
     rows = run_sweep(
@@ -302,7 +300,8 @@ def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
         eval_source,
         out,
         _cfg(total_tokens=512, batch_size=128),
-        interp=interp,
+        context=context,
+        configs=configs,
         evals=["core", "sparse_probing"],
     )
     assert all(
@@ -310,7 +309,7 @@ def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
     )
     assert all((out / p.name / "eval_results" / "sparse_probing.json").is_file() for p in points)
     assert "sae_top_2_test_accuracy" in (out / "results.csv").read_text().splitlines()[0]
-    with pytest.raises(ConfigError, match="need an Interp"):
+    with pytest.raises(ConfigError, match="absorption evaluation needs a model"):
         run_sweep(
             points,
             train_source,
@@ -323,30 +322,34 @@ def test_sweep_runs_the_interpretability_evals_into_its_table(tmp_path):
 
 def test_sweep_reruns_an_eval_only_when_its_settings_change(tmp_path, monkeypatch):
     import saelab.sweep as sweep_module
-    from saelab.eval.saebench.suite import Interp
 
     lm, train_source, eval_source, probe = _probing_setup(tmp_path)
     points = union([{"arch": ["topk"], "k": [2], "expansion": [2]}])
     calls = []
-    original = sweep_module.run_interp
-    monkeypatch.setattr(sweep_module, "run_interp", lambda *a: calls.append(a[1]) or original(*a))
+    original = sweep_module.evaluate_with
+
+    def counted(evaluation, *args):
+        if evaluation.name != "core":
+            calls.append(evaluation.name)
+        return original(evaluation, *args)
+
+    monkeypatch.setattr(sweep_module, "evaluate_with", counted)
     for k_values in ([1], [1], [1, 2]):
-        interp = Interp(
-            lm=lm,
-            layer=0,
-            settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": k_values}},
-            progress=False,
-        )
+        context = EvalContext(lm=lm, layer=0, progress=False)
+        configs = {
+            "sparse_probing": SparseProbingConfig(dataset_names=[str(probe)], k_values=k_values)
+        }
         run_sweep(
             points,
             train_source,
             eval_source,
             tmp_path / "s",
             _cfg(total_tokens=256, batch_size=128),
-            interp=interp,
+            context=context,
+            configs=configs,
             evals=["core", "sparse_probing"],
         )
-    assert calls == [["sparse_probing"], ["sparse_probing"]]  # first run, then the changed k_values
+    assert calls == ["sparse_probing", "sparse_probing"]  # first run, then the changed k_values
 
 
 def test_a_grid_can_name_evaluations_for_its_own_points(tmp_path):
@@ -368,16 +371,10 @@ def test_a_grid_can_name_evaluations_for_its_own_points(tmp_path):
 
 
 def test_sweep_runs_per_point_evals_only_on_their_points(tmp_path):
-    from saelab.eval.saebench.suite import Interp
 
     lm, train_source, eval_source, probe = _probing_setup(tmp_path)
-    interp = Interp(
-        lm=lm,
-        layer=0,
-        site="resid_post",
-        settings={"sparse_probing": {"dataset_names": [str(probe)], "k_values": [1]}},
-        progress=False,
-    )
+    context = EvalContext(lm=lm, layer=0, site="resid_post", progress=False)
+    configs = {"sparse_probing": SparseProbingConfig(dataset_names=[str(probe)], k_values=[1])}
     points = union([{"arch": ["topk"], "k": [2, 4], "expansion": [2]}])
     rows = run_sweep(
         points,
@@ -385,7 +382,8 @@ def test_sweep_runs_per_point_evals_only_on_their_points(tmp_path):
         eval_source,
         tmp_path / "s",
         _cfg(total_tokens=256, batch_size=128),
-        interp=interp,
+        context=context,
+        configs=configs,
         evals={points[0]: ["sparse_probing"], points[1]: []},
     )
     written = [

@@ -1,20 +1,20 @@
 """saelab: train and evaluate sparse autoencoders on language-model activations."""
 
-__version__ = "0.1.0"
-
-from .config import SAEConfig, TrainConfig  # noqa: E402
-from .data.hooks import harvest  # noqa: E402
-from .data.models import load_model  # noqa: E402
-from .eval.afa import afa_stats  # noqa: E402
-from .eval.downstream import downstream  # noqa: E402
-from .eval.metrics import evaluate  # noqa: E402
-from .sae import SAE  # noqa: E402
-from .train.loop import TrainResult, train, train_many  # noqa: E402
+from .config import DataConfig, SAEConfig, TrainConfig
+from .data.hooks import harvest
+from .data.models import load_model
+from .eval.afa import afa_stats
+from .eval.downstream import downstream
+from .eval.metrics import evaluate
+from .sae import SAE
+from .train.loop import TrainResult, train, train_many
+from .version import __version__
 
 __all__ = [
     "SAE",
     "SAEConfig",
     "TrainConfig",
+    "DataConfig",
     "TrainResult",
     "train",
     "train_many",

@@ -1,41 +1,53 @@
-"""The `saelab` command line: parses arguments and calls the API. What the flags mean lives in
-flags.py (types, generated settings flags, shared groups), where data comes from in sources.py,
-and the run directory in rundir.py."""
+"""The `saelab` command line: parses arguments and calls the API. Its flags are generated from
+the config dataclasses (flags.py), where data comes from is sources.py, what the evaluations
+are is eval/registry.py, and the run directory is rundir.py."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, rundir
-from .config import SAEConfig, TrainConfig
+from . import rundir
+from .config import (
+    DEFAULT_DATASET,
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    DataConfig,
+    SAEConfig,
+    TrainConfig,
+)
+from .contexts import eval_context, evaluation_data, sweep_context
 from .data.cache import ActivationCache, build_cache
+from .data.hooks import DEFAULT_SITE
 from .data.models import load_model, load_tokenizer
-from .data.streaming import heldout_contexts
-from .data.text import SPLITS
 from .errors import SaelabError, UsageError
-from .eval.full import full_evaluation, summary_lines
+from .eval.full import summary_lines
 from .eval.neuronpedia import write_neuronpedia
-from .eval.report import read_results, write_report
-from .eval.saebench.llm import chat_model
-from .eval.saebench.output import RESULTS_DIR, flat_metrics, read_outputs
-from .eval.saebench.suite import NEED_MODEL, Interp, check_evals, run_interp
-from .eval.saebench.suite import summary_lines as interp_summary
+from .eval.registry import (
+    EVALUATIONS,
+    EvalContext,
+    evaluate_with,
+    evaluations,
+    read_results,
+    sweep_columns,
+)
+from .eval.report import read_results as read_eval_json
+from .eval.report import write_report
+from .eval.saebench.llm import ChatConfig, chat_model
+from .eval.saebench.output import flat_metrics
 from .flags import (
     COUNT,
     INDEX,
-    add_data_arguments,
+    add_eval_arguments,
     add_grid_arguments,
-    add_interp_arguments,
-    add_model_arguments,
+    add_options,
     add_sae_arguments,
-    add_training_arguments,
     check_device,
-    check_interp_flags,
-    integer,
-    interp_settings,
+    config_from,
+    eval_configs,
     list_of,
     sweep_evals,
     sweep_options,
@@ -43,25 +55,43 @@ from .flags import (
     train_grid,
 )
 from .sae.model import SAE
-from .sources import (
-    DEFAULT,
-    MIN_EVAL_TOKENS,
-    cache_spec,
-    dictionary_recovery,
-    downstream_data,
-    evaluation_data,
-    provenance,
-    recorded_hook,
-    sae_source,
-    sweep_interp,
-    training_data,
-)
+from .sources import dictionary_recovery, harvest_spec, harvests, resolve, sae_source
 from .sweep import knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.loop import train_many
 from .train.wandb_log import require_wandb
+from .version import __version__
+
+# which DataConfig fields each command takes as flags
+HARVEST = (
+    "model",
+    "layer",
+    "site",
+    "dataset",
+    "text_column",
+    "ctx_len",
+    "include_special",
+    "storage_dtype",
+    "model_dtype",
+    "device",
+)
+FOR_CACHE = (*HARVEST, "split", "tokens", "progress")
+FOR_EVAL = ("activations", *HARVEST, "eval_tokens", "cache_dir", "progress")
+# train and sweep leave out --split, and take --tokens from TrainConfig (DataConfig reads it too)
+FOR_TRAINING = ("split", "tokens")
 
 
+def _add_data_group(p, only=None, skip=(), required=()) -> None:
+    group = p.add_argument_group(
+        "data",
+        "one of: --activations; --synthetic; or a model to harvest from (default: "
+        f"{DEFAULT_MODEL} block {DEFAULT_LAYER} {DEFAULT_SITE} on {DEFAULT_DATASET}, cached "
+        "under --cache-dir)",
+    )
+    add_options(group, DataConfig, only=only, skip=skip, required=required)
+
+
+# -- saelab cache ----------------------------------------------------------------------------
 def _add_cache_parser(commands) -> None:
     p = commands.add_parser(
         "cache",
@@ -69,49 +99,44 @@ def _add_cache_parser(commands) -> None:
         description="Harvest activations at one hook site into sharded files plus a manifest. "
         "Rerunning resumes an interrupted cache; a larger --tokens extends it.",
     )
-    add_model_arguments(p, defaults=False)
-    p.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="train",
-        help="train, or eval: the held-out documents (every 10th) (default: train)",
-    )
-    p.add_argument("--tokens", type=COUNT, required=True, help="activations to harvest")
+    _add_data_group(p, only=FOR_CACHE, required=("tokens",))
     p.add_argument(
         "--shard-tokens", type=COUNT, default=65536, help="activations per shard (default: 65536)"
     )
     p.add_argument("--out", metavar="DIR", required=True, help="cache directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)
 
 
 def cmd_cache(args) -> None:
-    spec = cache_spec(args, args.split)
-    lm = load_model(spec.model, dtype=args.model_dtype, device=args.device)
+    request = config_from(DataConfig, args)
+    spec = harvest_spec(request)
+    lm = load_model(spec.model, dtype=request.model_dtype, device=request.device)
     cache = build_cache(
         lm,
         args.out,
         spec,
-        args.tokens,
+        request.tokens,
         shard_tokens=args.shard_tokens,
-        progress=not args.no_progress,
+        progress=request.progress,
     )
     print(
-        f"{cache.n_tokens} activations [{cache.d_in}] of {spec.model} layer {spec.layer} {spec.site} "
-        f"in {len(cache.shards)} shards: {args.out}"
+        f"{cache.n_tokens} activations [{cache.d_in}] of {spec.model} layer {spec.layer} "
+        f"{spec.site} in {len(cache.shards)} shards: {args.out}"
     )
 
 
+# -- saelab train ----------------------------------------------------------------------------
 def _add_train_parser(commands) -> None:
     p = commands.add_parser(
         "train",
         help="train an SAE on activations and evaluate it on a held-out slice",
         description="Train an SAE, evaluate it on held-out activations and save it into --out. "
-        "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, batchtopk k=32 x8).",
+        "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, "
+        "batchtopk k=32 x8).",
     )
-    add_data_arguments(p, streaming=True)
+    _add_data_group(p, skip=FOR_TRAINING)
     add_sae_arguments(p)
-    add_training_arguments(p, seeds=False)
+    add_options(p.add_argument_group("training"), TrainConfig)
     run = p.add_argument_group("run")
     run.add_argument(
         "--out",
@@ -119,280 +144,184 @@ def _add_train_parser(commands) -> None:
         default=None,
         help="run directory (default: runs/<date>-<time>-<arch>)",
     )
-    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> None:
-    if is_distributed() and (not (args.activations or args.synthetic) or args.out is None):
+    request = config_from(DataConfig, args)
+    if is_distributed() and (harvests(request) or args.out is None):
         raise UsageError(
             "under torchrun, train from --activations (build it first with saelab cache) "
             "or --synthetic, and name the run with --out"
         )
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}"
-    )
-    args.out = str(rundir.prepare(out, args.resume, args.overwrite))
-    train_source, eval_source, dictionary = training_data(args)
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}"
+    out = Path(args.out) if args.out else Path("runs") / stamp
+    train_cfg = config_from(TrainConfig, args, out_dir=str(out))
+    args.out = str(rundir.prepare(out, train_cfg.resume, args.overwrite))
+    data = resolve(request, seed=train_cfg.seed)
+    train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
     grid = train_grid(args)
     saes, train_cfgs = [], []
     for arch, knob, value, others in grid:
-        sae = SAE(
-            SAEConfig(
-                arch=arch,
-                d_in=train_source.d_in,
-                d_sae=args.expansion * train_source.d_in,
-                input_scaling=args.input_scaling,
-                metadata=provenance(args),
-                **others,
-                **({knob: value} if knob else {}),
-            ),
-            seed=args.seed,
+        sae_cfg = SAEConfig(
+            arch=arch,
+            d_in=data.train.d_in,
+            d_sae=args.expansion * data.train.d_in,
+            input_scaling=args.input_scaling,
+            metadata=data.provenance,
+            **others,
+            **({knob: value} if knob else {}),
         )
+        sae = SAE(sae_cfg, seed=train_cfg.seed)
         several = sum(a == arch for a, *_ in grid) > 1
-        name = (
-            f"{arch}-{knob_label(knob).format(value)}"
-            if knob and (knob == "k" or several)
-            else arch
-        )
+        named = knob and (knob == "k" or several)
+        name = f"{arch}-{knob_label(knob).format(value)}" if named else arch
         run = out if len(grid) == 1 else out / name
-        saes.append(sae.to(args.device))
-        train_cfgs.append(
-            TrainConfig(
-                batch_size=args.batch_size,
-                lr=args.lr,
-                total_tokens=args.tokens,
-                dead_tokens=args.dead_tokens,
-                seed=args.seed,
-                out_dir=str(run),
-                checkpoint_every_tokens=args.checkpoint_every,
-                resume=args.resume,
-                eval_every_tokens=args.eval_every,
-                progress=not args.no_progress,
-                wandb_project=args.wandb,
-                bf16=args.bf16,
-                compile=args.compile,
-            )
-        )
+        saes.append(sae.to(request.device))
+        train_cfgs.append(replace(train_cfg, out_dir=str(run)))
         if rank() == 0:
             print(
-                f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
-                f"-> {run}"
+                f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} "
+                f"d_sae={sae.cfg.d_sae} -> {run}"
             )
-    results = train_many(
-        saes, train_source, train_cfgs, heldout=eval_source if args.eval_every else None
-    )
+    heldout = data.heldout if train_cfg.eval_every_tokens else None
+    results = train_many(saes, data.train, train_cfgs, heldout=heldout)
     if rank() != 0:
         return
-    for result, train_cfg in zip(results, train_cfgs):
-        run = Path(train_cfg.out_dir)
+    for result, cfg in zip(results, train_cfgs):
         extra = {"train_tokens": result.tokens}
-        if dictionary is not None:
-            extra["dictionary_recovery"] = dictionary_recovery(result.sae, dictionary)
-        _print_summary(
-            run,
-            full_evaluation(result.sae, eval_source, run, batch_size=args.batch_size, extra=extra),
+        if data.dictionary is not None:
+            extra["dictionary_recovery"] = dictionary_recovery(result.sae, data.dictionary)
+        context = EvalContext(
+            data=data.heldout, out_dir=cfg.out_dir, batch_size=cfg.batch_size, extra=extra
         )
-        if isinstance(
-            eval_source, ActivationCache
-        ):  # it keeps token ids: the browser can show text
-            print(f"  browse its latents:         saelab report {run}")
+        _print_summary(Path(cfg.out_dir), evaluate_with(EVALUATIONS["core"], result.sae, context))
+        if isinstance(data.heldout, ActivationCache):  # it keeps token ids: the browser shows text
+            print(f"  browse its latents:         saelab report {cfg.out_dir}")
 
 
 def _print_summary(out: Path, results: dict) -> None:
     print(f"\nheld-out evaluation ({results['n_tokens']} tokens):")
     print("\n".join(summary_lines(results)))
-    if "dictionary_recovery" in results:
-        print(f"  {'dictionary_recovery':<30} {results['dictionary_recovery']:.4f}")
     print(f"\nwritten to {out}/:")
     print(f"  {rundir.CFG}, {rundir.WEIGHTS}   the SAE (load with saelab.SAE.load('{out}'))")
     print(
-        f"  {rundir.EVAL}                    held-out metrics, AFA analysis, L0 histogram, latent densities"
+        f"  {rundir.EVAL}                    held-out metrics, AFA analysis, L0 histogram, "
+        "latent densities"
     )
     print("  " + ", ".join(results["plots"].values()) + "   plots")
     print(f"  {rundir.HISTORY}                training history, one JSON record per log step")
 
 
+# -- saelab eval -----------------------------------------------------------------------------
 def _add_eval_parser(commands) -> None:
     p = commands.add_parser(
         "eval",
-        help="evaluate an SAE (saelab, SAELens, sparsify, dictionary_learning; a directory or hf://): metrics, "
-        "AFA analysis, plots, SAEBench's evals",
-        description="Evaluate an SAE directory (saelab, SAELens, EleutherAI sparsify or dictionary_learning format; "
-        "or hf://ORG/NAME[/SAE_ID] from the Hugging Face Hub): reconstruction "
-        "metrics, the AFA analysis (eps_LBO, ZF plot), decoder quasi-orthogonality, L0 distribution; "
-        "--model and --dataset add downstream CE/KL with the SAE spliced in. Writes eval.json and PNGs. --evals adds "
-        "SAEBench's interpretability evaluations (absorption, sparse_probing, autointerp), offline, each written to "
-        "eval_results/<name>.json in SAEBench's schema.",
+        help="evaluate an SAE (saelab, SAELens, sparsify, dictionary_learning; a directory or "
+        "hf://): metrics, AFA analysis, plots, SAEBench's evals",
+        description="Evaluate an SAE directory (saelab, SAELens, EleutherAI sparsify or "
+        "dictionary_learning format; or hf://ORG/NAME[/SAE_ID] from the Hugging Face Hub): "
+        "reconstruction metrics, the AFA analysis (eps_LBO, ZF plot), decoder "
+        "quasi-orthogonality, L0 distribution; --model and --dataset add downstream CE/KL with "
+        "the SAE spliced in. Writes eval.json and PNGs. --evals adds SAEBench's "
+        "interpretability evaluations (absorption, sparse_probing, autointerp), offline, each "
+        "written to eval_results/<name>.json in SAEBench's schema.",
     )
     p.add_argument(
         "run",
         metavar="RUN",
-        help="the SAE directory, or hf://ORG/NAME[/SAE_ID] on the Hugging Face Hub "
-        "(outputs then go under runs/hub/ unless --out)",
+        help="the SAE directory, or hf://ORG/NAME[/SAE_ID] on the Hugging Face Hub (outputs then "
+        "go under runs/hub/ unless --out)",
     )
-    p.add_argument(
-        "--activations",
-        metavar="FILE.npy|DIR",
-        help="evaluation activations (default: harvest held-out text for the model/site the SAE was "
-        "trained on, as recorded in its cfg.json)",
-    )
-    add_model_arguments(p, defaults=False)
-    p.add_argument(
-        "--eval-tokens",
-        type=integer(MIN_EVAL_TOKENS),
-        default=DEFAULT["eval_tokens"],
-        help=f"held-out tokens to harvest (default: {DEFAULT['eval_tokens']})",
-    )
-    p.add_argument(
-        "--downstream-contexts",
-        type=INDEX,
-        default=32,
-        help="held-out contexts for the downstream CE/KL (default: 32)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default="cache",
-        help="where harvested activations are cached (default: cache)",
-    )
+    _add_data_group(p, only=FOR_EVAL)
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and plots (default: RUN)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_interp_arguments(p)
+    add_eval_arguments(p)
+    add_options(p.add_argument_group("chat model"), ChatConfig)
     p.set_defaults(func=cmd_eval)
 
 
-def cmd_eval(args) -> None:
-    evals = check_evals(args.evals)
-    check_interp_flags(args)
-    sae, _, default_out = sae_source(args.run)
-    chat = (
-        chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device)
-        if "autointerp" in evals
-        else None
-    )  # a missing local model fails before any harvesting
-    explicit_model = args.model is not None
-    recorded_hook(args, sae)
-    data = evaluation_data(args, sae) if "core" in evals or "autointerp" in evals else None
-    if "autointerp" in evals and not isinstance(data, ActivationCache):
-        raise UsageError(
-            "autointerp shows text: pass an activation cache directory with --activations (saelab cache "
-            f"...), not {args.activations}"
-        )
-    model = input_ids = None
-    if explicit_model and "core" in evals:
-        if args.dataset is None or args.layer is None:
-            raise UsageError("downstream metrics need --model, --layer and --dataset")
-        spec = cache_spec(args, "eval")
-        model = load_model(spec.model, dtype=args.model_dtype, device=args.device)
-        input_ids = heldout_contexts(model, spec, args.downstream_contexts)
-    if any(name in NEED_MODEL for name in evals) and model is None:
-        if args.model is None or args.layer is None:
-            raise UsageError(
-                f"{', '.join(n for n in evals if n in NEED_MODEL)} run the model: this SAE does not "
-                "record it, so pass --model and --layer"
-            )
-        model = load_model(args.model, dtype=args.model_dtype, device=args.device)
-    out = Path(args.out or default_out)
-    if "core" in evals:
-        results = full_evaluation(
-            sae,
-            data,
-            out,
-            model=model if input_ids is not None else None,
-            input_ids=input_ids,
-            layer=args.layer,
-            site=args.site or "resid_post",
-        )
-        print(
-            f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} on {results['n_tokens']} tokens:"
-        )
-        print("\n".join(summary_lines(results)))
-        print(f"written to {out}/: {rundir.EVAL}, " + ", ".join(results["plots"].values()))
-    if evals == ["core"]:
-        return
-    tokenizer = model.tokenizer if model is not None else load_tokenizer(data.spec.model)
-    interp = Interp(
-        lm=model,
-        layer=args.layer,
-        site=args.site or "resid_post",
-        cache=data,
-        tokenizer=tokenizer,
-        chat=chat,
-        settings=interp_settings(args),
-        progress=not args.no_progress,
+def _chat(args, wanted, device: str):
+    """The chat model the evaluations need (loaded before any harvesting), or None."""
+    chat_cfg = config_from(ChatConfig, args)
+    needed = any(e.needs_chat for e in wanted)
+    chat_cfg.check(needed)
+    if not needed:
+        return None
+    return chat_model(
+        chat_cfg.llm_url, chat_cfg.llm, chat_cfg.llm_model, chat_cfg.llm_key_env, device
     )
-    documents = run_interp(sae, evals, out, interp)
-    print("\n".join(interp_summary(documents)))
-    print(f"written to {out}/{RESULTS_DIR}/: " + ", ".join(f"{name}.json" for name in documents))
-    if "autointerp" in documents and args.llm == "builtin:smollm2-135m":
-        print(
-            "  note: a 135M explainer and scorer check the plumbing; they are not a judge of interpretability "
-            "(use a capable model through --llm-url)"
-        )
 
 
+def cmd_eval(args) -> None:
+    wanted = evaluations(args.evals)
+    configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
+    request = config_from(DataConfig, args)
+    sae, _, default_out = sae_source(args.run)
+    chat = _chat(args, wanted, request.device)
+    request = request.with_recorded_hook(sae.cfg.metadata)
+    context = eval_context(request, wanted, configs["core"], args.model is not None, chat)
+    context.out_dir = Path(args.out or default_out)
+    print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}:")
+    written: dict[str, list[str]] = {}
+    for evaluation in wanted:
+        document = evaluate_with(evaluation, sae, context, configs[evaluation.name])
+        print("\n".join(evaluation.summary(document)))
+        for file in map(Path, evaluation.files(document)):
+            written.setdefault(str(context.out_dir / file.parent), []).append(file.name)
+    for folder, names in written.items():
+        print(f"written to {folder}/: " + ", ".join(names))
+
+
+# -- saelab report ---------------------------------------------------------------------------
 def _add_report_parser(commands) -> None:
     p = commands.add_parser(
         "report",
-        help="write an HTML feature browser for an SAE: metrics, plots, latents with their contexts",
-        description="Write one self-contained HTML page (opens offline): the SAE's metrics and plots and, for "
-        "latents chosen across density bands (an equal share from each decade of firing density; or --latents), "
-        "its density, a histogram of its activations, its top-activating held-out contexts and contexts sampled "
-        "from lower activation quantiles with each token shaded by its activation, the logit lens of its decoder "
-        "direction, and its autointerp explanation when eval_results/autointerp.json has one. Needs an activation "
-        "cache (it keeps the token ids); by default the held-out cache of the model the SAE was trained on.",
+        help="write an HTML feature browser for an SAE: metrics, plots, latents with their "
+        "contexts",
+        description="Write one self-contained HTML page (opens offline): the SAE's metrics and "
+        "plots and, for latents chosen across density bands (an equal share from each decade "
+        "of firing density; or --latents), its density, a histogram of its activations, its "
+        "top-activating held-out contexts and contexts sampled from lower activation quantiles "
+        "with each token shaded by its activation, the logit lens of its decoder direction, "
+        "and its autointerp explanation when eval_results/autointerp.json has one. Needs an "
+        "activation cache (it keeps the token ids); by default the held-out cache of the model "
+        "the SAE was trained on.",
     )
     p.add_argument(
         "run",
         metavar="RUN",
-        help="the SAE directory (saelab, SAELens, sparsify or dictionary_learning), "
-        "or hf://ORG/NAME[/SAE_ID] (the page then goes under runs/hub/ unless --out)",
+        help="the SAE directory (saelab, SAELens, sparsify or dictionary_learning), or "
+        "hf://ORG/NAME[/SAE_ID] (the page then goes under runs/hub/ unless --out)",
     )
-    p.add_argument(
-        "--activations",
-        metavar="DIR",
-        help="an activation cache (default: held-out text of the SAE's model)",
-    )
-    add_model_arguments(p, defaults=False)
-    p.add_argument(
-        "--eval-tokens",
-        type=integer(MIN_EVAL_TOKENS),
-        default=DEFAULT["eval_tokens"],
-        help=f"held-out tokens to harvest when no cache exists (default: {DEFAULT['eval_tokens']})",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default="cache",
-        help="where harvested activations are cached (default: cache)",
-    )
-    p.add_argument(
+    _add_data_group(p, only=FOR_EVAL)
+    page = p.add_argument_group("page")
+    page.add_argument(
         "--latents",
         type=list_of(INDEX),
         help="latent indices to show (default: --top across density bands)",
     )
-    p.add_argument("--top", type=COUNT, default=32, help="how many latents to show (default: 32)")
-    p.add_argument(
+    page.add_argument(
+        "--top", type=COUNT, default=32, help="how many latents to show (default: 32)"
+    )
+    page.add_argument(
         "--contexts", type=COUNT, default=8, help="top-activating contexts per latent (default: 8)"
     )
-    p.add_argument(
+    page.add_argument(
         "--samples",
         type=INDEX,
         default=2,
         help="contexts sampled from each lower quantile of a latent's activations (default: 2)",
     )
-    p.add_argument(
+    page.add_argument(
         "--no-logit-lens", action="store_true", help="do not load the model for the logit lens"
     )
-    p.add_argument(
+    page.add_argument(
         "--neuronpedia",
         metavar="FILE.json",
         help="also write the latents as Neuronpedia feature dashboards (JSON)",
     )
-    p.add_argument("--out", metavar="FILE.html", help=f"the page (default: RUN/{rundir.REPORT})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    page.add_argument("--out", metavar="FILE.html", help=f"the page (default: RUN/{rundir.REPORT})")
     p.set_defaults(func=cmd_report)
 
 
@@ -400,39 +329,38 @@ def cmd_report(args) -> None:
     if args.latents and len(set(args.latents)) != len(args.latents):
         twice = sorted({i for i in args.latents if args.latents.count(i) > 1})
         raise UsageError(f"--latents lists {', '.join(map(str, twice))} more than once")
+    request = config_from(DataConfig, args)
     sae, files, default_out = sae_source(args.run)
     too_large = [i for i in args.latents or [] if i >= sae.cfg.d_sae]
     if too_large:
         raise UsageError(
-            f"--latents {', '.join(map(str, too_large))}: this SAE has latents 0..{sae.cfg.d_sae - 1}"
+            f"--latents {', '.join(map(str, too_large))}: this SAE has latents "
+            f"0..{sae.cfg.d_sae - 1}"
         )
-    data = evaluation_data(args, sae)
+    data = evaluation_data(request.with_recorded_hook(sae.cfg.metadata))
     if not isinstance(data, ActivationCache):
         raise UsageError(
             "the feature browser needs token ids: pass an activation cache directory "
-            f"(saelab cache ...), not {args.activations}"
+            f"(saelab cache ...), not {request.activations}"
         )
     run, out = files, Path(args.out or default_out / rundir.REPORT)
-    results = read_results(run)
+    results = read_eval_json(run)
     if results is None:  # evaluate first, so the page has metrics and plots
-        results = full_evaluation(sae, data, out.parent)
+        context = EvalContext(data=data, out_dir=out.parent)
+        results = evaluate_with(EVALUATIONS["core"], sae, context)
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
-    lm = (
-        None
-        if args.no_logit_lens
-        else load_model(data.spec.model, dtype=args.model_dtype, device=args.device)
-    )
-    outputs = read_outputs(files)
+    lm = None
+    if not args.no_logit_lens:
+        lm = load_model(data.spec.model, dtype=request.model_dtype, device=request.device)
+    outputs = read_results(files)
     autointerp = outputs.get("autointerp")
-    explanations = (
-        {
-            d["latent"]: {**d, "explainer": autointerp["eval_config"].get("explainer")}
-            for d in autointerp["eval_result_details"]
+    explanations = None
+    if autointerp:
+        explainer = autointerp["eval_config"].get("explainer")
+        explanations = {
+            d["latent"]: {**d, "explainer": explainer} for d in autointerp["eval_result_details"]
         }
-        if autointerp
-        else None
-    )
     tokenizer = lm.tokenizer if lm is not None else load_tokenizer(data.spec.model)
     shown = write_report(
         sae,
@@ -456,15 +384,17 @@ def cmd_report(args) -> None:
         print(f"Neuronpedia feature dashboards of the same latents: {args.neuronpedia}")
 
 
+# -- saelab push -----------------------------------------------------------------------------
 def _add_push_parser(commands) -> None:
     p = commands.add_parser(
         "push",
         help="upload an SAE with its evaluation and a model card to the Hugging Face Hub",
-        description="Upload an SAE directory (any layout saelab reads) to a Hub repo as one commit: the SAE in "
-        "saelab's format, eval.json, eval_results/, the plots and a model card (README.md with library_name: "
-        "saelab, the model and hook, the training settings and held-out metrics). Needs network and a token "
-        "with write access (HF_TOKEN, or huggingface-cli login). Load it back with SAE.from_pretrained or "
-        "hf://REPO[/SAE_ID] wherever saelab takes an SAE.",
+        description="Upload an SAE directory (any layout saelab reads) to a Hub repo as one "
+        "commit: the SAE in saelab's format, eval.json, eval_results/, the plots and a model "
+        "card (README.md with library_name: saelab, the model and hook, the training settings "
+        "and held-out metrics). Needs network and a token with write access (HF_TOKEN, or "
+        "huggingface-cli login). Load it back with SAE.from_pretrained or hf://REPO[/SAE_ID] "
+        "wherever saelab takes an SAE.",
     )
     p.add_argument(
         "run", metavar="RUN", help="the SAE directory (or hf://ORG/NAME[/SAE_ID], to copy one)"
@@ -473,8 +403,8 @@ def _add_push_parser(commands) -> None:
     p.add_argument(
         "--sae-id",
         metavar="ID",
-        help="a folder in the repo for this SAE (e.g. blocks.15.hook_resid_post), "
-        "so one repo holds many",
+        help="a folder in the repo for this SAE (e.g. blocks.15.hook_resid_post), so one repo "
+        "holds many",
     )
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.set_defaults(func=cmd_push)
@@ -485,103 +415,69 @@ def cmd_push(args) -> None:
         raise UsageError(f"REPO must be a Hub repo id ORG/NAME, got {args.repo!r}")
     sae, files, _ = sae_source(args.run)
     url = sae.push_to_hub(args.repo, sae_id=args.sae_id, private=args.private, run=files)
-    print(
-        f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {args.repo}"
-        + (f"/{args.sae_id}" if args.sae_id else "")
-        + f": {url}"
-    )
+    where = args.repo + (f"/{args.sae_id}" if args.sae_id else "")
+    print(f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {where}: {url}")
 
 
+# -- saelab sweep ----------------------------------------------------------------------------
 def _add_sweep_parser(commands) -> None:
     p = commands.add_parser(
         "sweep",
         help="train and evaluate a grid of SAEs on the same activations: one table, Pareto plots",
-        description="Train every SAE of a grid (architecture x k or sparsity coefficient x expansion x input "
-        "scaling x seed) on the same batches, evaluate each fully (with downstream CE/KL when the activations "
-        "come from a model), and write results.csv, results.json and Pareto plots (NMSE, CE degradation, "
-        "explained variance and MSE against L0) into --out. Rerunning the same command resumes an "
-        "interrupted sweep. Same data flags as saelab train.",
+        description="Train every SAE of a grid (architecture x k or sparsity coefficient x "
+        "expansion x input scaling x seed) on the same batches, evaluate each fully (with "
+        "downstream CE/KL when the activations come from a model), and write results.csv, "
+        "results.json and Pareto plots (NMSE, CE degradation, explained variance and MSE "
+        "against L0) into --out. Rerunning the same command resumes an interrupted sweep. Same "
+        "data flags as saelab train.",
     )
-    add_data_arguments(p, streaming=False)
+    _add_data_group(p, skip=(*FOR_TRAINING, "stream", "shuffle_buffer"))
     add_grid_arguments(p)
-    add_training_arguments(p, seeds=True)
-    p.add_argument(
-        "--downstream-contexts",
-        type=INDEX,
-        default=32,
-        help="held-out contexts for CE/KL with each SAE spliced in; 0 skips it (default: 32)",
-    )
+    add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
     p.add_argument(
         "--out", metavar="DIR", default="runs/sweep", help="sweep directory (default: runs/sweep)"
     )
-    add_interp_arguments(p)
-    p.set_defaults(func=cmd_sweep, no_cache=False)
+    add_eval_arguments(p)
+    add_options(p.add_argument_group("chat model"), ChatConfig)
+    p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
-    check_evals(args.evals)
+    evaluations(args.evals)
     points = sweep_points(args)
-    evals = sweep_evals(args, points)
-    args.evals = list(
-        dict.fromkeys(name for names in [args.evals, *evals.values()] for name in names)
+    per_point = sweep_evals(args, points)
+    wanted = evaluations([*args.evals, *(name for names in per_point.values() for name in names)])
+    configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
+    request = config_from(DataConfig, args)
+    chat = _chat(args, wanted, request.device)
+    data = resolve(request)
+    train_cfg = config_from(TrainConfig, args, skip=("seed",), out_dir=args.out)
+    train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
+    context = sweep_context(
+        request, data.heldout, wanted, configs["core"], train_cfg.batch_size, chat
     )
-    check_interp_flags(args)
-    chat = (
-        chat_model(args.llm_url, args.llm, args.llm_model, args.llm_key_env, args.device)
-        if "autointerp" in args.evals
-        else None
-    )  # a missing local model fails before any harvesting
-    train_source, eval_source, _ = training_data(args)
-    train_cfg = TrainConfig(
-        batch_size=args.batch_size,
-        lr=args.lr,
-        total_tokens=args.tokens,
-        dead_tokens=args.dead_tokens,
-        checkpoint_every_tokens=args.checkpoint_every,
-        eval_every_tokens=args.eval_every,
-        out_dir=args.out,
-        progress=not args.no_progress,
-        wandb_project=args.wandb,
-        bf16=args.bf16,
-        compile=args.compile,
-    )
-    downstream = downstream_data(args)
     rows = run_sweep(
         points,
-        train_source,
-        eval_source,
+        data.train,
+        data.heldout,
         args.out,
         train_cfg,
-        sae_options={**sweep_options(args, points), "metadata": provenance(args)},
-        downstream=downstream,
-        device=args.device,
-        batch_size_eval=args.batch_size,
-        interp=sweep_interp(args, downstream, eval_source, interp_settings(args), chat),
-        evals=evals,
+        sae_options={**sweep_options(args, points), "metadata": data.provenance},
+        context=context,
+        device=request.device,
+        evals=per_point,
+        configs=configs,
     )
     print("\n" + "\n".join(sweep_table(rows)))
     print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")
 
 
 def sweep_table(rows: list[dict]) -> list[str]:
-    """The sweep's summary lines: a column for each headline metric some run has ("-" where a
-    run lacks it, e.g. an evaluation asked for on other points only)."""
-    columns = [
-        c
-        for c in (
-            "l0",
-            "nmse",
-            "explained_variance",
-            "ce_degradation",
-            "eps_lbo_median",
-            "mean_absorption_fraction_score",
-            "sae_top_1_test_accuracy",
-            "autointerp_score",
-        )
-        if any(c in row for row in rows)
-    ]
+    """The sweep's summary lines: a column for each headline metric of the evaluations that some
+    run has ("-" where a run lacks it, e.g. an evaluation asked for on other points only)."""
+    columns = [c for c in sweep_columns() if any(c in row for row in rows)]
     widths = [max(20, len(c) + 2) for c in columns]
     lines = [f"{'SAE':<44}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for row in rows:
@@ -623,9 +519,9 @@ def main(argv: list[str] | None = None) -> None:
         check_device(args)
         if getattr(args, "wandb", None):
             require_wandb()  # before any harvesting or training
+        out = getattr(args, "out", None) if rank() == 0 else None
         with rundir.removed_if_failed(
-            getattr(args, "out", None) if rank() == 0 else None,
-            lambda: getattr(args, "out", None) if rank() == 0 else None,
+            out, lambda: getattr(args, "out", None) if rank() == 0 else None
         ):
             args.func(args)
     except (SaelabError, ValueError, OSError) as err:

@@ -1,38 +1,28 @@
-"""Configuration dataclasses: validated on construction, round-trip through JSON dicts."""
+"""Configuration dataclasses, validated on construction, round-tripping through JSON dicts:
+SAEConfig (what an SAE is: sae/config.py), TrainConfig (how to train it) and DataConfig (where
+its activations come from). Every field made with option() is also a command-line flag
+(flags.py), so a new training or data option is one field here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from .errors import SaelabError
+from .data.cache import STORAGE_DTYPES
+from .data.hooks import DEFAULT_SITE, SITES
+from .data.models import DTYPES
+from .data.text import SPLITS
+from .errors import ConfigError
+from .options import check_options, option
+from .sae.config import INPUT_SCALINGS, SAEConfig
 
-INPUT_SCALINGS = ("none", "expected_norm", "per_token")
+__all__ = ["ConfigError", "DataConfig", "INPUT_SCALINGS", "SAEConfig", "TrainConfig"]
 
-
-class ConfigError(SaelabError, ValueError):
-    """A configuration value is missing, out of range or inconsistent."""
-
-
-def check_integer(name: str, value, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
-            low, f"an integer >= {low}"
-        )
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-
-
-def check_number(
-    name: str, value, low: float = 0.0, strict: bool = False, high: float = math.inf
-) -> None:
-    """A finite number in [low, high) (low excluded when strict); NaN and Inf are refused."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low) or value >= high:
-        bound = f"{'>' if strict else '>='} {low:g}" + (
-            f" and < {high:g}" if high < math.inf else ""
-        )
-        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+# the embedded default job: what `saelab train` harvests with no arguments
+DEFAULT_MODEL, DEFAULT_LAYER, DEFAULT_DATASET = "builtin:smollm2-135m", 15, "builtin:wiki"
+DEFAULT_TOKENS, DEFAULT_EVAL_TOKENS = 250_000, 16_384
+MIN_EVAL_TOKENS = 64  # fewer held-out tokens give no meaningful variance, density or L0 histogram
 
 
 def _from_dict(cls, d: dict):
@@ -44,179 +34,90 @@ def _from_dict(cls, d: dict):
     return cls(**d)
 
 
-class SAEConfig:
-    """What an SAE is: architecture, sizes, input scaling, and the architecture's own settings
-    as keywords (k, l1_coefficient, l0_coefficient, afa_coefficient, aux_k, ...: see each
-    architecture's Settings in sae/). A keyword the architecture does not take is an error
-    (None counts as not given). Settings read as attributes: cfg.k.
-
-    input_scale: the scalar s of `expected_norm` (inputs are multiplied by s inside the SAE);
-    estimated by the trainer, folded into the weights when the SAE is saved.
-    """
-
-    def __init__(
-        self,
-        arch: str,
-        d_in: int,
-        d_sae: int,
-        input_scaling: str = "per_token",
-        input_scale: float = 1.0,
-        metadata: dict | None = None,
-        **settings,
-    ):
-        from .sae.architecture import setting_names
-        from .sae.registry import architecture
-
-        spec = architecture(arch)
-        self.arch, self.d_in, self.d_sae = arch, d_in, d_sae
-        self.input_scaling, self.input_scale = input_scaling, input_scale
-        self.metadata = {} if metadata is None else metadata
-        for name in ("d_in", "d_sae"):
-            check_integer(name, getattr(self, name))
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise ConfigError(
-                f"unknown input_scaling {self.input_scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}"
-            )
-        check_number("input_scale", self.input_scale, strict=True)
-        if not isinstance(self.metadata, dict):
-            raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
-        names = setting_names(spec.settings)
-        given = {key: value for key, value in settings.items() if value is not None}
-        wrong = sorted(set(given) - set(names))
-        if wrong:
-            raise ConfigError(
-                f"{', '.join(wrong)} do(es) not apply to arch {arch!r} "
-                f"(its settings: {', '.join(names) or 'none'})"
-            )
-        self.settings = spec.settings(**given)
-        try:
-            self.settings.check(d_sae)
-        except ConfigError as err:
-            raise ConfigError(f"arch {arch!r}: {err}") from None
-
-    def __getattr__(self, name: str):
-        from .sae.architecture import setting_names
-
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in setting_names(settings):
-            return getattr(settings, name)
-        raise AttributeError(f"{self.__dict__.get('arch')} SAEs have no setting {name!r}")
-
-    def get(self, name: str, default=None):
-        """A setting's value, or `default` when the architecture has no such setting."""
-        return getattr(self.settings, name, default)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, SAEConfig) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"SAEConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
-
-    def to_dict(self) -> dict:
-        return {
-            "arch": self.arch,
-            "d_in": self.d_in,
-            "d_sae": self.d_sae,
-            **dataclasses.asdict(self.settings),
-            "input_scaling": self.input_scaling,
-            "input_scale": self.input_scale,
-            "metadata": self.metadata,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict, legacy: bool = False) -> SAEConfig:
-        """The config of to_dict. legacy: a cfg.json of saelab 0.1, which wrote every
-        architecture's settings: those the architecture does not take are dropped."""
-        from .sae.architecture import setting_names
-        from .sae.registry import ARCHITECTURES, architecture
-
-        d = dict(d)
-        if "arch" not in d:
-            raise ConfigError("the config has no arch")
-        common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
-        own = set(setting_names(architecture(d["arch"]).settings))
-        known = {name for spec in ARCHITECTURES.values() for name in setting_names(spec.settings)}
-        unknown = sorted(set(d) - common - known)
-        if unknown:
-            raise ConfigError(f"unknown SAEConfig field(s): {', '.join(unknown)}")
-        if legacy:
-            d = {key: value for key, value in d.items() if key in common or key in own}
-        try:
-            return cls(**d)
-        except TypeError as err:
-            raise ConfigError(str(err)) from None
-
-    def replace(self, **changes) -> SAEConfig:
-        return SAEConfig.from_dict({**self.to_dict(), **changes})
-
-
 @dataclass
 class TrainConfig:
     """How to train: optimizer, schedule, dead-latent window, logging and checkpoints.
 
-    lr: Adam's learning rate; None scales it with the dictionary size (train/schedule.default_lr:
-    2e-3 at d_sae 4608, times sqrt(4608 / d_sae)).
-    total_tokens: None means one pass over a finite data set.
-    warmup_tokens: linear learning-rate warmup; decay_fraction: the last part of training over
-    which the learning rate decays linearly to 0.
-    dead_tokens: a latent is dead when it has not fired for this many training tokens.
-    checkpoint_every_tokens: None disables checkpoints (they need `out_dir`).
-    eval_every_tokens: every this many training tokens (and after the last step) record the
-    held-out NMSE and L0 (inference semantics) in the history as heldout_nmse and heldout_l0;
-    None never does. Needs held-out data passed to train_many.
-    sparse: train topk/batchtopk/topafa through the sparse path (sae/sparse.py); False uses
-    the dense reference path (same results to float tolerance, slower).
-    wandb_project: also log the history to this Weights & Biases project (needs wandb).
-    bf16: run the loss under bfloat16 autocast (the encoder matmul, and for relu/jumprelu the
-    decoder matmul, in bfloat16; the sparse path selects on bfloat16 pre-activations and keeps
-    everything else in float32). Off by default: CPUs without native bfloat16 run it slower.
-    compile: torch.compile the loss (off by default; see bench/RESULTS.md for when it helps).
+    lr None scales the learning rate with the dictionary size (train/schedule.default_lr).
+    total_tokens None means one pass over a finite data set. checkpoint_every_tokens None
+    disables checkpoints (they need out_dir). eval_every_tokens needs held-out data passed to
+    train_many. bf16: the encoder matmul (and for relu/jumprelu the decoder matmul) in
+    bfloat16; the sparse path selects on bfloat16 pre-activations and keeps everything else in
+    float32.
     """
 
-    batch_size: int = 4096
-    lr: float | None = None
-    betas: tuple[float, float] = (0.9, 0.99)
-    total_tokens: int | None = None
-    warmup_tokens: int = 100_000
-    decay_fraction: float = 0.2
-    grad_clip: float | None = 1.0
-    dead_tokens: int = 100_000
-    seed: int = 0
+    batch_size: int = option(4096, "tokens per batch", low=1)
+    lr: float | None = option(
+        None,
+        "Adam learning rate (default: 2e-3 * sqrt(4608 / d_sae): 2e-3 at d_sae 4608, "
+        "1e-3 at 18432)",
+        strict=True,
+    )
+    betas: tuple[float, float] = option((0.9, 0.99), "Adam's betas, two numbers in [0, 1)", high=1)
+    total_tokens: int | None = option(
+        None,
+        f"training tokens (default: {DEFAULT_TOKENS}, harvested, when harvesting; else one "
+        "pass over the training data)",
+        flag="tokens",
+        low=1,
+    )
+    warmup_tokens: int = option(100_000, "tokens of linear learning-rate warmup", low=0)
+    decay_fraction: float = option(
+        0.2,
+        "the last fraction of training, over which the learning rate decays linearly to 0",
+        high=1 + 1e-12,
+    )
+    grad_clip: float | None = option(1.0, "clip the gradient's norm to this", strict=True)
+    dead_tokens: int = option(
+        100_000, "a latent is dead after this many training tokens without firing", low=1
+    )
+    seed: int = option(0, "seed for initialisation and data order", low=0)
     out_dir: str | None = None
-    checkpoint_every_tokens: int | None = None
-    eval_every_tokens: int | None = None
-    resume: bool = False
-    log_every: int = 10
-    progress: bool = True
-    sparse: bool = True
-    wandb_project: str | None = None
-    bf16: bool = False
-    compile: bool = False
+    checkpoint_every_tokens: int | None = option(
+        None,
+        "write a checkpoint every this many tokens",
+        flag="checkpoint-every",
+        cli_default=1_000_000,
+        low=1,
+        metavar="TOKENS",
+    )
+    eval_every_tokens: int | None = option(
+        None,
+        "every this many training tokens (and after the last step) record the held-out NMSE "
+        "and L0 (inference semantics) in the history (heldout_nmse, heldout_l0)",
+        flag="eval-every",
+        low=1,
+        metavar="TOKENS",
+    )
+    resume: bool = option(False, "continue the interrupted run in --out from its checkpoint")
+    log_every: int = option(10, "steps between history records", low=1)
+    progress: bool = option(True, "progress bars")
+    sparse: bool = option(
+        True,
+        "train topk/batchtopk/topafa through the sparse path (sae/sparse.py); off: the dense "
+        "reference path (same results to float tolerance, slower)",
+    )
+    wandb_project: str | None = option(
+        None,
+        "also log training to this Weights & Biases project (the bare flag: saelab; needs "
+        "pip install wandb)",
+        flag="wandb",
+        const="saelab",
+        metavar="PROJECT",
+    )
+    bf16: bool = option(
+        False,
+        "bfloat16 autocast for the encoder matmul (faster on GPUs and CPUs with native bf16)",
+    )
+    compile: bool = option(False, "torch.compile the loss (see bench/RESULTS.md)")
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        check_integer("batch_size", self.batch_size)
-        if self.lr is not None:
-            check_number("lr", self.lr, strict=True)
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas!r}")
-        for beta in self.betas:
-            check_number("betas", beta, high=1.0)
-        if self.total_tokens is not None:
-            check_integer("total_tokens", self.total_tokens)
-        check_integer("warmup_tokens", self.warmup_tokens, low=0)
-        check_integer("dead_tokens", self.dead_tokens)
-        check_number("decay_fraction", self.decay_fraction, high=1.0 + 1e-12)
-        if self.grad_clip is not None:
-            check_number("grad_clip", self.grad_clip, strict=True)
-        check_integer("seed", self.seed, low=0)
-        check_integer("log_every", self.log_every)
-        if self.checkpoint_every_tokens is not None:
-            check_integer("checkpoint_every_tokens", self.checkpoint_every_tokens)
-            if self.out_dir is None:
-                raise ConfigError("checkpoints need out_dir")
-        if self.eval_every_tokens is not None:
-            check_integer("eval_every_tokens", self.eval_every_tokens)
+        check_options(self)
+        if self.checkpoint_every_tokens is not None and self.out_dir is None:
+            raise ConfigError("checkpoints need out_dir")
         if self.resume and self.out_dir is None:
             raise ConfigError("resume needs out_dir (where the checkpoint is)")
 
@@ -228,3 +129,86 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return _from_dict(cls, d)
+
+
+@dataclass
+class DataConfig:
+    """Where activations come from, as a value the command line and the Python API both build
+    (sources.resolve turns it into data): a .npy array or activation cache (`activations`),
+    generated data with a known dictionary (`synthetic`), or a model's activations at one hook
+    point harvested over text and cached under `cache_dir` (`stream`: through a shuffle buffer,
+    without a cache). Unset model/layer/dataset are the embedded default job's (DEFAULT_*) when
+    training, and what the SAE records when evaluating; an unset site is DEFAULT_SITE.
+    """
+
+    activations: str | None = option(
+        None,
+        "activations [tokens, d_in]: a .npy file or an activation cache directory",
+        metavar="FILE.npy|DIR",
+    )
+    synthetic: bool = option(
+        False, "generated activations from a known random dictionary (reports dictionary recovery)"
+    )
+    model: str | None = option(None, "hub id, local directory, .gguf file or builtin:smollm2-135m")
+    layer: int | None = option(None, "block index, from 0")
+    site: str | None = option(None, f"hook site (default: {DEFAULT_SITE})", choices=SITES)
+    dataset: str | None = option(
+        None, "builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
+    )
+    text_column: str = option("text", "column/field holding the text")
+    ctx_len: int = option(128, "tokens per packed context, BOS first", low=2)
+    include_special: bool = option(
+        False, "keep BOS/EOS/pad positions in the activations (default: left out)"
+    )
+    split: str = option(
+        "train", "train, or eval: the held-out documents (every 10th)", choices=SPLITS
+    )
+    tokens: int = option(DEFAULT_TOKENS, "activations to harvest", low=1)
+    eval_tokens: int | None = option(
+        None,
+        "held-out tokens for evaluation: from held-out documents when harvesting (default: "
+        f"{DEFAULT_EVAL_TOKENS}), else from the end of the data (default: 10%, at most 65536)",
+        low=MIN_EVAL_TOKENS,
+    )
+    cache_dir: str = option("cache", "where harvested activations are cached")
+    stream: bool = option(
+        False,
+        "harvest while training, through a shuffle buffer, without writing a cache",
+        flag="no-cache",
+    )
+    shuffle_buffer: int = option(65536, "tokens mixed by the shuffle buffer with --no-cache", low=1)
+    storage_dtype: str = option(
+        "float16", "dtype of cached activations", choices=tuple(STORAGE_DTYPES)
+    )
+    model_dtype: str = option("float32", "model dtype", choices=tuple(DTYPES))
+    device: str = option("cpu", "cpu or cuda, for the model and for training")
+    progress: bool = option(True, "progress bars")
+
+    def __post_init__(self):
+        check_options(self)
+
+    @property
+    def hook_given(self) -> dict:
+        """The model, layer, site and dataset that were set, by name."""
+        return {
+            key: getattr(self, key)
+            for key in ("model", "layer", "site", "dataset")
+            if getattr(self, key) is not None
+        }
+
+    def with_default_hook(self) -> DataConfig:
+        """This request with the embedded default job's model, layer and dataset where unset."""
+        return dataclasses.replace(
+            self,
+            model=self.model or DEFAULT_MODEL,
+            layer=DEFAULT_LAYER if self.layer is None else self.layer,
+            dataset=self.dataset or DEFAULT_DATASET,
+        )
+
+    def with_recorded_hook(self, metadata: dict) -> DataConfig:
+        """This request with the model, layer, site and dataset an SAE's config records where
+        unset."""
+        recorded = {k: metadata[k] for k in ("model", "layer", "site", "dataset") if k in metadata}
+        return dataclasses.replace(
+            self, **{k: v for k, v in recorded.items() if getattr(self, k) is None}
+        )

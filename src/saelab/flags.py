@@ -1,26 +1,27 @@
-"""Command-line flags: argparse types that range-check values; one flag per architecture
-setting, generated from the settings dataclasses in sae/ (the field's help and default are the
-flag's), so names and defaults have one source; the groups of flags that several commands
-share; and what the flags ask for (the SAEs of saelab train, the grid of saelab sweep)."""
+"""Command-line flags, generated from the config dataclasses.
+
+Every option() field of a config (TrainConfig, DataConfig, each evaluation's config, the chat
+model's) is a flag, with its help, default, type and range from the field (add_options), and
+`config_from` turns the parsed flags back into the config: adding an option is one field. A
+flag that two configs share (`--no-progress`, `--tokens`) is declared once and read by both.
+Architecture settings are flags the same way, from the settings dataclasses in sae/, and the
+SAEs and grids the flags ask for are worked out here.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import torch
 
-from .config import INPUT_SCALINGS, TrainConfig
-from .data.cache import STORAGE_DTYPES
-from .data.hooks import SITES
-from .data.models import DTYPES
+from .config import INPUT_SCALINGS
 from .errors import UsageError
-from .eval.saebench.sparse_probing import check_dataset
-from .eval.saebench.suite import EVALS
+from .eval.registry import EVALUATIONS
+from .options import dest, flag_name, kind, options
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
-from .sources import DEFAULT, MIN_EVAL_TOKENS
 from .sweep import (
     DEFAULT_ARCH,
     DEFAULT_EXPANSION,
@@ -68,7 +69,7 @@ def real(low: float = 0.0, strict: bool = False):
     return parse
 
 
-COUNT, INDEX, COEFFICIENT, RATE = integer(1), integer(0), real(0.0), real(0.0, strict=True)
+COUNT, INDEX, COEFFICIENT = integer(1), integer(0), real(0.0)
 
 
 def list_of(kind, choices=None):
@@ -91,6 +92,127 @@ def list_of(kind, choices=None):
     return parse
 
 
+# -- flags from config dataclasses -----------------------------------------------------------
+def _default(f):
+    """The command line's default of an option field."""
+    if f.metadata["cli_default"] is not None:
+        return f.metadata["cli_default"]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_arguments(f, listed: bool) -> tuple[str, dict]:
+    """(the flag, add_argument's keywords) of an option field; listed: it takes a comma list."""
+    meta, (element, is_list) = f.metadata, kind(f)
+    help = meta["help"]
+    default = _default(f)
+    if element == "bool" and f.default:
+        help += " (on by default: this flag turns it off)"
+    elif default is not None and not isinstance(default, bool) and "default:" not in help:
+        help += f" (default: {_shown(default)})"
+    keywords = {"dest": dest(f), "default": None, "help": help.replace("%", "%%")}
+    if meta["metavar"]:
+        keywords["metavar"] = meta["metavar"]
+    if element == "bool":
+        flag = ("no-" if f.default else "") + flag_name(f)
+        return "--" + flag, {**keywords, "action": "store_const", "const": not f.default}
+    if meta["const"] is not None:
+        return "--" + flag_name(f), {**keywords, "nargs": "?", "const": meta["const"]}
+    if element == "int":
+        parse = integer(int(meta["low"]))
+    elif element == "float":
+        parse = real(meta["low"], meta["strict"])
+    else:
+        parse = str
+    if is_list or listed:
+        keywords["type"] = list_of(parse, meta["choices"])
+    elif meta["choices"] is not None:
+        keywords.update(type=parse, choices=meta["choices"])
+    else:
+        keywords["type"] = parse
+    return "--" + flag_name(f), keywords
+
+
+def add_options(group, cls, only=None, skip=(), listed=(), required=()) -> None:
+    """A flag for each option field of config dataclass `cls` (only: just these fields; skip:
+    not these; listed: these take a comma list; required: these must be given). A flag already
+    declared by another config is left as it is: both read it."""
+    for f in options(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        flag, keywords = _flag_arguments(f, f.name in listed)
+        if f.name in required:
+            keywords["required"] = True
+        try:
+            group.add_argument(flag, **keywords)
+        except argparse.ArgumentError:
+            pass  # shared with a config added before
+
+
+def config_from(cls, args, skip=(), **fixed):
+    """`cls` from the parsed flags of its option fields (a flag not given, or not declared by
+    this command, leaves the command line's default) and the fields `fixed`; skip: fields left
+    at the dataclass default."""
+    values = {}
+    for f in options(cls):
+        if f.name in skip or f.name in fixed:
+            continue
+        value = getattr(args, dest(f), None)
+        value = _default(f) if value is None else value
+        if value is not None:
+            values[f.name] = value
+    return cls(**values, **fixed)
+
+
+def eval_configs(args, evaluations) -> dict:
+    """{name: config} of the evaluations from the flags, each checked before any work."""
+    configs = {e.name: config_from(e.config, args) for e in evaluations}
+    for e in evaluations:
+        e.check(configs[e.name])
+    return configs
+
+
+def add_eval_arguments(p) -> None:
+    """--evals and the settings of every evaluation (eval and sweep)."""
+    group = p.add_argument_group(
+        "evaluations",
+        "core writes eval.json and plots; the others write RUN/eval_results/<name>.json in "
+        "SAEBench's schema: absorption and sparse_probing run the model the SAE was trained "
+        "on, autointerp a chat model (--llm or --llm-url)",
+    )
+    group.add_argument(
+        "--evals",
+        type=list_of(str, list(EVALUATIONS)),
+        default=["core"],
+        help=f"comma list of {', '.join(EVALUATIONS)} (default: core: reconstruction, AFA, CE/KL)",
+    )
+    for evaluation in EVALUATIONS.values():
+        add_options(group, evaluation.config)
+
+
+def check_device(args) -> None:
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu"
+        )
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: saelab runs on cpu or cuda")
+
+
+# -- architecture settings -------------------------------------------------------------------
 def _settings_fields() -> dict:
     """Every architecture setting once: name -> (field, names of the architectures taking it)."""
     found: dict = {}
@@ -111,19 +233,12 @@ def add_settings_flags(group) -> None:
     was not."""
     for name, (f, archs) in _settings_fields().items():
         default = setting_default(f)
-        listed = "list" in str(f.type)  # a list-valued setting takes a comma list of counts
-        element = (
-            COUNT if name == "k" or listed else (INDEX if "int" in str(f.type) else COEFFICIENT)
-        )
-        kind = list_of(element) if name in knobs() or listed else element
-        shown = (
-            f" (default: {default:g})"
-            if isinstance(default, float)
-            else (f" (default: {default})" if default is not None else "")
-        )
+        element, listed = kind(f)
+        parse = COUNT if name == "k" or listed else (INDEX if element == "int" else COEFFICIENT)
+        shown = f" (default: {_shown(default)})" if default is not None else ""
         group.add_argument(
             "--" + name.replace("_", "-"),
-            type=kind,
+            type=list_of(parse) if name in knobs() or listed else parse,
             default=None,
             help=f"{', '.join(archs)}: {f.metadata['help']}{shown}",
         )
@@ -162,278 +277,7 @@ def grid_of(arch: str, given: dict) -> tuple[str | None, list, dict]:
     return knob, values, others
 
 
-def add_model_arguments(group, defaults: bool) -> None:
-    """--model/--layer/--site/--dataset and the harvesting options shared by cache and train."""
-    group.add_argument(
-        "--model",
-        help="hub id, local directory, .gguf file or builtin:smollm2-135m"
-        + (f" (default: {DEFAULT['model']})" if defaults else ""),
-    )
-    group.add_argument(
-        "--layer",
-        type=INDEX,
-        help="block index, from 0" + (f" (default: {DEFAULT['layer']})" if defaults else ""),
-    )
-    group.add_argument("--site", choices=SITES, help="hook site (default: resid_post)")
-    group.add_argument(
-        "--dataset",
-        help="builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
-        + (f" (default: {DEFAULT['dataset']})" if defaults else ""),
-    )
-    group.add_argument(
-        "--text-column", default="text", help="column/field holding the text (default: text)"
-    )
-    group.add_argument(
-        "--ctx-len",
-        type=integer(2),
-        default=128,
-        help="tokens per packed context, BOS first (default: 128)",
-    )
-    group.add_argument(
-        "--include-special",
-        action="store_true",
-        help="keep BOS/EOS/pad positions in the activations (default: left out)",
-    )
-    group.add_argument(
-        "--storage-dtype",
-        choices=STORAGE_DTYPES,
-        default="float16",
-        help="dtype of cached activations (default: float16)",
-    )
-    group.add_argument(
-        "--model-dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)"
-    )
-    group.add_argument(
-        "--device", default="cpu", help="cpu or cuda, for the model and for training (default: cpu)"
-    )
-
-
-def add_interp_arguments(p) -> None:
-    """--evals and the settings of the interpretability evaluations (eval and sweep)."""
-    group = p.add_argument_group(
-        "interpretability evaluations",
-        "written to RUN/eval_results/<name>.json in SAEBench's schema; absorption and sparse_probing run the "
-        "model the SAE was trained on, autointerp a chat model (--llm or --llm-url)",
-    )
-    group.add_argument(
-        "--evals",
-        type=list_of(str, EVALS),
-        default=["core"],
-        help=f"comma list of {', '.join(EVALS)} (default: core: reconstruction, AFA, CE/KL)",
-    )
-    group.add_argument(
-        "--absorption-words",
-        type=integer(100),
-        default=4000,
-        help="single-token words of the vocabulary to probe for first letters (default: 4000)",
-    )
-    group.add_argument(
-        "--probe-dataset",
-        default="builtin:wiki-topics",
-        help="sparse_probing data: builtin:wiki-topics (held-out articles, labelled by article), a "
-        ".jsonl/.csv/.parquet file with text and label columns, or a datasets name "
-        "(default: builtin:wiki-topics)",
-    )
-    group.add_argument(
-        "--probe-text-column", default="text", help="sparse_probing text column (default: text)"
-    )
-    group.add_argument(
-        "--probe-label-column", default="label", help="sparse_probing label column (default: label)"
-    )
-    group.add_argument(
-        "--llm",
-        metavar="MODEL",
-        help="autointerp: a local causal LM as explainer and scorer (hub id, directory, .gguf or "
-        "builtin:smollm2-135m: a plumbing check, too small to judge)",
-    )
-    group.add_argument(
-        "--llm-url",
-        metavar="URL",
-        help="autointerp: an OpenAI-compatible chat endpoint, e.g. http://localhost:8000/v1 "
-        "(vLLM, llama.cpp server, ollama)",
-    )
-    group.add_argument(
-        "--llm-model", default="default", help="the model name sent to --llm-url (default: default)"
-    )
-    group.add_argument(
-        "--llm-key-env", metavar="VAR", help="environment variable holding the endpoint's API key"
-    )
-    group.add_argument(
-        "--autointerp-latents",
-        type=COUNT,
-        default=20,
-        help="latents to explain and score, drawn among the alive ones (default: 20)",
-    )
-
-
-def interp_settings(args) -> dict:
-    """Each evaluation's settings from the flags: {eval name: {config field: value}}."""
-    return {
-        "absorption": {"max_words": args.absorption_words},
-        "sparse_probing": {
-            "dataset_names": [args.probe_dataset],
-            "text_column": args.probe_text_column,
-            "label_column": args.probe_label_column,
-        },
-        "autointerp": {"n_latents": args.autointerp_latents},
-    }
-
-
-def check_interp_flags(args) -> None:
-    """autointerp needs exactly one chat model, the chat flags need autointerp, and
-    sparse_probing's data must be there (before any model is loaded)."""
-    if "sparse_probing" in args.evals:
-        check_dataset(args.probe_dataset, args.probe_text_column, args.probe_label_column)
-    chat = [flag for flag, value in (("--llm", args.llm), ("--llm-url", args.llm_url)) if value]
-    if "autointerp" in args.evals and len(chat) != 1:
-        raise UsageError(
-            "--evals autointerp needs one chat model: --llm MODEL (a local causal LM) or --llm-url URL "
-            "(an OpenAI-compatible endpoint)"
-            if not chat
-            else "--llm and --llm-url: choose one"
-        )
-    if "autointerp" not in args.evals and chat:
-        raise UsageError(f"{chat[0]} is for --evals autointerp")
-
-
-def add_data_arguments(p, streaming: bool) -> None:
-    """Where training activations come from (train and sweep)."""
-    data = p.add_argument_group(
-        "data",
-        f"one of: --activations; --synthetic; or a model to harvest from (default: {DEFAULT['model']} "
-        f"block {DEFAULT['layer']} {DEFAULT['site']} on {DEFAULT['dataset']}, cached under --cache-dir)",
-    )
-    data.add_argument(
-        "--activations",
-        metavar="FILE.npy|DIR",
-        help="activations [tokens, d_in]: a .npy file or an activation cache directory",
-    )
-    data.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="generated activations from a known random dictionary (reports dictionary recovery)",
-    )
-    add_model_arguments(data, defaults=True)
-    data.add_argument(
-        "--cache-dir",
-        default="cache",
-        help="where harvested activations are cached (default: cache)",
-    )
-    if streaming:
-        data.add_argument(
-            "--no-cache",
-            action="store_true",
-            help="harvest while training, through a shuffle buffer, without writing a cache",
-        )
-        data.add_argument(
-            "--shuffle-buffer",
-            type=COUNT,
-            default=65536,
-            help="tokens mixed by the shuffle buffer with --no-cache (default: 65536)",
-        )
-    data.add_argument(
-        "--eval-tokens",
-        type=integer(MIN_EVAL_TOKENS),
-        default=None,
-        help="held-out tokens for evaluation: from held-out documents when harvesting "
-        f"(default: {DEFAULT['eval_tokens']}), else from the end of the data (default: 10%%, at most 65536)",
-    )
-
-
-def add_training_arguments(p, seeds: bool) -> None:
-    """Optimizer and data-amount flags shared by train and sweep (where --seed is a list)."""
-    opt = p.add_argument_group("training")
-    if seeds:
-        opt.add_argument(
-            "--seed",
-            type=list_of(INDEX),
-            default=None,
-            help="seeds for initialisation and data order, a comma list (default: 0)",
-        )
-    else:
-        opt.add_argument(
-            "--seed",
-            type=INDEX,
-            default=0,
-            help="seed for initialisation and data order (default: 0)",
-        )
-    opt.add_argument(
-        "--tokens",
-        type=COUNT,
-        default=None,
-        help=f"training tokens (default: {DEFAULT['tokens']} when harvesting, "
-        "else one pass over the training data)",
-    )
-    defaults = TrainConfig()
-    opt.add_argument(
-        "--batch-size",
-        type=COUNT,
-        default=defaults.batch_size,
-        help=f"tokens per batch (default: {defaults.batch_size})",
-    )
-    opt.add_argument(
-        "--lr",
-        type=RATE,
-        default=defaults.lr,
-        help="Adam learning rate (default: 2e-3 * sqrt(4608 / d_sae): 2e-3 at d_sae 4608, 1e-3 at 18432; "
-        "3e-4 was the default before 2026-11-29)",
-    )
-    opt.add_argument(
-        "--dead-tokens",
-        type=COUNT,
-        default=defaults.dead_tokens,
-        help=f"a latent is dead after this many tokens without firing (default: {defaults.dead_tokens})",
-    )
-    opt.add_argument(
-        "--checkpoint-every",
-        type=COUNT,
-        default=1_000_000,
-        metavar="TOKENS",
-        help="write a checkpoint every this many tokens (default: 1000000)",
-    )
-    opt.add_argument(
-        "--eval-every",
-        type=COUNT,
-        default=None,
-        metavar="TOKENS",
-        help="record the held-out NMSE and L0 in history.jsonl every this many tokens "
-        "(heldout_nmse, heldout_l0; default: never)",
-    )
-    opt.add_argument("--no-progress", action="store_true", help="no progress bars")
-    opt.add_argument(
-        "--bf16",
-        action="store_true",
-        help="bfloat16 autocast for the encoder matmul (faster on GPUs and CPUs with native bf16)",
-    )
-    opt.add_argument(
-        "--compile", action="store_true", help="torch.compile the loss (see bench/RESULTS.md)"
-    )
-    opt.add_argument(
-        "--wandb",
-        nargs="?",
-        const="saelab",
-        metavar="PROJECT",
-        help="also log training to Weights & Biases (project default: saelab; needs pip install wandb)",
-    )
-
-
-def check_device(args) -> None:
-    device = getattr(args, "device", None)
-    if device is None:
-        return
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise UsageError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            f"--device {device}: this torch build sees no CUDA GPU "
-            f"(torch {torch.__version__}); use --device cpu"
-        )
-    if kind not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: saelab runs on cpu or cuda")
-
-
+# -- what SAEs the flags ask for -------------------------------------------------------------
 GRID_AXES = ("arch", "expansion", "input_scaling", "seed")
 
 
@@ -444,7 +288,7 @@ def add_sae_arguments(p) -> None:
         "--arch",
         type=list_of(str, list(ARCHITECTURES)),
         default=[DEFAULT_ARCH],
-        help=f"architecture, or a comma list to train several on the same batches: "
+        help="architecture, or a comma list to train several on the same batches: "
         f"{', '.join(ARCHITECTURES)} (default: {DEFAULT_ARCH})",
     )
     sae.add_argument(
@@ -463,8 +307,8 @@ def add_sae_arguments(p) -> None:
     )
     settings = p.add_argument_group(
         "architecture settings",
-        "each applies to the architectures it names; a "
-        "comma list of a sparsity setting (k, coefficients) trains one SAE per value",
+        "each applies to the architectures it names; a comma list of a sparsity setting (k, "
+        "coefficients) trains one SAE per value",
     )
     add_settings_flags(settings)
 
@@ -489,11 +333,15 @@ def add_grid_arguments(p) -> None:
     grid.add_argument(
         "--input-scaling", type=list_of(str, INPUT_SCALINGS), help="(default: per_token)"
     )
+    grid.add_argument(
+        "--seed",
+        type=list_of(INDEX),
+        help="seeds for initialisation and data order, a comma list (default: 0)",
+    )
     settings = p.add_argument_group(
         "architecture settings",
-        "a sparsity setting (k, coefficients) is an axis "
-        "of the grid for the architectures it is the knob of; the others apply to "
-        "every SAE that takes them",
+        "a sparsity setting (k, coefficients) is an axis of the grid for the architectures it "
+        "is the knob of; the others apply to every SAE that takes them",
     )
     add_settings_flags(settings)
 
@@ -515,11 +363,9 @@ def sweep_points(args) -> list[Point]:
 
 def sweep_evals(args, points: list[Point]) -> dict[Point, list[str]]:
     """The evaluations of every point: --evals, plus those the --config grids name."""
-    return (
-        grid_evals(read_grid_file(args.config), args.evals)
-        if args.config
-        else {p: list(args.evals) for p in points}
-    )
+    if args.config:
+        return grid_evals(read_grid_file(args.config), args.evals)
+    return {p: list(args.evals) for p in points}
 
 
 def sweep_options(args, points: list[Point]) -> dict:

@@ -4,9 +4,9 @@ and Pareto plots.
 A grid is the product of its axes. Every point has an architecture, an expansion factor
 (d_sae = expansion * d_in), an input scaling, a seed and one sparsity knob, a setting that the
 architecture names (Architecture.knobs: k for topk/batchtopk, the target L0 k or
-`l0_coefficient` for jumprelu, `l1_coefficient` for relu, `afa_coefficient` for topafa). A sweep is the union of one or more
-grids (several `[[grid]]` tables in a TOML file), so, say, the input-scaling axis can cover
-only topk and batchtopk.
+`l0_coefficient` for jumprelu, `l1_coefficient` for relu, `afa_coefficient` for topafa). A
+sweep is the union of one or more grids (several `[[grid]]` tables in a TOML file), so, say,
+the input-scaling axis can cover only topk and batchtopk.
 
 A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
 `results.csv` and `results.json` (one row per point), the Pareto plots (seed means with error
@@ -30,12 +30,19 @@ import tomllib
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import INPUT_SCALINGS, ConfigError, SAEConfig, TrainConfig
-from .eval.downstream import ablation_losses
-from .eval.full import full_evaluation
+from .config import INPUT_SCALINGS, SAEConfig, TrainConfig
+from .errors import ConfigError
 from .eval.plots import curve_plot, pareto_plot
-from .eval.saebench.output import flat_metrics, read_outputs
-from .eval.saebench.suite import Interp, check_evals, run_interp
+from .eval.registry import (
+    EVALUATIONS,
+    EvalContext,
+    check_context,
+    evaluate_with,
+    evaluations,
+    read_results,
+    up_to_date,
+)
+from .eval.saebench.output import flat_metrics
 from .io.jsonfile import read_json_object
 from .sae.architecture import setting_names
 from .sae.model import SAE
@@ -179,7 +186,7 @@ def grid_evals(grids: list[dict], evals: list[str] = ()) -> dict[Point, list[str
     for grid in grids:
         names = grid.get("evals", [])
         names = [names] if isinstance(names, str) else names
-        check_evals(names)
+        evaluations(names)
         for point in expand(_axes(grid)):
             wanted[point] = list(dict.fromkeys([*wanted[point], *names]))
     return wanted
@@ -228,17 +235,6 @@ def _check_settings(run: Path, cfg: TrainConfig) -> None:
         )
 
 
-@dataclass
-class Downstream:
-    """What the sweep needs to splice each SAE into its model: the model, held-out contexts
-    [n, ctx_len], the hook layer and site."""
-
-    model: object
-    input_ids: object
-    layer: int
-    site: str
-
-
 def run_sweep(
     points: list[Point],
     train_source,
@@ -246,27 +242,25 @@ def run_sweep(
     out: str | Path,
     train_cfg: TrainConfig,
     sae_options: dict | None = None,
-    downstream: Downstream | None = None,
+    context: EvalContext | None = None,
     device: str = "cpu",
-    batch_size_eval: int = 4096,
-    interp: Interp | None = None,
     evals: list[str] | dict[Point, list[str]] = ("core",),
+    configs: dict | None = None,
 ) -> list[dict]:
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
     `train_cfg` gives the shared training settings (its out_dir and resume are set per point).
-    `evals` beyond core (eval/saebench/suite.py), for every point or per point (grid_evals), run
-    with `interp` for every point whose run lacks their result file or has one computed with
+    Every point gets the core evaluation on `eval_source`, with CE/KL when `context` holds a
+    model and held-out contexts; `evals` beyond core (eval/registry.py), for every point or per
+    point (grid_evals), run with `context` and their `configs` ({name: config}, default
+    settings where missing) for every point whose result file is missing or was computed with
     other settings; their metrics join its row."""
     if not points:
         raise ConfigError("the sweep grid is empty")
     evals = evals if isinstance(evals, dict) else {point: list(evals) for point in points}
-    extra = sorted({name for point in points for name in evals.get(point, []) if name != "core"})
-    if interp is None and extra:
-        raise ConfigError(
-            f"evals {', '.join(extra)} need an Interp (the model, its hook, the held-out cache, "
-            "the chat model)"
-        )
+    configs = configs or {}
+    context = replace(context or EvalContext(), data=eval_source)
+    check_context(evaluations(name for names in evals.values() for name in names), context)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae_options = sae_options or {}
@@ -279,24 +273,9 @@ def run_sweep(
     for point, state in states.items():
         if state != "new":
             _check_settings(runs[point], cfgs[point])
-    ablations = {}
+    core = EVALUATIONS["core"]
 
     def evaluate(point: Point, sae: SAE) -> None:
-        extra = {}
-        if downstream is not None:
-            if not ablations:
-                ablations.update(
-                    ablation_losses(
-                        downstream.model, downstream.input_ids, downstream.layer, downstream.site
-                    )
-                )
-            extra = {
-                "model": downstream.model,
-                "input_ids": downstream.input_ids,
-                "layer": downstream.layer,
-                "site": downstream.site,
-                "ablations": ablations,
-            }
         history = rundir.read_history(runs[point])
         recorded = {
             "d_in": sae.cfg.d_in,
@@ -304,9 +283,8 @@ def run_sweep(
             "point": asdict(point),
             "train_tokens": history[-1]["tokens"] if history else 0,
         }
-        full_evaluation(
-            sae, eval_source, runs[point], batch_size=batch_size_eval, extra=recorded, **extra
-        )
+        here = replace(context, out_dir=runs[point], extra=recorded)
+        evaluate_with(core, sae, here, configs.get("core"))
 
     groups: dict[tuple[int, int], list[Point]] = {}
     for point in points:
@@ -321,43 +299,36 @@ def run_sweep(
     )
 
     def evaluate_trained() -> None:
-        for point in tqdm(
-            [p for p in points if states[p] == "trained"],
-            desc="evaluate",
-            unit="SAE",
-            disable=not train_cfg.progress,
-        ):
+        trained = [p for p in points if states[p] == "trained"]
+        for point in tqdm(trained, desc="evaluate", unit="SAE", disable=not train_cfg.progress):
             evaluate(point, SAE.load(runs[point], device=device))
             states[point] = "evaluated"
 
     evaluate_trained()
-    # the smallest passes first, each evaluated at once: results arrive early, an interruption keeps them
+    # the smallest passes first, each evaluated at once: results arrive early, an interruption
+    # keeps them
     for (seed, step), group in sorted(groups.items(), key=lambda item: len(item[1])):
         saes = [
             SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group
         ]
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
-        train_many(
-            saes,
-            train_source,
-            group_cfgs,
-            heldout=eval_source if train_cfg.eval_every_tokens else None,
-        )
+        heldout = eval_source if train_cfg.eval_every_tokens else None
+        train_many(saes, train_source, group_cfgs, heldout=heldout)
         for point in group:
             states[point] = "trained"
         evaluate_trained()
     for point in points:
-        done = read_outputs(runs[point])
-        missing = [
-            name
-            for name in evals.get(point, [])
-            if name != "core" and not _same_settings(done.get(name), interp, name)
-        ]
-        if missing:
-            run_interp(SAE.load(runs[point]), missing, runs[point], interp)
+        done = read_results(runs[point])
+        here = replace(context, out_dir=runs[point])
+        for evaluation in evaluations(evals.get(point, [])):
+            if evaluation.name == "core":
+                continue
+            cfg = configs.get(evaluation.name) or evaluation.config()
+            if not up_to_date(evaluation, done.get(evaluation.name), here, cfg):
+                evaluate_with(evaluation, SAE.load(runs[point]), here, cfg)
     rows = [
         result_row(
-            {**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_outputs(runs[p]))}, p
+            {**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_results(runs[p]))}, p
         )
         for p in points
     ]
@@ -402,14 +373,6 @@ def seed_summary(rows: list[dict]) -> list[dict]:
                 entry[key + "_std"] = statistics.stdev(values)
         summary.append(entry)
     return summary
-
-
-def _same_settings(document: dict | None, interp: Interp, name: str) -> bool:
-    """Whether a result file exists and was computed with the settings this sweep asks for."""
-    if document is None:
-        return False
-    config = document.get("eval_config", {})
-    return all(config.get(key) == value for key, value in interp.settings.get(name, {}).items())
 
 
 def result_row(results: dict, point: Point) -> dict:

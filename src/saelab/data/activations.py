@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SaelabError
-
-
-class DataError(SaelabError, ValueError):
-    """Activation data that cannot be used: missing, empty, wrong shape, NaN/Inf."""
+from ..errors import DataError
+from .batches import rebatch
+from .cache import ActivationCache
 
 
 def check_batch(batch: torch.Tensor, d_in: int, where: str) -> None:
@@ -138,20 +136,6 @@ class ArraySource:
             yield self._rows(index)
 
 
-def rebatch(pieces: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    """Re-cut a stream of [m_i, d] tensors into [batch_size, d] batches (the last may be short)."""
-    buffer, size = [], 0
-    for piece in pieces:
-        buffer.append(piece)
-        size += len(piece)
-        while size >= batch_size:
-            joined = torch.cat(buffer)
-            yield joined[:batch_size]
-            buffer, size = [joined[batch_size:]], size - batch_size
-    if size:
-        yield torch.cat(buffer)
-
-
 class StreamSource:
     """An iterable of tensors [m, d_in], consumed once, in order."""
 
@@ -198,8 +182,6 @@ def open_source(data, name: str | None = None) -> ArraySource | StreamSource:
         if not path.exists():
             raise DataError(f"no activation file or cache at {path}")
         if path.is_dir():
-            from .cache import ActivationCache
-
             return ActivationCache(path)
         if path.suffix != ".npy":
             raise DataError(

@@ -29,10 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..errors import DataError
 from ..io.atomic import atomic_write
 from ..io.jsonfile import read_json_object
 from . import harvesting
-from .activations import DataError, rebatch
+from .batches import rebatch
 from .text import text_revision
 
 MANIFEST = "manifest.json"
@@ -276,7 +277,8 @@ class ActivationCache:
         acts = tensors.get("activations")
         if acts is None or tuple(acts.shape) != (shard["n_tokens"], self.d_in):
             raise CacheError(
-                f"{path}: activations do not have the manifest's shape ({shard['n_tokens']}, {self.d_in})"
+                f"{path}: activations do not have the manifest's shape ({shard['n_tokens']}, "
+                f"{self.d_in})"
             )
         return tensors
 

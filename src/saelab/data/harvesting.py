@@ -1,4 +1,5 @@
-"""The harvesting loop shared by the cache and streaming: text -> packed contexts -> hooked model."""
+"""The harvesting loop shared by the cache and streaming: text -> packed contexts -> hooked
+model."""
 
 from __future__ import annotations
 

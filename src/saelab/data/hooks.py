@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import SaelabError
 
+DEFAULT_SITE = "resid_post"
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 BLOCK_LIST_NAMES = ("layers", "h", "layer", "blocks")
 # submodule paths inside a block, first match wins: Llama/Mistral/Qwen/Gemma, GPT-2,
@@ -61,7 +62,8 @@ def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, boo
     blocks = blocks_of(model)
     if not isinstance(layer, int) or not 0 <= layer < len(blocks):
         raise SiteError(
-            f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks (0..{len(blocks) - 1})"
+            f"layer {layer} out of range: {type(model).__name__} has {len(blocks)} blocks "
+            f"(0..{len(blocks) - 1})"
         )
     block = blocks[layer]
     if site in ("resid_pre", "resid_post"):
@@ -142,7 +144,7 @@ def harvest(
     model,
     input_ids: torch.Tensor,
     layer: int,
-    site: str = "resid_post",
+    site: str = DEFAULT_SITE,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """input_ids [batch, seq] -> activations [batch, seq, d_model] at `site` of block `layer`."""

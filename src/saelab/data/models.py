@@ -101,7 +101,8 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Langua
         model = auto.from_pretrained(location, dtype=DTYPES[dtype], **kwargs)
     except Exception as err:
         raise ModelError(
-            f"cannot load model {spec!r} (damaged or unsupported files?): {type(err).__name__}: {err}"
+            f"cannot load model {spec!r} (damaged or unsupported files?): {type(err).__name__}: "
+            f"{err}"
         ) from None
     return LanguageModel(model=model.to(device).eval(), tokenizer=load_tokenizer(spec), name=spec)
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import torch
 
-from .activations import StreamSource, rebatch
+from .activations import StreamSource
+from .batches import rebatch
 from .cache import CacheError, CacheSpec
 from .harvesting import harvested_batches, packed_contexts
 
@@ -63,7 +64,8 @@ def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
     contexts = list(itertools.islice(packed_contexts(lm, spec, "eval"), n))
     if not contexts:
         raise CacheError(
-            f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} tokens: "
+            f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} "
+            "tokens: "
             "pass more text, or a smaller --ctx-len"
         )
     return torch.tensor(contexts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.hooks import _hf_model, harvest, site_module, splice
+from ..data.hooks import DEFAULT_SITE, _hf_model, harvest, site_module, splice
 
 
 def _keep_bos(fn):
@@ -67,7 +67,7 @@ def ablation_losses(
     model,
     input_ids: torch.Tensor,
     layer: int,
-    site: str = "resid_post",
+    site: str = DEFAULT_SITE,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 8,
 ) -> dict:
@@ -97,7 +97,7 @@ def downstream(
     model,
     input_ids: torch.Tensor,
     layer: int,
-    site: str = "resid_post",
+    site: str = DEFAULT_SITE,
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 8,
     ablations: dict | None = None,

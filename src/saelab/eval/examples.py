@@ -44,7 +44,8 @@ def latent_codes(
     """One pass over the cache: firing counts of every latent and the codes of `latents`."""
     if cache.d_in != sae.cfg.d_in:
         raise ValueError(
-            f"the SAE has d_in={sae.cfg.d_in}, but the activations in {cache.directory} have d_in={cache.d_in}"
+            f"the SAE has d_in={sae.cfg.d_in}, but the activations in {cache.directory} have "
+            f"d_in={cache.d_in}"
         )
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     kept, contexts, positions, token_ids = [], [], [], {}

@@ -1,21 +1,34 @@
-"""The full evaluation of one SAE: reconstruction metrics, AFA analysis, decoder statistics,
-the architecture's own results (BatchTopK's inference L0), optionally downstream CE/KL;
-written as eval.json plus PNG plots."""
+"""The full evaluation of one SAE (the `core` evaluation): reconstruction metrics, AFA
+analysis, decoder statistics, the architecture's own results (BatchTopK's inference L0),
+optionally downstream CE/KL; written as eval.json plus PNG plots."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import rundir
 from ..io.atomic import atomic_write
+from ..options import option
 from .afa import afa_over, decoder_orthogonality, summarize
-from .downstream import downstream
+from .downstream import ablation_losses, downstream
 from .metrics import evaluate
 from .plots import density_plot, l0_histogram_plot, zf_plot
 
 AFA_TOKENS = 32_768
 EVAL_NAME, PLOTS = rundir.EVAL, rundir.PLOTS
+
+
+@dataclass
+class CoreConfig:
+    """The settings of the core evaluation."""
+
+    downstream_contexts: int = option(
+        32,
+        "held-out contexts for the downstream CE/KL with the SAE spliced in (when a model is "
+        "known); 0 skips it",
+    )
 
 
 def full_evaluation(
@@ -78,6 +91,7 @@ SUMMARY_KEYS = (
     "ce_degradation",
     "ce_loss_recovered",
     "kl",
+    "dictionary_recovery",
 )
 
 
@@ -92,3 +106,27 @@ def summary_lines(results: dict) -> list[str]:
     if results.get("input_scaling") == "per_token":
         lines.append(PER_TOKEN_NOTE)
     return lines
+
+
+def run(sae, context, cfg: CoreConfig) -> dict:
+    """full_evaluation of `sae` on context.data into context.out_dir, with downstream CE/KL on
+    context.input_ids when there are any (the ablation losses computed once per context)."""
+    model = None
+    if context.input_ids is not None and cfg.downstream_contexts > 0:
+        model = context.lm
+        if not context.ablations:
+            context.ablations.update(
+                ablation_losses(model, context.input_ids, context.layer, context.site)
+            )
+    return full_evaluation(
+        sae,
+        context.data,
+        context.out_dir,
+        model=model,
+        input_ids=context.input_ids,
+        layer=context.layer,
+        site=context.site,
+        batch_size=context.batch_size,
+        ablations=context.ablations or None,
+        extra=context.extra,
+    )

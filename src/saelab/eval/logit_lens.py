@@ -30,7 +30,8 @@ def final_norm(net) -> torch.nn.Module:
         except AttributeError:
             continue
     raise ValueError(
-        f"cannot find the final norm of {type(net).__name__} (looked for {', '.join(FINAL_NORMS)}): "
+        f"cannot find the final norm of {type(net).__name__} (looked for "
+        f"{', '.join(FINAL_NORMS)}): "
         "no logit lens for this model"
     )
 

@@ -174,11 +174,13 @@ def _histogram_svg(
         return "<p class='muted'>never fires</p>"
     top, bar = max(counts), width / len(counts)
     bars = "".join(
-        f"<rect x='{i * bar:.1f}' y='{height - 14 - h:.1f}' width='{bar - 1:.1f}' height='{h:.1f}'/>"
+        f"<rect x='{i * bar:.1f}' y='{height - 14 - h:.1f}' width='{bar - 1:.1f}' "
+        f"height='{h:.1f}'/>"
         for i, h in enumerate((height - 16) * c / top for c in counts)
     )
     return (
-        f"<svg class='hist' width='{width}' height='{height}' role='img' aria-label='activation histogram'>"
+        f"<svg class='hist' width='{width}' height='{height}' role='img' aria-label='activation "
+        "histogram'>"
         f"{bars}<text x='0' y='{height - 2}'>{edges[0]:.3g}</text>"
         f"<text x='{width}' y='{height - 2}' text-anchor='end'>{edges[-1]:.3g}</text></svg>"
     )
@@ -191,14 +193,19 @@ def _context_html(tokenizer, tokens: list[tuple[int, float]], peak: int, scale: 
         cls = "tok peak" if q == peak else "tok"
         spans.append(
             f"<span class='{cls}' style='background-color: rgba(255, 110, 0, {alpha:.3f})' "
-            f"data-act='{value:.4g}' title='{value:.4g}'>{html.escape(_token_text(tokenizer, token_id))}</span>"
+            f"data-act='{value:.4g}' "
+            f"title='{value:.4g}'>{html.escape(_token_text(tokenizer, token_id))}</span>"
         )
     return "<li class='context'>" + "".join(spans) + "</li>"
 
 
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(path.stem)}</figcaption></figure>"
+    name = html.escape(path.stem)
+    return (
+        f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{name}</figcaption></figure>"
+    )
 
 
 STYLE = """
@@ -206,13 +213,15 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1100
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; }
 table.metrics { border-collapse: collapse; } table.metrics td { padding: 2px 12px 2px 0; }
 table.metrics td.v { font-variant-numeric: tabular-nums; text-align: right; }
-.plots { display: flex; flex-wrap: wrap; gap: 12px; } .plots img { max-width: 340px; border: 1px solid #ddd; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+.plots img { max-width: 340px; border: 1px solid #ddd; }
 figure { margin: 0; } figcaption { font-size: 12px; color: #666; }
 .latent { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; margin: 14px 0; }
 .latent h3 { margin: 0 0 6px; font-size: 16px; } .stats { color: #555; font-size: 13px; }
 .hist rect { fill: #4a78c2; } .hist text { font-size: 10px; fill: #555; }
 ol.contexts { padding-left: 22px; margin: 6px 0 0; }
-.context { font-family: ui-monospace, monospace; font-size: 12.5px; white-space: pre-wrap; margin: 3px 0; }
+.context { font-family: ui-monospace, monospace; font-size: 12.5px; white-space: pre-wrap;
+  margin: 3px 0; }
 .tok { border-radius: 2px; } .tok.peak { outline: 1px solid #c04000; }
 .muted { color: #888; } #filter { font-size: 14px; padding: 4px 8px; width: 220px; }
 nav a { margin-right: 6px; font-size: 12px; }
@@ -220,7 +229,8 @@ nav a { margin-right: 6px; font-size: 12px; }
 .row { display: flex; gap: 24px; align-items: flex-start; flex-wrap: wrap; }
 .lens { display: flex; gap: 16px; } table.logits { border-collapse: collapse; font-size: 12px; }
 table.logits caption { text-align: left; color: #555; } table.logits td { padding: 0 6px 0 0; }
-.tokcell { font-family: ui-monospace, monospace; background: #f3f3f3; } .v { font-variant-numeric: tabular-nums; }
+.tokcell { font-family: ui-monospace, monospace; background: #f3f3f3; }
+.v { font-variant-numeric: tabular-nums; }
 .explanation { margin: 6px 0; }
 """
 
@@ -245,7 +255,8 @@ def _contexts_html(tokenizer, contexts, peaks, scale: float) -> str:
 def _logits_html(logits: dict) -> str:
     def column(title, pairs):
         rows = "".join(
-            f"<tr><td class='tokcell'>{html.escape(repr(text)[1:-1])}</td><td class='v'>{value:+.3g}</td></tr>"
+            f"<tr><td class='tokcell'>{html.escape(repr(text)[1:-1])}</td><td "
+            f"class='v'>{value:+.3g}</td></tr>"
             for text, value in pairs
         )
         return f"<table class='logits'><caption>{title}</caption>{rows}</table>"
@@ -261,7 +272,8 @@ def _logits_html(logits: dict) -> str:
 def _latent_html(tokenizer, lt: Latent) -> str:
     parts = [
         f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>",
-        f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) &middot; "
+        f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) "
+        "&middot; "
         f"max activation {lt.max_activation:.4g}</div>",
     ]
     if lt.explanation:
@@ -272,9 +284,11 @@ def _latent_html(tokenizer, lt: Latent) -> str:
             else ""
         )
         parts.append(
-            f"<p class='explanation'>autointerp{by}: <b>{html.escape(lt.explanation['explanation'])}</b>"
+            f"<p class='explanation'>autointerp{by}: "
+            f"<b>{html.escape(lt.explanation['explanation'])}</b>"
             + (
-                f" <span class='muted'>(detection accuracy {score:.2f}, F1 {lt.explanation['f1']:.2f})</span>"
+                f" <span class='muted'>(detection accuracy {score:.2f}, F1 "
+                f"{lt.explanation['f1']:.2f})</span>"
                 if score is not None
                 else ""
             )
@@ -325,7 +339,8 @@ def report_html(
         f"{k}: {v}" for k, v in cfg.metadata.items() if k in ("model", "layer", "site", "dataset")
     )
     parts = [
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>",
+        "<!DOCTYPE html><html lang='en'><head><meta "
+        f"charset='utf-8'><title>{html.escape(name)}</title>",
         f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>",
         f"<p class='muted'>{html.escape(meta)}</p>" if meta else "",
     ]
@@ -338,7 +353,8 @@ def report_html(
             "<h2>Plots</h2><div class='plots'>" + "".join(_image(p) for p in plots) + "</div>"
         )
     parts.append(
-        f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. 12, 40'></p>"
+        f"<h2>Latents ({len(latents)})</h2><p><input id='filter' placeholder='show latents, e.g. "
+        "12, 40'></p>"
     )
     parts.append(
         "<nav>"

@@ -1,17 +1,15 @@
 """dictionary_learning's SAE directories (Marks et al.): `ae.pt` (a torch state dict) and
 `config.json` ({"trainer": {"dict_class": ..., "activation_dim", "dict_size", "k", ...}}).
+Each architecture names its dict_class and lays out its own tensors
+(Architecture.to_dictionary_learning / from_dictionary_learning, in its file in sae/):
 
-  dict_class               saelab  its tensors
-  AutoEncoder              relu    encoder.weight [d_sae, d_in], encoder.bias, decoder.weight
-                                   [d_in, d_sae], bias (subtracted before the encoder: b_dec)
-  AutoEncoderTopK          topk    encoder.weight, encoder.bias, decoder.weight, b_dec, k
-  BatchTopKSAE             batchtopk  the same and threshold [] (-1 while unset)
-  MatryoshkaBatchTopKSAE   matryoshka W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, k,
-                                   threshold, group_sizes (saelab's widths are their running sums)
-  JumpReluAutoEncoder      jumprelu W_enc, b_enc, W_dec, b_dec, threshold [d_sae]; its encoder does
-                                   not subtract b_dec, so b_enc' = b_enc + b_dec @ W_enc (exact)
-  GatedAutoEncoder         gated   encoder.weight (no bias), gate_bias, r_mag, mag_bias,
-                                   decoder.weight, decoder_bias
+  dict_class               saelab
+  AutoEncoder              relu
+  AutoEncoderTopK          topk
+  BatchTopKSAE             batchtopk
+  MatryoshkaBatchTopKSAE   matryoshka
+  JumpReluAutoEncoder      jumprelu
+  GatedAutoEncoder         gated
 
 ae.pt is read with torch.load(weights_only=True), which unpickles tensors and plain containers
 only and refuses any other object, so a file from a stranger cannot run code; a file it refuses
@@ -26,26 +24,12 @@ import re
 
 import torch
 
-from ..config import ConfigError, SAEConfig
+from ..errors import ConfigError
+from ..sae.config import SAEConfig
+from ..sae.registry import ARCHITECTURES
 from .format import SAEFormatError, export_tensors
 
 WEIGHTS, CONFIG = "ae.pt", "config.json"
-CLASSES = {
-    "AutoEncoder": "relu",
-    "AutoEncoderTopK": "topk",
-    "BatchTopKSAE": "batchtopk",
-    "MatryoshkaBatchTopKSAE": "matryoshka",
-    "JumpReluAutoEncoder": "jumprelu",
-    "GatedAutoEncoder": "gated",
-}
-TRAINERS = {
-    "relu": "StandardTrainer",
-    "topk": "TopKTrainer",
-    "batchtopk": "BatchTopKTrainer",
-    "matryoshka": "MatryoshkaBatchTopKTrainer",
-    "jumprelu": "JumpReluTrainer",
-    "gated": "GatedSAETrainer",
-}
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -56,7 +40,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:
             raise SAEFormatError(
-                f"{path} holds an object of {refused.group(1)}, not only tensors: saelab refuses to "
+                f"{path} holds an object of {refused.group(1)}, not only tensors: saelab refuses "
+                "to "
                 "unpickle it (torch.load with weights_only=True), since that could run code"
             ) from None
         raise SAEFormatError(f"{path} is not a readable torch state dict") from None
@@ -67,9 +52,13 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _linear(tensors, name):
-    """A torch Linear's weight [out, in] as saelab's [in, out]."""
-    return tensors[f"{name}.weight"].float().T.contiguous()
+def _by_class() -> dict:
+    """The architectures dictionary_learning has, by dict_class."""
+    return {
+        arch.dictionary_learning_class: arch
+        for arch in ARCHITECTURES.values()
+        if arch.dictionary_learning_class
+    }
 
 
 def from_dictionary_learning(
@@ -78,48 +67,14 @@ def from_dictionary_learning(
     """(SAEConfig, tensors in saelab's file layout) of a dictionary_learning SAE."""
     trainer = config.get("trainer", config)
     dict_class = trainer.get("dict_class")
-    if dict_class not in CLASSES:
+    readers = _by_class()
+    if dict_class not in readers:
         raise ConfigError(
             f"dictionary_learning dict_class {dict_class!r} is not supported "
-            f"(supported: {', '.join(CLASSES)})"
+            f"(supported: {', '.join(readers)})"
         )
-    arch, t, settings = CLASSES[dict_class], tensors, {}
-    if arch == "relu":
-        out = {
-            "W_enc": _linear(t, "encoder"),
-            "b_enc": t["encoder.bias"],
-            "W_dec": _linear(t, "decoder"),
-            "b_dec": t["bias"],
-        }
-    elif arch in ("topk", "batchtopk"):
-        out = {
-            "W_enc": _linear(t, "encoder"),
-            "b_enc": t["encoder.bias"],
-            "W_dec": _linear(t, "decoder"),
-            "b_dec": t["b_dec"],
-        }
-    elif arch == "gated":
-        out = {
-            "W_enc": _linear(t, "encoder"),
-            "b_gate": t["gate_bias"],
-            "r_mag": t["r_mag"],
-            "b_mag": t["mag_bias"],
-            "W_dec": _linear(t, "decoder"),
-            "b_dec": t["decoder_bias"],
-        }
-    else:
-        out = {name: t[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if arch in ("topk", "batchtopk", "matryoshka"):
-        settings["k"] = int(t["k"]) if "k" in t else int(trainer["k"])
-    if arch in ("batchtopk", "matryoshka"):
-        threshold = t["threshold"].float().reshape(())
-        out["threshold"] = threshold if threshold >= 0 else torch.tensor(float("nan"))
-    if arch == "matryoshka":
-        settings["matryoshka_widths"] = torch.cumsum(t["group_sizes"], 0).tolist()
-    if arch == "jumprelu":
-        out["threshold"] = t["threshold"]
-        out["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]
-        settings["l0_coefficient"] = 0.0
+    arch = readers[dict_class]
+    settings, out = arch.from_dictionary_learning(trainer, tensors)
     out = {name: value.float().contiguous() for name, value in out.items()}
     d_in, d_sae = out["W_enc"].shape
     for key, value in (("activation_dim", d_in), ("dict_size", d_sae)):
@@ -128,69 +83,32 @@ def from_dictionary_learning(
     metadata = {
         key: trainer[key] for key in ("lm_name", "layer", "submodule_name") if key in trainer
     }
-    return SAEConfig(
-        arch=arch, d_in=d_in, d_sae=d_sae, input_scaling="none", metadata=metadata, **settings
-    ), out
+    cfg = SAEConfig(
+        arch=arch.name, d_in=d_in, d_sae=d_sae, input_scaling="none", metadata=metadata, **settings
+    )
+    return cfg, out
 
 
 def to_dictionary_learning(sae) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, ae.pt state dict) of `sae` as dictionary_learning lays them out."""
     tensors, cfg = export_tensors(sae)
-    if cfg.arch not in TRAINERS:
-        raise ConfigError(
-            f"dictionary_learning has no {cfg.arch} SAE (it has {', '.join(TRAINERS)})"
-        )
+    if not sae.arch.dictionary_learning_class:
+        has = ", ".join(arch.name for arch in _by_class().values())
+        raise ConfigError(f"dictionary_learning has no {cfg.arch} SAE (it has {has})")
     if cfg.input_scaling == "per_token":
         raise ConfigError(
-            "dictionary_learning has no per-token input normalisation: export an SAE trained with "
-            "--input-scaling none or expected_norm"
+            "dictionary_learning has no per-token input normalisation: export an SAE trained "
+            "with --input-scaling none or expected_norm"
         )
-    t, arch = tensors, cfg.arch
-    if arch == "relu":
-        out = {
-            "bias": t["b_dec"],
-            "encoder.weight": t["W_enc"].T,
-            "encoder.bias": t["b_enc"],
-            "decoder.weight": t["W_dec"].T,
-        }
-    elif arch in ("topk", "batchtopk"):
-        out = {
-            "encoder.weight": t["W_enc"].T,
-            "encoder.bias": t["b_enc"],
-            "decoder.weight": t["W_dec"].T,
-            "b_dec": t["b_dec"],
-        }
-    elif arch == "gated":
-        out = {
-            "decoder_bias": t["b_dec"],
-            "encoder.weight": t["W_enc"].T,
-            "r_mag": t["r_mag"],
-            "gate_bias": t["b_gate"],
-            "mag_bias": t["b_mag"],
-            "decoder.weight": t["W_dec"].T,
-        }
-    else:
-        out = {name: t[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if arch in ("topk", "batchtopk", "matryoshka"):
-        out["k"] = torch.tensor(cfg.k, dtype=torch.int)
-    if arch in ("batchtopk", "matryoshka"):
-        threshold = t["threshold"].reshape(())
-        out["threshold"] = torch.tensor(-1.0) if torch.isnan(threshold) else threshold
-    if arch == "matryoshka":
-        widths = list(cfg.matryoshka_widths)
-        out["group_sizes"] = torch.tensor([b - a for a, b in zip([0, *widths[:-1]], widths)])
-    if arch == "jumprelu":
-        out["threshold"] = t["threshold"]
-        out["b_enc"] = t["b_enc"] - t["b_dec"] @ t["W_enc"]
+    fields, out = sae.arch.to_dictionary_learning(cfg, tensors)
     trainer = {
-        "dict_class": next(c for c, a in CLASSES.items() if a == arch),
-        "trainer_class": TRAINERS[arch],
+        "dict_class": sae.arch.dictionary_learning_class,
+        "trainer_class": sae.arch.dictionary_learning_trainer,
         "activation_dim": cfg.d_in,
         "dict_size": cfg.d_sae,
         "exported_by": "saelab",
+        **fields,
     }
-    if arch in ("topk", "batchtopk", "matryoshka"):
-        trainer["k"] = cfg.k
     recorded = {
         "lm_name": cfg.metadata.get("model", cfg.metadata.get("lm_name")),
         "layer": cfg.metadata.get("layer"),

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
-from ..config import ConfigError, SAEConfig
-from ..sae.model import SAE
+from ..errors import ConfigError
+from ..sae.config import SAEConfig
 from ..sae.registry import ARCHITECTURES
 from . import dictionary_learning
 from .atomic import atomic_write
@@ -33,11 +34,13 @@ from .format import (
     WEIGHTS_NAME,
     SAEFormatError,
     export_tensors,
-    load_sae,
+    read_config,
     read_safetensors,
-    sae_from_tensors,
 )
 from .jsonfile import read_json_object
+
+if TYPE_CHECKING:
+    from ..sae.model import SAE
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
@@ -68,16 +71,18 @@ def detect_format(path: Path) -> str:
     raise SAEFormatError(
         f"{path} is not an SAE directory saelab can read (files: {files}); expected saelab "
         f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify "
-        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight) or dictionary_learning (config.json + ae.pt)"
+        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight) or dictionary_learning (config.json + "
+        "ae.pt)"
     )
 
 
-def load_any(path: str | Path, device: str = "cpu") -> SAE:
-    """An SAE from a saelab, SAELens, sparsify or dictionary_learning directory."""
+def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path]:
+    """(config, tensors in saelab's file layout, the weights file) of a saelab, SAELens,
+    sparsify or dictionary_learning directory; SAE.load_any builds the SAE."""
     path = Path(path)
     kind = detect_format(path)
     if kind == "saelab":
-        return load_sae(path, device)
+        return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
     if kind == "dictionary_learning":
         cfg_dict = read_json_object(path / dictionary_learning.CONFIG, SAEFormatError)
         weights = path / dictionary_learning.WEIGHTS
@@ -96,7 +101,7 @@ def load_any(path: str | Path, device: str = "cpu") -> SAE:
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
-    return sae_from_tensors(cfg, tensors, weights).to(device)
+    return cfg, tensors, weights
 
 
 # -- SAELens ------------------------------------------------------------------------------------

@@ -15,20 +15,23 @@ safetensors is read.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import __version__, rundir
-from ..config import ConfigError, SAEConfig
-from ..errors import SaelabError
-from ..sae.model import SAE
+from .. import rundir
+from ..errors import ConfigError, SaelabError
+from ..sae.config import SAEConfig
+from ..version import __version__
 from .atomic import atomic_write
 from .jsonfile import read_json_object
+
+if TYPE_CHECKING:
+    from ..sae.model import SAE
 
 CFG_NAME, WEIGHTS_NAME = rundir.CFG, rundir.WEIGHTS
 FORMAT = "saelab-sae"
@@ -152,47 +155,3 @@ def check_tensors(tensors: dict[str, torch.Tensor], sae: SAE, file: Path) -> Non
             and not torch.isfinite(tensor).all()
         ):
             raise SAEFormatError(f"{file}: tensor {name} contains NaN or Inf")
-
-
-def sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
-    """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
-    folded = (
-        float(cfg.metadata.get("folded_input_scale", 1.0))
-        if cfg.input_scaling == "expected_norm"
-        else 1.0
-    )
-    if not (math.isfinite(folded) and folded > 0):
-        raise SAEFormatError(
-            f"{path}: metadata.folded_input_scale must be a positive number, got {folded}"
-        )
-    if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
-        metadata = {
-            key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"
-        }
-        cfg = cfg.replace(input_scale=folded, metadata=metadata)
-    sae = SAE(cfg)
-    check_tensors(tensors, sae, path)
-    if folded != 1.0:
-        tensors = {
-            **tensors,
-            "W_enc": tensors["W_enc"] / folded,
-            "W_dec": tensors["W_dec"] * folded,
-            "b_dec": tensors["b_dec"] * folded,
-        }
-    try:
-        state = sae.arch.from_file(tensors)
-    except ConfigError as err:
-        raise SAEFormatError(f"{path}: {err}") from None
-    sae.load_state_dict({**sae.state_dict(), **state})
-    sae.initialized = True
-    return sae.eval()
-
-
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    path = Path(path)
-    if not path.is_dir():
-        raise SAEFormatError(f"no SAE directory at {path}")
-    cfg = read_config(path)
-    return sae_from_tensors(cfg, read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME).to(
-        device
-    )

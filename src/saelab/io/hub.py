@@ -1,7 +1,7 @@
 """SAEs on the Hugging Face Hub, through huggingface_hub (its cache, HF_HUB_OFFLINE, HF_TOKEN).
 
 A Hub SAE is a repo id, optionally with a folder in it (`sae_id`, as SAELens and sparsify lay
-out repos with many SAEs: "blocks.8.hook_resid_pre", "layers.6"), in any layout load_any
+out repos with many SAEs: "blocks.8.hook_resid_pre", "layers.6"), in any layout SAE.load_any
 reads (saelab, SAELens, sparsify, dictionary_learning). On the command line: hf://ORG/NAME or
 hf://ORG/NAME/SAE_ID (the SAE_ID may hold slashes).
 
@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 
 from .. import rundir
 from ..errors import SaelabError
-from .external import load_any
 
 SCHEME = "hf://"
 CARD = "README.md"
@@ -109,7 +108,8 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
         ) from None
     except RepositoryNotFoundError:
         raise HubError(
-            f"no Hub repo {repo_id} (or it is private: set HF_TOKEN), and no local directory of that "
+            f"no Hub repo {repo_id} (or it is private: set HF_TOKEN), and no local directory of "
+            "that "
             "name"
         ) from None
     except RevisionNotFoundError:
@@ -149,13 +149,6 @@ def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None =
             raise HubError(f"no SAE directory at {folder}")
         return folder
     return download(repo_or_path, sae_id, revision)
-
-
-def from_pretrained(
-    repo_or_path: str, sae_id: str | None = None, revision: str | None = None, device: str = "cpu"
-):
-    """An SAE from a Hub repo (id or hf:// URI) or a local directory, in any layout load_any reads."""
-    return load_any(resolve(repo_or_path, sae_id, revision), device)
 
 
 def model_card(sae, run: Path | None, repo_id: str, sae_id: str | None = None) -> str:

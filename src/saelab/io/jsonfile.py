@@ -30,6 +30,7 @@ def read_json_object(
     missing = [key for key in required if key not in value]
     if missing:
         raise error(
-            f"{path} has no {', '.join(repr(k) for k in missing)} (truncated or not written by saelab?)"
+            f"{path} has no {', '.join(repr(k) for k in missing)} (truncated or not written by "
+            "saelab?)"
         )
     return value

@@ -1,7 +1,8 @@
 """What an SAE architecture is: one object per architecture owns everything particular to it
 (its settings, extra tensors, activation rule, loss terms, what follows an optimizer step, what
-it logs and how other libraries store it). The SAE module, the trainer, the evaluation, the file
-formats, sweeps and the command line ask it; none of them branches on an architecture's name.
+it logs and how SAELens and dictionary_learning store it). The SAE module, the trainer, the
+evaluation, the file formats, sweeps and the command line ask it; none of them branches on an
+architecture's name.
 
 Adding an architecture: one file in sae/ with a subclass of Architecture (and of Settings for
 its keywords), plus one line in registry.py.
@@ -9,18 +10,20 @@ its keywords), plus one line in registry.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..options import option
 
 
 def setting(default, help: str, label: str | None = None):
-    """A settings field: `help` is its command-line help; `label` (a format string) names the
-    field's value in a sweep point's name when the field is the architecture's sparsity knob."""
-    return field(default=default, metadata={"help": help, "label": label})
+    """A settings field: `help` is its command-line help (flags.py makes the flag); `label` (a
+    format string) names the field's value in a sweep point's name when the field is the
+    architecture's sparsity knob."""
+    return option(default, help, label=label)
 
 
 @dataclass(kw_only=True)
@@ -37,6 +40,33 @@ def setting_names(settings) -> list[str]:
 
 
 SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def from_linear(weight: torch.Tensor) -> torch.Tensor:
+    """A torch Linear's weight [out, in] as saelab's [in, out] (and back: it is a transpose)."""
+    return weight.float().T.contiguous()
+
+
+def linear_layout_in(tensors: dict, b_dec: str) -> dict[str, torch.Tensor]:
+    """saelab's W_enc, b_enc, W_dec, b_dec from dictionary_learning's nn.Linear layout
+    (encoder.weight [d_sae, d_in], encoder.bias, decoder.weight [d_in, d_sae]) whose decoder
+    bias is named `b_dec`."""
+    return {
+        "W_enc": from_linear(tensors["encoder.weight"]),
+        "b_enc": tensors["encoder.bias"],
+        "W_dec": from_linear(tensors["decoder.weight"]),
+        "b_dec": tensors[b_dec],
+    }
+
+
+def linear_layout_out(tensors: dict, b_dec: str) -> dict[str, torch.Tensor]:
+    """The inverse of linear_layout_in."""
+    return {
+        "encoder.weight": tensors["W_enc"].T,
+        "encoder.bias": tensors["b_enc"],
+        "decoder.weight": tensors["W_dec"].T,
+        b_dec: tensors["b_dec"],
+    }
 
 
 def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
@@ -74,6 +104,9 @@ class Architecture:
     unset_when_nan: tuple[str, ...] = ()  # saved tensors that may be NaN (not yet estimated)
     optional_in_file: tuple[str, ...] = ()  # training state that files of older versions lack
     saelens_names: tuple[str, ...] = ()  # SAELens "architecture" values read as this one
+    # dictionary_learning's dict_class and trainer_class of this architecture (None: it has none)
+    dictionary_learning_class: str | None = None
+    dictionary_learning_trainer: str | None = None
 
     # -- tensors ------------------------------------------------------------------------------
     def add_state(self, sae) -> None:
@@ -107,7 +140,8 @@ class Architecture:
         return {}
 
     def after_step(self, sae, out) -> None:
-        """After each optimizer step (out: the step's LossOutput): multipliers, thresholds."""
+        """After each optimizer step and the decoder renormalisation (out: the step's LossOutput,
+        computed before the step): multipliers, thresholds."""
 
     def record(self, sae) -> dict[str, float]:
         """What the history logs of this architecture after a step."""
@@ -137,3 +171,13 @@ class Architecture:
     ) -> tuple[dict, dict[str, torch.Tensor]]:
         """(settings keywords, saelab-named tensors) from an SAELens config and tensors."""
         raise ConfigError(f"cannot read {self.name} SAEs from SAELens")
+
+    def to_dictionary_learning(self, cfg, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """(trainer config fields beyond sizes and classes, ae.pt tensors) from saelab's file
+        tensors (input scale folded in) for dictionary_learning's dictionary_learning_class."""
+        raise ConfigError(f"dictionary_learning has no {self.name} SAE")
+
+    def from_dictionary_learning(self, trainer: dict, tensors: dict[str, torch.Tensor]):
+        """(settings keywords, saelab-named tensors) from a dictionary_learning trainer config
+        and ae.pt tensors."""
+        raise ConfigError(f"cannot read {self.name} SAEs from dictionary_learning")

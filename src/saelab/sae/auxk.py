@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_integer, check_number
+from ..checks import check_integer, check_number
 from .architecture import Settings, setting
+from .sparse import decode, select
 
 
 @dataclass(kw_only=True)
@@ -54,8 +55,6 @@ def aux_loss_sparse(
     """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
     the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
     they go through sparse.select and are decoded with an embedding bag."""
-    from .sparse import decode, select
-
     if watched is None:
         return x.new_zeros(())
     values, cols = watched

@@ -17,15 +17,22 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_number
+from ..checks import check_number
 from ..errors import SaelabError
-from .architecture import SAELENS_TENSORS, Architecture, Collectives, pick, setting
-from .sparse import RowTiles, masked_entries
-from .topk import KSettings
-
-BOUND_MARGIN = (
-    0.8  # the first cut starts at this fraction of the running threshold (bench/RESULTS.md)
+from .architecture import (
+    SAELENS_TENSORS,
+    Architecture,
+    Collectives,
+    linear_layout_in,
+    linear_layout_out,
+    pick,
+    setting,
 )
+from .sparse import RowTiles, SparseCode, masked_entries
+from .topk import KSettings, dictionary_learning_k, k_tensor
+
+# the first cut starts at this fraction of the running threshold (bench/RESULTS.md)
+BOUND_MARGIN = 0.8
 
 
 class ThresholdNotEstimated(SaelabError, RuntimeError):
@@ -52,6 +59,7 @@ class BatchTopK(Architecture):
     uses_auxk = True
     unset_when_nan = ("threshold",)
     optional_in_file = ("threshold_updates",)
+    dictionary_learning_class, dictionary_learning_trainer = "BatchTopKSAE", "BatchTopKTrainer"
 
     def add_state(self, sae):
         sae.register_buffer("threshold", torch.tensor(float("nan")))
@@ -78,7 +86,7 @@ class BatchTopK(Architecture):
         return global_batch_topk(pre, sae.cfg.k, sae.collectives, bound)
 
     def after_step(self, sae, out):
-        update_threshold(sae, sae.collectives.reduce(out.smallest_active.clone(), "min"))
+        update_threshold(sae, sae.collectives.reduce(smallest_active(out.code), "min"))
 
     def record(self, sae):
         return {"threshold": sae.threshold.item()}
@@ -94,6 +102,40 @@ class BatchTopK(Architecture):
             **pick(tensors, *SAELENS_TENSORS),
             "threshold": threshold,
         }
+
+    def to_dictionary_learning(self, cfg, tensors):
+        """BatchTopKSAE: AutoEncoderTopK's layout and the threshold [] (-1 while unset)."""
+        return {"k": cfg.k}, {
+            **linear_layout_out(tensors, "b_dec"),
+            "k": k_tensor(cfg.k),
+            "threshold": dictionary_learning_threshold(tensors["threshold"]),
+        }
+
+    def from_dictionary_learning(self, trainer, tensors):
+        return {"k": dictionary_learning_k(trainer, tensors)}, {
+            **linear_layout_in(tensors, "b_dec"),
+            "threshold": threshold_from_dictionary_learning(tensors["threshold"]),
+        }
+
+
+def dictionary_learning_threshold(threshold: torch.Tensor) -> torch.Tensor:
+    """saelab's threshold [] (NaN: not yet estimated) as dictionary_learning's (-1)."""
+    threshold = threshold.reshape(())
+    return torch.tensor(-1.0) if torch.isnan(threshold) else threshold
+
+
+def threshold_from_dictionary_learning(threshold: torch.Tensor) -> torch.Tensor:
+    """dictionary_learning's threshold (negative: not yet estimated) as saelab's (NaN)."""
+    threshold = threshold.float().reshape(())
+    return threshold if threshold >= 0 else torch.tensor(float("nan"))
+
+
+def smallest_active(code) -> torch.Tensor:
+    """The smallest positive value of a batch's codes (a SparseCode or dense [n, h]; inf if
+    none): the cut of this batch's top-k, which the threshold averages."""
+    values = code.values if isinstance(code, SparseCode) else code[code > 0]
+    values = values[values > 0]
+    return values.min() if values.numel() else torch.tensor(float("inf"), device=values.device)
 
 
 def global_batch_topk(

@@ -7,18 +7,16 @@ Loss: ||x - x_hat||^2 + d_in * lam * L0. lam is in the units of the BatchTopK pa
 (reconstruction error as a mean over elements, lam 0.004 .. 0.0008 for GPT-2); saelab sums the
 error over d_in, so the penalty carries the factor d_in to mean the same trade-off.
 With a target L0 (cfg.k), lam is a Lagrange multiplier of the constraint L0 = k, updated by dual
-ascent after each training step (after_step). It may turn negative, which pushes
-thresholds down when L0 is below the target. The multiplier alone does not hold L0: under Adam
-the thresholds answer it only through the few entries inside the window, while the encoder moves
-the pre-activations (L0 drifted to a third of the target, then overshot it). So after each step
-every log-threshold also moves by threshold_rate * (L0 / k - 1): a global shift of the
-thresholds, an integral controller on the L0 itself, as BatchTopK's global threshold is.
+ascent after each training step (after_step). It may turn negative, which pushes thresholds
+down when L0 is below the target. The multiplier alone does not hold L0 (bench/RESULTS.md,
+issue 13), so after each step every log-threshold also moves by threshold_rate * (L0 / k - 1):
+a global shift of the thresholds, an integral controller on the L0 itself, as BatchTopK's
+global threshold is.
 
 Units: pre-activations are in the SAE's scaled units, where a token has norm ~sqrt(d_in) (the
 per_token and expected_norm scalings), as in SAELens; its defaults there are bandwidth 0.05 and
-initial threshold 0.01. The JumpReLU paper's 0.001 was for inputs of unit norm: against
-pre-activations of order 1 almost no entry falls inside so narrow a window, and the thresholds
-stop answering the L0 term (bench/RESULTS.md, issue 13).
+initial threshold 0.01. The JumpReLU paper's 0.001 was for inputs of unit norm
+(bench/RESULTS.md, issue 13).
 """
 
 import math
@@ -26,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, check_number
+from ..checks import check_number
+from ..errors import ConfigError
 from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
 from .topk import check_k
 
@@ -67,7 +66,8 @@ class JumpReLUSettings(Settings):
     def check(self, d_sae: int) -> None:
         if (self.k is None) == (self.l0_coefficient is None):
             raise ConfigError(
-                "jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 penalty)"
+                "jumprelu needs exactly one of k (a target L0) or l0_coefficient (a fixed L0 "
+                "penalty)"
             )
         if self.k is not None:
             check_k(self.k, d_sae)
@@ -123,6 +123,10 @@ class JumpReLUArchitecture(Architecture):
     settings = JumpReLUSettings
     knobs = ("l0_coefficient", "k")
     saelens_names = ("jumprelu",)
+    dictionary_learning_class, dictionary_learning_trainer = (
+        "JumpReluAutoEncoder",
+        "JumpReluTrainer",
+    )
     optional_in_file = ("l0_lambda",)
 
     def add_state(self, sae):
@@ -185,3 +189,15 @@ class JumpReLUArchitecture(Architecture):
 
     def from_saelens(self, cfg, tensors):
         return {"l0_coefficient": 0.0}, pick(tensors, *SAELENS_TENSORS, "threshold")
+
+    def to_dictionary_learning(self, cfg, tensors):
+        """JumpReluAutoEncoder: saelab's names, but its encoder does not subtract b_dec, so
+        b_enc' = b_enc - b_dec @ W_enc (exact)."""
+        out = pick(tensors, *SAELENS_TENSORS, "threshold")
+        out["b_enc"] = tensors["b_enc"] - tensors["b_dec"] @ tensors["W_enc"]
+        return {}, out
+
+    def from_dictionary_learning(self, trainer, tensors):
+        out = pick(tensors, *SAELENS_TENSORS, "threshold")
+        out["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
+        return {"l0_coefficient": 0.0}, out

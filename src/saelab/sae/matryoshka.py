@@ -15,10 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError
-from .architecture import setting
-from .batchtopk import BatchTopK, BatchTopKSettings
+from ..errors import ConfigError
+from .architecture import SAELENS_TENSORS, pick, setting
+from .batchtopk import (
+    BatchTopK,
+    BatchTopKSettings,
+    dictionary_learning_threshold,
+    threshold_from_dictionary_learning,
+)
 from .sparse import SparseCode, decode
+from .topk import dictionary_learning_k, k_tensor
 
 
 @dataclass(kw_only=True)
@@ -51,6 +57,8 @@ class MatryoshkaSettings(BatchTopKSettings):
 class Matryoshka(BatchTopK):
     name = "matryoshka"
     settings = MatryoshkaSettings
+    dictionary_learning_class = "MatryoshkaBatchTopKSAE"
+    dictionary_learning_trainer = "MatryoshkaBatchTopKTrainer"
 
     def reconstruction(self, sae, x, code, x_hat):
         """The mean over prefixes m of ||x - x_hat_m||^2 (per token, summed over d_in), where
@@ -75,3 +83,24 @@ class Matryoshka(BatchTopK):
             (x - x_hat).square().sum(-1).mean()
         )  # the last prefix is the whole dictionary
         return torch.stack(errors).mean()
+
+    def to_dictionary_learning(self, cfg, tensors):
+        """MatryoshkaBatchTopKSAE: W_enc, b_enc, W_dec, b_dec as saelab's, k, the threshold and
+        group_sizes (the widths of the nested groups; saelab's widths are their running sums)."""
+        widths = list(cfg.matryoshka_widths)
+        return {"k": cfg.k}, {
+            **pick(tensors, *SAELENS_TENSORS),
+            "k": k_tensor(cfg.k),
+            "threshold": dictionary_learning_threshold(tensors["threshold"]),
+            "group_sizes": torch.tensor([b - a for a, b in zip([0, *widths[:-1]], widths)]),
+        }
+
+    def from_dictionary_learning(self, trainer, tensors):
+        settings = {
+            "k": dictionary_learning_k(trainer, tensors),
+            "matryoshka_widths": torch.cumsum(tensors["group_sizes"], 0).tolist(),
+        }
+        return settings, {
+            **pick(tensors, *SAELENS_TENSORS),
+            "threshold": threshold_from_dictionary_learning(tensors["threshold"]),
+        }

@@ -9,17 +9,28 @@ particular to an architecture (the rule, its tensors and loss terms) comes from 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import SAEConfig
-from ..data.activations import DataError
+from ..errors import ConfigError, DataError
+from ..io import hub
+from ..io.external import read_any
+from ..io.format import (
+    WEIGHTS_NAME,
+    SAEFormatError,
+    check_tensors,
+    read_config,
+    read_safetensors,
+    save_sae,
+)
 from . import auxk
 from . import sparse as sparse_code
 from .architecture import Collectives
+from .config import SAEConfig
 from .registry import architecture
 
 PER_TOKEN_EPS = 1e-5
@@ -32,17 +43,6 @@ class LossOutput:
     fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
     l0: torch.Tensor  # scalar: mean active latents per token
     code: object  # the codes, detached: a SparseCode on the sparse path, else dense [n, d_sae]
-
-    @property
-    def smallest_active(self) -> torch.Tensor:
-        """The smallest positive code value of the batch (inf if none): BatchTopK's cut."""
-        values = (
-            self.code.values
-            if isinstance(self.code, sparse_code.SparseCode)
-            else self.code[self.code > 0]
-        )
-        values = values[values > 0]
-        return values.min() if values.numel() else torch.tensor(float("inf"), device=values.device)
 
 
 class SAE(nn.Module):
@@ -102,7 +102,8 @@ class SAE(nn.Module):
 
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation (addmm)."""
+        """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation
+        (addmm)."""
         return torch.addmm(self.encoder_bias, x_scaled - self.b_dec, self.W_enc)
 
     def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,15 +194,22 @@ class SAE(nn.Module):
 
     # -- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        from ..io.format import save_sae
-
+        """Write the SAE directory: cfg.json + sae.safetensors (io/format.py)."""
         save_sae(self, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
-        from ..io.format import load_sae
+        """An SAE from a directory that save() wrote."""
+        path = Path(path)
+        if not path.is_dir():
+            raise SAEFormatError(f"no SAE directory at {path}")
+        weights = path / WEIGHTS_NAME
+        return cls.from_file(read_config(path), read_safetensors(weights), weights).to(device)
 
-        return load_sae(path, device=device)
+    @classmethod
+    def load_any(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
+        """An SAE from a local saelab, SAELens, sparsify or dictionary_learning directory."""
+        return cls.from_file(*read_any(path)).to(device)
 
     @classmethod
     def from_pretrained(
@@ -212,11 +220,8 @@ class SAE(nn.Module):
         device: str | torch.device = "cpu",
     ) -> SAE:
         """An SAE from a Hugging Face Hub repo ("org/name", a folder `sae_id` in it; or
-        "hf://org/name/sae_id") or a local directory, in saelab's, SAELens', sparsify's or
-        dictionary_learning's layout (io/hub.py)."""
-        from ..io.hub import from_pretrained
-
-        return from_pretrained(repo_or_path, sae_id, revision, device)
+        "hf://org/name/sae_id") or a local directory, in any layout load_any reads."""
+        return cls.load_any(hub.resolve(repo_or_path, sae_id, revision), device)
 
     def push_to_hub(
         self,
@@ -228,6 +233,38 @@ class SAE(nn.Module):
     ) -> str:
         """Upload this SAE (with a model card, and from `run` its evaluation and plots) to the
         Hub repo `repo_id`, into folder `sae_id` if given; returns the commit URL (io/hub.py)."""
-        from ..io.hub import push_to_hub
+        return hub.push_to_hub(self, repo_id, sae_id, private, run, api)
 
-        return push_to_hub(self, repo_id, sae_id, private, run, api)
+    @classmethod
+    def from_file(cls, cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
+        """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
+        folded = (
+            float(cfg.metadata.get("folded_input_scale", 1.0))
+            if cfg.input_scaling == "expected_norm"
+            else 1.0
+        )
+        if not (math.isfinite(folded) and folded > 0):
+            raise SAEFormatError(
+                f"{path}: metadata.folded_input_scale must be a positive number, got {folded}"
+            )
+        if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
+            metadata = {
+                key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"
+            }
+            cfg = cfg.replace(input_scale=folded, metadata=metadata)
+        sae = cls(cfg)
+        check_tensors(tensors, sae, path)
+        if folded != 1.0:
+            tensors = {
+                **tensors,
+                "W_enc": tensors["W_enc"] / folded,
+                "W_dec": tensors["W_dec"] * folded,
+                "b_dec": tensors["b_dec"] * folded,
+            }
+        try:
+            state = sae.arch.from_file(tensors)
+        except ConfigError as err:
+            raise SAEFormatError(f"{path}: {err}") from None
+        sae.load_state_dict({**sae.state_dict(), **state})
+        sae.initialized = True
+        return sae.eval()

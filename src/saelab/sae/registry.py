@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .architecture import Architecture
 from .batchtopk import BatchTopK
 from .gated import Gated
@@ -12,18 +12,26 @@ from .relu import ReLU
 from .topafa import TopAFA
 from .topk import TopK
 
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        ReLU(),
-        TopK(),
-        BatchTopK(),
-        JumpReLUArchitecture(),
-        TopAFA(),
-        Matryoshka(),
-        Gated(),
-    )
-}
+
+def register(*architectures: Architecture) -> dict[str, Architecture]:
+    """The architectures by name; a name given twice is an error."""
+    registry: dict[str, Architecture] = {}
+    for arch in architectures:
+        if arch.name in registry:
+            raise ConfigError(f"two architectures are named {arch.name!r}")
+        registry[arch.name] = arch
+    return registry
+
+
+ARCHITECTURES = register(
+    ReLU(),
+    TopK(),
+    BatchTopK(),
+    JumpReLUArchitecture(),
+    TopAFA(),
+    Matryoshka(),
+    Gated(),
+)
 
 
 def architecture(name: str) -> Architecture:

@@ -4,8 +4,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_number
-from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
+from ..checks import check_number
+from .architecture import (
+    SAELENS_TENSORS,
+    Architecture,
+    Settings,
+    linear_layout_in,
+    linear_layout_out,
+    pick,
+    setting,
+)
 
 # W_enc = 0.1 W_dec^T at init. With the full-scale transpose about half of the latents fire
 # with O(1) pre-activations and Adam needs thousands of steps to push them below zero; a small
@@ -39,6 +47,7 @@ class ReLU(Architecture):
     knobs = ("l1_coefficient",)
     encoder_init_scale = RELU_ENCODER_INIT_SCALE
     saelens_names = ("standard", "relu")
+    dictionary_learning_class, dictionary_learning_trainer = "AutoEncoder", "StandardTrainer"
 
     def activate(self, sae, pre, x):
         return torch.relu(pre)
@@ -52,3 +61,10 @@ class ReLU(Architecture):
 
     def from_saelens(self, cfg, tensors):
         return {}, pick(tensors, *SAELENS_TENSORS)
+
+    def to_dictionary_learning(self, cfg, tensors):
+        """AutoEncoder: nn.Linear encoder and decoder, b_dec named `bias`."""
+        return {}, linear_layout_out(tensors, b_dec="bias")
+
+    def from_dictionary_learning(self, trainer, tensors):
+        return {}, linear_layout_in(tensors, b_dec="bias")

@@ -2,11 +2,11 @@
 
 The pre-activation pre = (x - b_dec) @ W_enc + b_enc [n, h] is computed without autograd one
 row tile at a time (`RowTiles`, `encoder_tiles`): each tile's candidates are kept and the tile
-is dropped, so the whole [n, h] never exists (288 MiB at n 4096, h 18432; a tile is 64 MiB). The selected entries
-go through `SelectedPre`, whose backward touches only them (g: the gradient of each selected
-entry):
+is dropped, so the whole [n, h] never exists (288 MiB at n 4096, h 18432; a tile is 64 MiB).
+The selected entries go through `SelectedPre`, whose backward touches only them (g: the
+gradient of each selected entry):
   grad_b_enc[j]    = sum of g over selected (i, j)
-  grad_W_enc[:, j] = sum over selected (i, j) of g_ij (x_i - b_dec)     ([d, n] @ a sparse CSR [n, h])
+  grad_W_enc[:, j] = sum over selected (i, j) of g_ij (x_i - b_dec)     ([d, n] @ sparse [n, h])
   grad_b_dec       = -W_enc @ grad_b_enc                                 (one matrix-vector product)
   grad_x[i]        = sum over selected (i, j) of g_ij W_enc[:, j]        (an embedding bag; only
                      when the input itself requires a gradient, which training inputs do not)
@@ -125,10 +125,6 @@ class SparseCode:
     def row_norms(self) -> torch.Tensor:
         """||f_i||_2 for each row [n]."""
         return self.values.new_zeros(self.n).index_add(0, self.rows, self.values.square()).sqrt()
-
-    def to_dense(self, h: int) -> torch.Tensor:
-        dense = self.values.new_zeros(self.n, h)
-        return dense.index_put((self.rows, self.cols), self.values)
 
 
 class SelectedPre(torch.autograd.Function):

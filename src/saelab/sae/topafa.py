@@ -8,22 +8,17 @@ over d_in; the authors' (SewoongLee/top-afa-sae) is a mean over elements, and th
 (1/128 .. 1/16) is in those units. The factor d_in keeps the ratio AFA term / reconstruction
 term equal to the reference's for the same lam_afa.
 
-The reference's loss targets ||x|| instead of t. Its b_dec starts at 0, where the two agree;
-saelab's starts at the geometric median, and on SmolLM2's block 15 (per_token) ||x - b_dec|| is
-about 2/3 of ||x||. The loss then inflates the activations the selection has just sized to t,
-the next selection needs fewer latents, and within 80 steps every token keeps one latent (NMSE
-0.38, 93% dead, at both 1/32 and 1/16). With b_dec at 0 the same loss trains unstably (L0
-swinging between 12 and 775 over the first 100 steps) as b_dec moves away from 0. f @ W_dec
-reconstructs x - b_dec, so ||x - b_dec|| is what the quasi-orthogonality bound says ||f|| is
-close to. With it the same sweep trains: L0 near 1000 in the first 40 steps, falling to 97
-(1/32) and 78 (1/16) by 2.1M tokens, NMSE 0.087 and 0.099, ||f~||/||z|| 1.03 (docs/REPRODUCTION.md).
+The reference's loss targets ||x|| instead of t (the two agree while b_dec = 0, where the
+reference starts; saelab starts b_dec at the geometric median). f @ W_dec reconstructs
+x - b_dec, so ||x - b_dec|| is what the quasi-orthogonality bound says ||f|| is close to; the
+runs behind this choice are in bench/RESULTS.md ("top-AFA's target").
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from ..config import check_number
+from ..checks import check_number
 from .architecture import Architecture, setting
 from .auxk import AuxKSettings
 from .sparse import masked_entries

@@ -4,8 +4,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, check_integer
-from .architecture import SAELENS_TENSORS, Architecture, pick, setting
+from ..checks import check_integer
+from ..errors import ConfigError
+from .architecture import (
+    SAELENS_TENSORS,
+    Architecture,
+    linear_layout_in,
+    linear_layout_out,
+    pick,
+    setting,
+)
 from .auxk import AuxKSettings
 
 
@@ -47,9 +55,11 @@ class TopK(Architecture):
     knobs = ("k",)
     uses_auxk = True
     saelens_names = ("topk",)
+    dictionary_learning_class, dictionary_learning_trainer = "AutoEncoderTopK", "TopKTrainer"
 
     def activate(self, sae, pre, x):
-        """pre [n, h] -> f [n, h] with at most k nonzeros per row (fewer when fewer are positive)."""
+        """pre [n, h] -> f [n, h] with at most k nonzeros per row (fewer when fewer are
+        positive)."""
         values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
 
@@ -64,3 +74,20 @@ class TopK(Architecture):
     def from_saelens(self, cfg, tensors):
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
         return {"k": int(k)}, pick(tensors, *SAELENS_TENSORS)
+
+    def to_dictionary_learning(self, cfg, tensors):
+        """AutoEncoderTopK: nn.Linear encoder and decoder, b_dec, and k as a tensor."""
+        return {"k": cfg.k}, {**linear_layout_out(tensors, "b_dec"), "k": k_tensor(cfg.k)}
+
+    def from_dictionary_learning(self, trainer, tensors):
+        return {"k": dictionary_learning_k(trainer, tensors)}, linear_layout_in(tensors, "b_dec")
+
+
+def k_tensor(k: int) -> torch.Tensor:
+    """dictionary_learning's `k` buffer."""
+    return torch.tensor(k, dtype=torch.int)
+
+
+def dictionary_learning_k(trainer: dict, tensors: dict) -> int:
+    """k of a dictionary_learning TopK-family SAE: its `k` buffer, else its trainer config's."""
+    return int(tensors["k"]) if "k" in tensors else int(trainer["k"])

@@ -17,13 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..data.activations import StreamSource, check_batch, check_d_in, open_source
-from ..errors import SaelabError
-from ..eval.metrics import evaluate
-from ..sae.model import SAE
+from ..errors import ConfigError, SaelabError
+from ..sae.model import SAE, LossOutput
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
+from .heldout import heldout_metrics
 from .init import initialize_from_data, mean_squared_norm
 from .schedule import default_lr, lr_factor
 from .wandb_log import start_run
@@ -56,8 +56,8 @@ SHARED_KEYS = (
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
     """Adam, fused (one pass over each parameter per step) where this torch supports it on the
-    parameters' device, else torch's default; the same update to float rounding (bench/RESULTS.md:
-    the optimizer step at d_sae 18432 on 2 CPU threads takes 5.7 ms fused, 40 ms foreach)."""
+    parameters' device, else torch's default; the same update to float rounding, faster
+    (bench/RESULTS.md: 5.7 ms against 40 ms per step at d_sae 18432)."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
@@ -193,8 +193,10 @@ class Trainer:
         """Raise TrainingDiverged for `step` (counted from 1)."""
         kept = self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).is_file()
         raise TrainingDiverged(
-            f"training diverged at step {step} ({(step - 1) * self.cfg.batch_size} tokens before it): {what}. "
-            "Likely cause: a learning rate too high for these activations (try a smaller --lr, a longer warmup, "
+            f"training diverged at step {step} ({(step - 1) * self.cfg.batch_size} tokens before "
+            f"it): {what}. "
+            "Likely cause: a learning rate too high for these activations (try a smaller --lr, a "
+            "longer warmup, "
             "or --input-scaling per_token / expected_norm for activations of large norm)"
             + (
                 f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)"
@@ -204,52 +206,71 @@ class Trainer:
         )
 
     def train_step(self, x: torch.Tensor) -> dict | None:
-        """One optimizer step on batch x [n, d_in]; returns the history record when one is due.
+        """One training step on batch x [n, d_in]: optimise, then keep the books; returns the
+        history record when one is due."""
+        if self.step == 0 and not self.sae.initialized:
+            initialize_from_data(self.sae, all_gather_cat(x), self.squared_norm)
+        lr = self._schedule_lr()
+        dead = self.since_fired >= self.cfg.dead_tokens
+        out = self._optimize(x, dead)
+        self.step += 1
+        self._count_firing(out.fired, len(x))
+        return self._record(lr, out, dead)
 
-        loss -> backward -> remove the decoder-gradient component parallel to each row -> clip ->
-        Adam with the scheduled lr -> renormalise decoder rows."""
-        sae, cfg = self.sae, self.cfg
-        if self.step == 0 and not sae.initialized:
-            initialize_from_data(sae, all_gather_cat(x), self.squared_norm)
+    # -- optimisation --------------------------------------------------------------------------
+    def _schedule_lr(self) -> float:
+        """Set this step's learning rate: warmup, constant, linear decay (schedule.py)."""
+        cfg = self.cfg
         lr = self.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        dead = self.since_fired >= cfg.dead_tokens
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        return lr
+
+    def _optimize(self, x: torch.Tensor, dead: torch.Tensor) -> LossOutput:
+        """loss -> backward -> remove each decoder row's gradient component parallel to the row
+        -> clip -> Adam -> renormalise decoder rows -> the architecture's after_step (BatchTopK's
+        threshold, JumpReLU's multiplier), which sees the step's codes."""
+        sae = self.sae
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             out = self.loss_fn(x, dead)
-        loss, terms = out.loss, out.terms
-        if not torch.isfinite(loss):
-            self._diverged(
-                self.step + 1,
-                f"the loss is {loss.item()} ({', '.join(f'{n} {t.item():.4g}' for n, t in terms.items())})",
-            )
+        if not torch.isfinite(out.loss):
+            terms = ", ".join(f"{n} {t.item():.4g}" for n, t in out.terms.items())
+            self._diverged(self.step + 1, f"the loss is {out.loss.item()} ({terms})")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.arch.after_step(sae, out)
+        out.loss.backward()
         sae.remove_parallel_gradient()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         sae.normalize_decoder()
+        sae.arch.after_step(sae, out)
+        return out
 
-        self.since_fired += len(x) * world_size()
-        self.since_fired[all_reduce(out.fired.int(), "max").bool()] = 0
-        self.step += 1
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _count_firing(self, fired: torch.Tensor, n: int) -> None:
+        """Tokens since each latent last fired, over all ranks (fired: [d_sae] bool)."""
+        self.since_fired += n * world_size()
+        self.since_fired[all_reduce(fired.int(), "max").bool()] = 0
+
+    def _record(self, lr: float, out: LossOutput, dead: torch.Tensor) -> dict | None:
+        """The history record of this step when one is due (every log_every steps, the last
+        step, a held-out evaluation), written to history.jsonl and wandb."""
         heldout_due = self._heldout_due()
-        if self.step % cfg.log_every and self.step != self.total_steps and not heldout_due:
+        if self.step % self.cfg.log_every and self.step != self.total_steps and not heldout_due:
             return None
+        terms = out.terms
         record = {
             "step": self.step,
-            "tokens": self.step * cfg.batch_size,
+            "tokens": self.step * self.cfg.batch_size,
             "lr": lr,
             "loss": sum(terms.values()).item(),
+            **{name: value.item() for name, value in terms.items()},
+            "l0": out.l0.item(),
+            "dead_fraction": dead.float().mean().item(),
+            **self.sae.arch.record(self.sae),
         }
-        record.update({name: value.item() for name, value in terms.items()})
-        record["l0"] = out.l0.item()
-        record["dead_fraction"] = dead.float().mean().item()
-        record.update(sae.arch.record(sae))
         if heldout_due:
-            record.update(self.heldout_metrics())
+            record.update(heldout_metrics(self.sae, self.heldout, self.cfg.batch_size))
         self.history.append(record)
         if self.writes:
             with open(self.out_dir / HISTORY_NAME, "a") as fh:
@@ -259,7 +280,8 @@ class Trainer:
         return record
 
     def _heldout_due(self) -> bool:
-        """Whether this step ends a block of eval_every_tokens (or is the last) with held-out data."""
+        """Whether this step ends a block of eval_every_tokens (or is the last), given held-out
+        data."""
         every, batch = self.cfg.eval_every_tokens, self.cfg.batch_size
         if self.heldout is None or not every:
             return False
@@ -267,13 +289,6 @@ class Trainer:
             self.step == self.total_steps
             or self.step * batch // every > (self.step - 1) * batch // every
         )
-
-    @torch.no_grad()
-    def heldout_metrics(self) -> dict:
-        """NMSE and L0 of the SAE on the held-out data, in eval mode (inference semantics)."""
-        results = evaluate(self.sae, self.heldout, batch_size=self.cfg.batch_size)
-        self.sae.train()
-        return {"heldout_nmse": results["nmse"], "heldout_l0": results["l0"]}
 
     def finish(self) -> TrainResult:
         self.sae.eval()
@@ -354,7 +369,8 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     budget = total_steps * cfg.batch_size
     if me == 0 and source.n_tokens and budget > source.n_tokens:
         print(
-            f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the {source.n_tokens} tokens "
+            f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the "
+            f"{source.n_tokens} tokens "
             f"of {source.name}"
         )
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))

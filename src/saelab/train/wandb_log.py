@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def require_wandb():

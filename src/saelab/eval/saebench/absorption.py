@@ -38,12 +38,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...data.hooks import harvest
+from ...data.hooks import DEFAULT_SITE, harvest
 from ...data.packing import right_padded
+from ...errors import SaelabError
+from ...options import option
 from .output import eval_output
 from .probes import as_numpy, f1, fit_probe, top_mean_difference
 
 LETTERS = string.ascii_lowercase
+
+
+EVAL_TYPE_ID = "absorption_first_letter"
 
 
 @dataclass
@@ -52,9 +57,14 @@ class AbsorptionConfig:
 
     model_name: str = ""
     layer: int = 0
-    site: str = "resid_post"
+    site: str = DEFAULT_SITE
     random_seed: int = 42
-    max_words: int = 4000
+    max_words: int = option(
+        4000,
+        "absorption: single-token words of the vocabulary to probe for first letters",
+        flag="absorption-words",
+        low=100,
+    )
     test_fraction: float = 0.2
     icl_examples: int = 4
     prompt_template: str = "{word} has the first letter:"
@@ -69,7 +79,7 @@ class AbsorptionConfig:
     llm_batch_size: int = 32
 
 
-class AbsorptionError(ValueError):
+class AbsorptionError(SaelabError, ValueError):
     """The model gives too little to measure absorption with (too few words or letters)."""
 
 
@@ -264,12 +274,14 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         ]
     if len(details) < cfg.min_letters:
         raise AbsorptionError(
-            f"only {len(details)} letters have a first-letter probe with test F1 > {cfg.min_probe_f1} at {cfg.site} "
-            f"of layer {cfg.layer} of {lm.name} (at least {cfg.min_letters} needed): the model does not represent "
+            f"only {len(details)} letters have a first-letter probe with test F1 > "
+            f"{cfg.min_probe_f1} at {cfg.site} "
+            f"of layer {cfg.layer} of {lm.name} (at least {cfg.min_letters} needed): the model "
+            "does not represent "
             "first letters linearly there; try another layer, or lower min_probe_f1"
         )
     return eval_output(
-        "absorption",
+        EVAL_TYPE_ID,
         sae,
         asdict(cfg),
         {"mean": _mean_metrics(details)},
@@ -293,3 +305,17 @@ def _mean_metrics(details: list[dict]) -> dict:
         out[f"mean_{metric}"] = statistics.mean(values)
         out[f"std_dev_{metric}"] = statistics.stdev(values) if len(values) > 1 else 0.0
     return out
+
+
+def run(sae, context, cfg: AbsorptionConfig) -> dict:
+    """The eval on the model of `context` (an EvalContext) at its hook."""
+    return absorption(sae, context.lm, cfg, context.progress)
+
+
+def summary(document: dict) -> list[str]:
+    m = document["eval_result_metrics"]["mean"]
+    return [
+        f"  absorption: mean absorption fraction {m['mean_absorption_fraction_score']:.4f}, "
+        f"full absorption {m['mean_full_absorption_score']:.4f}, split latents "
+        f"{m['mean_num_split_features']:.2f} ({len(document['eval_result_details'])} letters)"
+    ]

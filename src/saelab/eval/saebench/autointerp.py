@@ -25,22 +25,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...options import option
 from ..examples import latent_codes, quantile_rows, sampled_rows, top_rows, window
 from .output import eval_output
 from .probes import f1
 
 EXPLAIN_SYSTEM = (
-    "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "
-    "text. You see text excerpts on which it fires, the strongest first, with the words it fires on marked "
-    "<<like this>>. Say in one short sentence (at most 20 words, no list) what the feature fires on: a general "
+    "We are studying a feature of a neural network that fires on particular words, substrings or "
+    "concepts in "
+    "text. You see text excerpts on which it fires, the strongest first, with the words it fires "
+    "on marked "
+    "<<like this>>. Say in one short sentence (at most 20 words, no list) what the feature fires "
+    "on: a general "
     "pattern, not one example. Answer with the explanation only."
 )
 SCORE_SYSTEM = (
-    "We are studying a feature of a neural network that fires on particular words, substrings or concepts in "
-    "text. You get an explanation of the feature and numbered text excerpts. Answer with the numbers of the "
-    "excerpts on which you predict the feature fires somewhere, comma-separated (for example: 2, 5), or None. "
+    "We are studying a feature of a neural network that fires on particular words, substrings or "
+    "concepts in "
+    "text. You get an explanation of the feature and numbered text excerpts. Answer with the "
+    "numbers of the "
+    "excerpts on which you predict the feature fires somewhere, comma-separated (for example: 2, "
+    "5), or None. "
     "Answer with nothing else."
 )
+
+
+EVAL_TYPE_ID = "autointerp"
 
 
 @dataclass
@@ -49,7 +59,12 @@ class AutoInterpConfig:
 
     explainer: str = ""
     scorer: str = ""
-    n_latents: int = 20
+    n_latents: int = option(
+        20,
+        "autointerp: latents to explain and score, drawn among the alive ones",
+        flag="autointerp-latents",
+        low=1,
+    )
     override_latents: list[int] | None = None
     dead_latent_threshold: int = 15
     random_seed: int = 42
@@ -92,7 +107,8 @@ def explanation_of(reply: str, limit: int) -> str:
     leading 'This feature fires on', at most `limit` characters."""
     line = next((s.strip() for s in reply.splitlines() if s.strip()), "")
     line = re.sub(
-        r"^(\d+[.)]\s*)?(explanation:\s*)?((this|the) (feature|neuron|latent) (activates|fires) on\s*)?",
+        r"^(\d+[.)]\s*)?(explanation:\s*)?((this|the) (feature|neuron|latent) (activates|fires) "
+        r"on\s*)?",
         "",
         line,
         flags=re.IGNORECASE,
@@ -198,7 +214,8 @@ def autointerp(
         alive = torch.nonzero(counts >= cfg.dead_latent_threshold).flatten().numpy()
         if len(alive) == 0:
             raise ValueError(
-                f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} held-out "
+                f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} "
+                "held-out "
                 "tokens: nothing to explain (more --eval-tokens?)"
             )
         latents = sorted(rng.choice(alive, min(cfg.n_latents, len(alive)), replace=False).tolist())
@@ -249,4 +266,30 @@ def autointerp(
             "autointerp_f1": float(f1s.mean()),
         }
     }
-    return eval_output("autointerp", sae, asdict(cfg), metrics, details)
+    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details)
+
+
+def run(sae, context, cfg: AutoInterpConfig) -> dict:
+    """The eval on the held-out cache of `context` (an EvalContext), its chat model explaining
+    and scoring."""
+    return autointerp(
+        sae, context.data, context.tokenizer, context.chat, cfg=cfg, progress=context.progress
+    )
+
+
+def summary(document: dict) -> list[str]:
+    m, explainer = (
+        document["eval_result_metrics"]["autointerp"],
+        document["eval_config"]["explainer"],
+    )
+    lines = [
+        f"  autointerp ({len(document['eval_result_details'])} latents, {explainer}): detection "
+        f"accuracy {m['autointerp_score']:.3f} +- {m['autointerp_std_dev']:.3f}, F1 "
+        f"{m['autointerp_f1']:.3f}"
+    ]
+    if explainer == "builtin:smollm2-135m":
+        lines.append(
+            "  note: a 135M explainer and scorer check the plumbing; they are not a judge of "
+            "interpretability (use a capable model through --llm-url)"
+        )
+    return lines

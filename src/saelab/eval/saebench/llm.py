@@ -10,9 +10,13 @@ import json
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+
+import torch
 
 from ...data.models import load_model
-from ...errors import SaelabError
+from ...errors import SaelabError, UsageError
+from ...options import option
 
 
 class LLMError(SaelabError, ValueError):
@@ -69,7 +73,8 @@ class OpenAIChat:
             ) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             raise LLMError(
-                f"cannot reach the chat endpoint {self.url} ({getattr(err, 'reason', err)}): is the "
+                f"cannot reach the chat endpoint {self.url} ({getattr(err, 'reason', err)}): is "
+                "the "
                 "server running?"
             ) from None
         except json.JSONDecodeError:
@@ -93,8 +98,6 @@ class LocalChat:
         self.max_tokens, self.name = max_tokens, spec
 
     def __call__(self, messages: list[dict]) -> str:
-        import torch
-
         tok = self.lm.tokenizer
         if getattr(tok, "chat_template", None):
             ids = tok.apply_chat_template(
@@ -113,6 +116,42 @@ class LocalChat:
                 pad_token_id=tok.pad_token_id or tok.eos_token_id,
             )
         return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@dataclass
+class ChatConfig:
+    """Which chat model explains and scores latents (autointerp): a local causal LM (`llm`) or
+    an OpenAI-compatible endpoint (`llm_url`), exactly one."""
+
+    llm: str | None = option(
+        None,
+        "autointerp: a local causal LM as explainer and scorer (hub id, directory, .gguf or "
+        "builtin:smollm2-135m: a plumbing check, too small to judge)",
+        metavar="MODEL",
+    )
+    llm_url: str | None = option(
+        None,
+        "autointerp: an OpenAI-compatible chat endpoint, e.g. http://localhost:8000/v1 (vLLM, "
+        "llama.cpp server, ollama)",
+        metavar="URL",
+    )
+    llm_model: str = option("default", "the model name sent to --llm-url")
+    llm_key_env: str | None = option(
+        None, "environment variable holding the endpoint's API key", metavar="VAR"
+    )
+
+    def check(self, needed: bool) -> None:
+        """One chat model when an evaluation needs one, none otherwise (UsageError)."""
+        chat = [flag for flag, value in (("--llm", self.llm), ("--llm-url", self.llm_url)) if value]
+        if needed and len(chat) != 1:
+            raise UsageError(
+                "--evals autointerp needs one chat model: --llm MODEL (a local causal LM) or "
+                "--llm-url URL (an OpenAI-compatible endpoint)"
+                if not chat
+                else "--llm and --llm-url: choose one"
+            )
+        if not needed and chat:
+            raise UsageError(f"{chat[0]} is for --evals autointerp")
 
 
 def chat_model(

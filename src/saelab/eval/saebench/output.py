@@ -23,35 +23,20 @@ from pathlib import Path
 from ... import rundir
 from ...io.atomic import atomic_write
 from ...io.jsonfile import read_json_object
+from ...version import __version__
 
 RESULTS_DIR = rundir.EVAL_RESULTS
-EVAL_TYPE_IDS = {
-    "absorption": "absorption_first_letter",
-    "sparse_probing": "sparse_probing",
-    "autointerp": "autointerp",
-}
-FIELDS = (
-    "eval_type_id",
-    "eval_config",
-    "eval_id",
-    "datetime_epoch_millis",
-    "eval_result_metrics",
-    "eval_result_details",
-    "sae_bench_commit_hash",
-    "sae_lens_id",
-    "sae_lens_release_id",
-    "sae_lens_version",
-    "sae_cfg_dict",
-    "eval_result_unstructured",
-)
 
 
 def eval_output(
-    name: str, sae, config: dict, metrics: dict[str, dict], details: list[dict], unstructured=None
+    eval_type_id: str,
+    sae,
+    config: dict,
+    metrics: dict[str, dict],
+    details: list[dict],
+    unstructured=None,
 ) -> dict:
-    """The result document of evaluation `name` (a key of EVAL_TYPE_IDS)."""
-    from ... import __version__
-
+    """The result document of an evaluation of SAEBench's type `eval_type_id`."""
     for category, values in metrics.items():
         nested = [key for key, value in values.items() if isinstance(value, (dict, list))]
         if nested:
@@ -59,7 +44,7 @@ def eval_output(
                 f"metrics must be flat within a category: {category}.{nested[0]} is not a number"
             )
     return {
-        "eval_type_id": EVAL_TYPE_IDS[name],
+        "eval_type_id": eval_type_id,
         "eval_config": config,
         "eval_id": str(uuid.uuid4()),
         "datetime_epoch_millis": int(time.time() * 1000),
@@ -86,18 +71,13 @@ def write_output(out_dir: str | Path, name: str, document: dict) -> Path:
     return path
 
 
-def read_outputs(out_dir: str | Path) -> dict[str, dict]:
-    """{name: document} of the result files in out_dir/eval_results (none: {})."""
-    folder = Path(out_dir) / RESULTS_DIR
-    return (
-        {
-            name: read_json_object(result_path(out_dir, name))
-            for name in EVAL_TYPE_IDS
-            if result_path(out_dir, name).is_file()
-        }
-        if folder.is_dir()
-        else {}
-    )
+def read_outputs(out_dir: str | Path, names) -> dict[str, dict]:
+    """{name: document} of the result files of evaluations `names` in out_dir/eval_results."""
+    return {
+        name: read_json_object(result_path(out_dir, name))
+        for name in names
+        if result_path(out_dir, name).is_file()
+    }
 
 
 def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:

@@ -31,15 +31,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...data.hooks import harvest
+from ...data.hooks import DEFAULT_SITE, harvest
 from ...data.network import require_hub
 from ...data.packing import right_padded
 from ...data.text import documents
+from ...errors import SaelabError
+from ...options import option
 from .output import eval_output
 from .probes import as_numpy, fit_probe, top_mean_difference
 
 BUILTIN = "builtin:wiki-topics"
 SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+EVAL_TYPE_ID = "sparse_probing"
 
 
 @dataclass
@@ -48,10 +53,16 @@ class SparseProbingConfig:
 
     model_name: str = ""
     layer: int = 0
-    site: str = "resid_post"
-    dataset_names: list[str] = field(default_factory=lambda: [BUILTIN])
-    text_column: str = "text"
-    label_column: str = "label"
+    site: str = DEFAULT_SITE
+    dataset_names: list[str] = option(
+        help="sparse_probing data: builtin:wiki-topics (held-out articles, labelled by article), "
+        "a .jsonl/.csv/.parquet file with text and label columns, or a datasets name; a comma "
+        f"list (default: {BUILTIN})",
+        flag="probe-dataset",
+        default_factory=lambda: [BUILTIN],
+    )
+    text_column: str = option("text", "sparse_probing text column", flag="probe-text-column")
+    label_column: str = option("label", "sparse_probing label column", flag="probe-label-column")
     random_seed: int = 42
     k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
     context_length: int = 128
@@ -62,7 +73,7 @@ class SparseProbingConfig:
     llm_batch_size: int = 16
 
 
-class ProbingDataError(ValueError):
+class ProbingDataError(SaelabError, ValueError):
     """Labelled text that cannot be read or gives no task."""
 
 
@@ -291,4 +302,27 @@ def sparse_probing(sae, lm, cfg: SparseProbingConfig, progress: bool = True) -> 
         "llm": {k: v for k, v in means.items() if k.startswith("llm")},
         "sae": {k: v for k, v in means.items() if k.startswith("sae")},
     }
-    return eval_output("sparse_probing", sae, asdict(cfg), metrics, details)
+    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details)
+
+
+def check(cfg: SparseProbingConfig) -> None:
+    """Each dataset is there, before any model runs (check_dataset)."""
+    for name in cfg.dataset_names:
+        check_dataset(name, cfg.text_column, cfg.label_column)
+
+
+def run(sae, context, cfg: SparseProbingConfig) -> dict:
+    """The eval on the model of `context` (an EvalContext) at its hook."""
+    return sparse_probing(sae, context.lm, cfg, context.progress)
+
+
+def summary(document: dict) -> list[str]:
+    llm, sae = (document["eval_result_metrics"][key] for key in ("llm", "sae"))
+    ks = [key.split("_")[2] for key in sae if key.startswith("sae_top_")]
+    tops = ", ".join(f"top-{k} {sae[f'sae_top_{k}_test_accuracy']:.3f}" for k in ks)
+    top1 = llm.get("llm_top_1_test_accuracy", float("nan"))
+    return [
+        f"  sparse_probing ({len(document['eval_result_details'])} tasks): SAE {tops}, all "
+        f"latents {sae['sae_test_accuracy']:.3f}; model activations "
+        f"{llm['llm_test_accuracy']:.3f}, top-1 channel {top1:.3f}"
+    ]

@@ -1,0 +1,113 @@
+"""SAEConfig: what an SAE is. Its architecture's settings come from the architecture registry,
+so this module sits above the architectures and below the SAE module."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..checks import check_integer, check_number
+from ..errors import ConfigError
+from .architecture import setting_names
+from .registry import ARCHITECTURES, architecture
+
+INPUT_SCALINGS = ("none", "expected_norm", "per_token")
+
+
+class SAEConfig:
+    """What an SAE is: architecture, sizes, input scaling, and the architecture's own settings
+    as keywords (k, l1_coefficient, l0_coefficient, afa_coefficient, aux_k, ...: see each
+    architecture's Settings in sae/). A keyword the architecture does not take is an error
+    (None counts as not given). Settings read as attributes: cfg.k.
+
+    input_scale: the scalar s of `expected_norm` (inputs are multiplied by s inside the SAE);
+    estimated by the trainer, folded into the weights when the SAE is saved.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        d_in: int,
+        d_sae: int,
+        input_scaling: str = "per_token",
+        input_scale: float = 1.0,
+        metadata: dict | None = None,
+        **settings,
+    ):
+        spec = architecture(arch)
+        self.arch, self.d_in, self.d_sae = arch, d_in, d_sae
+        self.input_scaling, self.input_scale = input_scaling, input_scale
+        self.metadata = {} if metadata is None else metadata
+        for name in ("d_in", "d_sae"):
+            check_integer(name, getattr(self, name))
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ConfigError(
+                f"unknown input_scaling {self.input_scaling!r}; choose one of "
+                f"{', '.join(INPUT_SCALINGS)}"
+            )
+        check_number("input_scale", self.input_scale, strict=True)
+        if not isinstance(self.metadata, dict):
+            raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
+        names = setting_names(spec.settings)
+        given = {key: value for key, value in settings.items() if value is not None}
+        wrong = sorted(set(given) - set(names))
+        if wrong:
+            raise ConfigError(
+                f"{', '.join(wrong)} do(es) not apply to arch {arch!r} "
+                f"(its settings: {', '.join(names) or 'none'})"
+            )
+        self.settings = spec.settings(**given)
+        self._setting_names = frozenset(names)
+        try:
+            self.settings.check(d_sae)
+        except ConfigError as err:
+            raise ConfigError(f"arch {arch!r}: {err}") from None
+
+    def __getattr__(self, name: str):
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in self.__dict__["_setting_names"]:
+            return getattr(settings, name)
+        raise AttributeError(f"{self.__dict__.get('arch')} SAEs have no setting {name!r}")
+
+    def get(self, name: str, default=None):
+        """A setting's value, or `default` when the architecture has no such setting."""
+        return getattr(self.settings, name, default)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SAEConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"SAEConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+    def to_dict(self) -> dict:
+        return {
+            "arch": self.arch,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            **dataclasses.asdict(self.settings),
+            "input_scaling": self.input_scaling,
+            "input_scale": self.input_scale,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, legacy: bool = False) -> SAEConfig:
+        """The config of to_dict. legacy: a cfg.json of saelab 0.1, which wrote every
+        architecture's settings: those the architecture does not take are dropped."""
+        d = dict(d)
+        if "arch" not in d:
+            raise ConfigError("the config has no arch")
+        common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
+        own = set(setting_names(architecture(d["arch"]).settings))
+        known = {name for spec in ARCHITECTURES.values() for name in setting_names(spec.settings)}
+        unknown = sorted(set(d) - common - known)
+        if unknown:
+            raise ConfigError(f"unknown SAEConfig field(s): {', '.join(unknown)}")
+        if legacy:
+            d = {key: value for key, value in d.items() if key in common or key in own}
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
+
+    def replace(self, **changes) -> SAEConfig:
+        return SAEConfig.from_dict({**self.to_dict(), **changes})

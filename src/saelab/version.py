@@ -1,0 +1,3 @@
+"""saelab's version."""
+
+__version__ = "0.1.0"
