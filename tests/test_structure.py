@@ -212,6 +212,23 @@ def test_an_evaluation_without_what_it_needs_is_refused_by_name():
         registry.check_context([EVALUATIONS["autointerp"]], EvalContext(chat=object()))
 
 
+def test_a_result_is_up_to_date_unless_a_setting_changed():
+    """What a run records in its config (autointerp's latents and tokens) is not a setting."""
+    from saelab.eval.saebench.autointerp import AutoInterpConfig
+
+    class Chat:
+        name = "chat-model"
+
+    context, autointerp = EvalContext(chat=Chat()), EVALUATIONS["autointerp"]
+    ran = dataclasses.asdict(
+        AutoInterpConfig(explainer="chat-model", scorer="chat-model", n_tokens=900, latents=[3, 5])
+    )
+    assert registry.up_to_date(autointerp, {"eval_config": ran}, context, AutoInterpConfig())
+    fewer = AutoInterpConfig(n_latents=5)
+    assert not registry.up_to_date(autointerp, {"eval_config": ran}, context, fewer)
+    assert not registry.up_to_date(autointerp, None, context, AutoInterpConfig())
+
+
 def test_after_step_sees_the_stepped_and_renormalised_decoder(monkeypatch):
     x = torch.randn(512, 8)
     sae = make_sae("batchtopk", k=2, d_in=8, d_sae=16)

@@ -32,3 +32,13 @@ def check_choice(name: str, value, choices) -> None:
     """One of `choices`."""
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def by_name(items, what: str) -> dict:
+    """{item.name: item} of a registry's entries; a name given twice is an error naming it."""
+    registry: dict = {}
+    for item in items:
+        if item.name in registry:
+            raise ConfigError(f"two {what} are named {item.name!r}")
+        registry[item.name] = item
+    return registry

@@ -14,10 +14,11 @@ to RUN/eval_results/<name>.json in SAEBench's schema) and the sweep-table column
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
+from ..checks import by_name
 from ..data.cache import ActivationCache
 from ..data.hooks import DEFAULT_SITE
 from ..errors import ConfigError
@@ -97,12 +98,7 @@ class Evaluation:
 
 def register(*evaluations: Evaluation) -> dict[str, Evaluation]:
     """The evaluations by name; a name given twice is an error."""
-    registry: dict[str, Evaluation] = {}
-    for evaluation in evaluations:
-        if evaluation.name in registry:
-            raise ConfigError(f"two evaluations are named {evaluation.name!r}")
-        registry[evaluation.name] = evaluation
-    return registry
+    return by_name(evaluations, "evaluations")
 
 
 EVALUATIONS = register(
@@ -180,11 +176,17 @@ def evaluate_with(evaluation: Evaluation, sae, context: EvalContext, cfg=None) -
 
 
 def up_to_date(evaluation: Evaluation, document: dict | None, context: EvalContext, cfg) -> bool:
-    """Whether a result document exists and was computed with the config a run would use."""
+    """Whether a result document exists and was computed with the config a run would use (its
+    fields marked `derived`, what a run records in its config, aside)."""
     if document is None:
         return False
-    wanted = asdict(evaluation.configure(cfg, context))
-    return all(document.get("eval_config", {}).get(key) == value for key, value in wanted.items())
+    cfg = evaluation.configure(cfg, context)
+    recorded = document.get("eval_config", {})
+    return all(
+        recorded.get(f.name) == getattr(cfg, f.name)
+        for f in fields(cfg)
+        if not f.metadata.get("derived")
+    )
 
 
 def read_results(out_dir: str | Path) -> dict[str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..checks import by_name
 from ..errors import ConfigError
 from .architecture import Architecture
 from .batchtopk import BatchTopK
@@ -15,12 +16,7 @@ from .topk import TopK
 
 def register(*architectures: Architecture) -> dict[str, Architecture]:
     """The architectures by name; a name given twice is an error."""
-    registry: dict[str, Architecture] = {}
-    for arch in architectures:
-        if arch.name in registry:
-            raise ConfigError(f"two architectures are named {arch.name!r}")
-        registry[arch.name] = arch
-    return registry
+    return by_name(architectures, "architectures")
 
 
 ARCHITECTURES = register(

@@ -76,8 +76,9 @@ class AutoInterpConfig:
     n_random_ex_for_scoring: int = 10
     n_quantile_ex_for_scoring: int = 2
     max_explanation_chars: int = 200
-    n_tokens: int = 0
-    latents: list[int] = field(default_factory=list)
+    # what the run recorded (held-out tokens read, latents drawn), not settings
+    n_tokens: int = field(default=0, metadata={"derived": True})
+    latents: list[int] = field(default_factory=list, metadata={"derived": True})
 
 
 def excerpt(tokenizer, tokens: list[tuple[int, float]], threshold: float | None) -> str:
