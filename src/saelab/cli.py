@@ -81,13 +81,19 @@ FOR_EVAL = ("activations", *HARVEST, "eval_tokens", "cache_dir", "progress")
 FOR_TRAINING = ("split", "tokens")
 
 
-def _add_data_group(p, only=None, skip=(), required=()) -> None:
-    group = p.add_argument_group(
-        "data",
-        "one of: --activations; --synthetic; or a model to harvest from (default: "
-        f"{DEFAULT_MODEL} block {DEFAULT_LAYER} {DEFAULT_SITE} on {DEFAULT_DATASET}, cached "
-        "under --cache-dir)",
-    )
+TRAINING_DATA = (
+    "one of: --activations; --synthetic; or a model to harvest from (default: "
+    f"{DEFAULT_MODEL} block {DEFAULT_LAYER} {DEFAULT_SITE} on {DEFAULT_DATASET}, cached under "
+    "--cache-dir)"
+)
+HELD_OUT_DATA = (
+    "--activations, or held-out text of a model (default: the model, hook and dataset the "
+    "SAE's config records), cached under --cache-dir"
+)
+
+
+def _add_data_group(p, description: str, only=None, skip=(), required=()) -> None:
+    group = p.add_argument_group("data", description)
     add_options(group, DataConfig, only=only, skip=skip, required=required)
 
 
@@ -99,7 +105,7 @@ def _add_cache_parser(commands) -> None:
         description="Harvest activations at one hook site into sharded files plus a manifest. "
         "Rerunning resumes an interrupted cache; a larger --tokens extends it.",
     )
-    _add_data_group(p, only=FOR_CACHE, required=("tokens",))
+    _add_data_group(p, "the model, hook and text to harvest", only=FOR_CACHE, required=("tokens",))
     p.add_argument(
         "--shard-tokens", type=COUNT, default=65536, help="activations per shard (default: 65536)"
     )
@@ -134,7 +140,7 @@ def _add_train_parser(commands) -> None:
         "With no arguments: the default job (SmolLM2-135M block 15 resid_post on Wikipedia, "
         "batchtopk k=32 x8).",
     )
-    _add_data_group(p, skip=FOR_TRAINING)
+    _add_data_group(p, TRAINING_DATA, skip=FOR_TRAINING)
     add_sae_arguments(p)
     add_options(p.add_argument_group("training"), TrainConfig)
     run = p.add_argument_group("run")
@@ -234,7 +240,7 @@ def _add_eval_parser(commands) -> None:
         help="the SAE directory, or hf://ORG/NAME[/SAE_ID] on the Hugging Face Hub (outputs then "
         "go under runs/hub/ unless --out)",
     )
-    _add_data_group(p, only=FOR_EVAL)
+    _add_data_group(p, HELD_OUT_DATA, only=FOR_EVAL)
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and plots (default: RUN)")
     add_eval_arguments(p)
     add_options(p.add_argument_group("chat model"), ChatConfig)
@@ -294,7 +300,7 @@ def _add_report_parser(commands) -> None:
         help="the SAE directory (saelab, SAELens, sparsify or dictionary_learning), or "
         "hf://ORG/NAME[/SAE_ID] (the page then goes under runs/hub/ unless --out)",
     )
-    _add_data_group(p, only=FOR_EVAL)
+    _add_data_group(p, HELD_OUT_DATA, only=FOR_EVAL)
     page = p.add_argument_group("page")
     page.add_argument(
         "--latents",
@@ -431,7 +437,7 @@ def _add_sweep_parser(commands) -> None:
         "against L0) into --out. Rerunning the same command resumes an interrupted sweep. Same "
         "data flags as saelab train.",
     )
-    _add_data_group(p, skip=(*FOR_TRAINING, "stream", "shuffle_buffer"))
+    _add_data_group(p, TRAINING_DATA, skip=(*FOR_TRAINING, "stream", "shuffle_buffer"))
     add_grid_arguments(p)
     add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
     p.add_argument(

@@ -106,16 +106,19 @@ def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _flag_arguments(f, listed: bool) -> tuple[str, dict]:
-    """(the flag, add_argument's keywords) of an option field; listed: it takes a comma list."""
+def _flag_arguments(f, listed: bool, required: bool) -> tuple[str, dict]:
+    """(the flag, add_argument's keywords) of an option field; listed: it takes a comma list;
+    required: it must be given."""
     meta, (element, is_list) = f.metadata, kind(f)
     help = meta["help"]
-    default = _default(f)
+    default = None if required else _default(f)
     if element == "bool" and f.default:
         help += " (on by default: this flag turns it off)"
     elif default is not None and not isinstance(default, bool) and "default:" not in help:
         help += f" (default: {_shown(default)})"
     keywords = {"dest": dest(f), "default": None, "help": help.replace("%", "%%")}
+    if required:
+        keywords["required"] = True
     if meta["metavar"]:
         keywords["metavar"] = meta["metavar"]
     if element == "bool":
@@ -145,9 +148,7 @@ def add_options(group, cls, only=None, skip=(), listed=(), required=()) -> None:
     for f in options(cls):
         if (only is not None and f.name not in only) or f.name in skip:
             continue
-        flag, keywords = _flag_arguments(f, f.name in listed)
-        if f.name in required:
-            keywords["required"] = True
+        flag, keywords = _flag_arguments(f, f.name in listed, f.name in required)
         try:
             group.add_argument(flag, **keywords)
         except argparse.ArgumentError:

@@ -64,7 +64,7 @@ class SAEConfig:
 
     def __getattr__(self, name: str):
         settings = self.__dict__.get("settings")
-        if settings is not None and name in self.__dict__["_setting_names"]:
+        if settings is not None and name in self.__dict__.get("_setting_names", ()):
             return getattr(settings, name)
         raise AttributeError(f"{self.__dict__.get('arch')} SAEs have no setting {name!r}")
 

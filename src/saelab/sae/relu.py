@@ -15,11 +15,9 @@ from .architecture import (
     setting,
 )
 
-# W_enc = 0.1 W_dec^T at init. With the full-scale transpose about half of the latents fire
-# with O(1) pre-activations and Adam needs thousands of steps to push them below zero; a small
-# encoder starts near-sparse codes (as Anthropic's April 2024 update, which sets W_enc = W_dec^T
-# with decoder norms of 0.1). Measured on SmolLM2 L15, 200k tokens, x8: L0 ~300 and NMSE 0.45
-# against L0 ~2200 and NMSE 1.7 with the full-scale transpose.
+# W_enc = 0.1 W_dec^T at init: a small encoder starts near-sparse codes, as Anthropic's April
+# 2024 update (W_enc = W_dec^T with decoder norms of 0.1); bench/RESULTS.md, "ReLU's encoder
+# initialisation".
 RELU_ENCODER_INIT_SCALE = 0.1
 
 
