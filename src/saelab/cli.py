@@ -34,13 +34,12 @@ from .eval.registry import (
     read_results,
     sweep_columns,
 )
+from .eval.report import ReportConfig, write_report
 from .eval.report import read_results as read_eval_json
-from .eval.report import write_report
 from .eval.saebench.llm import ChatConfig, chat_model
 from .eval.saebench.output import flat_metrics
 from .flags import (
     COUNT,
-    INDEX,
     add_eval_arguments,
     add_grid_arguments,
     add_options,
@@ -48,7 +47,6 @@ from .flags import (
     check_device,
     config_from,
     eval_configs,
-    list_of,
     sweep_evals,
     sweep_options,
     sweep_points,
@@ -301,48 +299,16 @@ def _add_report_parser(commands) -> None:
         "hf://ORG/NAME[/SAE_ID] (the page then goes under runs/hub/ unless --out)",
     )
     _add_data_group(p, HELD_OUT_DATA, only=FOR_EVAL)
-    page = p.add_argument_group("page")
-    page.add_argument(
-        "--latents",
-        type=list_of(INDEX),
-        help="latent indices to show (default: --top across density bands)",
-    )
-    page.add_argument(
-        "--top", type=COUNT, default=32, help="how many latents to show (default: 32)"
-    )
-    page.add_argument(
-        "--contexts", type=COUNT, default=8, help="top-activating contexts per latent (default: 8)"
-    )
-    page.add_argument(
-        "--samples",
-        type=INDEX,
-        default=2,
-        help="contexts sampled from each lower quantile of a latent's activations (default: 2)",
-    )
-    page.add_argument(
-        "--no-logit-lens", action="store_true", help="do not load the model for the logit lens"
-    )
-    page.add_argument(
-        "--neuronpedia",
-        metavar="FILE.json",
-        help="also write the latents as Neuronpedia feature dashboards (JSON)",
-    )
-    page.add_argument("--out", metavar="FILE.html", help=f"the page (default: RUN/{rundir.REPORT})")
+    add_options(p.add_argument_group("page"), ReportConfig)
+    p.add_argument("--out", metavar="FILE.html", help=f"the page (default: RUN/{rundir.REPORT})")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> None:
-    if args.latents and len(set(args.latents)) != len(args.latents):
-        twice = sorted({i for i in args.latents if args.latents.count(i) > 1})
-        raise UsageError(f"--latents lists {', '.join(map(str, twice))} more than once")
+    page = config_from(ReportConfig, args)
     request = config_from(DataConfig, args)
     sae, files, default_out = sae_source(args.run)
-    too_large = [i for i in args.latents or [] if i >= sae.cfg.d_sae]
-    if too_large:
-        raise UsageError(
-            f"--latents {', '.join(map(str, too_large))}: this SAE has latents "
-            f"0..{sae.cfg.d_sae - 1}"
-        )
+    page.check(sae.cfg.d_sae)
     data = evaluation_data(request.with_recorded_hook(sae.cfg.metadata))
     if not isinstance(data, ActivationCache):
         raise UsageError(
@@ -357,7 +323,7 @@ def cmd_report(args) -> None:
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None
-    if not args.no_logit_lens:
+    if page.logit_lens:
         lm = load_model(data.spec.model, dtype=request.model_dtype, device=request.device)
     outputs = read_results(files)
     autointerp = outputs.get("autointerp")
@@ -375,19 +341,19 @@ def cmd_report(args) -> None:
         tokenizer,
         results,
         plots,
-        latents=args.latents,
-        top_n=args.top,
-        n_contexts=args.contexts,
-        n_samples=args.samples,
+        latents=page.latents,
+        top_n=page.top,
+        n_contexts=page.contexts,
+        n_samples=page.samples,
         lm=lm,
         explanations=explanations,
         interp=flat_metrics(outputs),
     )
     print(f"feature browser with {len(shown)} latents on {data.n_tokens} held-out tokens: {out}")
-    if args.neuronpedia:
+    if page.neuronpedia:
         source = f"{data.spec.layer}-saelab-{sae.cfg.arch}-{data.spec.site}"
-        write_neuronpedia(shown, tokenizer, args.neuronpedia, data.spec.model, source)
-        print(f"Neuronpedia feature dashboards of the same latents: {args.neuronpedia}")
+        write_neuronpedia(shown, tokenizer, page.neuronpedia, data.spec.model, source)
+        print(f"Neuronpedia feature dashboards of the same latents: {page.neuronpedia}")
 
 
 # -- saelab push -----------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from ..data.cache import ActivationCache
+from ..errors import ConfigError
 from ..io.jsonfile import read_json_object
+from ..options import check_options, option
 from .examples import latent_codes, rows_between, top_rows, window
 from .full import EVAL_NAME
 from .logit_lens import logit_lens
@@ -365,6 +367,40 @@ def report_html(
         parts.append(_latent_html(tokenizer, lt))
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "".join(parts)
+
+
+@dataclass
+class ReportConfig:
+    """Which latents the feature browser shows, and how much of each."""
+
+    latents: list[int] | None = option(
+        None, "latent indices to show (default: --top across density bands)"
+    )
+    top: int = option(32, "how many latents to show", low=1)
+    contexts: int = option(8, "top-activating contexts per latent", low=1)
+    samples: int = option(2, "contexts sampled from each lower quantile of a latent's activations")
+    logit_lens: bool = option(
+        True, "the logit lens of each latent's decoder direction (loads the model)"
+    )
+    neuronpedia: str | None = option(
+        None,
+        "also write the latents as Neuronpedia feature dashboards (JSON)",
+        metavar="FILE.json",
+    )
+
+    def __post_init__(self):
+        check_options(self)
+        twice = sorted({i for i in self.latents or [] if self.latents.count(i) > 1})
+        if twice:
+            raise ConfigError(f"--latents lists {', '.join(map(str, twice))} more than once")
+
+    def check(self, d_sae: int) -> None:
+        """Every latent asked for exists in a dictionary of d_sae latents."""
+        too_large = [i for i in self.latents or [] if i >= d_sae]
+        if too_large:
+            raise ConfigError(
+                f"--latents {', '.join(map(str, too_large))}: this SAE has latents 0..{d_sae - 1}"
+            )
 
 
 def write_report(
