@@ -15,11 +15,20 @@ from .data.models import DTYPES
 from .data.text import SPLITS
 from .errors import ConfigError
 from .options import check_options, option
-from .sae.config import INPUT_SCALINGS, SAEConfig
+from .sae.config import DEFAULT_INPUT_SCALING, INPUT_SCALINGS, SAEConfig
 
-__all__ = ["ConfigError", "DataConfig", "INPUT_SCALINGS", "SAEConfig", "TrainConfig"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DEFAULT_INPUT_SCALING",
+    "INPUT_SCALINGS",
+    "SAEConfig",
+    "TrainConfig",
+]
 
-# the embedded default job: what `saelab train` harvests with no arguments
+# the embedded default job: what `saelab train` harvests with no arguments, and the SAE it
+# trains (with k = sae.topk.DEFAULT_K)
+DEFAULT_ARCH, DEFAULT_EXPANSION = "batchtopk", 8
 DEFAULT_MODEL, DEFAULT_LAYER, DEFAULT_DATASET = "builtin:smollm2-135m", 15, "builtin:wiki"
 DEFAULT_TOKENS, DEFAULT_EVAL_TOKENS = 250_000, 16_384
 MIN_EVAL_TOKENS = 64  # fewer held-out tokens give no meaningful variance, density or L0 histogram

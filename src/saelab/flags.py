@@ -16,15 +16,13 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from .config import INPUT_SCALINGS
+from .config import DEFAULT_ARCH, DEFAULT_EXPANSION, DEFAULT_INPUT_SCALING, INPUT_SCALINGS
 from .errors import UsageError
 from .eval.registry import EVALUATIONS
 from .options import dest, flag_name, kind, options
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sweep import (
-    DEFAULT_ARCH,
-    DEFAULT_EXPANSION,
     Point,
     grid_evals,
     read_grid_file,
@@ -301,10 +299,10 @@ def add_sae_arguments(p) -> None:
     sae.add_argument(
         "--input-scaling",
         choices=INPUT_SCALINGS,
-        default="per_token",
+        default=DEFAULT_INPUT_SCALING,
         help="per_token: standardise each token, undone on output (as the BatchTopK reference "
         "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
-        "weights); none (default: per_token)",
+        f"weights); none (default: {DEFAULT_INPUT_SCALING})",
     )
     settings = p.add_argument_group(
         "architecture settings",
@@ -332,7 +330,9 @@ def add_grid_arguments(p) -> None:
         "--expansion", type=list_of(COUNT), help=f"d_sae / d_in (default: {DEFAULT_EXPANSION})"
     )
     grid.add_argument(
-        "--input-scaling", type=list_of(str, INPUT_SCALINGS), help="(default: per_token)"
+        "--input-scaling",
+        type=list_of(str, INPUT_SCALINGS),
+        help=f"(default: {DEFAULT_INPUT_SCALING})",
     )
     grid.add_argument(
         "--seed",

@@ -30,7 +30,14 @@ import tomllib
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import INPUT_SCALINGS, SAEConfig, TrainConfig
+from .config import (
+    DEFAULT_ARCH,
+    DEFAULT_EXPANSION,
+    DEFAULT_INPUT_SCALING,
+    INPUT_SCALINGS,
+    SAEConfig,
+    TrainConfig,
+)
 from .errors import ConfigError
 from .eval.plots import curve_plot, pareto_plot
 from .eval.registry import (
@@ -50,7 +57,6 @@ from .sae.registry import ARCHITECTURES, architecture
 from .train.checkpoint import load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, train_many
 
-DEFAULT_ARCH, DEFAULT_K, DEFAULT_EXPANSION = "batchtopk", 32, 8  # the command line's defaults
 RESULTS = ("results.csv", "results.json")
 SUMMARY, CURVES = "summary.csv", "curves_nmse.png"
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
@@ -72,9 +78,8 @@ def knob_label(knob: str) -> str:
 
 
 def setting_default(f):
-    """The command line's default of a settings field: the dataclass default, except k (which
-    has none in the dataclass: an SAEConfig without k is an error), DEFAULT_K."""
-    return DEFAULT_K if f.name == "k" else f.default
+    """The command line's default of a settings field: its cli_default, else the dataclass's."""
+    return f.default if f.metadata["cli_default"] is None else f.metadata["cli_default"]
 
 
 def default_axes() -> dict[str, list]:
@@ -84,7 +89,7 @@ def default_axes() -> dict[str, list]:
         "arch": [DEFAULT_ARCH],
         "expansion": [DEFAULT_EXPANSION],
         "seed": [0],
-        "input_scaling": ["per_token"],
+        "input_scaling": [DEFAULT_INPUT_SCALING],
     }
     for arch in ARCHITECTURES.values():
         defaults = {f.name: setting_default(f) for f in fields(arch.settings)}

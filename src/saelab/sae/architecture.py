@@ -19,11 +19,12 @@ from ..errors import ConfigError
 from ..options import option
 
 
-def setting(default, help: str, label: str | None = None):
+def setting(default, help: str, label: str | None = None, cli_default=None):
     """A settings field: `help` is its command-line help (flags.py makes the flag); `label` (a
     format string) names the field's value in a sweep point's name when the field is the
-    architecture's sparsity knob."""
-    return option(default, help, label=label)
+    architecture's sparsity knob; `cli_default`: the command line's default where the
+    dataclass has none (k: an SAEConfig without k is an error, the command line has one)."""
+    return option(default, help, label=label, cli_default=cli_default)
 
 
 @dataclass(kw_only=True)

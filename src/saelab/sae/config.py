@@ -11,6 +11,7 @@ from .architecture import setting_names
 from .registry import ARCHITECTURES, architecture
 
 INPUT_SCALINGS = ("none", "expected_norm", "per_token")
+DEFAULT_INPUT_SCALING = "per_token"
 
 
 class SAEConfig:
@@ -28,7 +29,7 @@ class SAEConfig:
         arch: str,
         d_in: int,
         d_sae: int,
-        input_scaling: str = "per_token",
+        input_scaling: str = DEFAULT_INPUT_SCALING,
         input_scale: float = 1.0,
         metadata: dict | None = None,
         **settings,

@@ -27,7 +27,7 @@ import torch
 from ..checks import check_number
 from ..errors import ConfigError
 from .architecture import SAELENS_TENSORS, Architecture, Settings, pick, setting
-from .topk import check_k
+from .topk import DEFAULT_K, check_k
 
 INITIAL_TARGET_LAMBDA = 0.0
 
@@ -35,7 +35,10 @@ INITIAL_TARGET_LAMBDA = 0.0
 @dataclass(kw_only=True)
 class JumpReLUSettings(Settings):
     k: int | None = setting(
-        None, "the target L0 (a Lagrange multiplier adapts the penalty)", label="k{}"
+        None,
+        "the target L0 (a Lagrange multiplier adapts the penalty)",
+        label="k{}",
+        cli_default=DEFAULT_K,
     )
     l0_coefficient: float | None = setting(
         None,

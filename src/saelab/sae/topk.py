@@ -16,6 +16,8 @@ from .architecture import (
 )
 from .auxk import AuxKSettings
 
+DEFAULT_K = 32  # the command line's k where none is given (a Python SAEConfig needs one)
+
 
 def check_k(k, d_sae: int) -> None:
     """k latents per token: a positive integer no larger than d_sae."""
@@ -40,6 +42,7 @@ class KSettings(AuxKSettings):
         "latents per token: exact for topk, the mean over the batch for batchtopk, "
         "the target L0 for jumprelu",
         label="k{}",
+        cli_default=DEFAULT_K,
     )
 
     def check(self, d_sae: int) -> None:
