@@ -68,10 +68,8 @@ def main() -> None:
         ratios.append((f / c, f / p))
         print(
             f"batch {b}: old candidates would fall back: {fell_back}; most entries of one row in "
-            "the top "
-            f"{count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool "
-            f"{1e3 * p:.1f} ms, "
-            f"full top-k {1e3 * f:.1f} ms"
+            f"the top {count}: {int((pre >= cut).sum(1).max())}; first cut {1e3 * c:.1f} ms, pool "
+            f"{1e3 * p:.1f} ms, full top-k {1e3 * f:.1f} ms"
         )
     print(
         "median speed-up over the full top-k: first cut "

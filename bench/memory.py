@@ -137,8 +137,7 @@ def main() -> None:
         return
     print(
         f"{platform.machine()}, device {args.device}; {args.activations}, k={args.k}, "
-        f"batch={args.batch}, "
-        f"{args.steps} steps; MiB"
+        f"batch={args.batch}, {args.steps} steps; MiB"
     )
     print(
         f"{'arch':<10} {'d_sae':>6} {'path':<7} {'peak':>7} {'floor':>7} {'peak/floor':>10} "

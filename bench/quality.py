@@ -361,10 +361,9 @@ def main() -> None:
     train, held = load(args.train), load(args.held_out)
     print(
         f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"train {args.train} "
-        f"({len(train)} tokens), held out {args.held_out} ({len(held)} tokens); budget "
-        f"{args.tokens} tokens "
-        f"({args.tokens / len(train):.1f} epochs), batch {args.batch}, d_sae {args.d_sae}, k "
+        f"train {args.train} ({len(train)} tokens), held out {args.held_out} ({len(held)} "
+        f"tokens); budget {args.tokens} tokens ({args.tokens / len(train):.1f} epochs), batch "
+        f"{args.batch}, d_sae {args.d_sae}, k "
         f"{args.k}" + (f"; saelab with {args.set}" if args.set else "")
     )
     python = None if args.no_sparsify else ensure_venv()
@@ -417,8 +416,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(runs, indent=1))
     print(
         f"\n{'contender':<24} {'lr':>8} {'NMSE':>7} {'FVU':>7} {'FVU ord.':>9} {'L0':>6} "
-        f"{'L0 5-95%':>11} "
-        f"{'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})"
+        f"{'L0 5-95%':>11} {'dead':>6} {'train s':>8}   (medians over seeds {args.seeds})"
     )
     groups = {}
     for run in runs:

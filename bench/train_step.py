@@ -80,8 +80,7 @@ def main() -> None:
     )
     print(
         f"{'arch':<10} {'d_sae':>6} {'sparse tok/s':>13} {'dense tok/s':>12} {'speedup':>8} "
-        f"{'roofline':>9} "
-        f"{'% roofline':>10}"
+        f"{'roofline':>9} {'% roofline':>10}"
         + "".join(f" {'sparse+' + e + ' tok/s':>20}" for e in args.extra)
         + f" {'sparse tok/s (random data)':>27}"
     )

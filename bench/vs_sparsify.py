@@ -137,14 +137,12 @@ def main() -> None:
     )
     print(
         f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{args.activations}, "
-        f"d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} alternating rounds; "
-        "tokens/s"
+        f"{args.activations}, d_in={real.shape[1]}, k={args.k}, batch={args.batch}, {args.rounds} "
+        "alternating rounds; tokens/s"
     )
     print(
         f"{'d_sae':>6} {'contender':<18} {'real':>7} {'vs sparsify default':>20} "
-        f"{'vs sparsify adam':>17} "
-        f"{'random':>7} {'vs default (random)':>20}"
+        f"{'vs sparsify adam':>17} {'random':>7} {'vs default (random)':>20}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for d_sae in args.d_sae:

@@ -512,8 +512,7 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
         f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
         f"- downstream predictions (CE/KL): {first.get('n_predictions', 'n/a')}",
         f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation "
-        f"{fmt(first.get('ce_zero'), 4)}, "
-        f"mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
+        f"{fmt(first.get('ce_zero'), 4)}, mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
         f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
         f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}",
     ]
@@ -521,8 +520,7 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
         facts.insert(
             1,
             f"- training activations: {cached:,} tokens (all of the builtin text's training "
-            "split), "
-            f"so each SAE sees {train_tokens / cached:.2f} epochs",
+            f"split), so each SAE sees {train_tokens / cached:.2f} epochs",
         )
     return "\n".join(facts)
 

@@ -80,9 +80,8 @@ FOR_TRAINING = ("split", "tokens")
 
 
 TRAINING_DATA = (
-    "one of: --activations; --synthetic; or a model to harvest from (default: "
-    f"{DEFAULT_MODEL} block {DEFAULT_LAYER} {DEFAULT_SITE} on {DEFAULT_DATASET}, cached under "
-    "--cache-dir)"
+    f"one of: --activations; --synthetic; or a model to harvest from (default: {DEFAULT_MODEL} "
+    f"block {DEFAULT_LAYER} {DEFAULT_SITE} on {DEFAULT_DATASET}, cached under --cache-dir)"
 )
 HELD_OUT_DATA = (
     "--activations, or held-out text of a model (default: the model, hook and dataset the "

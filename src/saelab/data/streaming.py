@@ -65,7 +65,6 @@ def heldout_contexts(lm, spec: CacheSpec, n: int) -> torch.Tensor:
     if not contexts:
         raise CacheError(
             f"{spec.dataset} has too little held-out text for one context of {spec.ctx_len} "
-            "tokens: "
-            "pass more text, or a smaller --ctx-len"
+            "tokens: pass more text, or a smaller --ctx-len"
         )
     return torch.tensor(contexts)

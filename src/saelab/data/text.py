@@ -160,11 +160,9 @@ def documents(source: str, split: str = "train", text_column: str = "text") -> I
     if first is None:
         raise TextError(
             f"{source} holds too little text to hold out any for evaluation (saelab holds out "
-            "every "
-            f"{HELDOUT_EVERY}th document, after cutting a source of fewer than {MIN_DOCUMENTS} "
-            "documents into "
-            f"{MIN_DOCUMENTS} pieces): pass more text, or evaluate on activations you have "
-            "(--activations)"
+            f"every {HELDOUT_EVERY}th document, after cutting a source of fewer than "
+            f"{MIN_DOCUMENTS} documents into {MIN_DOCUMENTS} pieces): pass more text, or evaluate "
+            "on activations you have (--activations)"
             if held_out
             else f"{source} holds no training text once every {HELDOUT_EVERY}th document is "
             "held out"

@@ -31,8 +31,7 @@ def final_norm(net) -> torch.nn.Module:
             continue
     raise ValueError(
         f"cannot find the final norm of {type(net).__name__} (looked for "
-        f"{', '.join(FINAL_NORMS)}): "
-        "no logit lens for this model"
+        f"{', '.join(FINAL_NORMS)}): no logit lens for this model"
     )
 
 

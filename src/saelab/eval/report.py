@@ -182,9 +182,8 @@ def _histogram_svg(
     )
     return (
         f"<svg class='hist' width='{width}' height='{height}' role='img' aria-label='activation "
-        "histogram'>"
-        f"{bars}<text x='0' y='{height - 2}'>{edges[0]:.3g}</text>"
-        f"<text x='{width}' y='{height - 2}' text-anchor='end'>{edges[-1]:.3g}</text></svg>"
+        f"histogram'>{bars}<text x='0' y='{height - 2}'>{edges[0]:.3g}</text><text x='{width}' "
+        f"y='{height - 2}' text-anchor='end'>{edges[-1]:.3g}</text></svg>"
     )
 
 
@@ -275,8 +274,7 @@ def _latent_html(tokenizer, lt: Latent) -> str:
     parts = [
         f"<section class='latent' id='latent-{lt.index}' data-latent='{lt.index}'>",
         f"<h3>Latent {lt.index}</h3><div class='stats'>density {lt.density:.4%} (band {lt.band}) "
-        "&middot; "
-        f"max activation {lt.max_activation:.4g}</div>",
+        f"&middot; max activation {lt.max_activation:.4g}</div>",
     ]
     if lt.explanation:
         score = lt.explanation.get("score")

@@ -41,8 +41,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         if refused:
             raise SAEFormatError(
                 f"{path} holds an object of {refused.group(1)}, not only tensors: saelab refuses "
-                "to "
-                "unpickle it (torch.load with weights_only=True), since that could run code"
+                "to unpickle it (torch.load with weights_only=True), since that could run code"
             ) from None
         raise SAEFormatError(f"{path} is not a readable torch state dict") from None
     except (RuntimeError, EOFError, OSError) as err:

@@ -109,8 +109,7 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
     except RepositoryNotFoundError:
         raise HubError(
             f"no Hub repo {repo_id} (or it is private: set HF_TOKEN), and no local directory of "
-            "that "
-            "name"
+            "that name"
         ) from None
     except RevisionNotFoundError:
         raise HubError(f"{repo_id} has no revision {revision}") from None

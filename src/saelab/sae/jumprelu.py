@@ -42,9 +42,8 @@ class JumpReLUSettings(Settings):
     )
     l0_coefficient: float | None = setting(
         None,
-        "a fixed L0 penalty weight instead of the --k target, "
-        "in the BatchTopK paper's units (error as a mean over elements; "
-        "the paper used 0.004-0.0008 for GPT-2)",
+        "a fixed L0 penalty weight instead of the --k target, in the BatchTopK paper's units "
+        "(error as a mean over elements; the paper used 0.004-0.0008 for GPT-2)",
         label="l0c-{:g}",
     )
     jumprelu_bandwidth: float = setting(

@@ -194,10 +194,9 @@ class Trainer:
         kept = self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).is_file()
         raise TrainingDiverged(
             f"training diverged at step {step} ({(step - 1) * self.cfg.batch_size} tokens before "
-            f"it): {what}. "
-            "Likely cause: a learning rate too high for these activations (try a smaller --lr, a "
-            "longer warmup, "
-            "or --input-scaling per_token / expected_norm for activations of large norm)"
+            f"it): {what}. Likely cause: a learning rate too high for these activations (try a "
+            "smaller --lr, a longer warmup, or --input-scaling per_token / expected_norm for "
+            "activations of large norm)"
             + (
                 f"; the last good checkpoint in {self.out_dir} is kept (--resume continues from it)"
                 if kept
@@ -370,8 +369,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if me == 0 and source.n_tokens and budget > source.n_tokens:
         print(
             f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the "
-            f"{source.n_tokens} tokens "
-            f"of {source.name}"
+            f"{source.n_tokens} tokens of {source.name}"
         )
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
     name = "+".join(sorted({s.cfg.arch for s in saes}))

@@ -275,10 +275,9 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
     if len(details) < cfg.min_letters:
         raise AbsorptionError(
             f"only {len(details)} letters have a first-letter probe with test F1 > "
-            f"{cfg.min_probe_f1} at {cfg.site} "
-            f"of layer {cfg.layer} of {lm.name} (at least {cfg.min_letters} needed): the model "
-            "does not represent "
-            "first letters linearly there; try another layer, or lower min_probe_f1"
+            f"{cfg.min_probe_f1} at {cfg.site} of layer {cfg.layer} of {lm.name} (at least "
+            f"{cfg.min_letters} needed): the model does not represent first letters linearly "
+            "there; try another layer, or lower min_probe_f1"
         )
     return eval_output(
         EVAL_TYPE_ID,

@@ -32,21 +32,16 @@ from .probes import f1
 
 EXPLAIN_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or "
-    "concepts in "
-    "text. You see text excerpts on which it fires, the strongest first, with the words it fires "
-    "on marked "
-    "<<like this>>. Say in one short sentence (at most 20 words, no list) what the feature fires "
-    "on: a general "
-    "pattern, not one example. Answer with the explanation only."
+    "concepts in text. You see text excerpts on which it fires, the strongest first, with the "
+    "words it fires on marked <<like this>>. Say in one short sentence (at most 20 words, no "
+    "list) what the feature fires on: a general pattern, not one example. Answer with the "
+    "explanation only."
 )
 SCORE_SYSTEM = (
     "We are studying a feature of a neural network that fires on particular words, substrings or "
-    "concepts in "
-    "text. You get an explanation of the feature and numbered text excerpts. Answer with the "
-    "numbers of the "
-    "excerpts on which you predict the feature fires somewhere, comma-separated (for example: 2, "
-    "5), or None. "
-    "Answer with nothing else."
+    "concepts in text. You get an explanation of the feature and numbered text excerpts. Answer "
+    "with the numbers of the excerpts on which you predict the feature fires somewhere, "
+    "comma-separated (for example: 2, 5), or None. Answer with nothing else."
 )
 
 
@@ -216,8 +211,7 @@ def autointerp(
         if len(alive) == 0:
             raise ValueError(
                 f"no latent fires {cfg.dead_latent_threshold} times on the {cache.n_tokens} "
-                "held-out "
-                "tokens: nothing to explain (more --eval-tokens?)"
+                "held-out tokens: nothing to explain (more --eval-tokens?)"
             )
         latents = sorted(rng.choice(alive, min(cfg.n_latents, len(alive)), replace=False).tolist())
     data = latent_codes(sae, cache, latents)

@@ -74,8 +74,7 @@ class OpenAIChat:
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             raise LLMError(
                 f"cannot reach the chat endpoint {self.url} ({getattr(err, 'reason', err)}): is "
-                "the "
-                "server running?"
+                "the server running?"
             ) from None
         except json.JSONDecodeError:
             raise LLMError(f"{self.url}/chat/completions did not answer JSON") from None
