@@ -416,7 +416,6 @@ def _add_sweep_parser(commands) -> None:
 def cmd_sweep(args) -> None:
     if is_distributed():
         raise UsageError("run sweeps in one process (use torchrun with saelab train)")
-    evaluations(args.evals)
     points = sweep_points(args)
     per_point = sweep_evals(args, points)
     wanted = evaluations([*args.evals, *(name for names in per_point.values() for name in names)])

@@ -197,6 +197,16 @@ class DataConfig:
         check_options(self)
 
     @property
+    def hook_site(self) -> str:
+        """The hook site: `site`, DEFAULT_SITE where unset."""
+        return self.site or DEFAULT_SITE
+
+    @property
+    def heldout_tokens(self) -> int:
+        """Held-out tokens to harvest: `eval_tokens`, DEFAULT_EVAL_TOKENS where unset."""
+        return self.eval_tokens or DEFAULT_EVAL_TOKENS
+
+    @property
     def hook_given(self) -> dict:
         """The model, layer, site and dataset that were set, by name."""
         return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DEFAULT_EVAL_TOKENS, DataConfig
+from .config import DataConfig
 from .data.activations import open_source
 from .data.cache import ActivationCache, CacheSpec, read_manifest
 from .data.hooks import DEFAULT_SITE
@@ -42,9 +42,8 @@ def evaluation_data(request: DataConfig):
             "this SAE does not record the model it was trained on: pass --activations, "
             "or --model, --layer and --dataset"
         )
-    tokens = request.eval_tokens or DEFAULT_EVAL_TOKENS
     (data,) = ensure_caches(
-        [(harvest_spec(request, "eval"), tokens)],
+        [(harvest_spec(request, "eval"), request.heldout_tokens)],
         request.cache_dir,
         request.device,
         request.model_dtype,
@@ -92,7 +91,7 @@ def eval_context(
         data=data,
         lm=lm,
         layer=request.layer,
-        site=request.site or DEFAULT_SITE,
+        site=request.hook_site,
         input_ids=input_ids,
         tokenizer=tokenizer,
         chat=chat,

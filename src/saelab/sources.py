@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_EVAL_TOKENS, MIN_EVAL_TOKENS, DataConfig
+from .config import MIN_EVAL_TOKENS, DataConfig
 from .data.activations import open_source
 from .data.cache import ActivationCache, CacheSpec, check_spec, read_manifest
-from .data.hooks import DEFAULT_SITE
 from .data.models import load_model
 from .data.pipeline import prepare_activations
 from .data.streaming import heldout_activations, streamed_source
@@ -65,7 +64,7 @@ def harvest_spec(request: DataConfig, split: str | None = None) -> CacheSpec:
     return CacheSpec(
         model=request.model,
         layer=request.layer,
-        site=request.site or DEFAULT_SITE,
+        site=request.hook_site,
         dataset=request.dataset,
         split=split or request.split,
         text_column=request.text_column,
@@ -103,16 +102,15 @@ def resolve(request: DataConfig, seed: int = 0) -> Data:
     if harvests(request):
         request = request.with_default_hook()
         spec = harvest_spec(request)
-        eval_tokens = request.eval_tokens or DEFAULT_EVAL_TOKENS
         if request.stream:
             lm = load_model(spec.model, dtype=request.model_dtype, device=request.device)
             train = streamed_source(lm, spec, request.shuffle_buffer, seed)
-            heldout = heldout_activations(lm, spec, eval_tokens)
+            heldout = heldout_activations(lm, spec, request.heldout_tokens)
         else:
             train, heldout = prepare_activations(
                 spec,
                 request.tokens,
-                eval_tokens,
+                request.heldout_tokens,
                 root=request.cache_dir,
                 device=request.device,
                 model_dtype=request.model_dtype,
@@ -158,7 +156,7 @@ def provenance(request: DataConfig) -> dict:
     return {
         "model": request.model,
         "layer": request.layer,
-        "site": request.site or DEFAULT_SITE,
+        "site": request.hook_site,
         "dataset": request.dataset,
         "ctx_len": request.ctx_len,
         "include_special": request.include_special,

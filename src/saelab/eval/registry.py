@@ -93,7 +93,7 @@ class Evaluation:
         """The files its run wrote, relative to the output folder."""
         if self.eval_type_id is None:
             return [full.EVAL_NAME, *document["plots"].values()]
-        return [str(Path(result_path("", self.name)))]
+        return [str(result_path("", self.name))]
 
 
 def register(*evaluations: Evaluation) -> dict[str, Evaluation]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..checks import check_integer, check_number
+from ..checks import check_choice, check_integer, check_number
 from ..errors import ConfigError
 from .architecture import setting_names
 from .registry import ARCHITECTURES, architecture
@@ -40,11 +40,7 @@ class SAEConfig:
         self.metadata = {} if metadata is None else metadata
         for name in ("d_in", "d_sae"):
             check_integer(name, getattr(self, name))
-        if self.input_scaling not in INPUT_SCALINGS:
-            raise ConfigError(
-                f"unknown input_scaling {self.input_scaling!r}; choose one of "
-                f"{', '.join(INPUT_SCALINGS)}"
-            )
+        check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
         check_number("input_scale", self.input_scale, strict=True)
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")

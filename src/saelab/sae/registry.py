@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..checks import by_name
-from ..errors import ConfigError
+from ..checks import by_name, check_choice
 from .architecture import Architecture
 from .batchtopk import BatchTopK
 from .gated import Gated
@@ -31,6 +30,5 @@ ARCHITECTURES = register(
 
 
 def architecture(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"unknown arch {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    check_choice("arch", name, ARCHITECTURES)
     return ARCHITECTURES[name]
