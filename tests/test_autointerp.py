@@ -212,18 +212,52 @@ def test_a_local_causal_lm_answers_through_its_chat_template(tmp_path):
     assert isinstance(templated(messages), str)
 
 
-def test_quantile_rows_take_one_context_from_each_activation_bin():
+def test_weighted_rows_draw_in_proportion_to_squared_activation_below_the_top():
+    """SAEBench's get_iw_sample_indices: probability proportional to value^2, only below the
+    weakest top example; contexts already shown are not drawn twice."""
     import torch
 
-    from saelab.eval.examples import quantile_rows
+    from saelab.eval.examples import weighted_rows
 
-    values = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.0])
-    context = torch.arange(10)
-    rows = quantile_rows(values, context, 4, np.random.default_rng(0))
-    # bins of the 8 positive values: [1, 2.75), [2.75, 4.5), [4.5, 6.25), [6.25, 8]
-    assert [
-        float(values[r]) in pair for r, pair in zip(rows, [(1, 2), (3, 4), (5, 6), (7, 8)])
-    ] == [True] * 4
-    used = {int(context[r]) for r in rows}
-    again = quantile_rows(values, context, 4, np.random.default_rng(0), used=set(used))
-    assert not used & {int(context[r]) for r in again}  # contexts already shown are not drawn twice
+    values = torch.tensor([0.0, 1.0, 2.0, 3.0, 9.0])
+    context = torch.arange(5)
+    counts = np.zeros(5)
+    for seed in range(3000):
+        (row,) = weighted_rows(values, context, 1, np.random.default_rng(seed), below=9.0)
+        counts[row] += 1
+    assert counts[0] == counts[4] == 0  # zero, and at or above the top threshold
+    np.testing.assert_allclose(counts[1:4] / 3000, np.array([1, 4, 9]) / 14, atol=0.03)
+    used = {2, 3}
+    again = weighted_rows(values, context, 3, np.random.default_rng(0), used=used, below=9.0)
+    assert again == [1]
+
+
+def test_random_excerpts_are_negative_and_the_top_split_is_a_random_draw():
+    """SAEBench's gather_data: the random excerpts get zero activations (negative even where the
+    latent fires), and which top examples are scored is a random permutation, not fixed ranks."""
+    import torch
+
+    from saelab.eval.examples import LatentCodes
+    from saelab.eval.saebench.autointerp import latent_examples_for_scoring
+
+    n = 40  # one token per context, the latent fires on every one of them
+    values = torch.arange(1, n + 1, dtype=torch.float32)
+    data = LatentCodes(
+        counts=torch.tensor([n]),
+        codes=values[:, None],
+        context=torch.arange(n),
+        position=torch.zeros(n, dtype=torch.long),
+        token_ids={c: torch.tensor([c]) for c in range(n)},
+    )
+    cfg = AutoInterpConfig(buffer=0, n_random_ex_for_scoring=10)
+    scored_tops = set()
+    for seed in range(8):
+        examples, _ = latent_examples_for_scoring(
+            data, data.row_of(), values, cfg, np.random.default_rng(seed)
+        )
+        scoring = examples["scoring"]
+        assert len(examples["generation"]) == 15 and len(scoring) == 14
+        assert [positive for _, positive in scoring] == [True] * 4 + [False] * 10
+        assert all(tokens[0][1] > 0 for tokens, _ in scoring[4:])  # the latent fires there
+        scored_tops.add(tuple(sorted(int(tokens[0][0]) for tokens, _ in scoring[:2])))
+    assert len(scored_tops) > 1 and all(min(t) >= n - 12 for t in scored_tops)

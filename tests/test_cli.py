@@ -50,6 +50,12 @@ def test_train_command_leaves_a_loadable_run(acts, tmp_path, capsys):
     assert "explained_variance" in printed and str(out) in printed
     metrics = json.loads((out / "eval.json").read_text())
     assert metrics["n_tokens"] == 1000 and metrics["train_tokens"] == 8192
+    # dead: silent for the last dead_tokens of training; silent: on the held-out tokens
+    last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert metrics["dead_fraction"] == last["dead_fraction"]
+    assert metrics["dead_window_tokens"] == 100_000 and "silent_fraction" in metrics
+    assert "(no firing in the last 100000 training tokens)" in printed
+    assert "(no firing on the 1000 held-out tokens: dead or rare)" in printed
     assert len((out / "history.jsonl").read_text().splitlines()) == 16 // 10 + 1
     sae = SAE.load(out)
     assert (sae.cfg.arch, sae.cfg.d_sae, sae.cfg.k) == ("batchtopk", 64, 4)

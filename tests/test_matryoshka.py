@@ -45,8 +45,10 @@ def test_loss_is_the_mean_of_the_prefix_reconstructions(sparse):
     assert out.l0.item() == pytest.approx(3.0)
 
 
-def test_widths_are_checked_and_default_to_four_prefixes():
-    assert SAEConfig(arch="matryoshka", d_in=16, d_sae=64, k=4).matryoshka_widths == [4, 16, 32, 64]
+def test_widths_are_checked_and_default_to_the_reference_prefixes():
+    # bartbussmann/matryoshka_sae main.py:60: group sizes d/16, d/16, d/8, d/4, d/2
+    widths = SAEConfig(arch="matryoshka", d_in=16, d_sae=64, k=4).matryoshka_widths
+    assert widths == [4, 8, 16, 32, 64]
     for widths, message in (
         ([8, 8, 48], "increase"),
         ([8, 24], "to d_sae=48"),

@@ -34,7 +34,7 @@ def test_metrics_match_numpy(input_scaling):
     assert metrics["l0"] == pytest.approx(l0.mean())
     assert metrics["l0_histogram"] == np.bincount(l0).tolist()
     density = (f != 0).mean(0)
-    assert metrics["dead_fraction"] == pytest.approx((density == 0).mean())
+    assert metrics["silent_fraction"] == pytest.approx((density == 0).mean())
     assert metrics["dense_fraction"] == pytest.approx((density > 0.1).mean())
 
 

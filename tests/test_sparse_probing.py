@@ -257,3 +257,20 @@ def test_sweep_command_adds_the_evals_to_its_table(tmp_path, capsys):
     assert len(rows) == 2 and all(
         "llm_top_5_test_accuracy" in row and "nmse" in row for row in rows
     )
+
+
+def test_probe_is_saebench_train_sklearn_probe_on_raw_inputs():
+    """SAEBench's train_sklearn_probe (sparse_probing/probe_training.py): LogisticRegression(
+    penalty="l2", C=1.0, max_iter=1000) on the raw float32 inputs. Dividing the inputs by a
+    scale first (saelab before issue 25) multiplies the L2 penalty by its square."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _separable(n=300, d=12, seed=3)
+    x = (x * 40 + 5).astype(np.float32)  # residual-stream-like norms
+    theirs = LogisticRegression(penalty="l2", C=1.0, max_iter=1000).fit(x, y.astype(np.int64))
+    probe = fit_probe(x, y)
+    np.testing.assert_allclose(probe.weight, theirs.coef_[0], rtol=1e-6)
+    assert probe.bias == pytest.approx(theirs.intercept_[0], rel=1e-6)
+    scale = np.linalg.norm(x, axis=1).mean()
+    rescaled = LogisticRegression(max_iter=1000).fit(x / scale, y.astype(np.int64))
+    assert not np.allclose(rescaled.coef_[0] / scale, probe.weight, rtol=0.05)

@@ -193,7 +193,7 @@ def cmd_train(args) -> None:
     if rank() != 0:
         return
     for result, cfg in zip(results, train_cfgs):
-        extra = {"train_tokens": result.tokens}
+        extra = {"train_tokens": result.tokens, **rundir.training_dead(Path(cfg.out_dir))}
         if data.dictionary is not None:
             extra["dictionary_recovery"] = dictionary_recovery(result.sae, data.dictionary)
         context = EvalContext(
@@ -260,11 +260,12 @@ def cmd_eval(args) -> None:
     wanted = evaluations(args.evals)
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
-    sae, _, default_out = sae_source(args.run)
+    sae, files, default_out = sae_source(args.run)
     chat = _chat(args, wanted, request.device)
     request = request.with_recorded_hook(sae.cfg.metadata)
     context = eval_context(request, wanted, configs["core"], args.model is not None, chat)
     context.out_dir = Path(args.out or default_out)
+    context.extra = rundir.training_dead(files)
     print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}:")
     written: dict[str, list[str]] = {}
     for evaluation in wanted:

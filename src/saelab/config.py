@@ -77,6 +77,13 @@ class TrainConfig:
         high=1 + 1e-12,
     )
     grad_clip: float | None = option(1.0, "clip the gradient's norm to this", strict=True)
+    decoder_renorm: str = option(
+        "after_step",
+        "when decoder rows are made unit-norm: after_step (then Adam steps a gradient without "
+        "its parallel part) or before_step (the BatchTopK and top-AFA reference code: clip, "
+        "normalise rows and project the gradient, then step)",
+        choices=("after_step", "before_step"),
+    )
     dead_tokens: int = option(
         100_000, "a latent is dead after this many training tokens without firing", low=1
     )

@@ -98,6 +98,14 @@ def write_train_config(run: Path, train_cfg) -> None:
     (Path(run) / TRAIN_CONFIG).write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
 
 
+def training_dead(run: Path) -> dict:
+    """From the run's history: dead_fraction, the latents that did not fire in the last
+    dead_window_tokens training tokens at the last record; {} for a run without one."""
+    history = read_history(run)
+    last = history[-1] if history else {}
+    return {key: last[key] for key in ("dead_fraction", "dead_window_tokens") if key in last}
+
+
 def read_history(run: Path) -> list[dict]:
     """The records of run/history.jsonl; a line cut off by an interruption is skipped."""
     path = Path(run) / HISTORY

@@ -137,23 +137,22 @@ def rows_between(
     return sampled_rows(context, n, rng, used, within=inside)
 
 
-def quantile_rows(
+def weighted_rows(
     values: torch.Tensor,
     context: torch.Tensor,
     n: int,
     rng: np.random.Generator,
     used: set | None = None,
+    below: float = float("inf"),
 ) -> list[int]:
-    """n rows, one from each of n equal-count quantile bins of the positive values (lowest bin
-    first), drawn uniformly within the bin, one per context; fewer when bins run dry."""
-    positive = values[values > 0]
-    if n <= 0 or len(positive) == 0:
+    """n rows drawn without replacement with probability proportional to value^2 among those
+    with 0 < value < below, one per context: SAEBench's importance-weighted examples
+    (sae_bench_utils/indexing_utils.py get_iw_sample_indices, squared values, over the
+    activations below the weakest top example). Exponential keys e / w, smallest first, are a
+    draw without replacement in proportion to w (Efraimidis and Spirakis)."""
+    candidates = torch.nonzero((values > 0) & (values < below)).flatten().numpy()
+    if n <= 0 or len(candidates) == 0:
         return []
-    edges = np.quantile(positive.numpy(), np.linspace(0, 1, n + 1))
-    return [
-        r
-        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
-        for r in rows_between(
-            values, context, float(lo), float(hi), 1, rng, used, closed=i == n - 1
-        )
-    ]
+    weights = values.double().numpy()[candidates] ** 2
+    order = candidates[np.argsort(rng.exponential(size=len(candidates)) / weights, kind="stable")]
+    return one_per_context(order.tolist(), context, n, used)

@@ -79,11 +79,13 @@ SUMMARY_KEYS = (
     "relative_reconstruction_bias",
     "l0",
     "dead_fraction",
+    "silent_fraction",
     "dense_fraction",
     "eps_lbo_median",
     "f_tilde_over_z_median",
     "decoder_max_abs_cos",
     "inference_l0_minus_k",
+    "l0_lambda",
     "ce_clean",
     "ce_sae",
     "ce_zero",
@@ -101,8 +103,21 @@ PER_TOKEN_NOTE = (
 )
 
 
+def _what(key: str, results: dict) -> str:
+    """The window a dead or silent fraction counts over."""
+    if key == "dead_fraction" and "dead_window_tokens" in results:
+        return f" (no firing in the last {results['dead_window_tokens']} training tokens)"
+    if key == "silent_fraction":
+        return f" (no firing on the {results['n_tokens']} held-out tokens: dead or rare)"
+    return ""
+
+
 def summary_lines(results: dict) -> list[str]:
-    lines = [f"  {key:<30} {results[key]:.4f}" for key in SUMMARY_KEYS if key in results]
+    lines = [
+        f"  {key:<30} {results[key]:.4f}{_what(key, results)}"
+        for key in SUMMARY_KEYS
+        if key in results
+    ]
     if results.get("input_scaling") == "per_token":
         lines.append(PER_TOKEN_NOTE)
     return lines

@@ -10,7 +10,10 @@ Per token t with input x_t, reconstruction x^_t and code f_t:
   relative_reconstruction_bias = E||x^||^2 / E<x, x^>
   l0          = mean_t #{i : f_ti != 0}, with its histogram
   latent_density = per latent, the fraction of tokens on which it is active
-  dead_fraction  = fraction of latents never active; dense_fraction = active on > 10% of tokens
+  silent_fraction = fraction of latents never active on these tokens (rare ones too: a latent of
+                   density p is silent on n tokens with probability (1 - p)^n; training's
+                   dead_fraction, from the run's history, is the other count);
+  dense_fraction = active on > 10% of tokens
   input_scaling  = the SAE's input scaling. With `per_token` the SAE sees (x - mean) / std and its
                    output is mapped back with the token's own mean and std, which it gets for
                    free: its nmse/fvu (and CE) are not like-for-like with SAEs on raw activations.
@@ -88,7 +91,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "l0": sums["l0"] / n,
         "l0_histogram": [int(c) for c in l0_counts[: last + 1]],
         "latent_density": density.tolist(),
-        "dead_fraction": (density == 0).double().mean().item(),
+        "silent_fraction": (density == 0).double().mean().item(),
         "dense_fraction": (density > DENSE_DENSITY).double().mean().item(),
         "input_scaling": sae.cfg.input_scaling,
     }

@@ -34,6 +34,7 @@ CARD_METRICS = (
     "explained_variance",
     "l0",
     "dead_fraction",
+    "silent_fraction",
     "ce_degradation",
     "ce_loss_recovered",
     "kl",

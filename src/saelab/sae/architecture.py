@@ -19,12 +19,13 @@ from ..errors import ConfigError
 from ..options import option
 
 
-def setting(default, help: str, label: str | None = None, cli_default=None):
+def setting(default, help: str, label: str | None = None, cli_default=None, choices=None):
     """A settings field: `help` is its command-line help (flags.py makes the flag); `label` (a
     format string) names the field's value in a sweep point's name when the field is the
     architecture's sparsity knob; `cli_default`: the command line's default where the
-    dataclass has none (k: an SAEConfig without k is an error, the command line has one)."""
-    return option(default, help, label=label, cli_default=cli_default)
+    dataclass has none (k: an SAEConfig without k is an error, the command line has one);
+    `choices`: the values a string setting may take."""
+    return option(default, help, label=label, cli_default=cli_default, choices=choices)
 
 
 @dataclass(kw_only=True)
@@ -110,6 +111,13 @@ class Architecture:
     dictionary_learning_trainer: str | None = None
 
     # -- tensors ------------------------------------------------------------------------------
+    def initial_weights(self, cfg, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_enc [d_in, d_sae], W_dec [d_sae, d_in]) of a new SAE: unit-norm Gaussian decoder
+        rows, W_enc = encoder_init_scale * W_dec^T."""
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        return (W_dec.T * self.encoder_init_scale).contiguous(), W_dec
+
     def add_state(self, sae) -> None:
         """Register extra parameters and buffers on a new SAE."""
 
@@ -138,6 +146,21 @@ class Architecture:
     def penalty(self, sae, f, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra weighted loss terms (f: dense codes, or a SparseCode with pre a RowTiles on the
         sparse path)."""
+        return {}
+
+    def loss_unit(self, sae) -> float:
+        """The factor on every loss term: 1 in saelab's units (squared errors summed over d_in),
+        1 / d_in for a recipe whose errors are means over elements."""
+        return 1.0
+
+    def detach_aux_residual(self, sae) -> bool:
+        """Whether AuxK's target x - x_hat is held fixed (Gao et al.), or its gradient also
+        reaches the main reconstruction."""
+        return True
+
+    def training_recipe(self, sae, train_cfg) -> dict:
+        """TrainConfig fields this SAE trains with where train_cfg keeps TrainConfig's default
+        (an explicit value wins): an authors' learning rate, schedule, clipping, dead window."""
         return {}
 
     def after_step(self, sae, out) -> None:

@@ -2,6 +2,7 @@
 
 e = (x - x_hat).detach(); the top aux_k of relu(pre) among dead latents only give e_hat =
 codes @ W_dec[dead] (no bias); L_aux = mean over tokens of ||e - e_hat||^2; 0 with no dead latents.
+detach=False keeps e's gradient (the top-AFA authors' code: it then also reaches x_hat).
 """
 
 from dataclasses import dataclass
@@ -36,12 +37,17 @@ def dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def aux_loss(
-    sae, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor
+    sae,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    pre: torch.Tensor,
+    dead: torch.Tensor,
+    detach: bool = True,
 ) -> torch.Tensor:
     dead_idx, k = dead_latents(sae, dead)
     if k == 0:
         return pre.new_zeros(())
-    residual = (x - x_hat).detach()
+    residual = (x - x_hat).detach() if detach else x - x_hat
     dead_pre = pre[:, dead_idx]
     values, chosen = torch.relu(dead_pre).topk(k, dim=-1, sorted=False)
     codes = torch.zeros_like(dead_pre).scatter(-1, chosen, values)
@@ -50,7 +56,7 @@ def aux_loss(
 
 
 def aux_loss_sparse(
-    sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None
+    sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None, detach: bool = True
 ) -> torch.Tensor:
     """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
     the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
@@ -60,5 +66,5 @@ def aux_loss_sparse(
     values, cols = watched
     rows = torch.arange(len(x), device=x.device).repeat_interleave(values.shape[1])
     code = select(rows, cols.flatten(), values.flatten(), x, sae.b_dec, sae.W_enc, sae.encoder_bias)
-    residual = (x - x_hat).detach()
+    residual = (x - x_hat).detach() if detach else x - x_hat
     return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

@@ -168,10 +168,14 @@ class JumpReLUArchitecture(Architecture):
         cfg = sae.cfg
         if cfg.k is not None:
             error = sae.collectives.reduce(out.l0.detach().clone(), "mean") / cfg.k - 1
-            sae.l0_lambda.add_(cfg.jumprelu_target_rate / cfg.d_in * error)
+            sae.l0_lambda.add_(cfg.jumprelu_target_rate / cfg.d_in * error).clamp_(min=0)
             sae.log_threshold.add_(cfg.jumprelu_threshold_rate * error)
 
     def record(self, sae):
+        return {"l0_lambda": sae.l0_lambda.item()}
+
+    def evaluation(self, sae, results):
+        """The L0 multiplier the SAE ended with (the fixed penalty weight without a target)."""
         return {"l0_lambda": sae.l0_lambda.item()}
 
     @torch.no_grad()

@@ -8,7 +8,8 @@ Early latents must then carry general features and later ones specific ones (les
 absorption). The paper writes a sum over the prefixes; its reference code
 (bartbussmann/matryoshka_sae) averages them, and that average is what the AuxK weight is relative
 to, so saelab averages too: aux_coefficient = 1/32 means the same trade-off as there (the
-reference also counts b_dec alone as one more prefix; saelab does not).
+reference also counts b_dec alone as one more prefix; saelab does not). The default prefixes are
+the reference's, d_sae/16, /8, /4, /2 and d_sae.
 """
 
 from dataclasses import dataclass
@@ -32,15 +33,13 @@ class MatryoshkaSettings(BatchTopKSettings):
     matryoshka_widths: list[int] | None = setting(
         None,
         "increasing prefix widths of the dictionary, the last equal to d_sae (default: d_sae/16, "
-        "d_sae/4, d_sae/2, d_sae)",
+        "d_sae/8, d_sae/4, d_sae/2, d_sae, the reference code's)",
     )
 
     def check(self, d_sae: int) -> None:
         super().check(d_sae)
         if self.matryoshka_widths is None:
-            self.matryoshka_widths = sorted(
-                {max(1, d_sae // 16), max(1, d_sae // 4), max(1, d_sae // 2), d_sae}
-            )
+            self.matryoshka_widths = sorted({max(1, d_sae // 2**i) for i in (4, 3, 2, 1, 0)})
         widths = self.matryoshka_widths
         if (
             not isinstance(widths, list)

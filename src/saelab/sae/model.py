@@ -55,11 +55,8 @@ class SAE(nn.Module):
         self.arch = architecture(cfg.arch)
         self.collectives = Collectives()  # the trainer sets torch.distributed's under torchrun
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_enc = nn.Parameter(
-            (W_dec.T * self.arch.encoder_init_scale).contiguous()
-        )  # fused Adam wants it so
+        W_enc, W_dec = self.arch.initial_weights(cfg, generator)
+        self.W_enc = nn.Parameter(W_enc.contiguous())  # fused Adam wants it so
         self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
@@ -144,7 +141,7 @@ class SAE(nn.Module):
     ) -> LossOutput:
         """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
         the architecture's reconstruction term (||x' - x_hat'||^2) + its penalty terms +
-        aux_coefficient * L_aux where it uses AuxK.
+        aux_coefficient * L_aux where it uses AuxK, all times the architecture's loss_unit.
         sparse: architectures with a sparse selection train through sparse.py (same values and
         gradients as the dense reference path, without [n, d_sae] codes, pre-activations or
         dense backward products)."""
@@ -164,17 +161,28 @@ class SAE(nn.Module):
             )
             l0 = torch.tensor(len(code.values) / len(x))
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
-            aux = auxk.aux_loss_sparse(self, x, x_hat, pre.watched) if use_aux else None
+            aux = (
+                auxk.aux_loss_sparse(self, x, x_hat, pre.watched, arch.detach_aux_residual(self))
+                if use_aux
+                else None
+            )
         else:
             f, pre = self._encode_scaled(x)
             x_hat = f @ self.W_dec + self.b_dec
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
             detached = f.detach()
-            aux = auxk.aux_loss(self, x, x_hat, pre, dead) if use_aux else None
+            aux = (
+                auxk.aux_loss(self, x, x_hat, pre, dead, arch.detach_aux_residual(self))
+                if use_aux
+                else None
+            )
         terms = {"mse": arch.reconstruction(self, x, f, x_hat)}
         terms.update(arch.penalty(self, f, pre, x))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
+        unit = arch.loss_unit(self)
+        if unit != 1:
+            terms = {name: unit * term for name, term in terms.items()}
         loss = sum(terms.values())
         return LossOutput(
             loss, {name: t.detach() for name, t in terms.items()}, fired, l0, detached

@@ -10,7 +10,7 @@ sources' `part` argument).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -101,20 +101,38 @@ class _LossForward(torch.nn.Module):
         return self.sae.loss(x, dead, sparse=self.sparse)
 
 
+def with_recipe(sae: SAE, cfg: TrainConfig) -> TrainConfig:
+    """cfg with the architecture's training recipe (Architecture.training_recipe) in the fields
+    where cfg holds TrainConfig's default."""
+    defaults = TrainConfig()
+    recipe = sae.arch.training_recipe(sae, cfg)
+    return replace(
+        cfg,
+        **{
+            key: value
+            for key, value in recipe.items()
+            if getattr(cfg, key) == getattr(defaults, key)
+        },
+    )
+
+
 class Trainer:
     """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
-    the loss goes through DDP and only rank 0 writes files."""
+    the loss goes through DDP and only rank 0 writes files. `requested` is the TrainConfig as
+    given (written to files, compared on resume); `cfg` is what the training runs with, the
+    architecture's recipe filled in (with_recipe)."""
 
     def __init__(
         self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None, heldout=None
     ):
-        self.sae, self.cfg, self.total_steps, self.data, self.heldout = (
+        self.sae, self.requested, self.total_steps, self.data, self.heldout = (
             sae,
             cfg,
             total_steps,
             data,
             heldout,
         )
+        self.cfg = cfg = with_recipe(sae, cfg)
         sae.collectives = collectives()
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
@@ -154,7 +172,7 @@ class Trainer:
         state = load_checkpoint(self.cfg.out_dir)
         for what, saved, now, ignore in (
             ("SAE", state["sae_cfg"], self.sae.cfg.to_dict(), ESTIMATED_KEYS),
-            ("training", state["train_cfg"], self.cfg.to_dict(), NON_RESULT_KEYS),
+            ("training", state["train_cfg"], self.requested.to_dict(), NON_RESULT_KEYS),
             ("data", state.get("data", self.data), self.data or {}, ()),
         ):
             changed = first_difference(saved, now, ignore)
@@ -184,7 +202,7 @@ class Trainer:
                 "tokens": self.step * self.cfg.batch_size,
                 "since_fired": self.since_fired,
                 "sae_cfg": self.sae.cfg.to_dict(),
-                "train_cfg": self.cfg.to_dict(),
+                "train_cfg": self.requested.to_dict(),
                 "data": self.data,
             },
         )
@@ -228,22 +246,33 @@ class Trainer:
     def _optimize(self, x: torch.Tensor, dead: torch.Tensor) -> LossOutput:
         """loss -> backward -> remove each decoder row's gradient component parallel to the row
         -> clip -> Adam -> renormalise decoder rows -> the architecture's after_step (BatchTopK's
-        threshold, JumpReLU's multiplier), which sees the step's codes."""
-        sae = self.sae
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+        threshold, JumpReLU's multiplier), which sees the step's codes. decoder_renorm
+        "before_step": backward -> clip -> renormalise rows -> remove the parallel component ->
+        Adam (the reference code's order)."""
+        sae, cfg = self.sae, self.cfg
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = self.loss_fn(x, dead)
         if not torch.isfinite(out.loss):
             terms = ", ".join(f"{n} {t.item():.4g}" for n, t in out.terms.items())
             self._diverged(self.step + 1, f"the loss is {out.loss.item()} ({terms})")
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        sae.remove_parallel_gradient()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        sae.normalize_decoder()
+        if cfg.decoder_renorm == "before_step":
+            self._clip()
+            sae.normalize_decoder()
+            sae.remove_parallel_gradient()
+            self.optimizer.step()
+        else:
+            sae.remove_parallel_gradient()
+            self._clip()
+            self.optimizer.step()
+            sae.normalize_decoder()
         sae.arch.after_step(sae, out)
         return out
+
+    def _clip(self) -> None:
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _count_firing(self, fired: torch.Tensor, n: int) -> None:
@@ -266,6 +295,7 @@ class Trainer:
             **{name: value.item() for name, value in terms.items()},
             "l0": out.l0.item(),
             "dead_fraction": dead.float().mean().item(),
+            "dead_window_tokens": self.cfg.dead_tokens,
             **self.sae.arch.record(self.sae),
         }
         if heldout_due:
@@ -293,7 +323,7 @@ class Trainer:
         self.sae.eval()
         if self.writes:
             self.sae.save(self.out_dir)
-            rundir.write_train_config(self.out_dir, self.cfg)
+            rundir.write_train_config(self.out_dir, self.requested)
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         if self.wandb is not None:
             self.wandb.finish()

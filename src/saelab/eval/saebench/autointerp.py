@@ -4,16 +4,19 @@
 For each sampled latent (alive: at least dead_latent_threshold activations in the data), on
 held-out text of an activation cache, with examples being windows of `buffer` tokens either
 side of an activating token, at most one per packed context:
-1. Explain: the explainer reads the n_top_ex_for_generation top-activating examples and
-   n_quantile_ex_for_generation examples drawn from as many equal-count quantile bins of the
-   latent's activations (one from each: weak activations too), the tokens above
-   act_threshold_frac * max activation marked <<like this>>, and writes a one-sentence
-   explanation. (SAEBench draws these with probability proportional to the activation.)
-2. Score: the scorer reads the explanation and unmarked, shuffled examples it has not seen: the
-   next n_top_ex_for_scoring top examples, n_quantile_ex_for_scoring quantile-sampled ones and
-   n_random_ex_for_scoring windows at random tokens, and lists the examples it predicts the
-   latent fires on. An example is positive when some token in it is above the threshold.
-   Score of the latent: the fraction of examples predicted right (accuracy); F1 beside it.
+As SAEBench's gather_data (sae_bench/evals/autointerp/main.py):
+0. Examples: the n_top_ex_for_generation + n_top_ex_for_scoring top-activating windows, split
+   between explaining and scoring by a random permutation; n_iw_sampled_ex_for_generation +
+   n_iw_sampled_ex_for_scoring windows drawn with probability proportional to the squared
+   activation among the activations below the weakest top example, split the same way; and
+   n_random_ex_for_scoring windows at random tokens, labelled negative whatever the latent does
+   there (SAEBench gives them zero activations).
+1. Explain: the explainer reads the explaining examples, the tokens above act_threshold_frac *
+   max activation marked <<like this>>, and writes a one-sentence explanation.
+2. Score: the scorer reads the explanation and the unmarked, shuffled scoring examples, and
+   lists the examples it predicts the latent fires on. A top or sampled example is positive
+   when some token in it is above the threshold; a random one is negative. Score of the
+   latent: the fraction of examples predicted right (accuracy); F1 beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ...options import option
-from ..examples import latent_codes, quantile_rows, sampled_rows, top_rows, window
+from ..examples import latent_codes, sampled_rows, top_rows, weighted_rows, window
 from .output import eval_output
 from .probes import f1
 
@@ -66,10 +69,10 @@ class AutoInterpConfig:
     buffer: int = 10
     act_threshold_frac: float = 0.01
     n_top_ex_for_generation: int = 10
-    n_quantile_ex_for_generation: int = 5
+    n_iw_sampled_ex_for_generation: int = 5
     n_top_ex_for_scoring: int = 2
     n_random_ex_for_scoring: int = 10
-    n_quantile_ex_for_scoring: int = 2
+    n_iw_sampled_ex_for_scoring: int = 2
     max_explanation_chars: int = 200
     # what the run recorded (held-out tokens read, latents drawn), not settings
     n_tokens: int = field(default=0, metadata={"derived": True})
@@ -165,21 +168,22 @@ def latent_examples_for_scoring(
     top = top_rows(
         values, data.context, cfg.n_top_ex_for_generation + cfg.n_top_ex_for_scoring, used
     )
-    for_generation = quantile_rows(
-        values, data.context, cfg.n_quantile_ex_for_generation, rng, used
-    )
-    for_scoring = quantile_rows(values, data.context, cfg.n_quantile_ex_for_scoring, rng, used)
+    n_iw = cfg.n_iw_sampled_ex_for_generation + cfg.n_iw_sampled_ex_for_scoring
+    weakest_top = float(values[top].min()) if top else float("inf")
+    sampled = weighted_rows(values, data.context, n_iw, rng, used, below=weakest_top)
     random = sampled_rows(data.context, cfg.n_random_ex_for_scoring, rng, used)
+    top, sampled = list(rng.permutation(top)), list(rng.permutation(sampled))
 
-    def example(row):
-        tokens, _ = window(data, values, row_of, row, cfg.buffer, cfg.buffer)
-        return tokens, any(v > threshold for _, v in tokens)
+    def example(row, negative=False):
+        tokens, _ = window(data, values, row_of, int(row), cfg.buffer, cfg.buffer)
+        return tokens, not negative and any(v > threshold for _, v in tokens)
 
-    n_top = cfg.n_top_ex_for_generation
+    n_top, n_sampled = cfg.n_top_ex_for_generation, cfg.n_iw_sampled_ex_for_generation
     return (
         {
-            "generation": [example(r) for r in top[:n_top] + for_generation],
-            "scoring": [example(r) for r in top[n_top:] + for_scoring + random],
+            "generation": [example(r) for r in top[:n_top] + sampled[:n_sampled]],
+            "scoring": [example(r) for r in top[n_top:] + sampled[n_sampled:]]
+            + [example(r, negative=True) for r in random],
         },
         threshold,
     )

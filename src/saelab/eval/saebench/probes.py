@@ -1,10 +1,9 @@
 """Linear probes for the interpretability evaluations: logistic regression (scikit-learn) on
 features, and the features with the largest class-mean difference.
 
-Inputs are divided by one global scale (the mean row norm of the training features) before
-fitting, which leaves the probe's direction and decision boundary the same in input units
-(w_input = w / scale) but keeps the optimiser well conditioned on residual streams whose norms
-are in the hundreds.
+fit_probe is SAEBench's train_sklearn_probe (sae_bench/evals/sparse_probing/probe_training.py):
+LogisticRegression(penalty="l2", C=1.0, max_iter=1000) on the raw float32 inputs. Rescaling
+the inputs would rescale the L2 penalty with them (by s^2), so it is not done.
 """
 
 from __future__ import annotations
@@ -37,20 +36,17 @@ def as_numpy(x) -> np.ndarray:
     )
 
 
-def fit_probe(x, y, balanced: bool = True, max_iter: int = 1000, seed: int = 0) -> Probe:
-    """Logistic regression (L2, C=1) of y in {0, 1} [n] on x [n, d]; class_weight balanced by
-    default (as SAEBench), so a rare class is not ignored."""
+def fit_probe(x, y, max_iter: int = 1000) -> Probe:
+    """Logistic regression (L2, C=1, lbfgs) of y in {0, 1} [n] on x [n, d], as SAEBench fits
+    it (callers balance the classes, as SAEBench's prepare_probe_data does)."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = as_numpy(x), np.asarray(y).astype(np.int64)
     if len(np.unique(y)) < 2:
         raise ValueError("a probe needs examples of both classes")
-    scale = float(np.linalg.norm(x, axis=1).mean()) or 1.0
-    model = LogisticRegression(
-        max_iter=max_iter, class_weight="balanced" if balanced else None, random_state=seed
-    )
-    model.fit(x / scale, y)
-    return Probe(weight=model.coef_[0] / scale, bias=float(model.intercept_[0]))
+    model = LogisticRegression(penalty="l2", C=1.0, max_iter=max_iter)
+    model.fit(x, y)
+    return Probe(weight=model.coef_[0], bias=float(model.intercept_[0]))
 
 
 def top_mean_difference(x, y, k: int) -> np.ndarray:

@@ -203,20 +203,16 @@ def pooled_features(
     return torch.cat(llm), torch.cat(codes)
 
 
-def task_accuracies(
-    x_train, y_train, x_test, y_test, k_values: list[int], prefix: str, seed: int = 0
-) -> dict:
+def task_accuracies(x_train, y_train, x_test, y_test, k_values: list[int], prefix: str) -> dict:
     """{prefix_test_accuracy, prefix_top_k_test_accuracy for k in k_values} of logistic
     regressions on all features and on the top k by class-mean difference."""
     x_train, x_test = as_numpy(x_train), as_numpy(x_test)
-    out = {
-        f"{prefix}_test_accuracy": fit_probe(x_train, y_train, seed=seed).accuracy(x_test, y_test)
-    }
+    out = {f"{prefix}_test_accuracy": fit_probe(x_train, y_train).accuracy(x_test, y_test)}
     for k in k_values:
         top = top_mean_difference(x_train, y_train, k)
-        out[f"{prefix}_top_{k}_test_accuracy"] = fit_probe(
-            x_train[:, top], y_train, seed=seed
-        ).accuracy(x_test[:, top], y_test)
+        out[f"{prefix}_top_{k}_test_accuracy"] = fit_probe(x_train[:, top], y_train).accuracy(
+            x_test[:, top], y_test
+        )
     return out
 
 
@@ -284,15 +280,9 @@ def sparse_probing(sae, lm, cfg: SparseProbingConfig, progress: bool = True) -> 
                 if dataset != BUILTIN
                 else f"wiki-topic {positive}"
             }
+            detail.update(task_accuracies(llm[tr], y_train, llm[te], y_test, cfg.k_values, "llm"))
             detail.update(
-                task_accuracies(
-                    llm[tr], y_train, llm[te], y_test, cfg.k_values, "llm", cfg.random_seed
-                )
-            )
-            detail.update(
-                task_accuracies(
-                    codes[tr], y_train, codes[te], y_test, cfg.k_values, "sae", cfg.random_seed
-                )
+                task_accuracies(codes[tr], y_train, codes[te], y_test, cfg.k_values, "sae")
             )
             detail.update(n_train=len(train), n_test=len(test))
             details.append(detail)
