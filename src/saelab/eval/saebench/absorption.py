@@ -1,22 +1,27 @@
-"""Feature absorption on first letters (Chanin et al. 2024, "A is for Absorption"; the metrics of
-SAEBench's absorption_first_letter eval).
+"""Feature absorption on first letters (Chanin et al. 2024, "A is for Absorption"), SAEBench's
+absorption_first_letter eval step by step (sae_bench/evals/absorption/, files named below).
 
-1. Words: the single tokens of the model's own vocabulary that are a space and ASCII letters
-   (" cat"), a seeded sample of them, split into train and test.
-2. Prompts: `icl_examples` in-context examples, then the word:
-   " tartan has the first letter: T\n mirth has the first letter: M\n cat has the first letter:"
-   and the model's activation at the hook site on the word's token.
-3. Ground truth: per letter a logistic-regression probe on the activations (one vs rest);
-   letters whose probe reaches test F1 > min_probe_f1 are evaluated.
-4. Main latents of a letter: the SAE latents with the largest class-mean difference (on the
-   training words), k = 1, 2, ...: a k-sparse probe is fit on the first k, and k grows while its
-   test F1 rises by more than f1_jump_threshold (more than one main latent = a feature split).
-   (SAEBench ranks latents by the weights of an L1-penalised probe on all latents; the class
-   mean difference is the ranking of its sparse-probing eval.)
-5. For each test word of the letter that the probe detects (a probe true positive), with p the
-   unit probe direction, P = x . p its probe projection, and c_i the projection onto p of
-   latent i's contribution to the reconstruction, in input units (f_i W_dec,i . p, mapped back
-   through the SAE's input scaling):
+1. Words (vocab.py get_alpha_tokens): every token of the model's vocabulary whose text is ASCII
+   letters after at most one leading space ("cat", " Cat", " a"); SAEBench takes them all,
+   saelab a seeded sample of `max_words` (the forward passes of a CPU budget), split 80/20 into
+   train and test words (probing.py create_dataset_probe_training).
+2. Prompts (prompting.py create_icl_prompt, the separator also before the first example):
+   "\n tartan has the first letter: T\n mirth has the first letter: M\n cat has the first
+   letter:" with `icl_examples` (10) examples drawn from the same split, and the activation at
+   the hook site on the word's token.
+3. Ground truth (probing.py train_linear_probe_for_task): one-vs-rest probes of all 26 letters
+   trained together (probes.train_multi_probe: BCE with pos_weight, Adam lr 1e-2 decaying to
+   1e-5, weight decay 1e-4, 50 epochs); letters whose probe reaches test F1 > min_probe_f1
+   (score > 0) are evaluated (k_sparse_probing.py build_metrics_df).
+4. Main latents (k_sparse_probing.py train_k_sparse_probes, add_feature_splits_to_metrics_df):
+   an L1-penalised multi-probe on the SAE codes of the train words (l1 0.01, weight decay
+   1e-6); for k = 1..max_k_value the k latents of largest signed weight for the letter get a
+   logistic regression (scikit-learn, balanced, max_iter 500); k grows while its test F1 rises
+   by more than f1_jump_threshold (more than one main latent = a feature split).
+5. Absorption (feature_absorption.py, feature_absorption_calculator.py): the test words of the
+   letter that its probe detects (probe true positives) are prompted again with examples
+   freshly drawn from the whole word list; with p the unit probe direction, P = x . p and c_i
+   the projection onto p of latent i's contribution to the reconstruction:
    absorption fraction: 0 if the main latents account for P (sum_main c_i >= P) or if the
      absorbers do not (the largest `max_absorbing_latents` c_i > 0 of the other latents with
      cos(W_dec,i, p) >= 0.1 sum to less than 0.4 P); 1 if the main latents contribute nothing
@@ -26,6 +31,9 @@ SAEBench's absorption_first_letter eval).
    Per letter: mean absorption fraction and full-absorption rate over its probe true positives;
    reported: their means and standard deviations over the letters evaluated, which must be at
    least min_letters (SAEBench asks for 20; small models pass fewer, so saelab's default is 5).
+   One deliberate difference: SAEBench's c_i is f_i cos(W_dec,i, p), the code in the SAE's own
+   units; saelab's is f_i (W_dec,i . p) mapped back through the SAE's input scaling, the units
+   of P (the same for SAEs on raw inputs with unit decoder rows).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from ...data.packing import right_padded
 from ...errors import SaelabError
 from ...options import option
 from .output import eval_output
-from .probes import as_numpy, f1, fit_probe, top_mean_difference
+from .probes import as_numpy, f1, train_multi_probe
 
 LETTERS = string.ascii_lowercase
 
@@ -66,9 +74,12 @@ class AbsorptionConfig:
         low=100,
     )
     test_fraction: float = 0.2
-    icl_examples: int = 4
+    icl_examples: int = 10
     prompt_template: str = "{word} has the first letter:"
     max_k_value: int = 10
+    k_sparse_probe_l1_decay: float = 0.01
+    k_sparse_probe_batch_size: int = 4096
+    k_sparse_probe_num_epochs: int = 50
     f1_jump_threshold: float = 0.03
     min_probe_f1: float = 0.6
     min_letters: int = 5
@@ -83,28 +94,51 @@ class AbsorptionError(SaelabError, ValueError):
     """The model gives too little to measure absorption with (too few words or letters)."""
 
 
-def single_token_words(tokenizer) -> list[tuple[int, str]]:
-    """(token id, text) of every vocabulary token that is a space and two or more ASCII
-    letters, in id order."""
+PROBE_EPOCHS, PROBE_LR, PROBE_WEIGHT_DECAY = 50, 1e-2, 1e-4  # probing.py:331-341
+K_SPARSE_WEIGHT_DECAY = 1e-6  # k_sparse_probing.py train_sparse_multi_probe
+
+
+def alpha_tokens(tokenizer) -> list[tuple[int, str]]:
+    """(token id, text) of every vocabulary token whose text is ASCII letters after at most one
+    leading space, in id order (SAEBench's get_alpha_tokens)."""
     words = []
     for token_id in range(len(tokenizer)):
         text = tokenizer.decode([token_id])
-        if len(text) > 2 and text[0] == " " and text[1:].isascii() and text[1:].isalpha():
+        letters = text[1:] if text.startswith(" ") else text
+        if letters and letters.isascii() and letters.isalpha():
             words.append((token_id, text))
     return words
+
+
+def prompt_text(word: str, examples: list[str], template: str) -> str:
+    """SAEBench's create_icl_prompt(...).base with the separator before the first example too:
+    each example's prompt and its answer (a space and its first letter, upper case), one per
+    line, then the word's prompt."""
+    shots = "".join(f"\n{template.format(word=w)} {w.strip()[0].upper()}" for w in examples)
+    return f"{shots}\n{template.format(word=word)}"
 
 
 def prompt_ids(
     tokenizer, bos_id: int | None, word: tuple[int, str], examples: list[str], template: str
 ) -> tuple[list[int], int]:
-    """(token ids, position of the word's token) of one ICL prompt; the word is its own token."""
-    prefix, suffix = template.split("{word}")
-    shots = "".join(template.format(word=w) + f" {w.strip()[0].upper()}\n" for w in examples)
+    """(token ids, position of the word's token) of prompt_text; the word is its own token."""
+    text = prompt_text(word[1], examples, template)
+    start = text.rindex("\n") + 1
+    tail = template.split("{word}")[1]
     head = ([bos_id] if bos_id is not None else []) + tokenizer(
-        shots + prefix, add_special_tokens=False
+        text[:start], add_special_tokens=False
     )["input_ids"]
-    tail = tokenizer(suffix, add_special_tokens=False)["input_ids"]
-    return head + [word[0]] + tail, len(head)
+    return head + [word[0]] + tokenizer(tail, add_special_tokens=False)["input_ids"], len(head)
+
+
+def icl_prompts(tokenizer, bos_id, words, pool: list[str], cfg, rng) -> list:
+    """One prompt per word with cfg.icl_examples examples drawn from `pool`, never the word."""
+    prompts = []
+    for word in words:
+        drawn = [pool[i] for i in rng.choice(len(pool), cfg.icl_examples + 1, replace=False)]
+        examples = [e for e in drawn if e != word[1]][: cfg.icl_examples]
+        prompts.append(prompt_ids(tokenizer, bos_id, word, examples, cfg.prompt_template))
+    return prompts
 
 
 @torch.inference_mode()
@@ -182,17 +216,21 @@ def word_absorption(
     return fraction, full
 
 
-def main_latents(train_codes, train_y, test_codes, test_y, cfg: AbsorptionConfig) -> list[int]:
-    """The main latents of one letter (module docstring, step 4)."""
-    ranked = top_mean_difference(train_codes, train_y, cfg.max_k_value).tolist()
-    best, chosen = -1.0, ranked[:1]
-    for k in range(1, len(ranked) + 1):
-        latents = ranked[:k]
-        if train_codes[:, latents].max() <= 0:
-            score = 0.0
-        else:
-            probe = fit_probe(train_codes[:, latents], train_y)
-            score = f1(probe.score(test_codes[:, latents]) > 0, test_y)
+def main_latents(
+    l1_weight: np.ndarray, train_codes, train_y, test_codes, test_y, cfg: AbsorptionConfig
+) -> list[int]:
+    """The main latents of one letter (module docstring, step 4): l1_weight [d_sae] is the
+    letter's row of the L1 multi-probe on the codes."""
+    from sklearn.linear_model import LogisticRegression
+
+    best, chosen = -100.0, []
+    for k in range(1, cfg.max_k_value + 1):
+        latents = torch.from_numpy(l1_weight).topk(k).indices.tolist()
+        x = train_codes[:, latents]
+        if len(np.unique(train_y)) < 2:
+            break
+        probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, train_y)
+        score = f1(probe.decision_function(test_codes[:, latents]) > 0, test_y)
         if score <= best + cfg.f1_jump_threshold:
             break
         best, chosen = score, latents
@@ -208,51 +246,65 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         )
     sae = sae.cpu().eval()
     rng = np.random.default_rng(cfg.random_seed)
-    vocabulary = single_token_words(lm.tokenizer)
+    vocabulary = alpha_tokens(lm.tokenizer)
     if len(vocabulary) < 100:
         raise AbsorptionError(
-            f"the tokenizer of {lm.name} has {len(vocabulary)} single-token words (a space and "
-            "letters): too few to probe first letters"
+            f"the tokenizer of {lm.name} has {len(vocabulary)} alphabetic tokens: too few to "
+            "probe first letters"
         )
     words = [
         vocabulary[i]
-        for i in sorted(
-            rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)), replace=False)
-        )
+        for i in rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)), replace=False)
     ]
-    texts = [w for _, w in words]
-    prompts = []
-    for word in words:
-        examples = [texts[i] for i in rng.choice(len(texts), cfg.icl_examples + 1, replace=False)]
-        examples = [e for e in examples if e != word[1]][: cfg.icl_examples]
-        prompts.append(
-            prompt_ids(lm.tokenizer, lm.bos_token_id, word, examples, cfg.prompt_template)
-        )
-    x = word_activations(lm, prompts, cfg.layer, cfg.site, cfg.llm_batch_size, progress)
-    codes = sae.encode(x)
-    letters = np.array([LETTERS.index(w.strip()[0].lower()) for w in texts])
-    test = np.zeros(len(words), dtype=bool)
-    test[rng.choice(len(words), int(round(cfg.test_fraction * len(words))), replace=False)] = True
-    x_np, codes_np = as_numpy(x), as_numpy(codes)
+    n_train = int(len(words) * (1 - cfg.test_fraction))
+    splits = {"train": words[:n_train], "test": words[n_train:]}
+    x, letters, texts = {}, {}, {}
+    for name, split in splits.items():
+        texts[name] = [w for _, w in split]
+        prompts = icl_prompts(lm.tokenizer, lm.bos_token_id, split, texts[name], cfg, rng)
+        x[name] = word_activations(lm, prompts, cfg.layer, cfg.site, cfg.llm_batch_size, progress)
+        letters[name] = np.array([LETTERS.index(w.strip()[0].lower()) for w in texts[name]])
+    probe_w, probe_b = train_multi_probe(
+        x["train"],
+        torch.from_numpy(letters["train"]),
+        len(LETTERS),
+        PROBE_WEIGHT_DECAY,
+        epochs=PROBE_EPOCHS,
+        lr=PROBE_LR,
+        seed=cfg.random_seed,
+    )
+    codes = {name: sae.encode(x[name]) for name in x}
+    l1_w, _ = train_multi_probe(
+        codes["train"],
+        torch.from_numpy(letters["train"]),
+        len(LETTERS),
+        K_SPARSE_WEIGHT_DECAY,
+        l1=cfg.k_sparse_probe_l1_decay,
+        epochs=cfg.k_sparse_probe_num_epochs,
+        batch_size=cfg.k_sparse_probe_batch_size,
+        seed=cfg.random_seed,
+    )
+    test_scores = (x["test"] @ probe_w.T + probe_b).numpy()
+    train_codes, test_codes = as_numpy(codes["train"]), as_numpy(codes["test"])
+    everyone = texts["train"] + texts["test"]
     W_dec = sae.W_dec.detach().float()
     details, absorbed_words = [], {}
     for index in tqdm(range(len(LETTERS)), desc="absorption letters", disable=not progress):
-        y = letters == index
-        if y[~test].sum() < 2 or y[test].sum() < 1:
+        y_train, y_test = letters["train"] == index, letters["test"] == index
+        if y_test.sum() < 1 or f1(test_scores[:, index] > 0, y_test) <= cfg.min_probe_f1:
             continue
-        probe = fit_probe(x_np[~test], y[~test], seed=cfg.random_seed)
-        test_scores = probe.score(x_np[test])
-        if f1(test_scores > 0, y[test]) <= cfg.min_probe_f1:
-            continue
-        main = main_latents(codes_np[~test], y[~test], codes_np[test], y[test], cfg)
-        positives = np.flatnonzero(test)[(test_scores > 0) & y[test]]
-        direction = torch.tensor(probe.weight / np.linalg.norm(probe.weight), dtype=torch.float32)
+        main = main_latents(l1_w[index].numpy(), train_codes, y_train, test_codes, y_test, cfg)
+        positives = np.flatnonzero((test_scores[:, index] > 0) & y_test)
+        tp_words = [splits["test"][i] for i in positives]
+        again = icl_prompts(lm.tokenizer, lm.bos_token_id, tp_words, everyone, cfg, rng)
+        x_tp = word_activations(lm, again, cfg.layer, cfg.site, cfg.llm_batch_size, False)
+        codes_tp = sae.encode(x_tp)
+        direction = probe_w[index] / probe_w[index].norm()
         cos = W_dec @ direction / W_dec.norm(dim=1).clamp_min(1e-12)
-        rows = torch.tensor(positives, dtype=torch.long)
         fraction, full = word_absorption(
-            codes[rows],
-            latent_projections(sae, x[rows], codes[rows], direction),
-            x[rows] @ direction,
+            codes_tp,
+            latent_projections(sae, x_tp, codes_tp, direction),
+            x_tp @ direction,
             cos,
             main,
             cfg,
@@ -269,9 +321,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
                 "main_latents": main,
             }
         )
-        absorbed_words[letter] = [
-            texts[r] for r, a in zip(positives.tolist(), fraction.tolist()) if a > 0
-        ]
+        absorbed_words[letter] = [w for (_, w), a in zip(tp_words, fraction.tolist()) if a > 0]
     if len(details) < cfg.min_letters:
         raise AbsorptionError(
             f"only {len(details)} letters have a first-letter probe with test F1 > "
