@@ -131,6 +131,9 @@ def test_sparse_probing_document(tmp_path):
     (detail,) = doc["eval_result_details"]  # two labels: one task
     assert detail["llm_test_accuracy"] > 0.8  # the topics are separable in the model's activations
     assert detail["n_train"] + detail["n_test"] == 80
+    spread = doc["eval_result_unstructured"]["intervals"]  # one task: intervals of one value
+    assert spread["over"] == "tasks"
+    assert spread["sae_test_accuracy"] == [detail["sae_test_accuracy"]] * 2
     with pytest.raises(ValueError, match="k_values"):
         sparse_probing(
             sae,
@@ -164,7 +167,8 @@ def test_eval_command_writes_saebench_files_and_refuses_bad_flags(tmp_path, caps
     )
     out = capsys.readouterr().out
     assert (
-        "sparse_probing (1 tasks): SAE top-1" in out and "eval_results/: sparse_probing.json" in out
+        "sparse_probing (1 tasks; 95% intervals over tasks): SAE top-1" in out
+        and "eval_results/: sparse_probing.json" in out
     )
     doc = json.loads((run / "eval_results" / "sparse_probing.json").read_text())
     assert list(doc) == [
@@ -274,3 +278,21 @@ def test_probe_is_saebench_train_sklearn_probe_on_raw_inputs():
     scale = np.linalg.norm(x, axis=1).mean()
     rescaled = LogisticRegression(max_iter=1000).fit(x / scale, y.astype(np.int64))
     assert not np.allclose(rescaled.coef_[0] / scale, probe.weight, rtol=0.05)
+
+
+def test_bootstrap_interval_agrees_with_scipy():
+    """The percentile bootstrap interval of a mean against scipy.stats.bootstrap's (different
+    resamples: equal within Monte Carlo error), and it narrows with more data."""
+    from scipy.stats import bootstrap
+
+    from saelab.eval.saebench.output import bootstrap_interval
+
+    values = np.random.default_rng(3).normal(0.4, 0.2, size=26)
+    ours = bootstrap_interval(values)
+    theirs = bootstrap(
+        (values,), np.mean, method="percentile", n_resamples=20_000, random_state=0
+    ).confidence_interval
+    assert ours == pytest.approx([theirs.low, theirs.high], abs=0.01)
+    assert ours[0] < values.mean() < ours[1]
+    wide = np.diff(bootstrap_interval(values[:6]))[0]
+    assert wide > np.diff(ours)[0] and bootstrap_interval([0.5]) == [0.5, 0.5]

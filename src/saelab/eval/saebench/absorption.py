@@ -50,7 +50,7 @@ from ...data.hooks import DEFAULT_SITE, harvest
 from ...data.packing import right_padded
 from ...errors import SaelabError
 from ...options import option
-from .output import eval_output
+from .output import eval_output, interval_text, intervals
 from .probes import as_numpy, f1, train_multi_probe
 
 LETTERS = string.ascii_lowercase
@@ -338,8 +338,16 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         {
             "main_latents": {d["first_letter"]: d["main_latents"] for d in details},
             "absorbed_words": absorbed_words,
+            "intervals": intervals(details, INTERVAL_KEYS, "letters", cfg.random_seed),
         },
     )
+
+
+INTERVAL_KEYS = {
+    "mean_absorption_fraction_score": "mean_absorption_fraction",
+    "mean_full_absorption_score": "full_absorption_rate",
+    "mean_num_split_features": "num_split_features",
+}
 
 
 def _mean_metrics(details: list[dict]) -> dict:
@@ -363,8 +371,15 @@ def run(sae, context, cfg: AbsorptionConfig) -> dict:
 
 def summary(document: dict) -> list[str]:
     m = document["eval_result_metrics"]["mean"]
+    shown = [
+        f"{label} {m[metric]:.3f}{interval_text(document, metric)}"
+        for label, metric in (
+            ("mean absorption fraction", "mean_absorption_fraction_score"),
+            ("full absorption", "mean_full_absorption_score"),
+            ("split latents", "mean_num_split_features"),
+        )
+    ]
     return [
-        f"  absorption: mean absorption fraction {m['mean_absorption_fraction_score']:.4f}, "
-        f"full absorption {m['mean_full_absorption_score']:.4f}, split latents "
-        f"{m['mean_num_split_features']:.2f} ({len(document['eval_result_details'])} letters)"
+        f"  absorption ({len(document['eval_result_details'])} letters; 95% intervals over "
+        f"letters): {', '.join(shown)}"
     ]

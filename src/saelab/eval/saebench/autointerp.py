@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ...options import option
 from ..examples import latent_codes, sampled_rows, top_rows, weighted_rows, window
-from .output import eval_output
+from .output import eval_output, interval_text, intervals
 from .probes import f1
 
 EXPLAIN_SYSTEM = (
@@ -265,7 +265,9 @@ def autointerp(
             "autointerp_f1": float(f1s.mean()),
         }
     }
-    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details)
+    keys = {"autointerp_score": "score", "autointerp_f1": "f1"}
+    spread = intervals(details, keys, "latents", cfg.random_seed)
+    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details, {"intervals": spread})
 
 
 def run(sae, context, cfg: AutoInterpConfig) -> dict:
@@ -282,9 +284,10 @@ def summary(document: dict) -> list[str]:
         document["eval_config"]["explainer"],
     )
     lines = [
-        f"  autointerp ({len(document['eval_result_details'])} latents, {explainer}): detection "
-        f"accuracy {m['autointerp_score']:.3f} +- {m['autointerp_std_dev']:.3f}, F1 "
-        f"{m['autointerp_f1']:.3f}"
+        f"  autointerp ({len(document['eval_result_details'])} latents, {explainer}; 95% "
+        f"intervals over latents): detection accuracy {m['autointerp_score']:.3f}"
+        f"{interval_text(document, 'autointerp_score')} (sd {m['autointerp_std_dev']:.3f}), F1 "
+        f"{m['autointerp_f1']:.3f}{interval_text(document, 'autointerp_f1')}"
     ]
     if explainer == "builtin:smollm2-135m":
         lines.append(

@@ -10,7 +10,10 @@ RUN/eval_results/<name>.json with
   sae_lens_id, sae_lens_release_id, sae_lens_version   None: the SAE is not a SAELens release
   sae_cfg_dict            the SAE's config (architecture, sizes, the model and hook it was
                           trained on)
-  eval_result_unstructured  what fits neither (texts of autointerp, the words absorbed)
+  eval_result_unstructured  what fits neither (texts of autointerp, the words absorbed), and
+                          "intervals": {metric: [low, high]} of the main metrics, 95% percentile
+                          bootstrap intervals of the mean over the details (letters, tasks,
+                          latents), with "over" naming what was resampled
 """
 
 from __future__ import annotations
@@ -20,12 +23,43 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from ... import rundir
 from ...io.atomic import atomic_write
 from ...io.jsonfile import read_json_object
 from ...version import __version__
 
 RESULTS_DIR = rundir.EVAL_RESULTS
+LEVEL, RESAMPLES = 0.95, 2000
+
+
+def bootstrap_interval(values, seed: int = 0) -> list[float]:
+    """[low, high]: the 95% percentile bootstrap interval of the mean of `values`, from
+    RESAMPLES resamples with replacement; a single value gives [v, v]."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(1)
+    tail = (1 - LEVEL) / 2 * 100
+    return [float(v) for v in np.percentile(means, [tail, 100 - tail])]
+
+
+def intervals(details: list[dict], keys: dict[str, str], over: str, seed: int = 0) -> dict:
+    """{"over": what the details are, metric: bootstrap_interval of detail[key]} for the
+    metrics and detail keys of `keys`."""
+    return {
+        "over": over,
+        **{
+            metric: bootstrap_interval([d[key] for d in details], seed)
+            for metric, key in keys.items()
+        },
+    }
+
+
+def interval_text(document: dict, metric: str) -> str:
+    """' [low, high]' of a metric's interval in a document, or '' without one."""
+    found = (document.get("eval_result_unstructured") or {}).get("intervals", {}).get(metric)
+    return f" [{found[0]:.3f}, {found[1]:.3f}]" if found else ""
 
 
 def eval_output(

@@ -37,7 +37,7 @@ from ...data.packing import right_padded
 from ...data.text import documents
 from ...errors import SaelabError
 from ...options import option
-from .output import eval_output
+from .output import eval_output, interval_text, intervals
 from .probes import as_numpy, fit_probe, top_mean_difference
 
 BUILTIN = "builtin:wiki-topics"
@@ -292,7 +292,8 @@ def sparse_probing(sae, lm, cfg: SparseProbingConfig, progress: bool = True) -> 
         "llm": {k: v for k, v in means.items() if k.startswith("llm")},
         "sae": {k: v for k, v in means.items() if k.startswith("sae")},
     }
-    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details)
+    spread = intervals(details, {k: k for k in keys}, "tasks", cfg.random_seed)
+    return eval_output(EVAL_TYPE_ID, sae, asdict(cfg), metrics, details, {"intervals": spread})
 
 
 def check(cfg: SparseProbingConfig) -> None:
@@ -309,10 +310,14 @@ def run(sae, context, cfg: SparseProbingConfig) -> dict:
 def summary(document: dict) -> list[str]:
     llm, sae = (document["eval_result_metrics"][key] for key in ("llm", "sae"))
     ks = [key.split("_")[2] for key in sae if key.startswith("sae_top_")]
-    tops = ", ".join(f"top-{k} {sae[f'sae_top_{k}_test_accuracy']:.3f}" for k in ks)
-    top1 = llm.get("llm_top_1_test_accuracy", float("nan"))
+
+    def shown(values, key):
+        return f"{values[key]:.3f}{interval_text(document, key)}"
+
+    tops = ", ".join(f"top-{k} {shown(sae, f'sae_top_{k}_test_accuracy')}" for k in ks)
+    top1 = shown(llm, "llm_top_1_test_accuracy") if "llm_top_1_test_accuracy" in llm else "nan"
     return [
-        f"  sparse_probing ({len(document['eval_result_details'])} tasks): SAE {tops}, all "
-        f"latents {sae['sae_test_accuracy']:.3f}; model activations "
-        f"{llm['llm_test_accuracy']:.3f}, top-1 channel {top1:.3f}"
+        f"  sparse_probing ({len(document['eval_result_details'])} tasks; 95% intervals over "
+        f"tasks): SAE {tops}, all latents {shown(sae, 'sae_test_accuracy')}; model "
+        f"activations {shown(llm, 'llm_test_accuracy')}, top-1 channel {top1}"
     ]
