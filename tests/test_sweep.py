@@ -56,6 +56,29 @@ def test_grid_expansion_uses_each_architectures_own_knob():
     )
 
 
+def test_a_grid_varies_a_recipe_and_names_it():
+    """topafa_recipe is an axis: the authors' recipe beside saelab's variant, named apart; the
+    default keeps the old name; a value it does not have is an error before any work."""
+    points = expand(
+        {
+            "arch": ["topafa", "topk"],
+            "afa_coefficient": [0.0625],
+            "topafa_recipe": ["authors", "saelab"],
+        }
+    )
+    names = sorted(p.name for p in points)
+    assert names == [
+        "topafa-afa-0.0625-authors-x8-per_token-s0",
+        "topafa-afa-0.0625-x8-per_token-s0",
+        "topk-k32-x8-per_token-s0",
+    ]
+    authors = next(p for p in points if p.variant)
+    assert authors.sae_config(16).topafa_recipe == "authors"
+    assert authors.row()["topafa_recipe"] == "authors"
+    with pytest.raises(ConfigError, match="unknown topafa_recipe 'paper'"):
+        expand({"arch": "topafa", "topafa_recipe": "paper"})
+
+
 def test_union_keeps_each_point_once_and_bad_axes_are_named():
     grids = [{"arch": ["topk", "batchtopk"], "k": [4]}, {"arch": ["topk"], "k": [4, 8]}]
     assert [p.name for p in union(grids)] == [

@@ -149,3 +149,20 @@ def test_variant_loss_targets_the_selection_norm_and_authors_the_input_norm():
         want = ((x.norm(dim=-1) if target is None else target(sae)) - f.norm(dim=-1)).detach()
         got = sae.arch.penalty(sae, f, None, x)["afa"]
         assert got.item() == pytest.approx(D * sae.cfg.afa_coefficient * want.square().mean())
+
+
+def test_the_command_line_selects_the_recipe(tmp_path, capsys):
+    import numpy as np
+    from conftest import cli_error
+
+    from saelab import cli
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(3000, D)).astype("f4"))
+    common = ["train", "--activations", str(tmp_path / "a.npy"), "--arch", "topafa"]
+    cli.main([*common, "--topafa-recipe", "authors", "--tokens", "2048", "--batch-size", "512",
+              "--out", str(tmp_path / "r"), "--no-progress"])  # fmt: skip
+    assert SAE.load(tmp_path / "r").cfg.topafa_recipe == "authors"
+    history = (tmp_path / "r" / "history.jsonl").read_text().splitlines()
+    assert '"lr": 0.0003' in history[-1]  # the authors' constant learning rate
+    error = cli_error(capsys, [*common, "--topafa-recipe", "paper", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'paper'" in error

@@ -235,9 +235,11 @@ def add_settings_flags(group) -> None:
         element, listed = kind(f)
         parse = COUNT if name == "k" or listed else (INDEX if element == "int" else COEFFICIENT)
         shown = f" (default: {_shown(default)})" if default is not None else ""
+        choices = f.metadata.get("choices")
         group.add_argument(
             "--" + name.replace("_", "-"),
-            type=list_of(parse) if name in knobs() or listed else parse,
+            type=str if choices else list_of(parse) if name in knobs() or listed else parse,
+            choices=choices,
             default=None,
             help=f"{', '.join(archs)}: {f.metadata['help']}{shown}",
         )

@@ -30,6 +30,7 @@ import tomllib
 from tqdm.auto import tqdm
 
 from . import rundir
+from .checks import check_choice
 from .config import (
     DEFAULT_ARCH,
     DEFAULT_EXPANSION,
@@ -95,7 +96,20 @@ def default_axes() -> dict[str, list]:
         defaults = {f.name: setting_default(f) for f in fields(arch.settings)}
         for knob in arch.knobs:
             axes.setdefault(knob, [] if defaults[knob] is None else [defaults[knob]])
+    for name in variant_settings():
+        axes.setdefault(name, [])
     return axes
+
+
+def variant_settings() -> dict[str, str]:
+    """The settings with a fixed set of values (topafa_recipe), which a grid may also vary:
+    {setting: architecture}. A point names a value other than the default (topafa-...-authors)."""
+    return {
+        f.name: arch.name
+        for arch in ARCHITECTURES.values()
+        for f in fields(arch.settings)
+        if f.metadata.get("choices")
+    }
 
 
 @dataclass(frozen=True)
@@ -108,11 +122,15 @@ class Point:
     seed: int
     knob: str | None = None
     value: float | int | None = None
+    variant: tuple[tuple[str, str], ...] = ()  # (setting, value) of variant_settings
 
     @property
     def name(self) -> str:
         sparsity = knob_label(self.knob).format(self.value) if self.knob else "default"
-        return f"{self.arch}-{sparsity}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
+        variant = "".join(f"-{value}" for _, value in self.variant)
+        return (
+            f"{self.arch}-{sparsity}{variant}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
+        )
 
     def row(self) -> dict:
         """The point as columns of the results table (the knob under its own name)."""
@@ -122,7 +140,7 @@ class Point:
             "input_scaling": self.input_scaling,
             "seed": self.seed,
         }
-        return {**row, **({self.knob: self.value} if self.knob else {})}
+        return {**row, **({self.knob: self.value} if self.knob else {}), **dict(self.variant)}
 
     def sae_config(self, d_in: int, **options) -> SAEConfig:
         """The SAEConfig of this point; `options` sets other settings (aux_k, metadata, ...),
@@ -131,6 +149,7 @@ class Point:
         takes = set(setting_names(spec.settings)) - set(spec.knobs)
         settings = {key: value for key, value in options.items() if key in takes}
         knob = {self.knob: self.value} if self.knob else {}
+        settings.update(self.variant)
         return SAEConfig(
             arch=self.arch,
             d_in=d_in,
@@ -169,7 +188,19 @@ def expand(axes: dict) -> list[Point]:
         base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
         knob = next((name for name in architecture(arch).knobs if axes[name]), None)
         values = axes[knob] if knob else [None]
-        points += [replace(base, knob=knob, value=value) for value in values]
+        own = [name for name, owner in variant_settings().items() if owner == arch and axes[name]]
+        spec = {f.name: f for f in fields(architecture(arch).settings)}
+        defaults = {name: f.default for name, f in spec.items()}
+        for name in own:
+            for choice in axes[name]:
+                check_choice(name, choice, spec[name].metadata["choices"])
+        for value, chosen in product(values, product(*(axes[name] for name in own))):
+            variant = tuple(
+                (name, choice)
+                for name, choice in zip(own, chosen)
+                if choice != defaults[name]  # the default keeps the point's name as it was
+            )
+            points.append(replace(base, knob=knob, value=value, variant=variant))
     return points
 
 
