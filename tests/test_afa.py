@@ -104,3 +104,15 @@ def test_plots_are_valid_pngs(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(tmp_path / name)
         assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01
+
+
+def test_zf_axis_names_what_z_is_for_the_scaling(tmp_path, monkeypatch):
+    """A per_token SAE sees the token centred: its axis says ||x - mean(x)||, others ||x||."""
+    from saelab.eval import plots
+
+    labels = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: labels.append(fig.axes[0].get_xlabel()))
+    z = np.linspace(1, 10, 50)
+    zf_plot(z, z, tmp_path / "a.png", scaling="per_token")
+    zf_plot(z, z, tmp_path / "b.png", scaling="none")
+    assert labels[0].startswith("||z|| = ||x - mean(x)||") and labels[1].startswith("||z|| = ||x||")

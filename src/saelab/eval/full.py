@@ -57,7 +57,13 @@ def full_evaluation(
         results.update(downstream(sae, model, input_ids, layer, site, ablations=ablations))
     target = sae.arch.target_l0(sae)
     name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={target}" if target else "")
-    zf_plot(stats["norm_z"], stats["norm_f_tilde"], out_dir / PLOTS["zf"], f"ZF plot: {name}")
+    zf_plot(
+        stats["norm_z"],
+        stats["norm_f_tilde"],
+        out_dir / PLOTS["zf"],
+        f"ZF plot: {name}",
+        sae.cfg.input_scaling,
+    )
     l0_histogram_plot(
         results["l0_histogram"], out_dir / PLOTS["l0"], k=target, title=f"L0 per token: {name}"
     )

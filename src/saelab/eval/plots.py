@@ -19,8 +19,16 @@ MAX_POINTS = 20_000
 LOG_SPAN = 20  # log axes when the norms span more than this factor (massive first-token norms)
 
 
-def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
-    """Left: the ZF plot, ||z|| (x) against ||f~|| (y) in raw input units, the line y = x and
+Z_AXIS = {
+    "per_token": "||z|| = ||x - mean(x)|| (input centred per token, raw units",
+    "expected_norm": "||z|| = ||x|| (input, raw units",
+    "none": "||z|| = ||x|| (input, raw units",
+}
+
+
+def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "", scaling: str = "none") -> bool:
+    """Left: the ZF plot, ||z|| (x) against ||f~|| (y) in raw input units (for a per_token SAE
+    ||z|| is ||x - mean(x)||: the SAE sees the token centred), the line y = x and
     the bands of slopes sqrt(1/(1+c)) and sqrt(1/(1-c)) for c = eps (h - 1) in {0.25, 0.5, 1}.
     Right: the ratio view, ||f~|| / ||z|| against ||z||, where the bands are horizontal lines,
     so how far ordinary tokens sit from the diagonal stays readable. Where the norms span
@@ -61,7 +69,7 @@ def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
     ax.set(
         xlim=(bottom, top),
         ylim=(bottom, top),
-        xlabel=f"||z|| (input, raw units{suffix})",
+        xlabel=f"{Z_AXIS[scaling]}{suffix})",
         ylabel=f"||f~|| (code, with b_dec{suffix})",
         title=title or "ZF plot",
     )
@@ -69,7 +77,7 @@ def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "") -> bool:
     low, high = np.percentile(ratio, [0.5, 99.5]) if len(ratio) else (0.5, 1.5)
     ratio_ax.set(
         ylim=(min(low, math.sqrt(0.5)) - 0.05, max(high, 1.0) + 0.05),
-        xlabel=f"||z|| (input, raw units{suffix})",
+        xlabel=f"{Z_AXIS[scaling]}{suffix})",
         ylabel="||f~|| / ||z||",
         title=f"ratio view (median {np.median(ratio):.3f})" if len(ratio) else "ratio view",
     )
