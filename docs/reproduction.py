@@ -227,7 +227,8 @@ def configuration_table(rows: list[dict]) -> str:
         ("ce_degradation", "CE deg.", 3),
         ("ce_loss_recovered", "CE rec.", 3),
         ("kl", "KL", 3),
-        ("dead_fraction", "dead", 2),
+        ("dead_fraction", "dead (training window)", 2),
+        ("silent_fraction", "silent (held-out)", 2),
         ("f_tilde_over_z_median", "‖f~‖/‖z‖ med.", 3),
         ("eps_lbo_median", "eps_LBO med.", 2),
     )
@@ -434,6 +435,14 @@ INTERP_COLUMNS = (
 )
 
 
+def with_interval(row: dict, key: str) -> str:
+    """'value [low, high]' with the metric's 95% bootstrap interval when the row has one."""
+    value = fmt(row.get(key), 3)
+    if f"{key}_low" in row:
+        return f"{value} [{fmt(row[f'{key}_low'], 2)}, {fmt(row[f'{key}_high'], 2)}]"
+    return value
+
+
 def interp_table(rows: list[dict]) -> str:
     lines = [
         "| SAE | L0 | " + " | ".join(title for _, title in INTERP_COLUMNS) + " |",
@@ -443,7 +452,7 @@ def interp_table(rows: list[dict]) -> str:
         if "mean_absorption_fraction_score" in row or "sae_top_1_test_accuracy" in row:
             lines.append(
                 f"| {row['name']} | {fmt(row['l0'], 3)} | "
-                + " | ".join(fmt(row.get(key), 3) for key, _ in INTERP_COLUMNS)
+                + " | ".join(with_interval(row, key) for key, _ in INTERP_COLUMNS)
                 + " |"
             )
     return "\n".join(lines)

@@ -116,3 +116,10 @@ def test_topk_at_an_l0_follows_its_log_l0_segments_and_extends_the_end_one_by_10
     rows += [_row("batchtopk", 64, 0, 0.05, l0=64 * 1.05)]
     differences, p = reproduction.equal_l0_pairs(rows, "nmse", 64, 8)
     assert differences == pytest.approx([0.05 - (0.06 - 0.02 * np.log2(1.05))]) and np.isnan(p)
+
+
+def test_interp_cells_carry_their_bootstrap_interval():
+    row = {"mean_absorption_fraction_score": 0.171, "mean_absorption_fraction_score_low": 0.1}
+    row["mean_absorption_fraction_score_high"] = 0.25
+    assert reproduction.with_interval(row, "mean_absorption_fraction_score") == "0.171 [0.1, 0.25]"
+    assert reproduction.with_interval({"x": 0.5}, "x") == "0.5"

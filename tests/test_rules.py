@@ -132,6 +132,18 @@ def test_jumprelu_target_mode_raises_lambda_above_target():
     assert sae.l0_lambda.item() > before
 
 
+def test_jumprelu_multiplier_never_turns_negative_and_is_reported():
+    """Below its target L0 the multiplier stays at 0 (projected), so the L0 term is never a
+    reward; eval.json and the history report it."""
+    sae = randomize(make_sae("jumprelu", k=60)).train()
+    for _ in range(3):
+        out = sae.loss(torch.randn(32, 16))
+        assert out.l0.item() < 60
+        sae.arch.after_step(sae, out)
+        assert sae.l0_lambda.item() == 0.0
+    assert sae.arch.evaluation(sae, {}) == {"l0_lambda": 0.0} == sae.arch.record(sae)
+
+
 def _brute_force_k(a, norms, target):
     scores = (a * norms) ** 2
     order = np.argsort(-scores, kind="stable")

@@ -296,3 +296,19 @@ def test_bootstrap_interval_agrees_with_scipy():
     assert ours[0] < values.mean() < ours[1]
     wide = np.diff(bootstrap_interval(values[:6]))[0]
     assert wide > np.diff(ours)[0] and bootstrap_interval([0.5]) == [0.5, 0.5]
+
+
+def test_flat_metrics_carry_the_intervals():
+    from saelab.eval.saebench.output import flat_metrics
+
+    document = {
+        "eval_result_metrics": {"sae": {"sae_top_1_test_accuracy": 0.8}},
+        "eval_result_unstructured": {
+            "intervals": {"over": "tasks", "sae_top_1_test_accuracy": [0.7, 0.9]}
+        },
+    }
+    assert flat_metrics({"sparse_probing": document}) == {
+        "sae_top_1_test_accuracy": 0.8,
+        "sae_top_1_test_accuracy_low": 0.7,
+        "sae_top_1_test_accuracy_high": 0.9,
+    }

@@ -6,12 +6,13 @@ Straight-through estimators with the rectangle kernel K(u) = 1[|u| < 1/2] and ba
 Loss: ||x - x_hat||^2 + d_in * lam * L0. lam is in the units of the BatchTopK paper's code
 (reconstruction error as a mean over elements, lam 0.004 .. 0.0008 for GPT-2); saelab sums the
 error over d_in, so the penalty carries the factor d_in to mean the same trade-off.
-With a target L0 (cfg.k), lam is a Lagrange multiplier of the constraint L0 = k, updated by dual
-ascent after each training step (after_step). It may turn negative, which pushes thresholds
-down when L0 is below the target. The multiplier alone does not hold L0 (bench/RESULTS.md,
-issue 13), so after each step every log-threshold also moves by threshold_rate * (L0 / k - 1):
-a global shift of the thresholds, an integral controller on the L0 itself, as BatchTopK's
-global threshold is.
+With a fixed l0_coefficient this is the paper's method. With a target L0 (cfg.k, saelab's
+controller, a variant), lam is a multiplier of the constraint L0 <= k, updated by projected dual
+ascent after each training step (after_step): lam = max(0, lam + rate / d_in * (L0 / k - 1)), so
+the L0 term is never a reward. A JumpReLU at lam = 0 drifts below a target of 32 by itself on
+the default model (bench/RESULTS.md, issue 25), which lam >= 0 cannot undo, so after each step
+every log-threshold also moves by threshold_rate * (L0 / k - 1): a global shift of the
+thresholds, an integral controller on the L0 itself, as BatchTopK's global threshold is.
 
 Units: pre-activations are in the SAE's scaled units, where a token has norm ~sqrt(d_in) (the
 per_token and expected_norm scalings), as in SAELens; its defaults there are bandwidth 0.05 and
@@ -57,7 +58,7 @@ class JumpReLUSettings(Settings):
     jumprelu_target_rate: float = setting(
         0.05,
         "with a target L0: the multiplier's step, "
-        "lam += rate / d_in * (L0 / k - 1) after each training step",
+        "lam = max(0, lam + rate / d_in * (L0 / k - 1)) after each training step",
     )
     jumprelu_threshold_rate: float = setting(
         0.03,
@@ -162,8 +163,9 @@ class JumpReLUArchitecture(Architecture):
 
     @torch.no_grad()
     def after_step(self, sae, out):
-        """With a target L0 k, on the batch L0 over all ranks and error e = L0 / k - 1: dual ascent
-        lam += target_rate / d_in * e, and log theta += threshold_rate * e for every latent.
+        """With a target L0 k, on the batch L0 over all ranks and error e = L0 / k - 1: projected
+        dual ascent lam = max(0, lam + target_rate / d_in * e), and log theta += threshold_rate *
+        e for every latent.
         Outside the loss, so the loss is a pure function."""
         cfg = sae.cfg
         if cfg.k is not None:

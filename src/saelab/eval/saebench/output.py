@@ -117,7 +117,7 @@ def read_outputs(out_dir: str | Path, names) -> dict[str, dict]:
 def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
     """The scalar metrics of result documents as one flat row, under their SAEBench names
     (unique across its evaluations): mean_absorption_fraction_score, sae_top_1_test_accuracy,
-    autointerp_score, ..."""
+    autointerp_score, ..., and each interval as <metric>_low and <metric>_high."""
     row = {}
     for document in outputs.values():
         for values in document["eval_result_metrics"].values():
@@ -128,4 +128,8 @@ def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
                     if isinstance(value, (int, float)) and not isinstance(value, bool)
                 }
             )
+        found = (document.get("eval_result_unstructured") or {}).get("intervals", {})
+        for metric, bounds in found.items():
+            if isinstance(bounds, list) and len(bounds) == 2:
+                row[f"{metric}_low"], row[f"{metric}_high"] = bounds
     return row
