@@ -135,4 +135,5 @@ def test_a_sweep_over_the_new_and_old_architectures(tmp_path, capsys, monkeypatc
         "topk-k4-x2-per_token-s0",
     ]
     assert all(0 < r["nmse"] < 2 for r in rows)
-    assert SAE.load(out / "matryoshka-k4-x2-per_token-s0").cfg.matryoshka_widths == [2, 8, 16, 32]
+    widths = SAE.load(out / "matryoshka-k4-x2-per_token-s0").cfg.matryoshka_widths
+    assert widths == [2, 4, 8, 16, 32]
