@@ -193,7 +193,7 @@ def cmd_train(args) -> None:
     if rank() != 0:
         return
     for result, cfg in zip(results, train_cfgs):
-        extra = {"train_tokens": result.tokens, **rundir.training_dead(Path(cfg.out_dir))}
+        extra = {"train_tokens": result.tokens, **rundir.training_dead(result.history)}
         if data.dictionary is not None:
             extra["dictionary_recovery"] = dictionary_recovery(result.sae, data.dictionary)
         context = EvalContext(
@@ -265,7 +265,7 @@ def cmd_eval(args) -> None:
     request = request.with_recorded_hook(sae.cfg.metadata)
     context = eval_context(request, wanted, configs["core"], args.model is not None, chat)
     context.out_dir = Path(args.out or default_out)
-    context.extra = rundir.training_dead(files)
+    context.extra = rundir.training_dead(rundir.read_history(files))
     print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}:")
     written: dict[str, list[str]] = {}
     for evaluation in wanted:

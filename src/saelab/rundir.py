@@ -98,10 +98,9 @@ def write_train_config(run: Path, train_cfg) -> None:
     (Path(run) / TRAIN_CONFIG).write_text(json.dumps(train_cfg.to_dict(), indent=2) + "\n")
 
 
-def training_dead(run: Path) -> dict:
-    """From the run's history: dead_fraction, the latents that did not fire in the last
-    dead_window_tokens training tokens at the last record; {} for a run without one."""
-    history = read_history(run)
+def training_dead(history: list[dict]) -> dict:
+    """From a run's history (read_history): dead_fraction, the latents that did not fire in the
+    last dead_window_tokens training tokens at the last record; {} for a run without one."""
     last = history[-1] if history else {}
     return {key: last[key] for key in ("dead_fraction", "dead_window_tokens") if key in last}
 

@@ -318,7 +318,7 @@ def run_sweep(
             "d_sae": sae.cfg.d_sae,
             "point": asdict(point),
             "train_tokens": history[-1]["tokens"] if history else 0,
-            **rundir.training_dead(runs[point]),
+            **rundir.training_dead(history),
         }
         here = replace(context, out_dir=runs[point], extra=recorded)
         evaluate_with(core, sae, here, configs.get("core"))

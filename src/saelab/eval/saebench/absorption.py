@@ -217,19 +217,20 @@ def word_absorption(
 
 
 def main_latents(
-    l1_weight: np.ndarray, train_codes, train_y, test_codes, test_y, cfg: AbsorptionConfig
+    l1_weight: torch.Tensor, train_codes, train_y, test_codes, test_y, cfg: AbsorptionConfig
 ) -> list[int]:
     """The main latents of one letter (module docstring, step 4): l1_weight [d_sae] is the
     letter's row of the L1 multi-probe on the codes."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(np.unique(train_y)) < 2:
+        return []
+    ranked = l1_weight.topk(cfg.max_k_value).indices.tolist()
     best, chosen = -100.0, []
     for k in range(1, cfg.max_k_value + 1):
-        latents = torch.from_numpy(l1_weight).topk(k).indices.tolist()
-        x = train_codes[:, latents]
-        if len(np.unique(train_y)) < 2:
-            break
-        probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, train_y)
+        latents = ranked[:k]
+        probe = LogisticRegression(max_iter=500, class_weight="balanced")
+        probe.fit(train_codes[:, latents], train_y)
         score = f1(probe.decision_function(test_codes[:, latents]) > 0, test_y)
         if score <= best + cfg.f1_jump_threshold:
             break
@@ -293,7 +294,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         y_train, y_test = letters["train"] == index, letters["test"] == index
         if y_test.sum() < 1 or f1(test_scores[:, index] > 0, y_test) <= cfg.min_probe_f1:
             continue
-        main = main_latents(l1_w[index].numpy(), train_codes, y_train, test_codes, y_test, cfg)
+        main = main_latents(l1_w[index], train_codes, y_train, test_codes, y_test, cfg)
         positives = np.flatnonzero((test_scores[:, index] > 0) & y_test)
         tp_words = [splits["test"][i] for i in positives]
         again = icl_prompts(lm.tokenizer, lm.bos_token_id, tp_words, everyone, cfg, rng)
