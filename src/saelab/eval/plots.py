@@ -65,6 +65,8 @@ def zf_plot(norm_z, norm_f_tilde, path: str | Path, title: str = "", scaling: st
     if log:
         ax.set(xscale="log", yscale="log")
         ratio_ax.set_xscale("log")
+        for axis in (ax.xaxis, ax.yaxis, ratio_ax.xaxis):  # minor labels overlap over a decade
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     suffix = ", log" if log else ""
     ax.set(
         xlim=(bottom, top),
