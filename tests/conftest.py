@@ -4,6 +4,14 @@ import torch
 from saelab import SAE, SAEConfig
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The folder the bad-input tests run in (tests/bad_world.py)."""
+    from bad_world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -439,7 +439,7 @@ def test_eval_command_with_downstream_on_a_model(model_dir, docs, tmp_path, caps
             str(tmp_path / "e2"),
         ],
     )
-    assert re.search("layer 9 out of range", error)
+    assert re.search("--layer 9 \\(the SAE records 1\\)", error)
 
 
 def test_eval_of_an_external_sae_and_bad_inputs(capsys, acts, tmp_path, model_dir, docs):

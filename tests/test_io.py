@@ -62,7 +62,7 @@ def test_per_token_scaling_is_stored_and_undone(tmp_path):
     f = sae.encode(x)
     want = (f @ sae.W_dec + sae.b_dec) * std + mean
     torch.testing.assert_close(sae(x), want)
-    with pytest.raises(ValueError, match="per_token"):
+    with pytest.raises(TypeError, match="per_token"):
         sae.decode(f)
     sae.save(tmp_path / "s")
     torch.testing.assert_close(SAE.load(tmp_path / "s")(x), want)

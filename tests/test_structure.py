@@ -149,8 +149,17 @@ def test_the_data_request_is_a_value_resolved_without_changing_it(tmp_path):
     )  # fmt: skip
     with pytest.raises(UsageError, match="two data sources"):
         check_request(DataConfig(activations="a.npy", synthetic=True))
-    recorded = DataConfig(layer=3).with_recorded_hook({"model": "m", "layer": 9, "site": "mlp_out"})
-    assert (recorded.model, recorded.layer, recorded.site) == ("m", 3, "mlp_out")
+    recorded = DataConfig(dataset="d").with_recorded_hook(
+        {"model": "m", "layer": 9, "site": "mlp_out"}
+    )
+    assert (recorded.model, recorded.layer, recorded.site, recorded.dataset) == (
+        "m",
+        9,
+        "mlp_out",
+        "d",
+    )
+    with pytest.raises(ConfigError, match="--layer 3 \\(the SAE records 9\\)"):
+        DataConfig(layer=3).with_recorded_hook({"layer": 9})
 
 
 @dataclasses.dataclass

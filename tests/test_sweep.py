@@ -40,11 +40,11 @@ def test_grid_expansion_uses_each_architectures_own_knob():
         ("l1_coefficient", v) for v in (1, 2, 3)
     }
     assert all((p.knob, p.value) == ("afa_coefficient", 0.1) for p in by_arch["topafa"])
-    jump = expand({"arch": ["jumprelu"], "l0_coefficient": [0.5], "k": [4, 8]})
+    jump = expand({"arch": ["jumprelu"], "l0_coefficient": [0.5]})
     assert jump == [Point("jumprelu", 8, "per_token", 0, knob="l0_coefficient", value=0.5)]
-    assert (
-        "k" not in jump[0].sae_config(16).to_dict()["metadata"] and jump[0].sae_config(16).k is None
-    )
+    assert jump[0].sae_config(16).k is None
+    with pytest.raises(ConfigError, match="k would be ignored"):  # l0_coefficient wins over k
+        expand({"arch": ["jumprelu"], "l0_coefficient": [0.5], "k": [4, 8]})
     assert len({p.name for p in points}) == len(points)
     assert (
         Point("batchtopk", 8, "per_token", 0, knob="k", value=32).name

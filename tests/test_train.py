@@ -478,7 +478,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, m
         train(
             make_sae("relu"),
             torch.randn(2000, 16) * 100,
-            _cfg(lr=1e30, warmup_tokens=0, grad_clip=None),
+            _cfg(lr=1e30, force_lr=True, warmup_tokens=0, grad_clip=None),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
+from .errors import ArgumentError, ConfigError
 
 
 def check_integer(name: str, value, low: int = 1) -> None:
@@ -42,3 +42,14 @@ def by_name(items, what: str) -> dict:
             raise ConfigError(f"two {what} are named {item.name!r}")
         registry[item.name] = item
     return registry
+
+
+def check_type(name: str, value, kinds, expected: str) -> None:
+    """value is an instance of `kinds` (ints are not bools); else an ArgumentError saying what
+    `name` should be."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
+        raise ArgumentError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.60}")
+
+
+def _tuple(kinds) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .config import (
     TrainConfig,
 )
 from .contexts import eval_context, evaluation_data, sweep_context
-from .data.cache import ActivationCache, build_cache
+from .data.cache import ActivationCache, build_cache, existing_manifest
 from .data.hooks import DEFAULT_SITE
 from .data.models import load_model, load_tokenizer
 from .errors import SaelabError, UsageError
@@ -35,7 +36,6 @@ from .eval.registry import (
     sweep_columns,
 )
 from .eval.report import ReportConfig, write_report
-from .eval.report import read_results as read_eval_json
 from .eval.saebench.llm import ChatConfig, chat_model
 from .eval.saebench.output import flat_metrics
 from .flags import (
@@ -54,8 +54,9 @@ from .flags import (
 )
 from .sae.model import SAE
 from .sources import dictionary_recovery, harvest_spec, harvests, resolve, sae_source
-from .sweep import knob_label, run_sweep
+from .sweep import check_out, knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
+from .train.interrupt import Interrupted
 from .train.loop import train_many
 from .train.wandb_log import require_wandb
 from .version import __version__
@@ -113,15 +114,17 @@ def _add_cache_parser(commands) -> None:
 def cmd_cache(args) -> None:
     request = config_from(DataConfig, args)
     spec = harvest_spec(request)
-    lm = load_model(spec.model, dtype=request.model_dtype, device=request.device)
-    cache = build_cache(
-        lm,
-        args.out,
-        spec,
-        request.tokens,
-        shard_tokens=args.shard_tokens,
-        progress=request.progress,
-    )
+    with rundir.locked(args.out):
+        existing_manifest(Path(args.out), spec)  # refuse what cannot be extended, before loading
+        lm = load_model(spec.model, dtype=request.model_dtype, device=request.device)
+        cache = build_cache(
+            lm,
+            args.out,
+            spec,
+            request.tokens,
+            shard_tokens=args.shard_tokens,
+            progress=request.progress,
+        )
     print(
         f"{cache.n_tokens} activations [{cache.d_in}] of {spec.model} layer {spec.layer} "
         f"{spec.site} in {len(cache.shards)} shards: {args.out}"
@@ -161,12 +164,27 @@ def cmd_train(args) -> None:
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(args.arch)}"
     out = Path(args.out) if args.out else Path("runs") / stamp
     train_cfg = config_from(TrainConfig, args, out_dir=str(out))
-    args.out = str(rundir.prepare(out, train_cfg.resume, args.overwrite))
+    grid = train_grid(args)
+    runs = [out] if len(grid) == 1 else [out / _run_name(grid, *point) for point in grid]
+    args.out = str(out)
+    with rundir.locked(out) if rank() == 0 else nullcontext():
+        rundir.prepare(out, runs, train_cfg.resume, args.overwrite)
+        _train(args, request, train_cfg, grid, runs)
+
+
+def _run_name(grid, arch, knob, value, others) -> str:
+    """The folder of one SAE of a grid: its architecture, and its knob's value where it needs
+    one to be told apart."""
+    several = sum(a == arch for a, *_ in grid) > 1
+    named = knob and (knob == "k" or several)
+    return f"{arch}-{knob_label(knob).format(value)}" if named else arch
+
+
+def _train(args, request, train_cfg, grid, runs) -> None:
     data = resolve(request, seed=train_cfg.seed)
     train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
-    grid = train_grid(args)
     saes, train_cfgs = [], []
-    for arch, knob, value, others in grid:
+    for (arch, knob, value, others), run in zip(grid, runs):
         sae_cfg = SAEConfig(
             arch=arch,
             d_in=data.train.d_in,
@@ -177,10 +195,6 @@ def cmd_train(args) -> None:
             **({knob: value} if knob else {}),
         )
         sae = SAE(sae_cfg, seed=train_cfg.seed)
-        several = sum(a == arch for a, *_ in grid) > 1
-        named = knob and (knob == "k" or several)
-        name = f"{arch}-{knob_label(knob).format(value)}" if named else arch
-        run = out if len(grid) == 1 else out / name
         saes.append(sae.to(request.device))
         train_cfgs.append(replace(train_cfg, out_dir=str(run)))
         if rank() == 0:
@@ -265,6 +279,7 @@ def cmd_eval(args) -> None:
     request = request.with_recorded_hook(sae.cfg.metadata)
     context = eval_context(request, wanted, configs["core"], args.model is not None, chat)
     context.out_dir = Path(args.out or default_out)
+    rundir.check_output_folder(context.out_dir, files)
     context.extra = rundir.training_dead(rundir.read_history(files))
     print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}:")
     written: dict[str, list[str]] = {}
@@ -316,7 +331,7 @@ def cmd_report(args) -> None:
             f"(saelab cache ...), not {request.activations}"
         )
     run, out = files, Path(args.out or default_out / rundir.REPORT)
-    results = read_eval_json(run)
+    results = rundir.read_eval(run)
     if results is None:  # evaluate first, so the page has metrics and plots
         context = EvalContext(data=data, out_dir=out.parent)
         results = evaluate_with(EVALUATIONS["core"], sae, context)
@@ -423,6 +438,12 @@ def cmd_sweep(args) -> None:
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
     chat = _chat(args, wanted, request.device)
+    with rundir.locked(args.out):
+        check_out(args.out)
+        _sweep(args, request, points, per_point, wanted, configs, chat)
+
+
+def _sweep(args, request, points, per_point, wanted, configs, chat) -> None:
     data = resolve(request)
     train_cfg = config_from(TrainConfig, args, skip=("seed",), out_dir=args.out)
     train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
@@ -495,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
             out, lambda: getattr(args, "out", None) if rank() == 0 else None
         ):
             args.func(args)
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(f"saelab: error: {err or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
     except (SaelabError, ValueError, OSError) as err:
         print(f"saelab: error: {_describe(err)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,6 +31,7 @@ __all__ = [
 DEFAULT_ARCH, DEFAULT_EXPANSION = "batchtopk", 8
 DEFAULT_MODEL, DEFAULT_LAYER, DEFAULT_DATASET = "builtin:smollm2-135m", 15, "builtin:wiki"
 DEFAULT_TOKENS, DEFAULT_EVAL_TOKENS = 250_000, 16_384
+IMPLAUSIBLE_LR = 1.0  # an Adam learning rate this large is a typo (TrainConfig.force_lr)
 MIN_EVAL_TOKENS = 64  # fewer held-out tokens give no meaningful variance, density or L0 histogram
 
 
@@ -61,6 +62,11 @@ class TrainConfig:
         "Adam learning rate (default: 2e-3 * sqrt(4608 / d_sae): 2e-3 at d_sae 4608, "
         "1e-3 at 18432)",
         strict=True,
+    )
+    force_lr: bool = option(
+        False,
+        f"accept a learning rate of {IMPLAUSIBLE_LR:g} or more (refused otherwise as a "
+        "likely typo, e.g. 2e3 for 2e-3)",
     )
     betas: tuple[float, float] = option((0.9, 0.99), "Adam's betas, two numbers in [0, 1)", high=1)
     total_tokens: int | None = option(
@@ -132,6 +138,12 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas!r}")
         check_options(self)
+        if self.lr is not None and self.lr >= IMPLAUSIBLE_LR and not self.force_lr:
+            raise ConfigError(
+                f"lr={self.lr:g} is implausibly large for Adam on an SAE (usual: 1e-4 to 1e-2; "
+                "a typo such as 2e3 for 2e-3?): pass --force-lr (TrainConfig.force_lr) to train "
+                "with it"
+            )
         if self.checkpoint_every_tokens is not None and self.out_dir is None:
             raise ConfigError("checkpoints need out_dir")
         if self.resume and self.out_dir is None:
@@ -235,6 +247,16 @@ class DataConfig:
         """This request with the model, layer, site and dataset an SAE's config records where
         unset."""
         recorded = {k: metadata[k] for k in ("model", "layer", "site", "dataset") if k in metadata}
+        clash = [
+            f"--{key} {getattr(self, key)} (the SAE records {recorded[key]})"
+            for key in ("layer", "site")
+            if key in recorded and getattr(self, key) not in (None, recorded[key])
+        ]
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)}: the SAE was trained on another hook point; omit the flag "
+                "to evaluate it where it was trained"
+            )
         return dataclasses.replace(
             self, **{k: v for k, v in recorded.items() if getattr(self, k) is None}
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .data.activations import open_source
-from .data.cache import ActivationCache, CacheSpec, read_manifest
+from .data.cache import ActivationCache, CacheSpec, check_spec, read_manifest
 from .data.hooks import DEFAULT_SITE
 from .data.models import load_model, load_tokenizer
 from .data.pipeline import ensure_caches
@@ -36,7 +36,11 @@ def evaluation_data(request: DataConfig):
     """The request's activations, or the held-out cache of its model, hook and dataset
     (harvested into its cache_dir if missing)."""
     if request.activations:
-        return open_source(request.activations)
+        data = open_source(request.activations)
+        if isinstance(data, ActivationCache):  # its hook point must be the one asked for
+            hook = {k: v for k, v in request.hook_given.items() if k in ("layer", "site")}
+            check_spec(data.manifest, hook, data.directory)
+        return data
     if request.model is None or request.layer is None or request.dataset is None:
         raise UsageError(
             "this SAE does not record the model it was trained on: pass --activations, "

@@ -15,5 +15,9 @@ class ConfigError(SaelabError, ValueError):
     """A configuration value is missing, out of range or inconsistent."""
 
 
+class ArgumentError(SaelabError, TypeError):
+    """A Python API function called with an argument of the wrong type."""
+
+
 class DataError(SaelabError, ValueError):
     """Activations that cannot be used: wrong shape, dtype or size, or not finite."""

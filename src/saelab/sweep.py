@@ -30,7 +30,7 @@ import tomllib
 from tqdm.auto import tqdm
 
 from . import rundir
-from .checks import check_choice
+from .checks import check_choice, check_integer
 from .config import (
     DEFAULT_ARCH,
     DEFAULT_EXPANSION,
@@ -58,7 +58,7 @@ from .sae.registry import ARCHITECTURES, architecture
 from .train.checkpoint import load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, train_many
 
-RESULTS = ("results.csv", "results.json")
+RESULTS = ("results.csv", rundir.SWEEP_RESULTS)
 SUMMARY, CURVES = "summary.csv", "curves_nmse.png"
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
 PARETO = (
@@ -170,12 +170,17 @@ def expand(axes: dict) -> list[Point]:
         raise ConfigError(
             f"unknown sweep axis {', '.join(unknown)}; axes are {', '.join(defaults)}"
         )
+    all_knobs = {knob for spec in ARCHITECTURES.values() for knob in spec.knobs}
+    given = [name for name in axes if name in all_knobs or name in variant_settings()]
     axes = {
         **defaults,
         **{key: value if isinstance(value, list) else [value] for key, value in axes.items()},
     }
     for arch in axes["arch"]:
         architecture(arch)  # a ConfigError names an unknown one
+    for name in ("expansion", "seed"):
+        for value in axes[name]:
+            check_integer(name, value, low=1 if name == "expansion" else 0)
     for scaling in axes["input_scaling"]:
         if scaling not in INPUT_SCALINGS:
             raise ConfigError(
@@ -201,6 +206,15 @@ def expand(axes: dict) -> list[Point]:
                 if choice != defaults[name]  # the default keeps the point's name as it was
             )
             points.append(replace(base, knob=knob, value=value, variant=variant))
+    used = {p.knob for p in points}
+    used |= {name for name, owner in variant_settings().items() if owner in axes["arch"]}
+    unused = [name for name in given if name not in used]
+    if unused:
+        takes = "; ".join(f"{a}: {', '.join(architecture(a).knobs)}" for a in axes["arch"])
+        raise ConfigError(
+            f"{', '.join(unused)} would be ignored: no architecture of this grid varies it "
+            f"(each varies the first of its knobs that is given; {takes})"
+        )
     return points
 
 
@@ -222,6 +236,8 @@ def grid_evals(grids: list[dict], evals: list[str] = ()) -> dict[Point, list[str
     for grid in grids:
         names = grid.get("evals", [])
         names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ConfigError(f"evals must be a name or a list of names, got {names!r}")
         evaluations(names)
         for point in expand(_axes(grid)):
             wanted[point] = list(dict.fromkeys([*wanted[point], *names]))
@@ -255,7 +271,38 @@ def read_grid_file(path: str | Path) -> list[dict]:
     grids = spec.pop("grid", [{}])
     if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
         raise ConfigError(f"{path}: 'grid' must be an array of tables ([[grid]])")
-    return [{**spec, **grid} for grid in grids]
+    grids = [{**spec, **grid} for grid in grids]
+    for i, grid in enumerate(grids, 1):
+        try:
+            expand(_axes(grid))
+            grid_evals([grid])
+        except ConfigError as err:
+            raise ConfigError(f"{path}, grid {i}: {err}") from None
+    return grids
+
+
+def check_out(out: Path) -> None:
+    """A sweep directory holds the sweep's tables and plots and one saelab run per point;
+    anything else in it (another library's SAE, a cache, a run at its top, other files) is
+    refused before any work."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    ours = {*RESULTS, SUMMARY, CURVES, *(name for *_, name in PARETO), rundir.LOCK}
+    points = ("a saelab run", "an empty folder")
+    found = {entry: rundir.describe(entry) for entry in sorted(out.iterdir())}
+    others = [
+        f"{entry.name} ({what})"
+        for entry, what in found.items()
+        if entry.name not in ours and not (entry.is_dir() and what in points)
+    ]
+    if rundir.describe(out) not in ("a folder", "an empty folder", "a sweep"):
+        others = [f"{rundir.describe(out)}: {', '.join(others)}"]
+    if others:
+        raise rundir.RunError(
+            f"--out {out} holds what a sweep does not write: {', '.join(others)}; choose another "
+            "--out"
+        )
 
 
 def _check_settings(run: Path, cfg: TrainConfig) -> None:
@@ -364,9 +411,7 @@ def run_sweep(
             if not up_to_date(evaluation, done.get(evaluation.name), here, cfg):
                 evaluate_with(evaluation, SAE.load(runs[point]), here, cfg)
     rows = [
-        result_row(
-            {**read_json_object(runs[p] / rundir.EVAL), **flat_metrics(read_results(runs[p]))}, p
-        )
+        result_row({**rundir.read_eval(runs[p]), **flat_metrics(read_results(runs[p]))}, p)
         for p in points
     ]
     write_results(rows, out, {p.name: heldout_curve(runs[p]) for p in points})

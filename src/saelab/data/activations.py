@@ -33,6 +33,22 @@ def check_batch(batch: torch.Tensor, d_in: int, where: str) -> None:
         raise DataError(f"{where}: activations contain {bad} NaN/Inf values")
 
 
+MAX_ZERO_ROWS = 0.01  # share of all-zero rows in the first batch above which data is refused
+
+
+def check_zero_rows(batch: torch.Tensor, where: str, note: bool = True) -> None:
+    """All-zero rows (padding leaking into a cache looks like this): a note when some of
+    `batch`'s rows are (unless not `note`), a DataError when more than MAX_ZERO_ROWS are."""
+    zero = int((batch == 0).all(dim=1).sum())
+    if zero > MAX_ZERO_ROWS * len(batch):
+        raise DataError(
+            f"{where}: {zero} of {len(batch)} activation rows are all zeros (padding or masked "
+            f"positions in the data?); saelab refuses data with more than {MAX_ZERO_ROWS:.0%}"
+        )
+    if zero and note:
+        print(f"note: {where}: {zero} of {len(batch)} activation rows are all zeros")
+
+
 def check_d_in(source, d_in: int) -> None:
     """Raise a DataError when a source's width is known and differs from the SAE's d_in."""
     if source.d_in is not None and source.d_in != d_in:
@@ -52,6 +68,8 @@ def evaluation_batches(
             if not len(x):
                 return
         check_batch(x, d_in, f"{source.name}, evaluation batch {i}")
+        if i == 0:
+            check_zero_rows(x, f"{source.name}, evaluation batch 0", note=False)
         n += len(x)
         yield x
     if n == 0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -29,14 +29,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .. import rundir
 from ..errors import DataError
 from ..io.atomic import atomic_write
-from ..io.jsonfile import read_json_object
+from ..io.jsonfile import check_fields, read_json_object
 from . import harvesting
 from .batches import rebatch
 from .text import text_revision
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.CACHE_MANIFEST
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WINDOW = 4
 
@@ -75,15 +76,48 @@ def _sha256(path: Path) -> str:
 
 
 def read_manifest(directory: str | Path) -> dict:
+    """The manifest of a cache directory, every field checked for type and range."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise CacheError(f"{directory} is not an activation cache (no {MANIFEST})")
-    manifest = read_json_object(path, CacheError, required=("spec", "d_in", "shards"))
-    if not isinstance(manifest["spec"], dict) or not isinstance(manifest["shards"], list):
-        raise CacheError(f"{path}: 'spec' must be an object and 'shards' a list")
+        raise CacheError(
+            f"{directory} is not an activation cache (no {MANIFEST}; it is "
+            f"{rundir.describe(Path(directory))})"
+        )
+    manifest = read_json_object(path, CacheError)
+    check_fields(
+        manifest,
+        str(path),
+        CacheError,
+        optional=("n_tokens",),
+        spec=dict,
+        d_in=int,
+        shards=list,
+        n_tokens=int,
+    )
+    kinds = {f.name: {"str": str, "int": int, "bool": bool}[f.type] for f in fields(CacheSpec)}
+    unknown = sorted(set(manifest["spec"]) - set(kinds))
+    if unknown:
+        raise CacheError(f"{path}: unknown spec field(s) {', '.join(unknown)}")
+    defaults = [f.name for f in fields(CacheSpec) if f.default is not MISSING]
+    check_fields(manifest["spec"], f"{path} spec", CacheError, optional=defaults, **kinds)
+    if manifest["d_in"] < 1:
+        raise CacheError(f"{path}: d_in must be positive, got {manifest['d_in']}")
     for i, shard in enumerate(manifest["shards"]):
-        if not isinstance(shard, dict) or not {"file", "n_tokens", "sha256"} <= set(shard):
-            raise CacheError(f"{path}: shard entry {i} needs file, n_tokens and sha256")
+        where = f"{path} shard entry {i}"
+        if not isinstance(shard, dict):
+            raise CacheError(f"{where} must be a JSON object (file, n_tokens, sha256)")
+        check_fields(shard, where, CacheError, file=str, n_tokens=int, sha256=str)
+        if Path(shard["file"]).name != shard["file"] or shard["file"] in ("", ".", ".."):
+            raise CacheError(
+                f"{where}: file must be a file name in the cache, got {shard['file']!r}"
+            )
+        if shard["n_tokens"] < 1:
+            raise CacheError(f"{where}: n_tokens must be positive, got {shard['n_tokens']}")
+    total = sum(shard["n_tokens"] for shard in manifest["shards"])
+    if manifest.get("n_tokens", total) != total:
+        raise CacheError(
+            f"{path}: n_tokens is {manifest['n_tokens']}, but its shards hold {total} (damaged?)"
+        )
     return manifest
 
 
@@ -108,6 +142,35 @@ def _write_manifest(directory: Path, manifest: dict) -> None:
     )
 
 
+def existing_manifest(directory: Path, spec: CacheSpec) -> dict | None:
+    """The manifest of the cache in `directory` that a harvest of `spec` extends, or None for a
+    new cache; a cache of another spec or text cleaning, or a directory holding anything else
+    (a run, an SAE, other files), is refused."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).exists():
+        others = (
+            [e for e in sorted(directory.iterdir()) if e.name != rundir.LOCK]
+            if (directory.is_dir())
+            else []
+        )
+        if others:
+            raise CacheError(
+                f"{directory} is not an activation cache and holds "
+                f"{', '.join(f'{e.name} ({rundir.describe(e)})' for e in others)}: harvest into "
+                "a new or empty directory"
+            )
+        return None
+    manifest = read_manifest(directory)
+    check_spec(manifest, spec, directory)
+    if manifest.get("text_revision") != text_revision(spec.dataset):
+        raise CacheError(
+            f"the cache in {directory} was harvested from an older cleaning of {spec.dataset} "
+            f"(revision {manifest.get('text_revision')}, now {text_revision(spec.dataset)}): "
+            "remove it, or harvest into another directory"
+        )
+    return manifest
+
+
 def build_cache(
     lm,
     directory: str | Path,
@@ -121,16 +184,8 @@ def build_cache(
     directory = Path(directory)
     if tokens <= 0:
         raise CacheError(f"tokens must be positive, got {tokens}")
-    if (directory / MANIFEST).exists():
-        manifest = read_manifest(directory)
-        check_spec(manifest, spec, directory)
-        if manifest.get("text_revision") != text_revision(spec.dataset):
-            raise CacheError(
-                f"the cache in {directory} was harvested from an older cleaning of {spec.dataset} "
-                f"(revision {manifest.get('text_revision')}, now {text_revision(spec.dataset)}): "
-                "remove it, or harvest into another directory"
-            )
-    else:
+    manifest = existing_manifest(directory, spec)
+    if manifest is None:
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": "saelab-activation-cache",

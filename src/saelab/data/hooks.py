@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..errors import SaelabError
+from ..errors import ArgumentError, SaelabError
 
 DEFAULT_SITE = "resid_post"
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
@@ -37,7 +37,13 @@ class _Stop(Exception):
 
 def _hf_model(model) -> nn.Module:
     """The torch module of a LanguageModel, or the module itself."""
-    return model if isinstance(model, nn.Module) else model.model
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise ArgumentError(
+            "model must be a LanguageModel (saelab.load_model) or a torch module, got "
+            f"{type(model).__name__}"
+        )
+    return module
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checks import check_type
 from ..errors import SaelabError
 from .hooks import blocks_of
 from .network import require_hub
@@ -90,6 +91,8 @@ def _resolve(spec: str) -> tuple[str, dict]:
 
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
     """Load a causal or masked LM and its tokenizer for harvesting, in eval mode."""
+    check_type("spec", spec, (str, Path), "a model name, directory or .gguf path")
+    spec = str(spec)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if dtype not in DTYPES:

@@ -19,11 +19,13 @@ import bz2
 import itertools
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SaelabError
+from ..io.jsonfile import json_kind
 from .network import require_hub
 from .packaged import package_file
 from .wikitext import REVISION as WIKI_REVISION
@@ -88,21 +90,24 @@ def text_documents(text: str) -> list[str]:
     ]
 
 
-def _file_documents(path: Path, text_column: str) -> Iterator[str]:
-    if path.suffix == ".txt":
-        yield from text_documents(path.read_text(encoding="utf-8", errors="replace"))
-    elif path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if text_column not in row:
-                raise TextError(
-                    f"{path}:{n} has no {text_column!r} field (fields: {', '.join(row)}); "
-                    "choose one with --text-column"
-                )
-            yield str(row[text_column])
-    elif path.suffix == ".parquet":
+def read_text_file(path: Path) -> str:
+    """A file's text: refused if it is binary (NUL bytes) or not UTF-8 (with the byte offset)."""
+    data = path.read_bytes()
+    if b"\0" in data[:65536]:
+        raise TextError(f"{path} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TextError(
+            f"{path} is not UTF-8 text (byte {err.start}: {data[err.start : err.start + 4]!r}); "
+            "convert it first, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def _rows(path: Path, text_column: str) -> Iterator[tuple[str, object]]:
+    """('file:line' or 'file row n', the text column's value) of each row of a .jsonl or
+    .parquet file; a row that is not an object or lacks the column is a TextError."""
+    if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
@@ -111,9 +116,51 @@ def _file_documents(path: Path, text_column: str) -> Iterator[str]:
                 f"{path} has no column {text_column!r} (columns: {', '.join(table.column_names)}); "
                 "choose one with --text-column"
             )
-        yield from (str(t) for t in table.column(text_column).to_pylist() if t is not None)
-    else:
+        for n, value in enumerate(table.column(text_column).to_pylist()):
+            yield f"{path} row {n}", value
+        return
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TextError(
+                f"{path}:{n} is not valid JSON ({err.msg}, column {err.colno})"
+            ) from None
+        if not isinstance(row, dict):
+            raise TextError(
+                f"{path}:{n} is a JSON {json_kind(row)}, not an object with a {text_column!r} field"
+            )
+        if text_column not in row:
+            raise TextError(
+                f"{path}:{n} has no {text_column!r} field (fields: {', '.join(row)}); "
+                "choose one with --text-column"
+            )
+        yield f"{path}:{n}", row[text_column]
+
+
+def _file_documents(path: Path, text_column: str) -> Iterator[str]:
+    if path.suffix == ".txt":
+        yield from text_documents(read_text_file(path))
+        return
+    if path.suffix not in TEXT_SUFFIXES:
         raise TextError(f"{path}: unsupported text file type (use {', '.join(TEXT_SUFFIXES)})")
+    skipped = 0
+    for where, value in _rows(path, text_column):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            skipped += 1
+        elif isinstance(value, str):
+            yield value
+        else:
+            raise TextError(
+                f"{where}: {text_column!r} must be a string, got a JSON {json_kind(value)}"
+            )
+    if skipped:
+        print(
+            f"saelab: {path}: skipped {skipped} rows with null or empty {text_column!r}",
+            file=sys.stderr,
+        )
 
 
 def _hub_documents(name: str, text_column: str) -> Iterator[str]:

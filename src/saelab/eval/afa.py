@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_type
 from ..data.activations import evaluation_batches
+from ..sae.model import SAE
 
 
 @torch.no_grad()
 def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """x [n, d_in] -> per-token norm_z, norm_f_tilde (raw input units), eps_lbo (each [n])."""
+    check_type("sae", sae, SAE, "a saelab.SAE")
+    sae._check_input(x)
     sae.eval()
     x = x.reshape(-1, sae.cfg.d_in)
     stats = sae.input_stats(x)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_type
 from ..data.activations import evaluation_batches
+from ..sae.model import SAE
 
 DENSE_DENSITY = 0.1
 
@@ -47,6 +49,7 @@ class _Variance:
 @torch.no_grad()
 def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -> dict:
     """Metrics of `sae` (in eval mode: inference semantics) on `data`; see the module doc."""
+    check_type("sae", sae, SAE, "a saelab.SAE")
     sae.eval()
     sums = dict.fromkeys(["nmse", "sse", "cos", "l2_ratio", "xhat_sq", "x_dot_xhat", "l0"], 0.0)
     variance = _Variance()
@@ -77,7 +80,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         l0_counts += torch.bincount(l0, minlength=sae.cfg.d_sae + 1)
         n += len(x)
     density = fired / n
-    fvu = sums["sse"] / variance.m2 if variance.m2 > 0 else float("nan")
+    fvu = _ratio(sums["sse"], variance.m2)
     last = int(l0_counts.nonzero().max())
     return {
         "n_tokens": n,
@@ -87,7 +90,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "mse": sums["sse"] / (n * sae.cfg.d_in),
         "cosine_similarity": sums["cos"] / n,
         "l2_ratio": sums["l2_ratio"] / n,
-        "relative_reconstruction_bias": sums["xhat_sq"] / sums["x_dot_xhat"],
+        "relative_reconstruction_bias": _ratio(sums["xhat_sq"], sums["x_dot_xhat"]),
         "l0": sums["l0"] / n,
         "l0_histogram": [int(c) for c in l0_counts[: last + 1]],
         "latent_density": density.tolist(),
@@ -95,3 +98,8 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "dense_fraction": (density > DENSE_DENSITY).double().mean().item(),
         "input_scaling": sae.cfg.input_scaling,
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, with IEEE semantics where b is 0 (inf, or NaN for 0 / 0) instead of an error."""
+    return float(torch.tensor(a, dtype=torch.float64) / b)

@@ -128,8 +128,12 @@ def pareto_plot(
     means (sweep.seed_summary) draw their standard deviations `<metric>_std` and `l0_std` as
     error bars."""
     lines: dict[str, list[tuple[float, float, float, float]]] = {}
+    left_out = 0
     for row in rows:
         if metric in row and "l0" in row:
+            if not (_finite(row["l0"]) and _finite(row[metric])):
+                left_out += 1  # a diverged SAE's NaN/Inf: said in the title, not drawn
+                continue
             name = " ".join(str(row[key]) for key in series)
             lines.setdefault(name, []).append(
                 (row["l0"], row[metric], row.get("l0_std", 0.0), row.get(metric + "_std", 0.0))
@@ -160,11 +164,16 @@ def pareto_plot(
     ax.set(
         xlabel="L0 (active latents per token)",
         ylabel=label,
-        title=title or f"{label} vs L0{errors}",
+        title=(title or f"{label} vs L0{errors}")
+        + (f"\n({left_out} SAEs with NaN/Inf left out)" if left_out else ""),
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def log_x(ax) -> None:
@@ -201,6 +210,7 @@ def draw_curves(
         length = min(len(tokens) for tokens, _ in runs)
         tokens = np.asarray(runs[0][0][:length], dtype=float)
         values = np.array([run[1][:length] for run in runs], dtype=float)
+        values[~np.isfinite(values)] = np.nan  # a diverged run: a gap, not an infinite axis
         mean = values.mean(0)
         (line,) = ax.plot(
             tokens,

@@ -24,10 +24,8 @@ import torch
 
 from ..data.cache import ActivationCache
 from ..errors import ConfigError
-from ..io.jsonfile import read_json_object
 from ..options import check_options, option
 from .examples import latent_codes, rows_between, top_rows, window
-from .full import EVAL_NAME
 from .logit_lens import logit_lens
 
 BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
@@ -430,8 +428,3 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report_html(sae, chosen, tokenizer, results, plots, interp=interp))
     return chosen
-
-
-def read_results(run: Path) -> dict | None:
-    file = run / EVAL_NAME
-    return read_json_object(file) if file.is_file() else None

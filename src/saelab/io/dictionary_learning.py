@@ -24,12 +24,13 @@ import re
 
 import torch
 
+from .. import rundir
 from ..errors import ConfigError
 from ..sae.config import SAEConfig
 from ..sae.registry import ARCHITECTURES
 from .format import SAEFormatError, export_tensors
 
-WEIGHTS, CONFIG = "ae.pt", "config.json"
+WEIGHTS, CONFIG = rundir.DICTIONARY_LEARNING_WEIGHTS, "config.json"
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -77,7 +78,7 @@ def from_dictionary_learning(
     out = {name: value.float().contiguous() for name, value in out.items()}
     d_in, d_sae = out["W_enc"].shape
     for key, value in (("activation_dim", d_in), ("dict_size", d_sae)):
-        if key in trainer and int(trainer[key]) != value:
+        if key in trainer and trainer[key] != value:
             raise ConfigError(f"config.json says {key}={trainer[key]} but the weights have {value}")
     metadata = {
         key: trainer[key] for key in ("lm_name", "layer", "submodule_name") if key in trainer

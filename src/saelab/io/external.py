@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save_file
 
+from .. import rundir
 from ..errors import ConfigError
 from ..sae.config import SAEConfig
 from ..sae.registry import ARCHITECTURES
@@ -37,12 +38,12 @@ from .format import (
     read_config,
     read_safetensors,
 )
-from .jsonfile import read_json_object
+from .jsonfile import is_kind, read_json_object
 
 if TYPE_CHECKING:
     from ..sae.model import SAE
 
-SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_WEIGHTS = rundir.SAELENS_WEIGHTS
 SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
 
 
@@ -50,7 +51,11 @@ def detect_format(path: Path) -> str:
     """ "saelab", "saelens", "sparsify" or "dictionary_learning", from the files in an SAE
     directory."""
     if not path.is_dir():
-        raise SAEFormatError(f"no SAE directory at {path}")
+        raise SAEFormatError(
+            f"{path} is a file, not an SAE directory"
+            if path.exists()
+            else f"no SAE directory at {path}"
+        )
     if (path / dictionary_learning.WEIGHTS).is_file():
         if not (path / dictionary_learning.CONFIG).is_file():
             raise SAEFormatError(
@@ -59,7 +64,7 @@ def detect_format(path: Path) -> str:
             )
         return "dictionary_learning"
     if not (path / CFG_NAME).is_file():
-        raise SAEFormatError(f"{path} has no {CFG_NAME}: not an SAE directory of a known format")
+        raise SAEFormatError(rundir.not_an_sae(path))
     cfg = read_json_object(path / CFG_NAME, SAEFormatError)
     if cfg.get("format") == FORMAT:
         return "saelab"
@@ -76,6 +81,48 @@ def detect_format(path: Path) -> str:
     )
 
 
+# what a valid directory of each layout holds, for errors about a missing field or tensor
+LAYOUTS = {
+    "saelens": (
+        "d_in, d_sae, architecture (standard, topk, jumprelu, gated) and normalize_activations",
+        "W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (jumprelu also "
+        "threshold [d_sae]; gated b_gate, r_mag, b_mag instead of b_enc)",
+    ),
+    "sparsify": (
+        "k, d_in and num_latents",
+        "encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in]",
+    ),
+    "dictionary_learning": (
+        "trainer: dict_class, activation_dim, dict_size (and k for top-k classes)",
+        "encoder.weight [d_sae, d_in], encoder.bias [d_sae], decoder.weight [d_in, d_sae] and "
+        "b_dec [d_in] or bias (as the dict_class lays them out)",
+    ),
+}
+
+
+class Entries(dict):
+    """The fields of a config or the tensors of a weights file. Reading one that is missing is
+    an SAEFormatError naming the file, the entry and what a file of its layout holds."""
+
+    def __init__(self, values: dict, file: Path, what: str, layout: str):
+        super().__init__(values)
+        self.file, self.what, self.layout = file, what, layout
+
+    def __missing__(self, key):
+        raise SAEFormatError(
+            f"{self.file} has no {self.what} {key!r}; it should hold {self.layout}"
+        )
+
+
+def integer(values: dict, name: str) -> int:
+    """values[name], which must be an integer (a config field of another library)."""
+    value = values[name]
+    if not is_kind(value, int):
+        where = getattr(values, "file", "the config")
+        raise SAEFormatError(f"{where}: field {name!r} must be an integer, got {value!r}")
+    return value
+
+
 def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path]:
     """(config, tensors in saelab's file layout, the weights file) of a saelab, SAELens,
     sparsify or dictionary_learning directory; SAE.load_any builds the SAE."""
@@ -84,13 +131,20 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     if kind == "saelab":
         return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
     if kind == "dictionary_learning":
-        cfg_dict = read_json_object(path / dictionary_learning.CONFIG, SAEFormatError)
-        weights = path / dictionary_learning.WEIGHTS
+        cfg_file, weights = path / dictionary_learning.CONFIG, path / dictionary_learning.WEIGHTS
+        cfg_dict = read_json_object(cfg_file, SAEFormatError)
+        cfg_dict = cfg_dict.get("trainer", cfg_dict)
+        if not isinstance(cfg_dict, dict):
+            raise SAEFormatError(f"{cfg_file}: 'trainer' must be a JSON object")
         tensors = dictionary_learning.read_state_dict(weights)
     else:
-        cfg_dict = read_json_object(path / CFG_NAME, SAEFormatError)
+        cfg_file = path / CFG_NAME
+        cfg_dict = read_json_object(cfg_file, SAEFormatError)
         weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
         tensors = read_safetensors(weights)
+    fields, names = LAYOUTS[kind]
+    cfg_dict = Entries(cfg_dict, cfg_file, "field", fields)
+    tensors = Entries(tensors, weights, "tensor", names)
     translate = {
         "saelens": from_saelens,
         "sparsify": from_sparsify,
@@ -98,6 +152,8 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     }[kind]
     try:
         cfg, tensors = translate(cfg_dict, tensors)
+    except SAEFormatError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
@@ -119,7 +175,8 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
             f"normalize_activations={norm!r} is not supported (supported: none, layer_norm)"
         )
     arch = readers[arch_name]
-    settings, tensors = arch.from_saelens(cfg, {name: t.float() for name, t in tensors.items()})
+    settings, tensors = arch.from_saelens(cfg, tensors)
+    tensors = {name: t.float() for name, t in tensors.items()}
     if not cfg.get("apply_b_dec_to_input", True):
         if "b_enc" not in tensors:
             raise ConfigError(
@@ -128,8 +185,8 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
         tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
     sae_cfg = SAEConfig(
         arch=arch.name,
-        d_in=int(cfg["d_in"]),
-        d_sae=int(cfg["d_sae"]),
+        d_in=integer(cfg, "d_in"),
+        d_sae=integer(cfg, "d_sae"),
         input_scaling=SAELENS_NORMS[norm],
         metadata={
             key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg
@@ -162,9 +219,11 @@ def from_sparsify(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfi
         raise ConfigError("sparsify SAEs with a skip connection are not supported")
     W_enc = tensors["encoder.weight"].float().T.contiguous()
     d_in, d_sae = W_enc.shape
-    if "d_in" in cfg and int(cfg["d_in"]) != d_in:
+    if "d_in" in cfg and integer(cfg, "d_in") != d_in:
         raise ConfigError(f"cfg.json says d_in={cfg['d_in']} but encoder.weight has d_in={d_in}")
-    sae_cfg = SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=int(cfg["k"]), input_scaling="none")
+    sae_cfg = SAEConfig(
+        arch="topk", d_in=d_in, d_sae=d_sae, k=integer(cfg, "k"), input_scaling="none"
+    )
     return sae_cfg, {
         "W_enc": W_enc,
         "b_enc": tensors["encoder.bias"].float(),

@@ -28,13 +28,13 @@ from ..errors import ConfigError, SaelabError
 from ..sae.config import SAEConfig
 from ..version import __version__
 from .atomic import atomic_write
-from .jsonfile import read_json_object
+from .jsonfile import check_fields, read_json_object
 
 if TYPE_CHECKING:
     from ..sae.model import SAE
 
 CFG_NAME, WEIGHTS_NAME = rundir.CFG, rundir.WEIGHTS
-FORMAT = "saelab-sae"
+FORMAT = rundir.SAE_FORMAT
 FORMAT_VERSION = 2  # 1 (no format_version): cfg.json held every architecture's settings
 
 
@@ -102,14 +102,23 @@ def _check_safetensors_header(file: Path) -> None:
 def read_config(path: Path) -> SAEConfig:
     cfg_file = path / CFG_NAME
     if not cfg_file.is_file():
-        raise SAEFormatError(f"{path} has no {CFG_NAME}")
+        raise SAEFormatError(rundir.not_an_sae(path))
     raw = read_json_object(cfg_file, SAEFormatError)
     if raw.pop("format", None) != FORMAT:
         raise SAEFormatError(
             f'{cfg_file} is not a saelab SAE config (missing "format": "{FORMAT}")'
         )
     raw.pop("saelab_version", None)
-    legacy = raw.pop("format_version", 1) < FORMAT_VERSION
+    check_fields(
+        raw, str(cfg_file), SAEFormatError, optional=("format_version",), format_version=int
+    )
+    version = raw.pop("format_version", 1)
+    if not 1 <= version <= FORMAT_VERSION:
+        raise SAEFormatError(
+            f"{cfg_file} has format_version {version}; this saelab ({__version__}) reads versions "
+            f"1 to {FORMAT_VERSION}: upgrade saelab to read it"
+        )
+    legacy = version < FORMAT_VERSION
     try:
         return SAEConfig.from_dict(raw, legacy=legacy)
     except (ConfigError, TypeError) as err:
@@ -125,6 +134,20 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
         raise SAEFormatError(f"{file} is corrupt or truncated: {err}") from None
+
+
+def check_sizes(tensors: dict[str, torch.Tensor], cfg: SAEConfig, file: Path) -> None:
+    """W_enc [d_in, d_sae] and W_dec [d_sae, d_in] in the file agree with the config, checked
+    before an SAE of the config's size is allocated."""
+    want = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in)}
+    for name, shape in want.items():
+        if name not in tensors:
+            raise SAEFormatError(f"{file} has no tensor {name} (expected shape {shape})")
+        if tuple(tensors[name].shape) != shape:
+            raise SAEFormatError(
+                f"{file}: tensor {name} has shape {tuple(tensors[name].shape)}, but the config "
+                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {shape}"
+            )
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], sae: SAE, file: Path) -> None:

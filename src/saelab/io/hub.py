@@ -155,9 +155,7 @@ def model_card(sae, run: Path | None, repo_id: str, sae_id: str | None = None) -
     """README.md for the Hub: metadata, what the SAE was trained on, how to load it, its
     settings and held-out metrics."""
     cfg, meta = sae.cfg, sae.cfg.metadata
-    results = (
-        json.loads((run / rundir.EVAL).read_text()) if run and (run / rundir.EVAL).is_file() else {}
-    )
+    results = (rundir.read_eval(run) if run else None) or {}
     train = (
         json.loads((run / rundir.TRAIN_CONFIG).read_text())
         if run and (run / rundir.TRAIN_CONFIG).is_file()

@@ -72,11 +72,13 @@ def linear_layout_out(tensors: dict, b_dec: str) -> dict[str, torch.Tensor]:
 
 
 def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
-    """The named tensors; a ConfigError names those that are missing."""
+    """The named tensors; a ConfigError names those that are missing (and the file, when
+    `tensors` knows it: io/external.Entries)."""
     missing = [name for name in names if name not in tensors]
     if missing:
         raise ConfigError(
-            f"missing tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors))})"
+            f"{getattr(tensors, 'file', 'the file')} has no tensor(s) {', '.join(missing)} "
+            f"(it has {', '.join(sorted(tensors))})"
         )
     return {name: tensors[name] for name in names}
 

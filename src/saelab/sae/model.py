@@ -16,17 +16,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..checks import check_type
+from ..errors import ArgumentError, ConfigError, DataError
 from ..io import hub
 from ..io.external import read_any
 from ..io.format import (
     WEIGHTS_NAME,
     SAEFormatError,
+    check_sizes,
     check_tensors,
     read_config,
     read_safetensors,
     save_sae,
 )
+from ..io.jsonfile import is_kind
 from . import auxk
 from . import sparse as sparse_code
 from .architecture import Collectives
@@ -49,8 +52,13 @@ class SAE(nn.Module):
     """A sparse autoencoder. Training mode has training semantics (batch top-k for batchtopk),
     eval mode inference semantics (codes independent of the batch)."""
 
-    def __init__(self, cfg: SAEConfig, seed: int | None = None):
+    def __init__(self, cfg: SAEConfig | dict, seed: int | None = None):
+        """cfg: an SAEConfig or a dict of its fields (SAEConfig.from_dict); seed: an int for a
+        reproducible initialisation, None for torch's global generator."""
         super().__init__()
+        check_type("cfg", cfg, (SAEConfig, dict), "an SAEConfig or a dict of its fields")
+        check_type("seed", seed, (int, type(None)), "an integer or None")
+        cfg = SAEConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg = cfg
         self.arch = architecture(cfg.arch)
         self.collectives = Collectives()  # the trainer sets torch.distributed's under torchrun
@@ -118,9 +126,12 @@ class SAE(nn.Module):
     def decode(self, f: torch.Tensor, stats=None) -> torch.Tensor:
         """codes [..., d_sae] -> x_hat [..., d_in] in input units. `per_token` SAEs need the
         statistics of the input they reconstruct: `stats=sae.input_stats(x)`."""
+        if not isinstance(f, torch.Tensor) or f.shape[-1:] != (self.cfg.d_sae,):
+            what = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise DataError(f"codes must be a tensor [..., d_sae={self.cfg.d_sae}], got {what}")
         if stats is None:
             if self.cfg.input_scaling == "per_token":
-                raise ValueError(
+                raise ArgumentError(
                     "a per_token SAE needs the input's statistics to decode: "
                     "use sae(x), or sae.decode(f, stats=sae.input_stats(x))"
                 )
@@ -208,6 +219,7 @@ class SAE(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
         """An SAE from a directory that save() wrote."""
+        check_type("path", path, (str, Path), "a directory path")
         path = Path(path)
         if not path.is_dir():
             raise SAEFormatError(f"no SAE directory at {path}")
@@ -217,6 +229,7 @@ class SAE(nn.Module):
     @classmethod
     def load_any(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
         """An SAE from a local saelab, SAELens, sparsify or dictionary_learning directory."""
+        check_type("path", path, (str, Path), "a directory path")
         return cls.from_file(*read_any(path)).to(device)
 
     @classmethod
@@ -246,12 +259,9 @@ class SAE(nn.Module):
     @classmethod
     def from_file(cls, cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
         """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
-        folded = (
-            float(cfg.metadata.get("folded_input_scale", 1.0))
-            if cfg.input_scaling == "expected_norm"
-            else 1.0
-        )
-        if not (math.isfinite(folded) and folded > 0):
+        folded = cfg.metadata.get("folded_input_scale", 1.0)
+        folded = folded if cfg.input_scaling == "expected_norm" else 1.0
+        if not (is_kind(folded, float) and math.isfinite(folded) and folded > 0):
             raise SAEFormatError(
                 f"{path}: metadata.folded_input_scale must be a positive number, got {folded}"
             )
@@ -260,6 +270,7 @@ class SAE(nn.Module):
                 key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"
             }
             cfg = cfg.replace(input_scale=folded, metadata=metadata)
+        check_sizes(tensors, cfg, path)
         sae = cls(cfg)
         check_tensors(tensors, sae, path)
         if folded != 1.0:

@@ -6,6 +6,7 @@ import torch
 
 from ..checks import check_integer
 from ..errors import ConfigError
+from ..io.jsonfile import is_kind
 from .architecture import (
     SAELENS_TENSORS,
     Architecture,
@@ -76,7 +77,11 @@ class TopK(Architecture):
 
     def from_saelens(self, cfg, tensors):
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
-        return {"k": int(k)}, pick(tensors, *SAELENS_TENSORS)
+        if not is_kind(k, int):
+            raise ConfigError(
+                f"a SAELens topk SAE needs an integer k (or activation_fn_kwargs.k), got {k!r}"
+            )
+        return {"k": k}, pick(tensors, *SAELENS_TENSORS)
 
     def to_dictionary_learning(self, cfg, tensors):
         """AutoEncoderTopK: nn.Linear encoder and decoder, b_dec, and k as a tensor."""
@@ -93,4 +98,8 @@ def k_tensor(k: int) -> torch.Tensor:
 
 def dictionary_learning_k(trainer: dict, tensors: dict) -> int:
     """k of a dictionary_learning TopK-family SAE: its `k` buffer, else its trainer config's."""
-    return int(tensors["k"]) if "k" in tensors else int(trainer["k"])
+    if "k" in tensors:
+        return int(tensors["k"])
+    if not is_kind(trainer["k"], int):
+        raise ConfigError(f"the trainer config's k must be an integer, got {trainer['k']!r}")
+    return trainer["k"]

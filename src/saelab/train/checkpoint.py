@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from .. import rundir
+from ..errors import SaelabError
 from ..io.atomic import atomic_write
+from ..io.jsonfile import check_fields
 
 CHECKPOINT_NAME = rundir.CHECKPOINT
 
@@ -22,6 +24,33 @@ def load_checkpoint(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_NAME} in {out_dir}")
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises several types for damaged files
-        raise ValueError(f"cannot resume: {path} is unreadable ({err})") from None
+        raise CheckpointError(f"cannot resume: {path} is unreadable ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"cannot resume: {path} holds a {type(state).__name__}, not a training checkpoint"
+        )
+    where = f"cannot resume: {path}"
+    check_fields(
+        state,
+        where,
+        CheckpointError,
+        optional=("data",),
+        sae=dict,
+        optimizer=dict,
+        step=int,
+        sae_cfg=dict,
+        train_cfg=dict,
+        data=(dict, None),
+    )
+    if state["step"] < 0:
+        raise CheckpointError(f"{where}: step must be >= 0, got {state['step']}")
+    fired = state.get("since_fired")
+    if not isinstance(fired, torch.Tensor) or fired.ndim != 1:
+        raise CheckpointError(f"{where}: since_fired must be a 1-d tensor")
+    return state
+
+
+class CheckpointError(SaelabError, ValueError):
+    """A checkpoint that cannot be resumed from: unreadable, or not the structure saelab writes."""

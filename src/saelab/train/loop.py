@@ -9,6 +9,7 @@ sources' `part` argument).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,14 +18,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
+from ..checks import check_type
 from ..config import TrainConfig
-from ..data.activations import StreamSource, check_batch, check_d_in, open_source
+from ..data.activations import (
+    StreamSource,
+    check_batch,
+    check_d_in,
+    check_zero_rows,
+    open_source,
+)
 from ..errors import ConfigError, SaelabError
 from ..sae.model import SAE, LossOutput
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
 from .heldout import heldout_metrics
 from .init import initialize_from_data, mean_squared_norm
+from .interrupt import Interrupted, stop_on_interrupt
 from .schedule import default_lr, lr_factor
 from .wandb_log import start_run
 
@@ -33,6 +42,7 @@ HISTORY_NAME = rundir.HISTORY
 # checkpoint and the run that resumes it (and between a finished sweep point and the sweep)
 NON_RESULT_KEYS = (
     "out_dir",
+    "force_lr",
     "checkpoint_every_tokens",
     "eval_every_tokens",
     "resume",
@@ -155,10 +165,6 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self._restore()
-        if self.writes:  # the history file holds exactly the records of the steps done so far
-            (self.out_dir / HISTORY_NAME).write_text(
-                "".join(json.dumps(r) + "\n" for r in self.history)
-            )
         self.wandb = None
         if cfg.wandb_project and rank() == 0:
             self.wandb = start_run(
@@ -167,6 +173,18 @@ class Trainer:
                 {"sae": sae.cfg.to_dict(), "train": cfg.to_dict()},
                 cfg.out_dir,
             )
+
+    def open_files(self) -> None:
+        """Called once the data has been checked, just before the first step: a fresh run
+        removes an earlier SAE's files from its folder, and the history file then holds exactly
+        the records of the steps done so far."""
+        if not self.writes:
+            return
+        if not self.cfg.resume:
+            rundir.clear(self.out_dir)
+        (self.out_dir / HISTORY_NAME).write_text(
+            "".join(json.dumps(r) + "\n" for r in self.history)
+        )
 
     def _restore(self) -> None:
         state = load_checkpoint(self.cfg.out_dir)
@@ -181,9 +199,17 @@ class Trainer:
                     f"cannot resume {self.cfg.out_dir} with different {what} settings: {changed}; "
                     "rerun with the checkpoint's settings, or pass --overwrite to start again"
                 )
-        self.sae.load_state_dict(state["sae"])
+        path = Path(self.cfg.out_dir) / CHECKPOINT_NAME
+        try:
+            self.sae.load_state_dict(state["sae"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"cannot resume: {path} does not hold this SAE's state ({str(err).splitlines()[0]})"
+            ) from None
+        if state["since_fired"].shape != self.since_fired.shape:
+            raise CheckpointError(f"cannot resume: {path}: since_fired has the wrong length")
         self.sae.cfg.input_scale = float(self.sae.input_scale)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
         self.history = [r for r in rundir.read_history(self.out_dir) if r["step"] <= self.step]
 
@@ -358,6 +384,13 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     """Train each SAE in place on the same batches of `data` (tensor [N, d_in], .npy path,
     activation-cache directory, or iterable of tensors), each with its own TrainConfig.
     `heldout` (any such data) is evaluated every cfg.eval_every_tokens (see TrainConfig)."""
+    check_type("saes", saes, (list, tuple), "a list of SAEs")
+    check_type("cfgs", cfgs, (list, tuple), "a list of TrainConfigs (one per SAE)")
+    for sae in saes:
+        check_type("each SAE", sae, SAE, "a saelab.SAE")
+    cfgs = [TrainConfig.from_dict(c) if isinstance(c, dict) else c for c in cfgs]
+    for c in cfgs:
+        check_type("each TrainConfig", c, TrainConfig, "a TrainConfig or a dict of its fields")
     if not saes or len(saes) != len(cfgs):
         raise ConfigError("train_many needs one TrainConfig per SAE")
     for key in SHARED_KEYS:
@@ -402,6 +435,14 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
             f"{source.n_tokens} tokens of {source.name}"
         )
     batches = source.batches(per_rank, cfg.seed, skip_tokens=start * per_rank, part=(me, n_ranks))
+    if start == 0:  # look at the first batch before any training
+        first = next(batches, None)
+        if first is not None:
+            check_batch(first, saes[0].cfg.d_in, f"{source.name}, batch 0")
+            check_zero_rows(first, f"{source.name}, batch 0")
+            batches = itertools.chain([first], batches)
+    for t in trainers:
+        t.open_files()
     name = "+".join(sorted({s.cfg.arch for s in saes}))
     bar = tqdm(
         total=total_steps * cfg.batch_size,
@@ -413,8 +454,10 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     )
     for sae in saes:
         sae.train()
-    with bar:
+    with bar, stop_on_interrupt(enabled=not is_distributed()) as stop:
         for step in range(start, total_steps):
+            if stop.requested:
+                _stop(trainers, step)
             x = next(batches, None)
             if x is None:
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
@@ -436,6 +479,24 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     return [t.finish() for t in trainers]
 
 
-def train(sae: SAE, data, cfg: TrainConfig | None = None, heldout=None) -> TrainResult:
-    """Train `sae` in place on `data`; see train_many."""
+def _stop(trainers: list[Trainer], step: int) -> None:
+    """Checkpoint every trainer after `step` whole steps and raise Interrupted."""
+    for t in trainers:
+        t.checkpoint()
+    saved = [str(t.out_dir) for t in trainers if t.writes]
+    tokens = step * trainers[0].cfg.batch_size
+    raise Interrupted(
+        f"interrupted after step {step} ({tokens} tokens): "
+        + (
+            f"checkpoint saved in {', '.join(saved)}; run the same command again to continue "
+            "(saelab train: with --resume)"
+            if saved
+            else "nothing saved (no out_dir)"
+        )
+    )
+
+
+def train(sae: SAE, data, cfg: TrainConfig | dict | None = None, heldout=None) -> TrainResult:
+    """Train `sae` in place on `data` with `cfg` (a TrainConfig or a dict of its fields); see
+    train_many."""
     return train_many([sae], data, [cfg or TrainConfig()], heldout)[0]

@@ -27,7 +27,7 @@ import numpy as np
 
 from ... import rundir
 from ...io.atomic import atomic_write
-from ...io.jsonfile import read_json_object
+from ...io.jsonfile import JSONFileError, check_fields, read_json_object
 from ...version import __version__
 
 RESULTS_DIR = rundir.EVAL_RESULTS
@@ -106,12 +106,35 @@ def write_output(out_dir: str | Path, name: str, document: dict) -> Path:
 
 
 def read_outputs(out_dir: str | Path, names) -> dict[str, dict]:
-    """{name: document} of the result files of evaluations `names` in out_dir/eval_results."""
+    """{name: document} of the result files of evaluations `names` in out_dir/eval_results,
+    each checked against the schema's top level before use."""
     return {
-        name: read_json_object(result_path(out_dir, name))
+        name: read_output(result_path(out_dir, name))
         for name in names
         if result_path(out_dir, name).is_file()
     }
+
+
+def read_output(path: Path) -> dict:
+    """One result document: eval_config and eval_result_metrics objects (the metrics grouped in
+    objects), eval_result_details a list of objects, eval_result_unstructured an object."""
+    document = read_json_object(path)
+    check_fields(
+        document,
+        str(path),
+        optional=("eval_result_details", "eval_result_unstructured"),
+        eval_config=dict,
+        eval_result_metrics=dict,
+        eval_result_details=list,
+        eval_result_unstructured=(dict, None),
+    )
+    parts = [*document["eval_result_metrics"].values(), *document.get("eval_result_details", [])]
+    if not all(isinstance(part, dict) for part in parts):
+        raise JSONFileError(
+            f"{path}: eval_result_metrics must hold objects of metrics and eval_result_details "
+            "a list of objects"
+        )
+    return document
 
 
 def flat_metrics(outputs: dict[str, dict]) -> dict[str, float]:
