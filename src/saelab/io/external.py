@@ -17,6 +17,7 @@ Each format is a pair of pure translations between its (config dict, tensors) an
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,12 @@ if TYPE_CHECKING:
     from ..sae.model import SAE
 
 SAELENS_WEIGHTS = rundir.SAELENS_WEIGHTS
-SAELENS_NORMS = {"none": "none", None: "none", "layer_norm": "per_token"}
+SAELENS_NORMS = {
+    "none": "none",
+    None: "none",
+    "layer_norm": "per_token",
+    "expected_average_only_in": "none",  # nothing at run time in SAELens (saelens_metadata)
+}
 
 
 def detect_format(path: Path) -> str:
@@ -107,6 +113,19 @@ class Entries(dict):
     def __init__(self, values: dict, file: Path, what: str, layout: str):
         super().__init__(values)
         self.file, self.what, self.layout = file, what, layout
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def unread(self) -> list[str]:
+        """The entries no reader asked for."""
+        return sorted(set(self) - self.read)
 
     def __missing__(self, key):
         raise SAEFormatError(
@@ -151,20 +170,82 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
         "dictionary_learning": dictionary_learning.from_dictionary_learning,
     }[kind]
     try:
-        cfg, tensors = translate(cfg_dict, tensors)
+        cfg, out = translate(cfg_dict, tensors)
     except SAEFormatError:
         raise
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
+    unknown = [name for name in tensors.unread() if not _identity(name, tensors[name])]
+    if unknown:
+        raise SAEFormatError(
+            f"{weights} holds tensor(s) saelab does not understand for a {kind} {cfg.arch} SAE: "
+            f"{', '.join(unknown)}; refusing to drop them (the SAE would not be the one saved)"
+        )
+    tensors = out
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
     return cfg, tensors, weights
 
 
+def _identity(name: str, tensor: torch.Tensor) -> bool:
+    """A tensor that changes nothing when dropped: SAELens's legacy finetuning scaling_factor
+    of ones."""
+    return name == "scaling_factor" and bool((tensor == 1).all())
+
+
 # -- SAELens ------------------------------------------------------------------------------------
+def saelens_6(cfg: Entries) -> Entries:
+    """cfg in SAELens 6's terms. A config written before SAELens 6 (no sae_lens_version, at the
+    top or in metadata, or one below 6) is read as SAELens 6.54 reads it
+    (loading/pretrained_sae_loaders.py, handle_pre_6_0_config): activation_fn_str is
+    activation_fn, hook_point is hook_name, architecture defaults to standard and is topk when
+    activation_fn is topk with activation_fn_kwargs.k, and a boolean normalize_activations is
+    none (false) or expected_average_only_in (true)."""
+    version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
+    if version and _major(version) >= 6:
+        return cfg
+    renames = {"activation_fn_str": "activation_fn", "hook_point": "hook_name"}
+    new = {renames.get(key, key): value for key, value in cfg.items()}
+    new.setdefault("architecture", "standard")
+    kwargs = new.get("activation_fn_kwargs") or {}
+    if new.get("activation_fn") == "topk" and kwargs.get("k") is not None:
+        new["architecture"], new["k"] = "topk", kwargs["k"]
+    norm = new.get("normalize_activations")
+    if isinstance(norm, bool):
+        new["normalize_activations"] = "expected_average_only_in" if norm else "none"
+    return Entries(new, cfg.file, cfg.what, cfg.layout)
+
+
+def _major(version) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise ConfigError(f"sae_lens_version {version!r} is not a version number") from None
+
+
+def fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens's rescale_acts_by_decoder_norm (saes/topk_sae.py: the pre-activations times
+    n = ||W_dec_i|| before the top-k, the codes divided by n before decoding) folded in exactly:
+    W_enc[:, i] * n_i, b_enc * n, W_dec[i] / n_i give the same codes and reconstruction."""
+    n = tensors["W_dec"].norm(dim=1)
+    return {
+        **tensors,
+        "W_enc": tensors["W_enc"] * n,
+        "b_enc": tensors["b_enc"] * n,
+        "W_dec": tensors["W_dec"] / n[:, None],
+    }
+
+
 def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
     """The architecture whose saelens_names include cfg["architecture"] reads its tensors."""
+    cfg = saelens_6(cfg) if isinstance(cfg, Entries) else cfg
     readers = {name: arch for arch in ARCHITECTURES.values() for name in arch.saelens_names}
     arch_name = cfg.get("architecture", "standard")
+    activation = cfg.get("activation_fn", "topk" if arch_name == "topk" else "relu")
+    if activation not in ("relu", "topk") or (activation == "topk") != (arch_name == "topk"):
+        raise ConfigError(
+            f"SAELens activation_fn {activation!r} with architecture {arch_name!r} is not "
+            "supported (supported: relu with standard, jumprelu or gated; topk with topk)"
+        )
     if arch_name not in readers:
         raise ConfigError(
             f"SAELens architecture {arch_name!r} is not supported (supported: {', '.join(readers)})"
@@ -172,11 +253,18 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
     norm = cfg.get("normalize_activations", "none")
     if norm not in SAELENS_NORMS:
         raise ConfigError(
-            f"normalize_activations={norm!r} is not supported (supported: none, layer_norm)"
+            f"normalize_activations={norm!r} is not supported (supported: none, layer_norm, "
+            "expected_average_only_in)"
         )
     arch = readers[arch_name]
     settings, tensors = arch.from_saelens(cfg, tensors)
     tensors = {name: t.float() for name, t in tensors.items()}
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        if arch.name != "topk":
+            raise ConfigError(
+                f"rescale_acts_by_decoder_norm is supported for SAELens topk SAEs, not {arch_name}"
+            )
+        tensors = fold_decoder_norms(tensors)
     if not cfg.get("apply_b_dec_to_input", True):
         if "b_enc" not in tensors:
             raise ConfigError(
@@ -188,12 +276,31 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
         d_in=integer(cfg, "d_in"),
         d_sae=integer(cfg, "d_sae"),
         input_scaling=SAELENS_NORMS[norm],
-        metadata={
-            key: cfg[key] for key in ("model_name", "hook_name", "dataset_path") if key in cfg
-        },
+        metadata=saelens_metadata(cfg),
         **settings,
     )
     return sae_cfg, tensors
+
+
+HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
+
+
+def saelens_metadata(cfg: dict) -> dict:
+    """model_name, hook_name and dataset_path, at the top (before SAELens 6) or in metadata
+    (SAELens 6), plus saelab's model, layer and site where the hook name is one of saelab's
+    hook points (blocks.L.hook_SITE), so `saelab eval DIR` knows where to run; and how SAELens
+    normalised the input when saelab reads it as none."""
+    found = {**cfg, **(cfg.get("metadata") or {})}
+    keys = ("model_name", "hook_name", "dataset_path")
+    metadata = {key: found[key] for key in keys if found.get(key) is not None}
+    hook = HOOK_NAME.fullmatch(str(metadata.get("hook_name", "")))
+    if hook and "model_name" in metadata:
+        metadata.update(model=metadata["model_name"], layer=int(hook[1]), site=hook[2])
+    if cfg.get("normalize_activations") == "expected_average_only_in":
+        # SAELens applies nothing at run time for it (saes/sae.py); a release's factor is folded
+        # in only when SAELens loads it from its registry
+        metadata["saelens_normalize_activations"] = "expected_average_only_in"
+    return metadata
 
 
 def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -210,13 +317,31 @@ def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
         "apply_b_dec_to_input": True,
         "normalize_activations": "layer_norm" if cfg.input_scaling == "per_token" else "none",
     }
+    meta = cfg.metadata
+    if meta.get("model") and meta.get("layer") is not None and meta.get("site"):
+        out.update(
+            model_name=meta["model"], hook_name=f"blocks.{meta['layer']}.hook_{meta['site']}"
+        )
     return out, tensors
 
 
 # -- sparsify -----------------------------------------------------------------------------------
 def from_sparsify(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
+    """A sparsify TopK SAE. Refused by name: transcoders (transcode: true: read as an SAE they
+    would lose their mapping onto the output), skip connections, and activations other than
+    topk (groupmax)."""
+    if cfg.get("transcode"):
+        raise ConfigError(
+            "sparsify transcoders (transcode: true) are not supported yet: read as an SAE, it "
+            "would reconstruct its input instead of predicting its output"
+        )
     if "W_skip" in tensors or cfg.get("skip_connection"):
         raise ConfigError("sparsify SAEs with a skip connection are not supported")
+    if cfg.get("activation", "topk") != "topk":
+        raise ConfigError(
+            f"sparsify activation {cfg['activation']!r} is not supported (supported: topk); "
+            "reading it as topk would give other codes"
+        )
     W_enc = tensors["encoder.weight"].float().T.contiguous()
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and integer(cfg, "d_in") != d_in:

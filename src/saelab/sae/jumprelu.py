@@ -147,11 +147,11 @@ class JumpReLUArchitecture(Architecture):
         return tensors
 
     def from_file(self, tensors):
+        """A threshold at or below 0 (dictionary_learning's trainer writes them; SAELens reads
+        them) gates nothing beyond the ReLU: SAELens's relu(pre) * (pre > threshold) is then
+        relu(pre) = pre * (pre > 0), so it loads as 0 exactly (log-threshold -inf)."""
         tensors = dict(tensors)
-        threshold = tensors.pop("threshold")
-        if (threshold <= 0).any():
-            raise ConfigError("jumprelu thresholds must be positive")
-        tensors["log_threshold"] = threshold.log()
+        tensors["log_threshold"] = tensors.pop("threshold").clamp_min(0).log()
         return tensors
 
     def activate(self, sae, pre, x):

@@ -84,10 +84,16 @@ class TopK(Architecture):
         return {"k": k}, pick(tensors, *SAELENS_TENSORS)
 
     def to_dictionary_learning(self, cfg, tensors):
-        """AutoEncoderTopK: nn.Linear encoder and decoder, b_dec, and k as a tensor."""
-        return {"k": cfg.k}, {**linear_layout_out(tensors, "b_dec"), "k": k_tensor(cfg.k)}
+        """AutoEncoderTopK: nn.Linear encoder and decoder, b_dec, k as a tensor, and the
+        `threshold` buffer its class has held since early 2025 (-1: unset, as its own
+        constructor leaves it; it is used only by encode(use_threshold=True))."""
+        out = {**linear_layout_out(tensors, "b_dec"), "k": k_tensor(cfg.k)}
+        return {"k": cfg.k}, {**out, "threshold": torch.tensor(-1.0)}
 
     def from_dictionary_learning(self, trainer, tensors):
+        """AutoEncoderTopK's default encode is the top-k, which this is; its optional
+        `threshold` (encode(use_threshold=True)) is read and not used."""
+        tensors.get("threshold")  # marks it read (io/external.Entries): known, not needed
         return {"k": dictionary_learning_k(trainer, tensors)}, linear_layout_in(tensors, "b_dec")
 
 
