@@ -72,8 +72,11 @@ def summarize(stats: dict[str, torch.Tensor]) -> dict:
 
 @torch.no_grad()
 def decoder_orthogonality(W_dec: torch.Tensor, block: int = 2048) -> dict:
-    """max and mean |cos(w_i, w_j)| over pairs i != j of decoder rows, computed block by block."""
-    rows = W_dec / W_dec.norm(dim=1, keepdim=True)
+    """max and mean |cos(w_i, w_j)| over pairs i != j of decoder rows, computed block by block,
+    and the smallest and largest row norm (1 for what saelab trains; an SAE loaded from another
+    library keeps the decoder it was saved with)."""
+    norms = W_dec.norm(dim=1, keepdim=True)
+    rows = W_dec / norms
     h = len(rows)
     largest, total = 0.0, 0.0
     for lo in range(0, h, block):
@@ -82,4 +85,9 @@ def decoder_orthogonality(W_dec: torch.Tensor, block: int = 2048) -> dict:
         cos[idx - lo, idx] = 0
         largest = max(largest, cos.max().item())
         total += cos.double().sum().item()
-    return {"decoder_max_abs_cos": largest, "decoder_mean_abs_cos": total / (h * (h - 1))}
+    return {
+        "decoder_max_abs_cos": largest,
+        "decoder_mean_abs_cos": total / (h * (h - 1)),
+        "decoder_norm_min": norms.min().item(),
+        "decoder_norm_max": norms.max().item(),
+    }

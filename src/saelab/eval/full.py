@@ -19,6 +19,7 @@ from .metrics import evaluate
 from .plots import density_plot, l0_histogram_plot, zf_plot
 
 AFA_TOKENS = 32_768
+UNIT_NORM_TOLERANCE = 1e-3  # decoder row norms further from 1 are reported in the summary
 EVAL_NAME, PLOTS = rundir.EVAL, rundir.PLOTS
 
 
@@ -147,6 +148,12 @@ def summary_lines(results: dict) -> list[str]:
     ]
     if results.get("input_scaling") == "per_token":
         lines.append(PER_TOKEN_NOTE)
+    low, high = results.get("decoder_norm_min", 1.0), results.get("decoder_norm_max", 1.0)
+    if max(abs(low - 1), abs(high - 1)) > UNIT_NORM_TOLERANCE:
+        lines.append(
+            f"  decoder rows are not unit norm ({low:.4g} to {high:.4g}): kept as saved (the "
+            "codes' scale differs from a unit-norm SAE's)"
+        )
     for key, why in results.get("plots_skipped", {}).items():
         lines.append(f"  {PLOTS[key]} {why}")
     return lines

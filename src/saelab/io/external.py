@@ -4,7 +4,7 @@
   d_in], b_dec, threshold for jumprelu); architecture standard/relu, topk, jumprelu;
   normalize_activations none or layer_norm (= saelab's per_token).
   With apply_b_dec_to_input = false the encoder does not subtract b_dec; saelab's always does,
-  so b_enc absorbs it: b_enc' = b_enc + b_dec @ W_enc (exact).
+  so the encoder biases absorb it exactly (fold_input_bias).
 - EleutherAI sparsify: `cfg.json` (k, d_in, ...) + `sae.safetensors` with encoder.weight
   [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T.
 - dictionary_learning: `config.json` + `ae.pt` (io/dictionary_learning.py: relu, topk,
@@ -222,6 +222,20 @@ def _major(version) -> int:
         raise ConfigError(f"sae_lens_version {version!r} is not a version number") from None
 
 
+def fold_input_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An encoder that does not subtract b_dec (SAELens's apply_b_dec_to_input = false) as
+    saelab's, which does: the encoder biases absorb s = b_dec @ W_enc exactly, b_enc + s, or
+    for gated b_gate + s and b_mag + s * exp(r_mag) (its magnitude path is W_enc * exp(r_mag))."""
+    shift = tensors["b_dec"] @ tensors["W_enc"]
+    if "b_enc" in tensors:
+        return {**tensors, "b_enc": tensors["b_enc"] + shift}
+    return {
+        **tensors,
+        "b_gate": tensors["b_gate"] + shift,
+        "b_mag": tensors["b_mag"] + shift * tensors["r_mag"].exp(),
+    }
+
+
 def fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """SAELens's rescale_acts_by_decoder_norm (saes/topk_sae.py: the pre-activations times
     n = ||W_dec_i|| before the top-k, the codes divided by n before decoding) folded in exactly:
@@ -266,11 +280,7 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
             )
         tensors = fold_decoder_norms(tensors)
     if not cfg.get("apply_b_dec_to_input", True):
-        if "b_enc" not in tensors:
-            raise ConfigError(
-                f"apply_b_dec_to_input=false is not supported for SAELens {arch_name!r} SAEs"
-            )
-        tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
+        tensors = fold_input_bias(tensors)
     sae_cfg = SAEConfig(
         arch=arch.name,
         d_in=integer(cfg, "d_in"),

@@ -13,6 +13,7 @@ by when it keeps too many) and an exact top-k runs over those; when it keeps too
 candidates do the same, exactly.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -125,9 +126,17 @@ def dictionary_learning_threshold(threshold: torch.Tensor) -> torch.Tensor:
 
 
 def threshold_from_dictionary_learning(threshold: torch.Tensor) -> torch.Tensor:
-    """dictionary_learning's threshold (negative: not yet estimated) as saelab's (NaN)."""
+    """dictionary_learning's threshold (negative: not yet estimated) as saelab's (NaN). An SAE
+    without one loads, with a warning: it encodes only in training mode (batch top-k)."""
     threshold = threshold.float().reshape(())
-    return threshold if threshold >= 0 else torch.tensor(float("nan"))
+    if threshold >= 0:
+        return threshold
+    warnings.warn(
+        "this dictionary_learning SAE has no inference threshold (threshold -1: untrained, or "
+        "saved before its trainer estimated one); it cannot encode in eval mode until trained",
+        stacklevel=2,
+    )
+    return torch.tensor(float("nan"))
 
 
 def smallest_active(code) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Writes the SAELens fixtures of tests/test_saelens_layouts.py with SAELens's own code (run in
+"""Writes the SAELens fixtures of tests/test_library_files.py with SAELens's own code (run in
 a virtual environment with sae-lens==6.54.0 and torch; not part of the test suite):
 
     python tests/data/saelens/make.py tests/data/saelens
@@ -14,7 +14,15 @@ from pathlib import Path
 
 import sae_lens
 import torch
-from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import (
+    SAE,
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from safetensors.torch import save_file
 
 D_IN, D_SAE, K = 16, 48, 5
@@ -109,6 +117,20 @@ def main(root: Path) -> None:
                       "hook_name": "blocks.8.hook_resid_pre"}},
         weights(6), 6,
     )  # fmt: skip
+    # 7. SAELens 6 gated whose encoder does not subtract b_dec
+    w = weights(7)
+    g = torch.Generator().manual_seed(70)
+    gated = {
+        "W_enc": w["W_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"] * 5,
+        "b_gate": torch.randn(D_SAE, generator=g) * 0.1,
+        "b_mag": torch.randn(D_SAE, generator=g) * 0.1,
+        "r_mag": torch.randn(D_SAE, generator=g) * 0.3,
+    }  # fmt: skip
+    sae = GatedSAE(GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False))
+    sae.load_state_dict(gated)
+    sae.cfg.metadata.sae_lens_version = sae_lens.__version__
+    sae.save_model(root / "v6_gated_no_b_dec_input")
+    finish(root / "v6_gated_no_b_dec_input", 7)
 
 
 if __name__ == "__main__":
