@@ -123,6 +123,10 @@ def test_bad_repos_give_clear_errors(offline_hub, tmp_path, capsys):
         HubError, match="has no folder blocks.9; its SAE folders: notes, pickled, saelab"
     ):
         SAE.from_pretrained("org/repo", sae_id="blocks.9")
+    with pytest.raises(
+        HubError, match="org/repo holds 3 SAEs in folders, none at its root: pass one as sae_id"
+    ):
+        SAE.from_pretrained("org/repo")  # the root of a repo of many SAEs
     with pytest.raises(SAEFormatError, match="not an SAE directory saelab can read"):
         SAE.from_pretrained("org/repo", sae_id="notes")
     with pytest.raises(SAEFormatError, match="pickle/torch.save file.*refusing"):
@@ -232,3 +236,15 @@ def test_without_network_the_cache_is_used_and_a_miss_says_so(offline_hub, tmp_p
         SAE.from_pretrained("org/elsewhere")
     with pytest.raises(HubError, match="is not reachable"):
         topk.push_to_hub("org/single")
+
+
+def test_gemma_scope_from_the_hub_cache_knows_its_model_and_hook(offline_hub, tmp_path):
+    release = Path(__file__).parent / "data" / "gemma_scope" / "gemma-scope-2b-pt-res"
+    cache_repo(offline_hub, "google/gemma-scope-2b-pt-res", release)
+    sae = SAE.from_pretrained(
+        "google/gemma-scope-2b-pt-res", sae_id="layer_12/width_16k/average_l0_82"
+    )
+    meta = sae.cfg.metadata
+    assert (meta["model"], meta["layer"], meta["site"]) == ("google/gemma-2-2b", 12, "resid_post")
+    with pytest.raises(HubError, match="holds 1 SAEs in folders.*layer_12/width_16k/average_l0_82"):
+        SAE.from_pretrained("google/gemma-scope-2b-pt-res")

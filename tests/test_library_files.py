@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -249,3 +250,34 @@ def test_a_loaded_decoder_that_is_not_unit_norm_is_kept_and_reported(tmp_path):
     results = full_evaluation(sae, torch.randn(512, 16), tmp_path)
     assert 0.45 < results["decoder_norm_min"] < 0.6 and 1.9 < results["decoder_norm_max"] <= 2.0
     assert any("decoder rows are not unit norm" in line for line in summary_lines(results))
+
+
+GEMMA_SCOPE = Path(__file__).parent / "data" / "gemma_scope"
+GEMMA_FOLDER = GEMMA_SCOPE / "gemma-scope-2b-pt-res" / "layer_12" / "width_16k" / "average_l0_82"
+
+
+def test_gemma_scope_codes_equal_saelens_own_loader():
+    sae = SAE.load_any(GEMMA_FOLDER)
+    data = load_file(str(GEMMA_SCOPE / "codes.safetensors"))
+    torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
+    meta = sae.cfg.metadata
+    assert (sae.cfg.arch, meta["model"], meta["layer"], meta["site"]) == (
+        "jumprelu", "google/gemma-2-2b", 12, "resid_post"
+    )  # fmt: skip
+
+
+def test_a_gemma_scope_file_with_lower_case_names_or_an_unknown_array(tmp_path):
+    with np.load(GEMMA_FOLDER / "params.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    folder = tmp_path / "gemma-scope-9b-it-mlp" / "layer_3"
+    folder.mkdir(parents=True)
+    renamed = {("w_" + k[2:] if k.startswith("W_") else k): v for k, v in arrays.items()}
+    np.savez(folder / "params.npz", **renamed)
+    sae = SAE.load_any(folder)
+    data = load_file(str(GEMMA_SCOPE / "codes.safetensors"))
+    torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
+    assert sae.cfg.metadata["model"] == "google/gemma-2-9b-it"
+    assert sae.cfg.metadata["site"] == "mlp_out"
+    np.savez(folder / "params.npz", **arrays, log_feature_sparsity=np.zeros(64, np.float32))
+    with pytest.raises(SAEFormatError, match="does not understand .*: log_feature_sparsity"):
+        SAE.load_any(folder)

@@ -7,6 +7,7 @@
   so the encoder biases absorb it exactly (fold_input_bias).
 - EleutherAI sparsify: `cfg.json` (k, d_in, ...) + `sae.safetensors` with encoder.weight
   [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T.
+- Gemma Scope: `params.npz` (io/gemma_scope.py: a JumpReLU SAE without b_dec subtraction).
 - dictionary_learning: `config.json` + `ae.pt` (io/dictionary_learning.py: relu, topk,
   batchtopk, matryoshka, jumprelu, gated; ae.pt read with torch.load(weights_only=True)).
 
@@ -28,8 +29,9 @@ from .. import rundir
 from ..errors import ConfigError
 from ..sae.config import SAEConfig
 from ..sae.registry import ARCHITECTURES
-from . import dictionary_learning
+from . import dictionary_learning, gemma_scope
 from .atomic import atomic_write
+from .folds import fold_decoder_norms, fold_input_bias
 from .format import (
     CFG_NAME,
     FORMAT,
@@ -54,14 +56,16 @@ SAELENS_NORMS = {
 
 
 def detect_format(path: Path) -> str:
-    """ "saelab", "saelens", "sparsify" or "dictionary_learning", from the files in an SAE
-    directory."""
+    """ "saelab", "saelens", "sparsify", "dictionary_learning" or "gemma_scope", from the files
+    in an SAE directory."""
     if not path.is_dir():
         raise SAEFormatError(
             f"{path} is a file, not an SAE directory"
             if path.exists()
             else f"no SAE directory at {path}"
         )
+    if (path / gemma_scope.PARAMS).is_file():
+        return "gemma_scope"
     if (path / dictionary_learning.WEIGHTS).is_file():
         if not (path / dictionary_learning.CONFIG).is_file():
             raise SAEFormatError(
@@ -82,8 +86,8 @@ def detect_format(path: Path) -> str:
     raise SAEFormatError(
         f"{path} is not an SAE directory saelab can read (files: {files}); expected saelab "
         f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify "
-        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight) or dictionary_learning (config.json + "
-        "ae.pt)"
+        f"(cfg.json + {WEIGHTS_NAME} with encoder.weight), dictionary_learning (config.json + "
+        f"ae.pt) or Gemma Scope ({gemma_scope.PARAMS})"
     )
 
 
@@ -97,6 +101,11 @@ LAYOUTS = {
     "sparsify": (
         "k, d_in and num_latents",
         "encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in]",
+    ),
+    "gemma_scope": (
+        "nothing (the folder names give the model, layer and hook)",
+        "W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in], threshold "
+        "[d_sae] (float32; w_enc, w_dec also read)",
     ),
     "dictionary_learning": (
         "trainer: dict_class, activation_dim, dict_size (and k for top-k classes)",
@@ -149,6 +158,27 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     kind = detect_format(path)
     if kind == "saelab":
         return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
+    if kind == "gemma_scope":
+        weights = path / gemma_scope.PARAMS
+        tensors = Entries(gemma_scope.read_params(weights), weights, "tensor", LAYOUTS[kind][1])
+        try:
+            settings, out, metadata = gemma_scope.from_gemma_scope(
+                gemma_scope.config_from_path(path), tensors
+            )
+            d_in, d_sae = out["W_enc"].shape
+            cfg = SAEConfig(
+                arch="jumprelu",
+                d_in=d_in,
+                d_sae=d_sae,
+                input_scaling="none",
+                metadata=metadata,
+                **settings,
+            )
+        except ConfigError as err:
+            raise SAEFormatError(f"{path}: cannot read this Gemma Scope SAE: {err}") from None
+        _check_all_read(tensors, weights, kind, cfg.arch)
+        cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
+        return cfg, out, weights
     if kind == "dictionary_learning":
         cfg_file, weights = path / dictionary_learning.CONFIG, path / dictionary_learning.WEIGHTS
         cfg_dict = read_json_object(cfg_file, SAEFormatError)
@@ -175,15 +205,20 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
         raise
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
-    unknown = [name for name in tensors.unread() if not _identity(name, tensors[name])]
-    if unknown:
-        raise SAEFormatError(
-            f"{weights} holds tensor(s) saelab does not understand for a {kind} {cfg.arch} SAE: "
-            f"{', '.join(unknown)}; refusing to drop them (the SAE would not be the one saved)"
-        )
+    _check_all_read(tensors, weights, kind, cfg.arch)
     tensors = out
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
     return cfg, tensors, weights
+
+
+def _check_all_read(tensors: Entries, weights: Path, kind: str, arch: str) -> None:
+    """Every tensor of the file was used (or changes nothing when dropped)."""
+    unknown = [name for name in tensors.unread() if not _identity(name, tensors[name])]
+    if unknown:
+        raise SAEFormatError(
+            f"{weights} holds tensor(s) saelab does not understand for a {kind} {arch} SAE: "
+            f"{', '.join(unknown)}; refusing to drop them (the SAE would not be the one saved)"
+        )
 
 
 def _identity(name: str, tensor: torch.Tensor) -> bool:
@@ -220,33 +255,6 @@ def _major(version) -> int:
         return int(str(version).split(".")[0])
     except ValueError:
         raise ConfigError(f"sae_lens_version {version!r} is not a version number") from None
-
-
-def fold_input_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An encoder that does not subtract b_dec (SAELens's apply_b_dec_to_input = false) as
-    saelab's, which does: the encoder biases absorb s = b_dec @ W_enc exactly, b_enc + s, or
-    for gated b_gate + s and b_mag + s * exp(r_mag) (its magnitude path is W_enc * exp(r_mag))."""
-    shift = tensors["b_dec"] @ tensors["W_enc"]
-    if "b_enc" in tensors:
-        return {**tensors, "b_enc": tensors["b_enc"] + shift}
-    return {
-        **tensors,
-        "b_gate": tensors["b_gate"] + shift,
-        "b_mag": tensors["b_mag"] + shift * tensors["r_mag"].exp(),
-    }
-
-
-def fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SAELens's rescale_acts_by_decoder_norm (saes/topk_sae.py: the pre-activations times
-    n = ||W_dec_i|| before the top-k, the codes divided by n before decoding) folded in exactly:
-    W_enc[:, i] * n_i, b_enc * n, W_dec[i] / n_i give the same codes and reconstruction."""
-    n = tensors["W_dec"].norm(dim=1)
-    return {
-        **tensors,
-        "W_enc": tensors["W_enc"] * n,
-        "b_enc": tensors["b_enc"] * n,
-        "W_dec": tensors["W_dec"] / n[:, None],
-    }
 
 
 def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:

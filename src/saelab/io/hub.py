@@ -69,6 +69,9 @@ def _reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+SAE_FILES = ("cfg.json", "config.json", "params.npz")  # a folder holding one holds an SAE
+
+
 def download(repo_id: str, sae_id: str | None = None, revision: str | None = None) -> Path:
     """The local folder of a Hub SAE: from the cache when offline (HF_HUB_OFFLINE=1 or no
     network), else fetched (only the sae_id folder) into the cache. A missing folder is named
@@ -117,22 +120,29 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
     except HFValidationError as err:
         raise HubError(f"{repo_id!r} is not a Hub repo id: {err}") from None
     folder = root / sae_id if sae_id else root
-    if not folder.is_dir():
-        if offline:
-            files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
-        else:
-            from huggingface_hub import HfApi
+    if folder.is_dir() and (sae_id or any((root / name).is_file() for name in SAE_FILES)):
+        return folder
 
-            files = HfApi().list_repo_files(repo_id, revision=revision)
-        found = sorted(
-            {str(Path(f).parent) for f in files if Path(f).name in ("cfg.json", "config.json")}
-            - {"."}
-        )
+    if offline:
+        files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    else:
+        from huggingface_hub import HfApi
+
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+    found = sorted({str(Path(f).parent) for f in files if Path(f).name in SAE_FILES} - {"."})
+    if not sae_id and not found:
+        return folder  # no SAE anywhere: loading it says what the folder holds
+    listed = f"{', '.join(found[:20])}" + (
+        f" (and {len(found) - 20} more)" if len(found) > 20 else ""
+    )
+    if not sae_id:
         raise HubError(
-            f"{repo_id} has no folder {sae_id}"
-            + (f"; its SAE folders: {', '.join(found[:20])}" if found else "")
+            f"{repo_id} holds {len(found)} SAEs in folders, none at its root: pass one as sae_id "
+            f"(or hf://{repo_id}/FOLDER): {listed}"
         )
-    return folder
+    raise HubError(
+        f"{repo_id} has no folder {sae_id}" + (f"; its SAE folders: {listed}" if found else "")
+    )
 
 
 def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None = None) -> Path:
