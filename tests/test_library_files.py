@@ -102,6 +102,18 @@ def test_the_hook_point_goes_both_ways(tmp_path):
     assert (meta["model"], meta["layer"], meta["site"]) == ("gpt2", 8, "resid_pre")
 
 
+def assert_their_loader_agrees(sae, fmt: str, python: str, script: str, tmp_path) -> None:
+    """Export `sae` as `fmt`, encode the same inputs with `script` (the library's own loader)
+    in `python`, and compare the codes with saelab's."""
+    export(sae, tmp_path / "sae", fmt)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    args = [tmp_path / "sae", tmp_path / "x.safetensors", tmp_path / "codes.safetensors"]
+    subprocess.run([python, "-c", script, *map(str, args)], check=True)
+    theirs = load_file(str(tmp_path / "codes.safetensors"))["codes"]
+    torch.testing.assert_close(theirs, sae.encode(x), rtol=1e-5, atol=1e-5)
+
+
 SAELENS_PYTHON = os.environ.get("SAELAB_SAELENS_PYTHON")
 LOAD_WITH_SAELENS = """
 import sys, torch
@@ -129,13 +141,7 @@ def test_saelens_own_loader_reads_the_export_with_equal_codes(tmp_path, arch):
         if arch == "batchtopk":
             sae.threshold.fill_(0.05)
     sae.eval()
-    export(sae, tmp_path / "sae", "saelens")
-    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
-    save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    args = [tmp_path / "sae", tmp_path / "x.safetensors", tmp_path / "codes.safetensors"]
-    subprocess.run([SAELENS_PYTHON, "-c", LOAD_WITH_SAELENS, *map(str, args)], check=True)
-    theirs = load_file(str(tmp_path / "codes.safetensors"))["codes"]
-    torch.testing.assert_close(theirs, sae.encode(x), rtol=1e-5, atol=1e-5)
+    assert_their_loader_agrees(sae, "saelens", SAELENS_PYTHON, LOAD_WITH_SAELENS, tmp_path)
 
 
 def test_an_untrained_dictionary_learning_batchtopk_says_so_at_load_time(tmp_path):
@@ -188,13 +194,7 @@ def test_sparsify_own_loader_reads_the_export_with_equal_codes(tmp_path):
         sae.b_dec.normal_(0, 0.1)
         sae.encoder_bias.normal_(0, 0.1)
     sae.eval()
-    export(sae, tmp_path / "sae", "sparsify")
-    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
-    save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    args = [tmp_path / "sae", tmp_path / "x.safetensors", tmp_path / "codes.safetensors"]
-    subprocess.run([SPARSIFY_PYTHON, "-c", LOAD_WITH_SPARSIFY, *map(str, args)], check=True)
-    theirs = load_file(str(tmp_path / "codes.safetensors"))["codes"]
-    torch.testing.assert_close(theirs, sae.encode(x), rtol=1e-5, atol=1e-5)
+    assert_their_loader_agrees(sae, "sparsify", SPARSIFY_PYTHON, LOAD_WITH_SPARSIFY, tmp_path)
 
 
 DICTIONARY_LEARNING_PYTHON = os.environ.get("SAELAB_DICTIONARY_LEARNING_PYTHON")
@@ -231,16 +231,13 @@ def test_dictionary_learning_own_loader_reads_the_export_with_equal_codes(tmp_pa
         if arch in ("batchtopk", "matryoshka"):
             sae.threshold.fill_(0.05)
     sae.eval()
-    export(sae, tmp_path / "sae", "dictionary_learning")
-    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
-    save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    args = [tmp_path / "sae", tmp_path / "x.safetensors", tmp_path / "codes.safetensors"]
-    subprocess.run(
-        [DICTIONARY_LEARNING_PYTHON, "-c", LOAD_WITH_DICTIONARY_LEARNING, *map(str, args)],
-        check=True,
+    assert_their_loader_agrees(
+        sae,
+        "dictionary_learning",
+        DICTIONARY_LEARNING_PYTHON,
+        LOAD_WITH_DICTIONARY_LEARNING,
+        tmp_path,
     )
-    theirs = load_file(str(tmp_path / "codes.safetensors"))["codes"]
-    torch.testing.assert_close(theirs, sae.encode(x), rtol=1e-5, atol=1e-5)
 
 
 def test_a_loaded_decoder_that_is_not_unit_norm_is_kept_and_reported(tmp_path):

@@ -275,11 +275,12 @@ def cmd_eval(args) -> None:
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
     sae, files, default_out = sae_source(args.run)
+    out_dir = Path(args.out or default_out)
+    rundir.check_output_folder(out_dir, files)  # before any model or data is loaded
     chat = _chat(args, wanted, request.device)
     request = request.with_recorded_hook(sae.cfg.metadata)
     context = eval_context(request, wanted, configs["core"], args.model is not None, chat)
-    context.out_dir = Path(args.out or default_out)
-    rundir.check_output_folder(context.out_dir, files)
+    context.out_dir = out_dir
     context.extra = rundir.training_dead(rundir.read_history(files))
     print(f"{sae.cfg.arch} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae}:")
     written: dict[str, list[str]] = {}

@@ -153,33 +153,16 @@ def integer(values: dict, name: str) -> int:
 
 def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path]:
     """(config, tensors in saelab's file layout, the weights file) of a saelab, SAELens,
-    sparsify or dictionary_learning directory; SAE.load_any builds the SAE."""
+    sparsify, dictionary_learning or Gemma Scope directory; SAE.load_any builds the SAE."""
     path = Path(path)
     kind = detect_format(path)
     if kind == "saelab":
         return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
     if kind == "gemma_scope":
-        weights = path / gemma_scope.PARAMS
-        tensors = Entries(gemma_scope.read_params(weights), weights, "tensor", LAYOUTS[kind][1])
-        try:
-            settings, out, metadata = gemma_scope.from_gemma_scope(
-                gemma_scope.config_from_path(path), tensors
-            )
-            d_in, d_sae = out["W_enc"].shape
-            cfg = SAEConfig(
-                arch="jumprelu",
-                d_in=d_in,
-                d_sae=d_sae,
-                input_scaling="none",
-                metadata=metadata,
-                **settings,
-            )
-        except ConfigError as err:
-            raise SAEFormatError(f"{path}: cannot read this Gemma Scope SAE: {err}") from None
-        _check_all_read(tensors, weights, kind, cfg.arch)
-        cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
-        return cfg, out, weights
-    if kind == "dictionary_learning":
+        cfg_file = weights = path / gemma_scope.PARAMS
+        cfg_dict = gemma_scope.config_from_path(path)
+        tensors = gemma_scope.read_params(weights)
+    elif kind == "dictionary_learning":
         cfg_file, weights = path / dictionary_learning.CONFIG, path / dictionary_learning.WEIGHTS
         cfg_dict = read_json_object(cfg_file, SAEFormatError)
         cfg_dict = cfg_dict.get("trainer", cfg_dict)
@@ -198,6 +181,7 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
         "saelens": from_saelens,
         "sparsify": from_sparsify,
         "dictionary_learning": dictionary_learning.from_dictionary_learning,
+        "gemma_scope": gemma_scope.from_gemma_scope,
     }[kind]
     try:
         cfg, out = translate(cfg_dict, tensors)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..sae.config import SAEConfig
 from .folds import fold_input_bias
 from .format import SAEFormatError
 
@@ -41,7 +42,7 @@ def read_params(file: Path) -> dict[str, torch.Tensor]:
 def config_from_path(path: Path) -> dict:
     """What the folder names say: the model, layer and hook point, and the release."""
     text = str(path.resolve()).replace("--", "/")
-    config: dict = {"folder": str(path)}
+    config: dict = {}
     layer = re.search(r"layer_(\d+)", text)
     if layer:
         config["layer"] = int(layer[1])
@@ -56,17 +57,24 @@ def config_from_path(path: Path) -> dict:
     return config
 
 
-def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
-    """(settings, saelab-layout tensors, metadata) of a Gemma Scope SAE."""
-    W_enc = tensors["W_enc"]
-    d_in = W_enc.shape[0]
+def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
+    """(SAEConfig, tensors in saelab's file layout) of a Gemma Scope SAE."""
     out = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
+    d_in, d_sae = out["W_enc"].shape
+    if out["W_dec"].shape != (d_sae, d_in):
+        raise ConfigError(
+            f"W_dec has shape {tuple(out['W_dec'].shape)}, W_enc {(d_in, d_sae)}: not a Gemma "
+            "Scope SAE"
+        )
     if config["embedding"]:  # trained on embeddings scaled by sqrt(d_in), as SAELens undoes
         out["W_enc"], out["W_dec"] = out["W_enc"] / math.sqrt(d_in), out["W_dec"] * math.sqrt(d_in)
-    if out["W_dec"].shape != W_enc.T.shape:
-        raise ConfigError(
-            f"W_dec has shape {tuple(out['W_dec'].shape)}, W_enc {tuple(W_enc.shape)}: not a "
-            "Gemma Scope SAE"
-        )
     metadata = {key: config[key] for key in ("release", "model", "layer", "site") if key in config}
-    return {"l0_coefficient": 0.0}, fold_input_bias(out), metadata
+    cfg = SAEConfig(
+        arch="jumprelu",
+        d_in=d_in,
+        d_sae=d_sae,
+        input_scaling="none",
+        metadata=metadata,
+        l0_coefficient=0.0,
+    )
+    return cfg, fold_input_bias(out)
