@@ -274,7 +274,31 @@ def test_a_gemma_scope_file_with_lower_case_names_or_an_unknown_array(tmp_path):
     data = load_file(str(GEMMA_SCOPE / "codes.safetensors"))
     torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
     assert sae.cfg.metadata["model"] == "google/gemma-2-9b-it"
-    assert sae.cfg.metadata["site"] == "mlp_out"
+    assert "site" not in sae.cfg.metadata  # Gemma's mlp_out hook is after its post-MLP norm
     np.savez(folder / "params.npz", **arrays, log_feature_sparsity=np.zeros(64, np.float32))
     with pytest.raises(SAEFormatError, match="does not understand .*: log_feature_sparsity"):
         SAE.load_any(folder)
+
+
+GEMMA_SCOPE_2 = GEMMA_SCOPE / "gemma-scope-2-1b-pt"
+
+
+def test_gemma_scope_2_codes_equal_saelens_own_loader():
+    sae = SAE.load_any(GEMMA_SCOPE_2 / "resid_post" / "layer_7_width_16k_l0_medium")
+    data = load_file(str(GEMMA_SCOPE_2 / "codes.safetensors"))
+    torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
+    meta = sae.cfg.metadata
+    assert (meta["model"], meta["layer"], meta["site"]) == ("google/gemma-3-1b-pt", 7, "resid_post")
+
+
+def test_gemma_scope_2_transcoders_are_refused_by_name(tmp_path):
+    folder = tmp_path / "transcoder" / "layer_7_width_16k_l0_medium_affine"
+    shutil.copytree(GEMMA_SCOPE_2 / "resid_post" / "layer_7_width_16k_l0_medium", folder)
+    with pytest.raises(SAEFormatError, match="is a Gemma Scope transcoder"):
+        SAE.load_any(folder)
+    plain = tmp_path / "resid_post" / "layer_7"
+    shutil.copytree(GEMMA_SCOPE_2 / "resid_post" / "layer_7_width_16k_l0_medium", plain)
+    cfg = json.loads((plain / "config.json").read_text())
+    (plain / "config.json").write_text(json.dumps({**cfg, "hf_hook_point_out": "x"}))
+    with pytest.raises(SAEFormatError, match="is a Gemma Scope transcoder"):
+        SAE.load_any(plain)

@@ -64,7 +64,7 @@ def detect_format(path: Path) -> str:
             if path.exists()
             else f"no SAE directory at {path}"
         )
-    if (path / gemma_scope.PARAMS).is_file():
+    if gemma_scope.params_file(path):
         return "gemma_scope"
     if (path / dictionary_learning.WEIGHTS).is_file():
         if not (path / dictionary_learning.CONFIG).is_file():
@@ -87,7 +87,7 @@ def detect_format(path: Path) -> str:
         f"{path} is not an SAE directory saelab can read (files: {files}); expected saelab "
         f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify "
         f"(cfg.json + {WEIGHTS_NAME} with encoder.weight), dictionary_learning (config.json + "
-        f"ae.pt) or Gemma Scope ({gemma_scope.PARAMS})"
+        f"ae.pt) or Gemma Scope ({gemma_scope.PARAMS} or {gemma_scope.PARAMS_2})"
     )
 
 
@@ -105,7 +105,7 @@ LAYOUTS = {
     "gemma_scope": (
         "nothing (the folder names give the model, layer and hook)",
         "W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in], threshold "
-        "[d_sae] (float32; w_enc, w_dec also read)",
+        "[d_sae] (float32; w_enc, w_dec also read; Gemma Scope 2: params.safetensors)",
     ),
     "dictionary_learning": (
         "trainer: dict_class, activation_dim, dict_size (and k for top-k classes)",
@@ -159,8 +159,11 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     if kind == "saelab":
         return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
     if kind == "gemma_scope":
-        cfg_file = weights = path / gemma_scope.PARAMS
-        cfg_dict = gemma_scope.config_from_path(path)
+        cfg_file = weights = gemma_scope.params_file(path)
+        try:
+            cfg_dict = gemma_scope.config_from_path(path)
+        except ConfigError as err:
+            raise SAEFormatError(str(err)) from None
         tensors = gemma_scope.read_params(weights)
     elif kind == "dictionary_learning":
         cfg_file, weights = path / dictionary_learning.CONFIG, path / dictionary_learning.WEIGHTS

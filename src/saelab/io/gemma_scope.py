@@ -1,11 +1,15 @@
-"""Gemma Scope (Lieberum et al. 2024; google/gemma-scope-2b-pt-res etc.): one folder per SAE,
-`layer_N/width_16k/average_l0_K/params.npz` holding float32 W_enc [d_in, d_sae], W_dec
-[d_sae, d_in], b_enc [d_sae], b_dec [d_in] and threshold [d_sae] (some files spell them w_enc,
-w_dec). A JumpReLU SAE whose encoder does not subtract b_dec: codes = relu(pre) * (pre > θ),
-pre = x @ W_enc + b_enc, as SAELens 6.54's gemma_2_sae_huggingface_loader reads it, so b_enc
-absorbs b_dec @ W_enc (folds.fold_input_bias). The model and hook point come from the folder
-names (the repo: model size, pt/it, res/mlp/att; layer_N), as SAELens takes them; embedding SAEs
-are rescaled by sqrt(d_in) as SAELens does. params.npz is read with allow_pickle=False."""
+"""Gemma Scope and Gemma Scope 2 (Lieberum et al. 2024; google/gemma-scope-2b-pt-res,
+google/gemma-scope-2-1b-pt etc.): one folder per SAE, `layer_N/width_16k/average_l0_K/params.npz`
+(Gemma Scope) or `.../params.safetensors` with a config.json of `architecture: jump_relu`
+(Gemma Scope 2), holding float32 W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
+b_dec [d_in] and threshold [d_sae] (spelled w_enc, w_dec in Gemma Scope 2 and some Gemma Scope
+files). A JumpReLU SAE whose encoder does not subtract b_dec: codes = relu(pre) * (pre > θ),
+pre = x @ W_enc + b_enc, as SAELens 6.54's gemma_2_ / gemma_3_sae_huggingface_loader read it,
+so b_enc absorbs b_dec @ W_enc (folds.fold_input_bias). The model and layer come from the folder
+names and config.json as SAELens takes them; the hook point only where it is saelab's
+resid_post (Gemma's mlp_out hooks sit after its post-MLP norm, attention ones on hook_z).
+Embedding SAEs are rescaled by sqrt(d_in) as SAELens does; transcoders and CLTs (Gemma Scope 2)
+are refused until saelab has transcoders. params.npz is read with allow_pickle=False."""
 
 from __future__ import annotations
 
@@ -19,20 +23,29 @@ import torch
 from ..errors import ConfigError
 from ..sae.config import SAEConfig
 from .folds import fold_input_bias
-from .format import SAEFormatError
+from .format import SAEFormatError, read_safetensors
+from .jsonfile import read_json_object
 
 PARAMS = "params.npz"
+PARAMS_2, CONFIG_2 = "params.safetensors", "config.json"  # Gemma Scope 2
 RELEASE = re.compile(r"gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att)")
-SITES = {"res": "resid_post", "mlp": "mlp_out"}  # att hooks hook_z, not one of saelab's sites
+
+
+def params_file(path: Path) -> Path | None:
+    """The weights file of a Gemma Scope (1 or 2) folder, or None."""
+    return next((path / name for name in (PARAMS, PARAMS_2) if (path / name).is_file()), None)
 
 
 def read_params(file: Path) -> dict[str, torch.Tensor]:
-    """The arrays of a params.npz as float32 tensors, w_* spelled W_*."""
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise SAEFormatError(f"{file} is not a readable .npz file ({err})") from None
+    """The arrays of a params.npz or params.safetensors as float32 tensors, w_* spelled W_*."""
+    if file.suffix == ".safetensors":
+        arrays = {key: t.numpy() for key, t in read_safetensors(file).items()}
+    else:
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (ValueError, OSError, EOFError) as err:
+            raise SAEFormatError(f"{file} is not a readable .npz file ({err})") from None
     return {
         ("W_" + key[2:] if key.startswith("w_") else key): torch.from_numpy(array).float()
         for key, array in arrays.items()
@@ -40,9 +53,12 @@ def read_params(file: Path) -> dict[str, torch.Tensor]:
 
 
 def config_from_path(path: Path) -> dict:
-    """What the folder names say: the model, layer and hook point, and the release."""
+    """What the folder names (and Gemma Scope 2's config.json) say: the model, layer and hook
+    point, and the release."""
     text = str(path.resolve()).replace("--", "/")
-    config: dict = {}
+    config: dict = {"embedding": "embedding" in text}
+    if "transcoder" in text or "clt" in text.split("/")[-1]:
+        raise ConfigError(f"{path} is a Gemma Scope transcoder; saelab cannot load transcoders yet")
     layer = re.search(r"layer_(\d+)", text)
     if layer:
         config["layer"] = int(layer[1])
@@ -51,14 +67,35 @@ def config_from_path(path: Path) -> dict:
         size, kind, hook = release.groups()
         config["release"] = release[0]
         config["model"] = f"google/gemma-2-{size}" + ("-it" if kind == "it" else "")
-        if hook in SITES:
-            config["site"] = SITES[hook]
-    config["embedding"] = "embedding" in text
+        if hook == "res":
+            config["site"] = "resid_post"
+    if (path / CONFIG_2).is_file():
+        raw = read_json_object(path / CONFIG_2, SAEFormatError)
+        if raw.get("hf_hook_point_out"):
+            raise ConfigError(f"{path} is a Gemma Scope transcoder; saelab cannot load them yet")
+        if raw.get("architecture") != "jump_relu":
+            raise ConfigError(
+                f"{path / CONFIG_2}: architecture {raw.get('architecture')!r} is not a Gemma "
+                "Scope 2 SAE saelab reads (jump_relu)"
+            )
+        config["model"] = gemma_3_model(str(raw.get("model_name", "")))
+        config["release"] = "gemma-scope-2"
+        if "resid_post" in text:
+            config["site"] = "resid_post"
     return config
+
+
+def gemma_3_model(name: str) -> str:
+    """A Gemma Scope 2 config's model_name as the Hub names the model, as SAELens maps it."""
+    name = name if "google" in name else "google/" + name
+    name = name.replace("-v3", "-3")
+    return name.replace("-pt", "") if "270m" in name else name
 
 
 def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
     """(SAEConfig, tensors in saelab's file layout) of a Gemma Scope SAE."""
+    if "affine_skip_connection" in tensors:
+        raise ConfigError("a Gemma Scope skip transcoder; saelab cannot load transcoders yet")
     out = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     d_in, d_sae = out["W_enc"].shape
     if out["W_dec"].shape != (d_sae, d_in):

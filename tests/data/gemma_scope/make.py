@@ -1,12 +1,13 @@
-"""Writes the Gemma Scope fixture of tests/test_library_files.py: a params.npz in the release's
-layout and dtype (float32 W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold)
-under the release's folder names, and the codes SAELens 6.54's own Gemma Scope loader
-(loading/pretrained_sae_loaders.py, gemma_2_sae_huggingface_loader, with the Hub download
-pointed at the local file) and its JumpReLU SAE give. Run in the SAELens environment:
+"""Writes the Gemma Scope fixtures of tests/test_library_files.py: a params.npz (Gemma Scope)
+and a params.safetensors with lower-case names plus config.json (Gemma Scope 2) in the
+releases' layouts and dtype under their folder names, and the codes SAELens 6.54's own loaders
+(loading/pretrained_sae_loaders.py, gemma_2_ and gemma_3_sae_huggingface_loader, with the Hub
+downloads pointed at the local files) and its JumpReLU SAE give. Run in the SAELens environment:
 
     python tests/data/gemma_scope/make.py tests/data/gemma_scope
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -41,6 +42,40 @@ def main(root: Path) -> None:
     with torch.no_grad():
         codes = sae.encode(x)
     save_file({"x": x, "codes": codes}, str(root / "codes.safetensors"))
+    print(cfg["hook_name"], cfg["model_name"], "L0", float((codes != 0).sum(1).float().mean()))
+    gemma_scope_2(root / "gemma-scope-2-1b-pt" / FOLDER_2, params, x)
+
+
+FOLDER_2 = "resid_post/layer_7_width_16k_l0_medium"
+
+
+def gemma_scope_2(folder: Path, params: dict, x: torch.Tensor) -> None:
+    """The same weights as a Gemma Scope 2 SAE (lower-case names, float32 safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k.lower(): torch.from_numpy(v) for k, v in params.items()}
+    save_file(tensors, str(folder / "params.safetensors"))
+    config = {
+        "architecture": "jump_relu",
+        "model_name": "gemma-v3-1b-pt",
+        "hf_hook_point_in": "model.layers.7.output",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    files = {
+        "config.json": folder / "config.json",
+        "params.safetensors": folder / "params.safetensors",
+    }
+    loaders.hf_hub_download = lambda *args, **kwargs: str(
+        files[(kwargs.get("filename") or args[1]).split("/")[-1]]
+    )
+    loaders.get_safetensors_tensor_shapes = lambda *args: {
+        k: list(v.shape) for k, v in tensors.items()
+    }
+    cfg, state, _ = loaders.gemma_3_sae_huggingface_loader("google/gemma-scope-2-1b-pt", FOLDER_2)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False))
+    sae.load_state_dict(state)
+    with torch.no_grad():
+        codes = sae.encode(x)
+    save_file({"x": x, "codes": codes}, str(folder.parents[1] / "codes.safetensors"))
     print(cfg["hook_name"], cfg["model_name"], "L0", float((codes != 0).sum(1).float().mean()))
 
 
