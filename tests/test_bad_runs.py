@@ -149,7 +149,7 @@ CASES = [
         "sweep over a single run",
         top_run_in_sweep,
         with_args(SWEEP, out="{keep}"),
-        "what a sweep does not write",
+        "is not free for a sweep",
     ),
     ("cache into a run", run_copy("keep-h"), with_args(CACHE, out="{keep}"), "not an activation"),
     ("cache into a locked cache", locked_run, with_args(CACHE, out="{keep}"), "in use by saelab"),

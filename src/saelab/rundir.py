@@ -139,9 +139,9 @@ def prepare(out: Path, runs: list[Path], resume: bool, overwrite: bool) -> None:
     others = strangers(out, runs)
     if others and not overwrite:
         raise RunError(
-            f"{out} holds what this training did not write: {', '.join(others)}; choose another "
-            "--out, or pass --overwrite to write beside it (it replaces only saelab's files of "
-            "these runs)"
+            f"--out {out} is not free for this training, it holds: {', '.join(others)}; choose "
+            "another --out, or pass --overwrite to write beside it (it replaces only saelab's "
+            "files of these runs)"
         )
     if overwrite:
         return

@@ -300,7 +300,7 @@ def check_out(out: Path) -> None:
         others = [f"{rundir.describe(out)}: {', '.join(others)}"]
     if others:
         raise rundir.RunError(
-            f"--out {out} holds what a sweep does not write: {', '.join(others)}; choose another "
+            f"--out {out} is not free for a sweep, it holds: {', '.join(others)}; choose another "
             "--out"
         )
 
