@@ -296,8 +296,9 @@ def check_out(out: Path) -> None:
         for entry, what in found.items()
         if entry.name not in ours and not (entry.is_dir() and what in points)
     ]
-    if rundir.describe(out) not in ("a folder", "an empty folder", "a sweep"):
-        others = [f"{rundir.describe(out)}: {', '.join(others)}"]
+    what = rundir.describe(out)
+    if what not in ("a folder", "an empty folder", "a sweep"):
+        others = [f"{what}: {', '.join(others)}"]
     if others:
         raise rundir.RunError(
             f"--out {out} is not free for a sweep, it holds: {', '.join(others)}; choose another "

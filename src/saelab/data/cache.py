@@ -148,11 +148,8 @@ def existing_manifest(directory: Path, spec: CacheSpec) -> dict | None:
     (a run, an SAE, other files), is refused."""
     directory = Path(directory)
     if not (directory / MANIFEST).exists():
-        others = (
-            [e for e in sorted(directory.iterdir()) if e.name != rundir.LOCK]
-            if (directory.is_dir())
-            else []
-        )
+        held = sorted(directory.iterdir()) if directory.is_dir() else []
+        others = [entry for entry in held if entry.name != rundir.LOCK]
         if others:
             raise CacheError(
                 f"{directory} is not an activation cache and holds "

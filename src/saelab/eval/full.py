@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import torch
 
 from .. import rundir
 from ..io.atomic import atomic_write
@@ -60,39 +60,20 @@ def full_evaluation(
         results.update(downstream(sae, model, input_ids, layer, site, ablations=ablations))
     target = sae.arch.target_l0(sae)
     name = f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}" + (f" k={target}" if target else "")
-    results["plots"], results["plots_skipped"] = {}, {}
-    for key, values, draw in (
-        (
-            "zf",
-            [stats["norm_z"], stats["norm_f_tilde"]],
-            lambda path: zf_plot(
-                stats["norm_z"],
-                stats["norm_f_tilde"],
-                path,
-                f"ZF plot: {name}",
-                sae.cfg.input_scaling,
-            ),
-        ),
-        (
-            "l0",
-            [results["l0_histogram"]],
-            lambda path: l0_histogram_plot(
-                results["l0_histogram"], path, k=target, title=f"L0 per token: {name}"
-            ),
-        ),
-        (
-            "density",
-            [results["latent_density"]],
-            lambda path: density_plot(
-                results["latent_density"], path, title=f"Latent density: {name}"
-            ),
-        ),
-    ):
-        if all(np.isfinite(np.asarray(v, dtype=float)).all() for v in values):
-            draw(out_dir / PLOTS[key])
-            results["plots"][key] = PLOTS[key]
-        else:
-            results["plots_skipped"][key] = "not drawn: its values are not all finite (NaN or Inf)"
+    l0_histogram_plot(
+        results["l0_histogram"], out_dir / PLOTS["l0"], k=target, title=f"L0 per token: {name}"
+    )
+    density_plot(
+        results["latent_density"], out_dir / PLOTS["density"], title=f"Latent density: {name}"
+    )
+    results["plots"] = {key: PLOTS[key] for key in ("l0", "density")}
+    results["plots_skipped"] = {}
+    norms = (stats["norm_z"], stats["norm_f_tilde"])  # overflow in an SAE's weights shows here
+    if all(torch.isfinite(norm).all() for norm in norms):
+        zf_plot(*norms, out_dir / PLOTS["zf"], f"ZF plot: {name}", sae.cfg.input_scaling)
+        results["plots"] = {"zf": PLOTS["zf"], **results["plots"]}
+    else:
+        results["plots_skipped"]["zf"] = "not drawn: its values are not all finite (NaN or Inf)"
     results.update(extra or {})
     atomic_write(out_dir / EVAL_NAME, lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
     return results

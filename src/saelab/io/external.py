@@ -193,9 +193,8 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     except (KeyError, TypeError, ValueError) as err:
         raise SAEFormatError(f"{path}: cannot read this {kind} SAE: {err}") from None
     _check_all_read(tensors, weights, kind, cfg.arch)
-    tensors = out
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
-    return cfg, tensors, weights
+    return cfg, out, weights
 
 
 def _check_all_read(tensors: Entries, weights: Path, kind: str, arch: str) -> None:
@@ -215,7 +214,7 @@ def _identity(name: str, tensor: torch.Tensor) -> bool:
 
 
 # -- SAELens ------------------------------------------------------------------------------------
-def saelens_6(cfg: Entries) -> Entries:
+def saelens_6(cfg: dict) -> dict:
     """cfg in SAELens 6's terms. A config written before SAELens 6 (no sae_lens_version, at the
     top or in metadata, or one below 6) is read as SAELens 6.54 reads it
     (loading/pretrained_sae_loaders.py, handle_pre_6_0_config): activation_fn_str is
@@ -234,7 +233,7 @@ def saelens_6(cfg: Entries) -> Entries:
     norm = new.get("normalize_activations")
     if isinstance(norm, bool):
         new["normalize_activations"] = "expected_average_only_in" if norm else "none"
-    return Entries(new, cfg.file, cfg.what, cfg.layout)
+    return Entries(new, cfg.file, cfg.what, cfg.layout) if isinstance(cfg, Entries) else new
 
 
 def _major(version) -> int:
@@ -246,7 +245,7 @@ def _major(version) -> int:
 
 def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
     """The architecture whose saelens_names include cfg["architecture"] reads its tensors."""
-    cfg = saelens_6(cfg) if isinstance(cfg, Entries) else cfg
+    cfg = saelens_6(cfg)
     readers = {name: arch for arch in ARCHITECTURES.values() for name in arch.saelens_names}
     arch_name = cfg.get("architecture", "standard")
     activation = cfg.get("activation_fn", "topk" if arch_name == "topk" else "relu")

@@ -439,7 +439,8 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
         first = next(batches, None)
         if first is not None:
             check_batch(first, saes[0].cfg.d_in, f"{source.name}, batch 0")
-            check_zero_rows(first, f"{source.name}, batch 0")
+            # on the global batch, so that every rank refuses or goes on together
+            check_zero_rows(all_gather_cat(first), f"{source.name}, batch 0", note=me == 0)
             batches = itertools.chain([first], batches)
     for t in trainers:
         t.open_files()
