@@ -14,7 +14,7 @@ from conftest import cli_error
 
 from saelab import SAE, cli
 from saelab.io.external import export
-from saelab.rundir import LOCK
+from saelab.rundir import LOCK, RunError, removed_if_failed
 
 
 def snapshot(folder):
@@ -209,11 +209,24 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(world, cap
         assert holder.stdout.readline().strip() == "held"
         line = cli_error(capsys, _train_argv(world, out))
         assert f"in use by saelab process {holder.pid}" in line
+        assert (out / LOCK).is_file()  # the refused command left the holder's folder alone
     finally:
         holder.communicate("\n", timeout=60)
     assert not (out / LOCK).exists()  # released when the holder ends
     cli.main(_train_argv(world, out))  # and then the folder is free
     assert (out / "sae.safetensors").is_file()
+
+
+def test_a_failed_command_never_removes_a_folder_another_process_holds(tmp_path):
+    """The default --out (runs/<time>) does not exist when a command starts: a second command
+    started in the same second is refused by the first's lock and must not remove its folder."""
+    folder = tmp_path / "runs" / "now"
+    with pytest.raises(RunError, match="refused"):
+        with removed_if_failed(None, lambda: folder):
+            folder.mkdir(parents=True)
+            (folder / LOCK).write_text(f"{os.getppid()}\n")  # a live process other than this
+            raise RunError("refused")
+    assert (folder / LOCK).is_file()
 
 
 def test_there_are_at_least_eight_cases():

@@ -239,13 +239,15 @@ def removed_if_failed(out: str | Path | None, current=lambda: None):
     """Run work that writes into `out` (or into current(), which the work may set); if it fails
     and the directory did not exist before and holds nothing to keep (no checkpoint to resume,
     no trained SAE, no cache shard), remove it: a failed command leaves no half-made run or
-    cache behind, and never removes a finished artifact."""
+    cache behind, and never removes a finished artifact, nor a folder another saelab process
+    holds (locked): a command refused by that lock leaves the other's folder alone."""
     existed = out is not None and Path(out).exists()
     try:
         yield
     except BaseException:
         path = current() or out
-        if path is not None and not existed and Path(path).is_dir():
+        held = path is not None and _lock_holder(Path(path) / LOCK) not in (None, os.getpid())
+        if path is not None and not existed and not held and Path(path).is_dir():
             if not any(
                 any(Path(path).rglob(pattern)) for pattern in (CHECKPOINT, WEIGHTS, CACHE_SHARDS)
             ):
