@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +76,26 @@ def cli_error(capsys, argv: list[str]) -> str:
     lines = [line for line in err.splitlines() if line.startswith("saelab") and ": error: " in line]
     assert len(lines) == 1, err
     return lines[0]
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_repo(cache: Path, repo_id: str, folder: Path) -> None:
+    """Put `folder`'s files into the Hub cache as repo_id's main revision."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(folder, repo / "snapshots" / COMMIT, dirs_exist_ok=True)
+
+
+@pytest.fixture()
+def offline_hub(tmp_path, monkeypatch):
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads both at import; a process that imported it earlier keeps the old values
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return cache

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_error, make_sae, randomize
+from conftest import cache_repo, cli_error, make_sae, randomize
 
 from saelab import SAE, cli
 from saelab.io.external import export
@@ -18,27 +18,6 @@ from saelab.io.format import SAEFormatError
 from saelab.io.hub import HubError, model_card, parse_uri
 
 D, H = 8, 32
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def cache_repo(cache: Path, repo_id: str, folder: Path) -> None:
-    """Put `folder`'s files into the Hub cache as repo_id's main revision."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    shutil.copytree(folder, repo / "snapshots" / COMMIT, dirs_exist_ok=True)
-
-
-@pytest.fixture()
-def offline_hub(tmp_path, monkeypatch):
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads both at import; a process that imported it earlier keeps the old values
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    return cache
 
 
 def _saes():
@@ -120,7 +99,7 @@ def test_bad_repos_give_clear_errors(offline_hub, tmp_path, capsys):
     torch.save({"W_enc": torch.zeros(D, H)}, tmp_path / "repo" / "pickled" / "sae.safetensors")
     cache_repo(offline_hub, "org/repo", tmp_path / "repo")
     with pytest.raises(
-        HubError, match="has no folder blocks.9; its SAE folders: notes, pickled, saelab"
+        HubError, match="has no folder blocks.9; its cached SAE folders: notes, pickled, saelab"
     ):
         SAE.from_pretrained("org/repo", sae_id="blocks.9")
     with pytest.raises(

@@ -302,3 +302,209 @@ def test_gemma_scope_2_transcoders_are_refused_by_name(tmp_path):
     (plain / "config.json").write_text(json.dumps({**cfg, "hf_hook_point_out": "x"}))
     with pytest.raises(SAEFormatError, match="is a Gemma Scope transcoder"):
         SAE.load_any(plain)
+
+
+LLAMA_SCOPE = Path(__file__).parent / "data" / "llama_scope"
+LLAMA_FOLDER = LLAMA_SCOPE / "Llama3_1-8B-Base-LXR-8x" / "Llama3_1-8B-Base-L15R-8x"
+
+
+def lm_saes_llama_scope(folder: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, reconstruction) of a Llama Scope folder as lm-saes at the release computes them
+    (src/lm_saes/sae.py, 2024-11: standardize_parameters_of_dataset_activation_scaling, then
+    transform_to_unit_decoder_norm, then hidden_pre.where(hidden_pre > jump_relu_threshold))."""
+    hp = json.loads((folder / "hyperparams.json").read_text())
+    t = {k: v.float() for k, v in load_file(str(folder / "checkpoints/final.safetensors")).items()}
+    f_in = hp["d_model"] ** 0.5 / hp["dataset_average_activation_norm"]["in"]
+    f_out = hp["d_model"] ** 0.5 / hp["dataset_average_activation_norm"]["out"]
+    enc_w, enc_b = t["encoder.weight"], t["encoder.bias"] / f_in
+    dec_w, dec_b = t["decoder.weight"] * f_in / f_out, t["decoder.bias"] / f_out
+    norm = torch.norm(dec_w, p=2, dim=0)
+    dec_w, enc_w, enc_b = dec_w / norm, enc_w * norm[:, None], enc_b * norm
+    hidden_pre = torch.nn.functional.linear(x, enc_w, enc_b)
+    codes = hidden_pre.where(hidden_pre > hp["jump_relu_threshold"], 0)
+    return codes, torch.nn.functional.linear(codes, dec_w, dec_b)
+
+
+def test_llama_scope_loads_as_lm_saes_reads_it_and_agrees_with_saelens():
+    sae = SAE.load_any(LLAMA_FOLDER)
+    data = load_file(str(LLAMA_SCOPE / "codes.safetensors"))
+    codes, recons = lm_saes_llama_scope(LLAMA_FOLDER, data["x"])
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(data["x"]), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(data["x"]), recons, rtol=1e-5, atol=1e-5)
+        # SAELens's loader: the same latents and reconstruction, codes in normalised units
+        # (times f = sqrt(d_model) / norm) and without the bfloat16 decoder's norms n
+        n = load_file(str(LLAMA_FOLDER / "checkpoints/final.safetensors"))["decoder.weight"]
+        n = n.float().norm(dim=0)
+        theirs = data["codes"] / (16**0.5 / 5.0) * n
+        torch.testing.assert_close(sae.encode(data["x"]), theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sae(data["x"]), data["recons"], rtol=1e-5, atol=1e-5)
+    meta = sae.cfg.metadata
+    assert (sae.cfg.arch, meta["model"], meta["layer"], meta["site"]) == (
+        "jumprelu", "meta-llama/Llama-3.1-8B", 15, "resid_post"
+    )  # fmt: skip
+
+
+def test_llama_scope_with_decoder_norms_and_topk_as_lm_saes(tmp_path):
+    folder = tmp_path / "Llama3_1-8B-Base-L3M-8x"
+    shutil.copytree(LLAMA_FOLDER, folder)
+    weights = folder / "checkpoints" / "final.safetensors"
+    t = load_file(str(weights))
+    t["decoder.weight"] = (t["decoder.weight"].float() * torch.linspace(0.5, 2, 48)).bfloat16()
+    save_file(t, str(weights))
+    hp = json.loads((folder / "hyperparams.json").read_text())
+    hp["dataset_average_activation_norm"] = {"in": 3.0, "out": 3.0}
+    hp["hook_point_in"] = hp["hook_point_out"] = "blocks.3.hook_mlp_out"
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)) * 2
+    codes, recons = lm_saes_llama_scope(folder, x)
+    sae = SAE.load_any(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), recons, rtol=1e-5, atol=1e-5)
+    assert (sae.cfg.metadata["layer"], sae.cfg.metadata["site"]) == (3, "mlp_out")
+    hp.update(act_fn="topk", jump_relu_threshold=0.0)  # before the release's conversion
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    assert (SAE.load_any(folder).cfg.arch, SAE.load_any(folder).cfg.k) == ("topk", 5)
+    for change, pattern in (
+        ({"hook_point_out": "blocks.3.hook_resid_post"}, "Llama Scope transcoder"),
+        ({"norm_activation": "token-wise"}, "norm_activation 'token-wise' is not supported"),
+        ({"use_glu_encoder": True}, "GLU encoder"),
+        ({"act_fn": "jumprelu", "jump_relu_threshold": -0.1}, "jump_relu_threshold -0.1 < 0"),
+    ):
+        (folder / "hyperparams.json").write_text(json.dumps({**hp, **change}))
+        with pytest.raises(SaelabError, match=pattern):
+            SAE.load_any(folder)
+
+
+def write_llamascopium(folder: Path, act_fn: str, norm: str, spelling: str = "current") -> dict:
+    """A Llamascopium SAE directory as its save_pretrained writes one (models/
+    sparse_dictionary.py: config.json from the config's model_dump, sae_weights.safetensors from
+    full_state_dict); lm_saes of 2025 spells the tensors encoder.weight etc."""
+    hook = "blocks.6.hook_resid_post"
+    g = torch.Generator().manual_seed(3)
+    t = {
+        "W_E": torch.randn(16, 48, generator=g) * 0.3,
+        "b_E": torch.randn(48, generator=g) * 0.1,
+        "W_D": torch.randn(48, 16, generator=g) * torch.linspace(0.2, 1.5, 48)[:, None],
+        "b_D": torch.randn(16, generator=g) * 0.5,
+        f"dataset_average_activation_norm.{hook}": torch.tensor(2.5),
+    }
+    if act_fn == "jumprelu":
+        t["activation_function.log_jumprelu_threshold"] = torch.randn(48, generator=g) * 0.3
+    if spelling == "lm_saes 2025":
+        renames = {
+            "W_E": "encoder.weight",
+            "b_E": "encoder.bias",
+            "W_D": "decoder.weight",
+            "b_D": "decoder.bias",
+            "activation_function.log_jumprelu_threshold": "log_jumprelu_threshold",
+        }
+        t = {renames.get(k, k): (v.T if k in ("W_E", "W_D") else v) for k, v in t.items()}
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in t.items()}, str(folder / "sae_weights.safetensors"))
+    cfg = {
+        "sae_type": "sae",
+        "d_model": 16,
+        "expansion_factor": 3,
+        "hook_point_in": hook,
+        "hook_point_out": hook,
+        "use_decoder_bias": True,
+        "act_fn": act_fn,
+        "norm_activation": norm,
+        "sparsity_include_decoder_norm": True,
+        "top_k": 5,
+        "use_glu_encoder": False,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return t
+
+
+def llamascopium_encode(t: dict, x: torch.Tensor, act_fn: str, norm: str):
+    """(codes, reconstruction) as Llamascopium's SparseAutoEncoder.encode / decode give them on
+    normalise_activations(x) (x * sqrt(d_model) / norm for dataset-wise), denormalised after."""
+    f = 16**0.5 / 2.5 if norm == "dataset-wise" else 1.0
+    hidden_pre = (x * f) @ t["W_E"] + t["b_E"]
+    n = torch.norm(t["W_D"], p=2, dim=1)
+    scores = hidden_pre * n
+    if act_fn == "jumprelu":
+        scores = scores * scores.gt(t["activation_function.log_jumprelu_threshold"].exp())
+    else:  # topk: x * x.gt(0), then the top k
+        scores = scores * scores.gt(0)
+        keep = scores.topk(5, dim=-1).indices
+        scores = torch.zeros_like(scores).scatter(-1, keep, scores.gather(-1, keep))
+    codes = scores / n
+    return codes, (codes @ t["W_D"] + t["b_D"]) / f
+
+
+@pytest.mark.parametrize(
+    "act_fn, norm, spelling",
+    [
+        ("jumprelu", "dataset-wise", "current"),
+        ("jumprelu", "inference", "current"),
+        ("topk", "dataset-wise", "current"),
+        ("jumprelu", "dataset-wise", "lm_saes 2025"),
+    ],
+)
+def test_llamascopium_codes_equal_its_encode(tmp_path, act_fn, norm, spelling):
+    t = write_llamascopium(tmp_path / "sae", act_fn, norm, spelling)
+    t = write_llamascopium(tmp_path / "current", act_fn, norm)  # the reference's names
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(4)) * 3
+    codes, recons = llamascopium_encode(t, x, act_fn, norm)
+    sae = SAE.load_any(tmp_path / "sae")
+    with torch.no_grad():
+        if act_fn == "topk":  # folded: codes times the decoder norms, the same reconstruction
+            codes = codes * torch.norm(t["W_D"], dim=1)
+        torch.testing.assert_close(sae.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), recons, rtol=1e-5, atol=1e-5)
+    assert (sae.cfg.metadata["layer"], sae.cfg.metadata["site"]) == (6, "resid_post")
+    assert sae.cfg.input_scaling == ("expected_norm" if norm == "dataset-wise" else "none")
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"sae_type": "crosscoder"}, "sae_type 'crosscoder' is not supported"),
+        ({"act_fn": "batchtopk"}, "no threshold for inference"),
+        ({"norm_activation": "batch-wise"}, "norm_activation 'batch-wise' is not supported"),
+        ({"hook_point_in": "blocks.6.hook_resid_mid"}, "Llamascopium transcoder"),
+    ],
+)
+def test_llamascopium_files_saelab_cannot_read_are_refused_by_name(tmp_path, change, pattern):
+    write_llamascopium(tmp_path / "sae", "jumprelu", "dataset-wise")
+    cfg = json.loads((tmp_path / "sae" / "config.json").read_text())
+    (tmp_path / "sae" / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(SaelabError, match=pattern):
+        SAE.load_any(tmp_path / "sae")
+
+
+OPENAI = Path(__file__).parent / "data" / "openai" / "gpt2-small"
+
+
+@pytest.mark.parametrize(
+    "release, arch, site",
+    [("resid_post_mlp_v5_32k/autoencoders/6", "topk", "resid_post"),
+     ("resid_delta_mlp/autoencoders/3", "relu", "mlp_out")],
+)  # fmt: skip
+def test_openai_codes_equal_their_own(release, arch, site):
+    sae = SAE.load_any(OPENAI / f"{release}.pt")
+    data = load_file(str(OPENAI / f"{release}.codes.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
+        # theirs maps back with std where saelab's per_token uses std + 1e-5
+        torch.testing.assert_close(sae(data["x"]), data["recons"], rtol=1e-4, atol=1e-4)
+    meta = sae.cfg.metadata
+    assert (sae.cfg.arch, meta["model"], meta["site"]) == (arch, "openai-community/gpt2", site)
+
+
+def test_an_openai_file_with_an_unknown_entry_or_activation_is_refused(tmp_path):
+    state = torch.load(OPENAI / "resid_post_mlp_v5_32k/autoencoders/6.pt", weights_only=True)
+    torch.save({**state, "optimizer_step": 3}, tmp_path / "a.pt")
+    with pytest.raises(SAEFormatError, match="does not understand: optimizer_step"):
+        SAE.load_any(tmp_path / "a.pt")
+    torch.save({**state, "activation": "Identity"}, tmp_path / "b.pt")
+    with pytest.raises(SaelabError, match="activation 'Identity' is not supported"):
+        SAE.load_any(tmp_path / "b.pt")
+    (tmp_path / "c.pt").write_bytes(b"not a pickle")
+    with pytest.raises(SAEFormatError, match="not a torch state dict"):
+        SAE.load_any(tmp_path / "c.pt")

@@ -52,6 +52,7 @@ from .flags import (
     sweep_points,
     train_grid,
 )
+from .io import releases
 from .sae.model import SAE
 from .sources import dictionary_recovery, harvest_spec, harvests, resolve, sae_source
 from .sweep import check_out, knob_label, run_sweep
@@ -407,6 +408,29 @@ def cmd_push(args) -> None:
     print(f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {where}: {url}")
 
 
+# -- saelab releases -------------------------------------------------------------------------
+def _add_releases_parser(commands) -> None:
+    p = commands.add_parser(
+        "releases",
+        help="list the public SAE releases saelab loads by name",
+        description="The public SAE releases saelab knows by name (Gemma Scope 1 and 2, Llama "
+        "Scope, EleutherAI's sparsify): their Hub repo, model, hook site and an example SAE id. "
+        "Load one with SAE.from_pretrained(RELEASE, sae_id=ID), or pass RELEASE/ID wherever the "
+        "command line takes an SAE (saelab eval gemma-scope-2b-pt-res-canonical/layer_12/"
+        "width_16k/canonical).",
+    )
+    p.add_argument("filter", nargs="?", default="", help="only releases whose name holds this")
+    p.set_defaults(func=cmd_releases)
+
+
+def cmd_releases(args) -> None:
+    header, *rows = releases.table()
+    rows = [row for row in rows if args.filter in row.split()[0]]
+    if not rows:
+        raise UsageError(f"no release name holds {args.filter!r}; `saelab releases` lists all")
+    print("\n".join([header, *rows]))
+
+
 # -- saelab sweep ----------------------------------------------------------------------------
 def _add_sweep_parser(commands) -> None:
     p = commands.add_parser(
@@ -496,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sweep_parser,
         _add_report_parser,
         _add_push_parser,
+        _add_releases_parser,
     ):
         add(commands)
     return parser

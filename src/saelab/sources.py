@@ -18,7 +18,7 @@ from .data.pipeline import prepare_activations
 from .data.streaming import heldout_activations, streamed_source
 from .data.synthetic import synthetic_activations
 from .errors import UsageError
-from .io import hub
+from .io import hub, releases
 from .sae.model import SAE
 
 DEMO = {
@@ -171,10 +171,20 @@ def dictionary_recovery(sae, dictionary: torch.Tensor) -> float:
 
 def sae_source(arg: str) -> tuple[SAE, Path, Path]:
     """(the SAE, the folder holding its files, the folder a command writes into by default) of a
-    RUN argument: an SAE directory (the same folder twice), or hf://ORG/NAME[/SAE_ID] (from the
-    Hub or its cache; outputs go under runs/hub/ORG--NAME[--SAE_ID], never into the cache)."""
+    RUN argument: an SAE directory (the same folder twice; for an SAE file, the folder of its
+    name without the suffix), a release RELEASE/SAE_ID (io/releases.py) or hf://ORG/NAME[/SAE_ID]
+    (from the Hub or its cache; outputs go under runs/hub/RELEASE--SAE_ID or
+    runs/hub/ORG--NAME[--SAE_ID], never into the cache)."""
+    name, _, sae_id = arg.partition("/")
+    if name in releases.RELEASES and not Path(arg).exists():
+        sae = SAE.from_pretrained(name, sae_id or None)
+        out = "--".join([name, sae_id]).replace("/", "--")
+        return sae, Path(sae.cfg.metadata["source"]), Path("runs") / "hub" / out
     if not arg.startswith(hub.SCHEME):
-        return SAE.load_any(arg), Path(arg), Path(arg)
+        folder = Path(arg)
+        if folder.is_file():  # an SAE in one file (OpenAI's .pt): outputs go into a folder beside
+            folder = folder.with_suffix("")
+        return SAE.load_any(arg), folder, folder
     repo_id, sae_id = hub.parse_uri(arg)
     folder = hub.download(repo_id, sae_id)
     out = "--".join([repo_id, *([sae_id] if sae_id else [])]).replace("/", "--")

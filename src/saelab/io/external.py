@@ -8,6 +8,8 @@
 - EleutherAI sparsify: `cfg.json` (k, d_in, ...) + `sae.safetensors` with encoder.weight
   [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T.
 - Gemma Scope: `params.npz` (io/gemma_scope.py: a JumpReLU SAE without b_dec subtraction).
+- Llama Scope and Llamascopium (io/llama_scope.py); OpenAI's sparse_autoencoder, one .pt file
+  (io/openai.py).
 - dictionary_learning: `config.json` + `ae.pt` (io/dictionary_learning.py: relu, topk,
   batchtopk, matryoshka, jumprelu, gated; ae.pt read with torch.load(weights_only=True)).
 
@@ -18,7 +20,6 @@ Each format is a pair of pure translations between its (config dict, tensors) an
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from .. import rundir
 from ..errors import ConfigError
 from ..sae.config import SAEConfig
 from ..sae.registry import ARCHITECTURES
-from . import dictionary_learning, gemma_scope
+from . import dictionary_learning, gemma_scope, llama_scope, openai
 from .atomic import atomic_write
 from .folds import fold_decoder_norms, fold_input_bias
 from .format import (
@@ -41,6 +42,7 @@ from .format import (
     read_config,
     read_safetensors,
 )
+from .hooknames import hook_metadata
 from .jsonfile import is_kind, read_json_object
 
 if TYPE_CHECKING:
@@ -56,16 +58,26 @@ SAELENS_NORMS = {
 
 
 def detect_format(path: Path) -> str:
-    """ "saelab", "saelens", "sparsify", "dictionary_learning" or "gemma_scope", from the files
-    in an SAE directory."""
+    """ "saelab", "saelens", "sparsify", "dictionary_learning", "gemma_scope", "llama_scope",
+    "llamascopium" or "openai", from the files in an SAE directory (an OpenAI SAE is one .pt
+    file)."""
+    if path.is_file() and path.suffix == openai.SUFFIX:
+        return "openai"
     if not path.is_dir():
         raise SAEFormatError(
-            f"{path} is a file, not an SAE directory"
+            f"{path} is a file, not an SAE directory (or an OpenAI {openai.SUFFIX} file)"
             if path.exists()
             else f"no SAE directory at {path}"
         )
     if gemma_scope.params_file(path):
         return "gemma_scope"
+    if llama_scope.is_llama_scope(path):
+        return "llama_scope"
+    config = path / llama_scope.CONFIG
+    if config.is_file() and llama_scope.is_llamascopium(
+        path, read_json_object(config, SAEFormatError)
+    ):
+        return "llamascopium"
     if (path / dictionary_learning.WEIGHTS).is_file():
         if not (path / dictionary_learning.CONFIG).is_file():
             raise SAEFormatError(
@@ -87,7 +99,9 @@ def detect_format(path: Path) -> str:
         f"{path} is not an SAE directory saelab can read (files: {files}); expected saelab "
         f"(cfg.json with format {FORMAT}), SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify "
         f"(cfg.json + {WEIGHTS_NAME} with encoder.weight), dictionary_learning (config.json + "
-        f"ae.pt) or Gemma Scope ({gemma_scope.PARAMS} or {gemma_scope.PARAMS_2})"
+        f"ae.pt), Gemma Scope ({gemma_scope.PARAMS} or {gemma_scope.PARAMS_2}), Llama Scope "
+        f"({llama_scope.HYPERPARAMS} + {llama_scope.LLAMA_SCOPE_WEIGHTS}), Llamascopium "
+        f"(config.json with sae_type + {llama_scope.WEIGHTS}) or an OpenAI .pt file"
     )
 
 
@@ -106,6 +120,24 @@ LAYOUTS = {
         "nothing (the folder names give the model, layer and hook)",
         "W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in], threshold "
         "[d_sae] (float32; w_enc, w_dec also read; Gemma Scope 2: params.safetensors)",
+    ),
+    "llama_scope": (
+        "d_model, hook_point_in, act_fn, jump_relu_threshold, norm_activation and "
+        "dataset_average_activation_norm {in, out}",
+        "encoder.weight [d_sae, d_in], encoder.bias [d_sae], decoder.weight [d_in, d_sae], "
+        "decoder.bias [d_in]",
+    ),
+    "llamascopium": (
+        "sae_type, d_model, hook_point_in, act_fn, norm_activation, top_k",
+        "W_E [d_in, d_sae], b_E [d_sae], W_D [d_sae, d_in], b_D [d_in], "
+        "activation_function.log_jumprelu_threshold [d_sae] (jumprelu) and "
+        "dataset_average_activation_norm.<hook_point_in> (dataset-wise); or encoder.weight, "
+        "encoder.bias, decoder.weight, decoder.bias, log_jumprelu_threshold",
+    ),
+    "openai": (
+        "activation (TopK or ReLU) and activation_state_dict.k in the state dict",
+        "encoder.weight [d_sae, d_in], latent_bias [d_sae], decoder.weight [d_in, d_sae], "
+        "pre_bias [d_in]",
     ),
     "dictionary_learning": (
         "trainer: dict_class, activation_dim, dict_size (and k for top-k classes)",
@@ -152,31 +184,13 @@ def integer(values: dict, name: str) -> int:
 
 
 def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path]:
-    """(config, tensors in saelab's file layout, the weights file) of a saelab, SAELens,
-    sparsify, dictionary_learning or Gemma Scope directory; SAE.load_any builds the SAE."""
+    """(config, tensors in saelab's file layout, the weights file) of an SAE in any layout
+    detect_format knows; SAE.load_any builds the SAE."""
     path = Path(path)
     kind = detect_format(path)
     if kind == "saelab":
         return read_config(path), read_safetensors(path / WEIGHTS_NAME), path / WEIGHTS_NAME
-    if kind == "gemma_scope":
-        cfg_file = weights = gemma_scope.params_file(path)
-        try:
-            cfg_dict = gemma_scope.config_from_path(path)
-        except ConfigError as err:
-            raise SAEFormatError(str(err)) from None
-        tensors = gemma_scope.read_params(weights)
-    elif kind == "dictionary_learning":
-        cfg_file, weights = path / dictionary_learning.CONFIG, path / dictionary_learning.WEIGHTS
-        cfg_dict = read_json_object(cfg_file, SAEFormatError)
-        cfg_dict = cfg_dict.get("trainer", cfg_dict)
-        if not isinstance(cfg_dict, dict):
-            raise SAEFormatError(f"{cfg_file}: 'trainer' must be a JSON object")
-        tensors = dictionary_learning.read_state_dict(weights)
-    else:
-        cfg_file = path / CFG_NAME
-        cfg_dict = read_json_object(cfg_file, SAEFormatError)
-        weights = path / (SAELENS_WEIGHTS if kind == "saelens" else WEIGHTS_NAME)
-        tensors = read_safetensors(weights)
+    cfg_file, cfg_dict, weights, tensors = _read_files(kind, path)
     fields, names = LAYOUTS[kind]
     cfg_dict = Entries(cfg_dict, cfg_file, "field", fields)
     tensors = Entries(tensors, weights, "tensor", names)
@@ -185,6 +199,9 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
         "sparsify": from_sparsify,
         "dictionary_learning": dictionary_learning.from_dictionary_learning,
         "gemma_scope": gemma_scope.from_gemma_scope,
+        "llama_scope": llama_scope.from_llama_scope,
+        "llamascopium": llama_scope.from_llamascopium,
+        "openai": openai.from_openai,
     }[kind]
     try:
         cfg, out = translate(cfg_dict, tensors)
@@ -195,6 +212,37 @@ def read_any(path: str | Path) -> tuple[SAEConfig, dict[str, torch.Tensor], Path
     _check_all_read(tensors, weights, kind, cfg.arch)
     cfg.metadata = {**cfg.metadata, "imported_from": kind, "source": str(path)}
     return cfg, out, weights
+
+
+def _read_files(kind: str, path: Path) -> tuple[Path, dict, Path, dict[str, torch.Tensor]]:
+    """(config file, its fields, weights file, its tensors) of another library's SAE."""
+    if kind == "gemma_scope":
+        cfg_file = weights = gemma_scope.params_file(path)
+        try:
+            cfg_dict = gemma_scope.config_from_path(path)
+        except ConfigError as err:
+            raise SAEFormatError(str(err)) from None
+        return cfg_file, cfg_dict, weights, gemma_scope.read_params(weights)
+    if kind == "openai":
+        cfg_dict, tensors = openai.read_state_dict(path)
+        return path, cfg_dict, path, tensors
+    cfg_name, weights_name = {
+        "dictionary_learning": (dictionary_learning.CONFIG, dictionary_learning.WEIGHTS),
+        "llama_scope": (llama_scope.HYPERPARAMS, llama_scope.LLAMA_SCOPE_WEIGHTS),
+        "llamascopium": (llama_scope.CONFIG, llama_scope.WEIGHTS),
+        "saelens": (CFG_NAME, SAELENS_WEIGHTS),
+        "sparsify": (CFG_NAME, WEIGHTS_NAME),
+    }[kind]
+    cfg_file, weights = path / cfg_name, path / weights_name
+    cfg_dict = read_json_object(cfg_file, SAEFormatError)
+    if kind == "dictionary_learning":
+        cfg_dict = cfg_dict.get("trainer", cfg_dict)
+        if not isinstance(cfg_dict, dict):
+            raise SAEFormatError(f"{cfg_file}: 'trainer' must be a JSON object")
+        return cfg_file, cfg_dict, weights, dictionary_learning.read_state_dict(weights)
+    if kind == "llama_scope" and "Llama3_1-8B" in str(path.resolve()):
+        cfg_dict.setdefault("model_name", llama_scope.LLAMA_3_1_8B)
+    return cfg_file, cfg_dict, weights, read_safetensors(weights)
 
 
 def _check_all_read(tensors: Entries, weights: Path, kind: str, arch: str) -> None:
@@ -286,20 +334,15 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
     return sae_cfg, tensors
 
 
-HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
-
-
 def saelens_metadata(cfg: dict) -> dict:
     """model_name, hook_name and dataset_path, at the top (before SAELens 6) or in metadata
     (SAELens 6), plus saelab's model, layer and site where the hook name is one of saelab's
     hook points (blocks.L.hook_SITE), so `saelab eval DIR` knows where to run; and how SAELens
     normalised the input when saelab reads it as none."""
     found = {**cfg, **(cfg.get("metadata") or {})}
-    keys = ("model_name", "hook_name", "dataset_path")
-    metadata = {key: found[key] for key in keys if found.get(key) is not None}
-    hook = HOOK_NAME.fullmatch(str(metadata.get("hook_name", "")))
-    if hook and "model_name" in metadata:
-        metadata.update(model=metadata["model_name"], layer=int(hook[1]), site=hook[2])
+    metadata = hook_metadata(found.get("model_name"), found.get("hook_name"))
+    if found.get("dataset_path") is not None:
+        metadata["dataset_path"] = found["dataset_path"]
     if cfg.get("normalize_activations") == "expected_average_only_in":
         # SAELens applies nothing at run time for it (saes/sae.py); a release's factor is folded
         # in only when SAELens loads it from its registry

@@ -57,6 +57,32 @@ def parse_uri(uri: str) -> tuple[str, str | None]:
     return f"{parts[0]}/{parts[1]}", "/".join(parts[2:]) or None
 
 
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE=1, or the Hub cannot be reached."""
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable()
+
+
+def _why_offline() -> str:
+    return "HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else "no network"
+
+
+def fetch_command(repo_id: str, folder: str | None = None) -> str:
+    """The huggingface_hub command that puts a repo (or one folder of it) into the cache."""
+    return f"hf download {repo_id}" + (f" --include '{folder}/*'" if folder else "")
+
+
+def list_files(repo_id: str, what: str) -> list[str]:
+    """The files of a Hub repo (needs network: a cache does not hold the listing)."""
+    if is_offline():
+        raise HubError(
+            f"{what} is chosen from the repo's file list, which needs the Hub ({_why_offline()}); "
+            f"name the SAE's folder instead (`{fetch_command(repo_id)}` lists and fetches all)"
+        )
+    from huggingface_hub import HfApi
+
+    return HfApi().list_repo_files(repo_id)
+
+
 def _reachable(timeout: float = 3.0) -> bool:
     host = (
         urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
@@ -69,7 +95,8 @@ def _reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-SAE_FILES = ("cfg.json", "config.json", "params.npz")  # a folder holding one holds an SAE
+# a folder holding one of these holds an SAE
+SAE_FILES = ("cfg.json", "config.json", "params.npz", "hyperparams.json")
 
 
 def download(repo_id: str, sae_id: str | None = None, revision: str | None = None) -> Path:
@@ -85,7 +112,7 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
         RevisionNotFoundError,
     )
 
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable()
+    offline = is_offline()
     what = (
         f"{repo_id}"
         + (f" (folder {sae_id})" if sae_id else "")
@@ -103,8 +130,8 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
     except LocalEntryNotFoundError:
         raise HubError(
             f"{what} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"({'HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'no network'}): "
-            "download it once with network, or pass a local directory"
+            f"({_why_offline()}): fetch it once with network, `{fetch_command(repo_id, sae_id)}`, "
+            "or pass a local directory"
         ) from None
     except GatedRepoError:
         raise HubError(
@@ -140,8 +167,11 @@ def download(repo_id: str, sae_id: str | None = None, revision: str | None = Non
             f"{repo_id} holds {len(found)} SAEs in folders, none at its root: pass one as sae_id "
             f"(or hf://{repo_id}/FOLDER): {listed}"
         )
+    where = "its cached SAE folders" if offline else "its SAE folders"
     raise HubError(
-        f"{repo_id} has no folder {sae_id}" + (f"; its SAE folders: {listed}" if found else "")
+        f"{repo_id} has no folder {sae_id}"
+        + (f"; {where}: {listed}" if found else "")
+        + (f"; fetch it with network: `{fetch_command(repo_id, sae_id)}`" if offline else "")
     )
 
 
@@ -155,7 +185,7 @@ def resolve(repo_or_path: str, sae_id: str | None = None, revision: str | None =
     path = Path(repo_or_path)
     if path.exists() or repo_or_path.startswith((".", "/", "~")) or repo_or_path.count("/") != 1:
         folder = path / sae_id if sae_id else path
-        if not folder.is_dir():
+        if not folder.exists():
             raise HubError(f"no SAE directory at {folder}")
         return folder
     return download(repo_or_path, sae_id, revision)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checks import check_type
 from ..errors import ArgumentError, ConfigError, DataError
-from ..io import hub
+from ..io import hub, releases
 from ..io.external import read_any
 from ..io.format import (
     WEIGHTS_NAME,
@@ -240,8 +240,15 @@ class SAE(nn.Module):
         revision: str | None = None,
         device: str | torch.device = "cpu",
     ) -> SAE:
-        """An SAE from a Hugging Face Hub repo ("org/name", a folder `sae_id` in it; or
-        "hf://org/name/sae_id") or a local directory, in any layout load_any reads."""
+        """An SAE from a release by name ("gemma-scope-2b-pt-res-canonical", with its sae_id:
+        `saelab releases`), a Hugging Face Hub repo ("org/name", a folder `sae_id` in it; or
+        "hf://org/name/sae_id") or a local directory, in any layout load_any reads. A release's
+        repo, folder, model, layer and site are recorded in cfg.metadata."""
+        if repo_or_path in releases.RELEASES:
+            repo_id, folder, recorded = releases.resolve(repo_or_path, sae_id)
+            sae = cls.load_any(hub.download(repo_id, folder, revision), device)
+            sae.cfg.metadata.update(recorded, repo_id=repo_id, folder=folder)
+            return sae
         return cls.load_any(hub.resolve(repo_or_path, sae_id, revision), device)
 
     def push_to_hub(
