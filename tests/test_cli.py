@@ -498,3 +498,22 @@ def test_sweep_table_shows_a_metric_some_runs_lack_as_a_dash():
     )
     assert "mean_absorption_fraction_score" in lines[0] and "0.2000" in lines[1]
     assert lines[2].split()[1:] == ["16.0000", "0.2000", "-"]
+
+
+def test_an_sae_on_the_mlp_input_trains_and_splices(model_dir, docs, tmp_path, capsys):
+    common = ["--model", str(model_dir), "--layer", "1", "--dataset", str(docs), "--ctx-len", "16"]
+    for site in ("mlp_in", "resid_mid"):
+        cli.main(
+            ["train", *common, "--site", site, "--no-cache", "--tokens", "512",
+             "--eval-tokens", "100", "--batch-size", "64", "--k", "4", "--expansion", "2",
+             "--out", str(tmp_path / site), "--no-progress"]
+        )  # fmt: skip
+        assert SAE.load(tmp_path / site).cfg.metadata["site"] == site
+    evaluate = ["eval", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+                "--eval-tokens", "100", "--no-progress"]  # fmt: skip
+    cli.main([*evaluate, str(tmp_path / "mlp_in"), "--out", str(tmp_path / "e")])
+    assert "ce_loss_recovered" in json.loads((tmp_path / "e" / "eval.json").read_text())
+    error = cli_error(
+        capsys, [*evaluate, str(tmp_path / "resid_mid"), "--out", str(tmp_path / "f")]
+    )
+    assert "resid_mid of LlamaForCausalLM cannot be spliced" in error

@@ -1,7 +1,7 @@
 """saelab: train and evaluate sparse autoencoders on language-model activations."""
 
 from .config import DataConfig, SAEConfig, TrainConfig
-from .data.hooks import harvest
+from .data.hooks import HookPoint, harvest, harvest_many
 from .data.models import load_model
 from .eval.afa import afa_stats
 from .eval.downstream import downstream
@@ -21,6 +21,8 @@ __all__ = [
     "evaluate",
     "load_model",
     "harvest",
+    "harvest_many",
+    "HookPoint",
     "downstream",
     "afa_stats",
     "__version__",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.hooks import DEFAULT_SITE, _hf_model, harvest, site_module, splice
+from ..data.hooks import DEFAULT_SITE, _hf_model, harvest, splice, splice_point
 
 
 def _keep_bos(fn):
@@ -35,7 +35,7 @@ def _logits(net, ids, mask):
 def _prepare(model, input_ids, layer, site, attention_mask, batch_size, d_in: int | None = None):
     """(hf model, [(ids, mask)] batches), after checking the model, the site and the inputs."""
     net = _hf_model(model)
-    site_module(net, layer, site)  # a clear error for a layer/site the model does not have
+    splice_point(net, layer, site)  # a clear error for a site the model cannot splice
     if not hasattr(net, "get_output_embeddings") or net.get_output_embeddings() is None:
         raise ValueError(
             f"{type(net).__name__} has no language-model head: downstream CE needs a causal LM"

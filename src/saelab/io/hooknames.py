@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
+HOOK_NAME = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)")
 
 
 def hook_metadata(model: str | None, hook_name: str | None) -> dict:

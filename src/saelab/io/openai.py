@@ -13,8 +13,8 @@ std + 1e-5 where theirs uses std (a relative difference of 1e-5 / std). pre_bias
 b_dec, latent_bias its b_enc. The buffers stats_last_nonzero, latents_activation_frequency and
 latents_mean_square are training statistics, not part of the map. The file is read with
 torch.load(weights_only=True). The model (GPT-2 small) and hook come from the release's path
-names (paths.py): resid_post_mlp is saelab's resid_post, resid_delta_mlp mlp_out and
-resid_delta_attn attn_out.
+names (paths.py): resid_post_mlp is saelab's resid_post, resid_post_attn resid_mid,
+resid_delta_mlp mlp_out and resid_delta_attn attn_out.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SUFFIX = ".pt"
 STATISTICS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")
 SITES = {  # paths.py's locations that are saelab's hook sites
     "resid_post_mlp": "resid_post",
+    "resid_post_attn": "resid_mid",
     "resid_delta_mlp": "mlp_out",
     "resid_delta_attn": "attn_out",
 }
