@@ -1,13 +1,14 @@
 """Harvesting throughput vs the same model's forward pass, whole and truncated, in the same run.
 
 python bench/harvest.py [--model builtin:smollm2-135m] [--layer 15] [--batch 16] [--ctx 128]
-    [--repeats 5]
+    [--repeats 5] [--hookpoints layers.0-15.mlp_in,layers.0-15.mlp_out]
 
-Alternates three contenders on the same random token batch and reports median tokens/s of each
+Alternates the contenders on the same random token batch and reports median tokens/s of each
 and the ratios: the full pass computes all blocks and the LM head (as a user would without
 saelab's early stop); the truncated pass is the base model with its blocks after the hooked one
 removed (no LM head): the least a harvest can cost; harvesting (`saelab.harvest`) stops after
-the hooked block by raising from a hook.
+the hooked block by raising from a hook; `harvest_many` captures every --hookpoints point (none
+deeper than --layer) in one pass, against one harvest per point.
 """
 
 import argparse
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from saelab.data.hooks import _hf_model, blocks_of, harvest
+from saelab.data.hooks import _hf_model, blocks_of, harvest, harvest_many, parse_hookpoints
 from saelab.data.models import load_model
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--ctx", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hookpoints", default="layers.0-15.mlp_in,layers.0-15.mlp_out")
     args = parser.parse_args()
 
     lm = load_model(args.model)
@@ -53,10 +55,21 @@ def main() -> None:
     def hooked():
         harvest(lm, ids, args.layer, "resid_post")
 
+    points = parse_hookpoints(args.hookpoints, len(blocks))
+
+    def many():
+        harvest_many(lm, ids, points)
+
+    def each():
+        for point in points:
+            harvest(lm, ids, point.layer, point.site)
+
     contenders = {
         "full forward": full,
         f"truncated L{args.layer}": truncated,
         f"harvest L{args.layer}": hooked,
+        f"harvest_many {len(points)} points": many,
+        f"{len(points)} harvests": each,
     }
     for fn in contenders.values():  # warm-up
         fn()
@@ -76,10 +89,12 @@ def main() -> None:
     )
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     for name, rate in rates.items():
-        print(f"  {name:<16} {rate:8.0f} tokens/s (median)")
-    full_rate, truncated_rate, harvest_rate = rates.values()
-    print(f"  harvest / full       {harvest_rate / full_rate:8.2f}x")
-    print(f"  harvest / truncated  {harvest_rate / truncated_rate:8.2f}x")
+        print(f"  {name:<22} {rate:8.0f} tokens/s (median)")
+    full_rate, truncated_rate, harvest_rate, many_rate, each_rate = rates.values()
+    print(f"  harvest / full             {harvest_rate / full_rate:8.2f}x")
+    print(f"  harvest / truncated        {harvest_rate / truncated_rate:8.2f}x")
+    print(f"  harvest_many / harvest     {many_rate / harvest_rate:8.2f}x")
+    print(f"  harvest_many / each point  {many_rate / each_rate:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The activation cache on a tiny model: write, read back, resume, extend, reject bad shards."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,8 +9,8 @@ from tiny_models import tiny_lm
 
 from saelab import SAE, SAEConfig, TrainConfig, train
 from saelab.data import harvesting
-from saelab.data.cache import ActivationCache, CacheError, CacheSpec, build_cache
-from saelab.data.hooks import harvest
+from saelab.data.cache import ActivationCache, CacheError, CacheSpec, build_cache, build_caches
+from saelab.data.hooks import HookPoint, harvest, harvest_many
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +107,9 @@ def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
         calls.append(1)
         if len(calls) == 9:  # after two shards of 120 tokens, partway into the third
             raise Interrupt
-        return harvest(*args, **kw)
+        return harvest_many(*args, **kw)
 
-    monkeypatch.setattr(harvesting, "harvest", flaky)
+    monkeypatch.setattr(harvesting, "harvest_many", flaky)
     with pytest.raises(Interrupt):
         build_cache(
             lm,
@@ -119,7 +120,7 @@ def test_resume_after_interruption_mid_shard(lm, text, tmp_path, monkeypatch):
             batch_contexts=4,
             progress=False,
         )
-    monkeypatch.setattr(harvesting, "harvest", harvest)
+    monkeypatch.setattr(harvesting, "harvest_many", harvest_many)
     assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["n_tokens"] > 0
     resumed = _all(
         build_cache(
@@ -250,3 +251,56 @@ def test_a_request_beyond_the_text_harvests_it_all_once(lm, text, tmp_path, monk
     monkeypatch.setattr(pipeline, "cache_dir", lambda root, spec: tmp_path / "c")
     (again,) = pipeline.ensure_caches([(_spec(text), 2 * 10**6)], progress=False)
     assert again.n_tokens == cache.n_tokens
+
+
+POINTS = [HookPoint(1, "resid_pre"), HookPoint(0, "resid_post"), HookPoint(1, "mlp_in")]
+
+
+def _build_many(lm, text, root, tokens=400, points=POINTS):
+    return build_caches(
+        lm,
+        {point: root / point.name for point in points},
+        _spec(text),
+        tokens=tokens,
+        shard_tokens=120,
+        batch_contexts=4,
+        progress=False,
+    )
+
+
+def test_several_hook_points_from_one_pass_equal_separate_caches(lm, text, tmp_path, monkeypatch):
+    passes = []
+    monkeypatch.setattr(
+        harvesting, "harvest_many", lambda *a, **k: passes.append(1) or harvest_many(*a, **k)
+    )
+    many = _build_many(lm, text, tmp_path / "many")
+    one_pass_each = len(passes)
+    alone = build_cache(
+        lm, tmp_path / "alone", replace(_spec(text), site="mlp_in"), tokens=400, shard_tokens=120,
+        batch_contexts=4, progress=False,
+    )  # fmt: skip
+    assert len(passes) == 2 * one_pass_each  # three hook points cost what one does
+    together, separate = _all(many["layers.1.mlp_in"]), _all(alone)
+    for key in ("activations", "context", "position"):
+        torch.testing.assert_close(together[key], separate[key], rtol=0, atol=0)
+    # resid_pre of block 1 is resid_post of block 0: aligned caches give equal shuffled batches
+    a = many["layers.1.resid_pre"].batches(64, seed=3)
+    b = many["layers.0.resid_post"].batches(64, seed=3)
+    for _ in range(8):
+        torch.testing.assert_close(next(a), next(b), rtol=0, atol=0)
+    assert many["layers.1.mlp_in"].spec.site == "mlp_in"
+
+
+def test_a_hook_point_cache_ahead_of_the_others_is_cut_back_on_resume(lm, text, tmp_path):
+    whole = _build_many(lm, text, tmp_path / "whole")
+    root = tmp_path / "cut"
+    _build_many(lm, text, root, tokens=250)
+    ahead = root / "layers.0.resid_post"
+    _build_many(lm, text, root, tokens=400, points=[HookPoint(0, "resid_post")])
+    manifest = json.loads((ahead / "manifest.json").read_text())
+    assert manifest["n_tokens"] >= 400  # one cache went on alone: the others are behind
+    resumed = _build_many(lm, text, root)
+    for name, cache in whole.items():
+        torch.testing.assert_close(_all(resumed[name])["activations"], _all(cache)["activations"])
+    with pytest.raises(CacheError, match="holds the caches of 3 hook points .*layers.0.resid_post"):
+        ActivationCache(root)

@@ -517,3 +517,28 @@ def test_an_sae_on_the_mlp_input_trains_and_splices(model_dir, docs, tmp_path, c
         capsys, [*evaluate, str(tmp_path / "resid_mid"), "--out", str(tmp_path / "f")]
     )
     assert "resid_mid of LlamaForCausalLM cannot be spliced" in error
+
+
+def test_cache_several_hook_points_then_train_on_one(model_dir, docs, tmp_path, capsys):
+    out = tmp_path / "cache"
+    harvest = ["cache", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+               "--tokens", "600", "--shard-tokens", "200",
+               "--out", str(out), "--no-progress"]  # fmt: skip
+    cli.main([*harvest, "--hookpoints", "layers.*.mlp_out,layers.1.mlp_in"])
+    assert "at 4 hook points, aligned row by row" in capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["layers.0.mlp_out", "layers.1.mlp_in", "layers.1.mlp_out", "layers.2.mlp_out"]
+    train = ["train", "--k", "4", "--expansion", "2", "--tokens", "256", "--batch-size", "64",
+             "--eval-tokens", "100", "--no-progress"]  # fmt: skip
+    error = cli_error(capsys, [*train, "--activations", str(out), "--out", str(tmp_path / "r")])
+    assert "holds the caches of 4 hook points" in error and "layers.1.mlp_in" in error
+    cli.main([*train, "--activations", str(out / "layers.1.mlp_in"), "--out", str(tmp_path / "r")])
+    assert SAE.load(tmp_path / "r").cfg.metadata["site"] == "mlp_in"
+    for extra, message in (
+        (["--hookpoints", "layers.1.mlp_in", "--layer", "1"], "leave out --layer and --site"),
+        (["--hookpoints", "layers.3.mlp_in"], "the model has layers 0..2"),
+        (["--hookpoints", "blocks.1.mlp_in"], "is not layers.L.SITE"),
+        (["--hookpoints", "layers.1.mlp_in,layers.0-1.mlp_in"], "named twice: layers.1.mlp_in"),
+    ):
+        error = cli_error(capsys, [*harvest[:-3], "--out", str(tmp_path / "bad"), *extra])
+        assert message in error, (extra, error)

@@ -21,8 +21,8 @@ from .config import (
     TrainConfig,
 )
 from .contexts import eval_context, evaluation_data, sweep_context
-from .data.cache import ActivationCache, build_cache, existing_manifest
-from .data.hooks import DEFAULT_SITE
+from .data.cache import ActivationCache, build_cache, build_caches, existing_manifest
+from .data.hooks import DEFAULT_SITE, blocks_of, parse_hookpoints
 from .data.models import load_model, load_tokenizer
 from .errors import SaelabError, UsageError
 from .eval.full import summary_lines
@@ -75,10 +75,11 @@ HARVEST = (
     "model_dtype",
     "device",
 )
-FOR_CACHE = (*HARVEST, "split", "tokens", "progress")
+FOR_CACHE = (*HARVEST, "hookpoints", "split", "tokens", "progress")
 FOR_EVAL = ("activations", *HARVEST, "eval_tokens", "cache_dir", "progress")
-# train and sweep leave out --split, and take --tokens from TrainConfig (DataConfig reads it too)
-FOR_TRAINING = ("split", "tokens")
+# train and sweep leave out --split, take --tokens from TrainConfig (DataConfig reads it too),
+# and train on one hook point (a cache of several: one of its folders)
+FOR_TRAINING = ("split", "tokens", "hookpoints")
 
 
 TRAINING_DATA = (
@@ -114,6 +115,9 @@ def _add_cache_parser(commands) -> None:
 
 def cmd_cache(args) -> None:
     request = config_from(DataConfig, args)
+    if request.hookpoints:
+        _cache_hookpoints(args, request)
+        return
     spec = harvest_spec(request)
     with rundir.locked(args.out):
         existing_manifest(Path(args.out), spec)  # refuse what cannot be extended, before loading
@@ -129,6 +133,30 @@ def cmd_cache(args) -> None:
     print(
         f"{cache.n_tokens} activations [{cache.d_in}] of {spec.model} layer {spec.layer} "
         f"{spec.site} in {len(cache.shards)} shards: {args.out}"
+    )
+
+
+def _cache_hookpoints(args, request: DataConfig) -> None:
+    """`saelab cache --hookpoints`: one cache per hook point, OUT/<layers.L.SITE>, from one
+    forward pass per batch, their rows aligned."""
+    if request.layer is not None or request.site is not None:
+        raise UsageError("--hookpoints names the layers and sites: leave out --layer and --site")
+    spec = harvest_spec(replace(request, layer=0))
+    with rundir.locked(args.out):
+        lm = load_model(spec.model, dtype=request.model_dtype, device=request.device)
+        points = parse_hookpoints(request.hookpoints, len(blocks_of(lm.model)))
+        caches = build_caches(
+            lm,
+            {point: Path(args.out) / point.name for point in points},
+            spec,
+            request.tokens,
+            shard_tokens=args.shard_tokens,
+            progress=request.progress,
+        )
+    first = next(iter(caches.values()))
+    print(
+        f"{first.n_tokens} activations of {spec.model} at {len(caches)} hook points, aligned "
+        f"row by row, in {len(first.shards)} shards each: {args.out}/{{" + ",".join(caches) + "}"
     )
 
 

@@ -180,6 +180,12 @@ class DataConfig:
     model: str | None = option(None, "hub id, local directory, .gguf file or builtin:smollm2-135m")
     layer: int | None = option(None, "block index, from 0")
     site: str | None = option(None, f"hook site (default: {DEFAULT_SITE})", choices=SITES)
+    hookpoints: str | None = option(
+        None,
+        "several hook points from one forward pass, comma-separated layers.L.SITE with L a "
+        "layer, A-B or * (e.g. layers.*.mlp_out,layers.4-6.mlp_in); instead of --layer/--site",
+        metavar="POINTS",
+    )
     dataset: str | None = option(
         None, "builtin:wiki, a .txt/.jsonl/.parquet file or folder, or a datasets name"
     )

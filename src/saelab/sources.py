@@ -76,6 +76,11 @@ def harvest_spec(request: DataConfig, split: str | None = None) -> CacheSpec:
 
 def check_request(request: DataConfig) -> None:
     """One source of training data, and no setting that the chosen source would ignore."""
+    if request.hookpoints:
+        raise UsageError(
+            "training takes one hook point: harvest several with `saelab cache --hookpoints`, "
+            "then train on one of the cache's folders (--activations DIR/layers.L.SITE)"
+        )
     model_flags = [f"--{key}" for key in request.hook_given]
     if request.activations and request.synthetic:
         raise UsageError("--activations and --synthetic name two data sources: choose one")

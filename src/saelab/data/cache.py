@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import MISSING, asdict, dataclass, fields
+import re
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +36,7 @@ from ..io.atomic import atomic_write
 from ..io.jsonfile import check_fields, read_json_object
 from . import harvesting
 from .batches import rebatch
+from .hooks import HookPoint
 from .text import text_revision
 
 MANIFEST = rundir.CACHE_MANIFEST
@@ -78,6 +80,16 @@ def _sha256(path: Path) -> str:
 def read_manifest(directory: str | Path) -> dict:
     """The manifest of a cache directory, every field checked for type and range."""
     path = Path(directory) / MANIFEST
+    inner = sorted(
+        p.parent.name
+        for p in Path(directory).glob(f"layers.*/{MANIFEST}")  # saelab cache --hookpoints
+        if re.fullmatch(r"layers\.\d+\.\w+", p.parent.name)
+    )
+    if not path.is_file() and inner:
+        raise CacheError(
+            f"{directory} holds the caches of {len(inner)} hook points (saelab cache "
+            f"--hookpoints): pass one of its folders, {', '.join(inner)}"
+        )
     if not path.is_file():
         raise CacheError(
             f"{directory} is not an activation cache (no {MANIFEST}; it is "
@@ -178,41 +190,57 @@ def build_cache(
     progress: bool = True,
 ) -> ActivationCache:
     """Harvest at least `tokens` activations of `lm` (a LanguageModel) into `directory`."""
-    directory = Path(directory)
+    point = HookPoint(spec.layer, spec.site)
+    caches = build_caches(
+        lm, {point: Path(directory)}, spec, tokens, shard_tokens, batch_contexts, progress
+    )
+    return caches[point.name]
+
+
+def build_caches(
+    lm,
+    directories: dict[HookPoint, Path],
+    spec: CacheSpec,
+    tokens: int,
+    shard_tokens: int = 65536,
+    batch_contexts: int = 16,
+    progress: bool = True,
+) -> dict[str, ActivationCache]:
+    """Harvest at least `tokens` activations at each hook point (spec with its layer and site)
+    into its directory, all from one forward pass per batch: the caches' shards hold the same
+    tokens row by row. A cache ahead of the others (a run interrupted between their manifests)
+    is cut back to their last shard."""
     if tokens <= 0:
         raise CacheError(f"tokens must be positive, got {tokens}")
-    manifest = existing_manifest(directory, spec)
-    if manifest is None:
-        directory.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format": "saelab-activation-cache",
-            "spec": asdict(spec),
-            "d_in": lm.d_model,
-            "n_tokens": 0,
-            "contexts_done": 0,
-            "shards": [],
-            "text_revision": text_revision(spec.dataset),
-        }
+    specs = {point: replace(spec, layer=point.layer, site=point.site) for point in directories}
+    manifests = {
+        point: existing_manifest(directories[point], specs[point])
+        or _new_manifest(directories[point], specs[point], lm.d_model)
+        for point in directories
+    }
+    _align(directories, manifests)
+    manifest = next(iter(manifests.values()))  # the shared counts: every manifest agrees
     if manifest["n_tokens"] >= tokens or manifest.get("text_exhausted", False):
-        return ActivationCache(directory)
-
-    batches = harvesting.harvested_batches(
-        lm, spec, batch_contexts, skip_contexts=manifest["contexts_done"]
+        return _open(directories)
+    points = list(directories)
+    batches = harvesting.harvested_points(
+        lm, spec, points, batch_contexts, skip_contexts=manifest["contexts_done"]
     )
+    what = f"{spec.site} L{spec.layer}" if len(points) == 1 else f"{len(points)} hook points"
     bar = tqdm(
         total=tokens,
         initial=manifest["n_tokens"],
         unit="tok",
         unit_scale=True,
         disable=not progress,
-        desc=f"harvest {spec.site} L{spec.layer}",
+        desc=f"harvest {what}",
     )
-    pending: dict[str, list] = {"acts": [], "ctx": [], "pos": [], "tokens": []}
-    pending_tokens = 0
+    pending, pending_tokens = _pending(points), 0
     first_context = manifest["contexts_done"]
     for ids, keep, acts in batches:
         offset = sum(len(t) for t in pending["tokens"])
-        pending["acts"].append(acts.to(STORAGE_DTYPES[spec.dtype]))
+        for point in points:
+            pending[point.name].append(acts[point.name].to(STORAGE_DTYPES[spec.dtype]))
         pending["ctx"].append(
             (torch.arange(len(ids))[:, None] + offset + first_context).expand_as(ids)[keep]
         )
@@ -221,52 +249,107 @@ def build_cache(
         pending_tokens += int(keep.sum())
         bar.update(int(keep.sum()))
         if pending_tokens >= shard_tokens or manifest["n_tokens"] + pending_tokens >= tokens:
-            first_context = _flush(directory, manifest, pending, first_context)
-            pending = {key: [] for key in pending}
-            pending_tokens = 0
+            first_context = _flush(directories, manifests, pending, first_context)
+            pending, pending_tokens = _pending(points), 0
             if manifest["n_tokens"] >= tokens:
                 break
     else:
         if pending_tokens:
-            _flush(directory, manifest, pending, first_context)
-        manifest["text_exhausted"] = (
-            True  # all of the text is in: a larger request reuses this cache
-        )
-        _write_manifest(directory, manifest)
+            _flush(directories, manifests, pending, first_context)
+        for point, each in manifests.items():  # all of the text is in: larger requests reuse
+            each["text_exhausted"] = True
+            _write_manifest(directories[point], each)
         bar.write(
             f"text source {spec.dataset} ({spec.split}) ran out after {manifest['n_tokens']} tokens"
         )
     bar.close()
     if manifest["n_tokens"] == 0:
         raise CacheError(f"{spec.dataset} gave no tokens to harvest")
-    return ActivationCache(directory)
+    return _open(directories)
 
 
-def _flush(directory: Path, manifest: dict, pending: dict, first_context: int) -> int:
-    """Write one shard and then the manifest; returns the next shard's first context index."""
+def _open(directories: dict[HookPoint, Path]) -> dict[str, ActivationCache]:
+    return {point.name: ActivationCache(directory) for point, directory in directories.items()}
+
+
+def _pending(points: list[HookPoint]) -> dict[str, list]:
+    """What a shard collects: contexts, positions and token ids, and each point's activations."""
+    return {key: [] for key in ("ctx", "pos", "tokens", *(point.name for point in points))}
+
+
+def _new_manifest(directory: Path, spec: CacheSpec, d_in: int) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    return {
+        "format": "saelab-activation-cache",
+        "spec": asdict(spec),
+        "d_in": d_in,
+        "n_tokens": 0,
+        "contexts_done": 0,
+        "shards": [],
+        "text_revision": text_revision(spec.dataset),
+    }
+
+
+def _align(directories: dict[HookPoint, Path], manifests: dict[HookPoint, dict]) -> None:
+    """Cut every manifest back to the shards all of them hold (they are written in lockstep,
+    so only an interruption between two manifests leaves one ahead)."""
+    shards = min(len(m["shards"]) for m in manifests.values())
+    for point, manifest in manifests.items():
+        if len(manifest["shards"]) == shards:
+            continue
+        kept = manifest["shards"][:shards]
+        others = next(m for m in manifests.values() if len(m["shards"]) == shards)
+        if [s["n_tokens"] for s in kept] != [s["n_tokens"] for s in others["shards"]]:
+            raise CacheError(
+                f"the caches of {', '.join(str(d) for d in directories.values())} hold "
+                "different tokens: harvest them together into new directories"
+            )
+        for shard in manifest["shards"][shards:]:
+            (directories[point] / shard["file"]).unlink(missing_ok=True)
+        manifest.update(
+            shards=kept,
+            n_tokens=others["n_tokens"],
+            contexts_done=others["contexts_done"],
+            text_exhausted=others.get("text_exhausted", False),
+        )
+        _write_manifest(directories[point], manifest)
+    counts = {(m["n_tokens"], m["contexts_done"]) for m in manifests.values()}
+    if len(counts) > 1:
+        raise CacheError(
+            f"the caches of {', '.join(str(d) for d in directories.values())} hold different "
+            "tokens: harvest them together into new directories"
+        )
+
+
+def _flush(
+    directories: dict[HookPoint, Path], manifests: dict[HookPoint, dict], pending: dict, first: int
+) -> int:
+    """Write one shard per hook point, then the manifests; returns the next shard's first
+    context index."""
     tokens = torch.cat(pending["tokens"]).to(torch.int32)
-    tensors = {
-        "activations": torch.cat(pending["acts"]).contiguous(),
+    shared = {
         "context": torch.cat(pending["ctx"]).to(torch.int64),
         "position": torch.cat(pending["pos"]).to(torch.int32),
         "tokens": tokens,
-        "first_context": torch.tensor(first_context, dtype=torch.int64),
+        "first_context": torch.tensor(first, dtype=torch.int64),
     }
-    name = f"shard-{len(manifest['shards']):05d}.safetensors"
-    atomic_write(directory / name, lambda p: save_file(tensors, str(p)))
-    n = len(tensors["activations"])
-    manifest["shards"].append(
-        {
+    entries = {}
+    for point, directory in directories.items():
+        acts = torch.cat(pending[point.name]).contiguous()
+        name = f"shard-{len(manifests[point]['shards']):05d}.safetensors"
+        atomic_write(directory / name, lambda p: save_file({"activations": acts, **shared}, str(p)))
+        entries[point] = {
             "file": name,
-            "n_tokens": n,
+            "n_tokens": len(acts),
             "n_contexts": len(tokens),
             "sha256": _sha256(directory / name),
         }
-    )
-    manifest["n_tokens"] += n
-    manifest["contexts_done"] = first_context + len(tokens)
-    _write_manifest(directory, manifest)
-    return manifest["contexts_done"]
+    for point, manifest in manifests.items():
+        manifest["shards"].append(entries[point])
+        manifest["n_tokens"] += entries[point]["n_tokens"]
+        manifest["contexts_done"] = first + len(tokens)
+        _write_manifest(directories[point], manifest)
+    return first + len(tokens)
 
 
 class ActivationCache:

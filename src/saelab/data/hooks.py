@@ -16,6 +16,7 @@ its path: "model.layers.15.mlp" (its output) or "model.layers.15.mlp:input".
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -88,6 +89,31 @@ class HookPoint:
     @property
     def name(self) -> str:
         return self.site if self.layer is None else f"layers.{self.layer}.{self.site}"
+
+
+def parse_hookpoints(text: str, n_layers: int) -> list[HookPoint]:
+    """Comma-separated hook points: layers.L.SITE, with L a layer, a range A-B (inclusive) or *
+    (every layer), in the order given, each once."""
+    points: list[HookPoint] = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        found = re.fullmatch(r"layers\.(\*|\d+|\d+-\d+)\.(\w+)", item)
+        if not found or found[2] not in SITES:
+            raise SiteError(
+                f"hook point {item!r} is not layers.L.SITE (L a layer, A-B or *; SITE one of "
+                f"{', '.join(SITES)})"
+            )
+        layer, site = found[1], found[2]
+        first, last = (0, n_layers - 1) if layer == "*" else map(int, (layer.split("-") * 2)[:2])
+        if not 0 <= first <= last < n_layers:
+            raise SiteError(f"hook point {item!r}: the model has layers 0..{n_layers - 1}")
+        points += [HookPoint(i, site) for i in range(first, last + 1)]
+    if not points:
+        raise SiteError(f"no hook points in {text!r}")
+    names = [point.name for point in points]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SiteError(f"hook point(s) named twice: {', '.join(twice)}")
+    return points
 
 
 def site_module(model: nn.Module, layer: int | None, site: str) -> tuple[nn.Module, bool]:
