@@ -519,7 +519,7 @@ def test_an_sae_on_the_mlp_input_trains_and_splices(model_dir, docs, tmp_path, c
     assert "resid_mid of LlamaForCausalLM cannot be spliced" in error
 
 
-def test_cache_several_hook_points_then_train_on_one(model_dir, docs, tmp_path, capsys):
+def test_cache_several_hook_points_then_train_at_each(model_dir, docs, tmp_path, capsys):
     out = tmp_path / "cache"
     harvest = ["cache", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
                "--tokens", "600", "--shard-tokens", "200",
@@ -530,10 +530,18 @@ def test_cache_several_hook_points_then_train_on_one(model_dir, docs, tmp_path, 
     assert names == ["layers.0.mlp_out", "layers.1.mlp_in", "layers.1.mlp_out", "layers.2.mlp_out"]
     train = ["train", "--k", "4", "--expansion", "2", "--tokens", "256", "--batch-size", "64",
              "--eval-tokens", "100", "--no-progress"]  # fmt: skip
-    error = cli_error(capsys, [*train, "--activations", str(out), "--out", str(tmp_path / "r")])
-    assert "holds the caches of 4 hook points" in error and "layers.1.mlp_in" in error
     cli.main([*train, "--activations", str(out / "layers.1.mlp_in"), "--out", str(tmp_path / "r")])
     assert SAE.load(tmp_path / "r").cfg.metadata["site"] == "mlp_in"
+    runs = tmp_path / "every"  # the grid at every hook point of the cache
+    cli.main([*train, "--activations", str(out), "--arch", "topk,relu", "--out", str(runs)])
+    for name in names:
+        for run in ("topk-k4", "relu"):
+            sae = SAE.load(runs / name / run)
+            assert f"layers.{sae.cfg.metadata['layer']}.{sae.cfg.metadata['site']}" == name
+    capsys.readouterr()
+    error = cli_error(capsys, ["report", str(runs / "layers.1.mlp_in" / "topk-k4"),
+                               "--activations", str(out)])  # fmt: skip
+    assert "holds the caches of 4 hook points" in error and "layers.1.mlp_in" in error
     for extra, message in (
         (["--hookpoints", "layers.1.mlp_in", "--layer", "1"], "leave out --layer and --site"),
         (["--hookpoints", "layers.3.mlp_in"], "the model has layers 0..2"),

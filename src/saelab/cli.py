@@ -21,7 +21,13 @@ from .config import (
     TrainConfig,
 )
 from .contexts import eval_context, evaluation_data, sweep_context
-from .data.cache import ActivationCache, build_cache, build_caches, existing_manifest
+from .data.cache import (
+    ActivationCache,
+    build_cache,
+    build_caches,
+    existing_manifest,
+    hookpoint_caches,
+)
 from .data.hooks import DEFAULT_SITE, blocks_of, parse_hookpoints
 from .data.models import load_model, load_tokenizer
 from .errors import SaelabError, UsageError
@@ -194,11 +200,22 @@ def cmd_train(args) -> None:
     out = Path(args.out) if args.out else Path("runs") / stamp
     train_cfg = config_from(TrainConfig, args, out_dir=str(out))
     grid = train_grid(args)
-    runs = [out] if len(grid) == 1 else [out / _run_name(grid, *point) for point in grid]
+    # a cache of several hook points (saelab cache --hookpoints): the grid at each, OUT/POINT/...
+    points = hookpoint_caches(request.activations) if request.activations else []
+    folders = {point: out / point for point in points} or {None: out}
+    runs = {
+        point: [base] if len(grid) == 1 else [base / _run_name(grid, *g) for g in grid]
+        for point, base in folders.items()
+    }
     args.out = str(out)
     with rundir.locked(out) if rank() == 0 else nullcontext():
-        rundir.prepare(out, runs, train_cfg.resume, args.overwrite)
-        _train(args, request, train_cfg, grid, runs)
+        every_run = [run for each in runs.values() for run in each]
+        rundir.prepare(out, every_run, train_cfg.resume, args.overwrite)
+        for point, point_runs in runs.items():
+            if point is not None:
+                print(f"hook point {point}:")
+            at = {"activations": str(Path(request.activations) / point)} if point else {}
+            _train(args, replace(request, **at), train_cfg, grid, point_runs)
 
 
 def _run_name(grid, arch, knob, value, others) -> str:

@@ -77,14 +77,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def hookpoint_caches(directory: str | Path) -> list[str]:
+    """The hook points (layers.L.SITE) whose caches `directory` holds as folders, as
+    `saelab cache --hookpoints` writes them; [] for anything else."""
+    if (Path(directory) / MANIFEST).exists():
+        return []
+    return sorted(
+        p.parent.name
+        for p in Path(directory).glob(f"layers.*/{MANIFEST}")
+        if re.fullmatch(r"layers\.\d+\.\w+", p.parent.name)
+    )
+
+
 def read_manifest(directory: str | Path) -> dict:
     """The manifest of a cache directory, every field checked for type and range."""
     path = Path(directory) / MANIFEST
-    inner = sorted(
-        p.parent.name
-        for p in Path(directory).glob(f"layers.*/{MANIFEST}")  # saelab cache --hookpoints
-        if re.fullmatch(r"layers\.\d+\.\w+", p.parent.name)
-    )
+    inner = hookpoint_caches(directory)
     if not path.is_file() and inner:
         raise CacheError(
             f"{directory} holds the caches of {len(inner)} hook points (saelab cache "
