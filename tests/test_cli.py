@@ -1,6 +1,7 @@
 """The command line, run in-process and as a subprocess."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -550,3 +551,39 @@ def test_cache_several_hook_points_then_train_at_each(model_dir, docs, tmp_path,
     ):
         error = cli_error(capsys, [*harvest[:-3], "--out", str(tmp_path / "bad"), *extra])
         assert message in error, (extra, error)
+
+
+def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp_path, capsys):
+    out = tmp_path / "cache"
+    cli.main(
+        ["cache", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+         "--tokens", "900", "--shard-tokens", "300", "--out", str(out), "--no-progress",
+         "--hookpoints", "layers.1.mlp_in,layers.1.mlp_out,layers.2.resid_post"]
+    )  # fmt: skip
+    base = ["train", "--activations", str(out), "--layer", "1", "--k", "4", "--expansion", "2",
+            "--tokens", "512", "--batch-size", "64", "--eval-tokens", "150",
+            "--no-progress"]  # fmt: skip
+    train = [*base, "--site", "mlp_in", "--target-site", "mlp_out"]
+    cli.main([*train, "--arch", "topk,batchtopk", "--skip", "--out", str(tmp_path / "tc")])
+    for arch in ("topk", "batchtopk"):
+        sae = SAE.load(tmp_path / "tc" / f"{arch}-k4")
+        assert (sae.cfg.d_out, sae.cfg.skip, sae.cfg.input_scaling) == (32, True, "none")
+        meta = sae.cfg.metadata
+        assert (meta["layer"], meta["site"], meta["target_layer"], meta["target_site"]) == (
+            1, "mlp_in", 1, "mlp_out"
+        )  # fmt: skip
+        result = json.loads((tmp_path / "tc" / f"{arch}-k4" / "eval.json").read_text())
+        assert math.isfinite(result["fvu"]) and result["n_tokens"] >= 150
+    for extra, message in (
+        (["--site", "mlp_out", "--target-site", "mlp_in"], "must come after the input"),
+        (["--site", "mlp_in", "--target-site", "mlp_out", "--target-layer", "0"],
+         "layers.0.mlp_out must come after the input layers.1.mlp_in"),
+        (["--site", "mlp_in", "--target-site", "resid_post"],
+         "holds no cache of layers.1.resid_post"),
+    ):  # fmt: skip
+        error = cli_error(capsys, [*base, *extra, "--out", str(tmp_path / "bad")])
+        assert message in error, (extra, error)
+    error = cli_error(capsys, ["train", "--skip", "--synthetic", "--out", str(tmp_path / "c")])
+    assert "--skip adds a transcoder's skip path: it needs --target-site" in error
+    error = cli_error(capsys, ["eval", str(tmp_path / "tc" / "topk-k4"), "--activations", str(out)])
+    assert "does not read a transcoder's paired data yet" in error

@@ -454,8 +454,8 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, m
 
     real, calls = SAE.loss, []
 
-    def nan_at_step_4(self, x, dead=None, sparse=True):
-        out = real(self, x, dead, sparse)
+    def nan_at_step_4(self, x, dead=None, sparse=True, target=None):
+        out = real(self, x, dead, sparse, target)
         calls.append(1)
         if len(calls) == 4:
             out.loss = out.loss * float("nan")

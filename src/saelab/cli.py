@@ -14,6 +14,7 @@ from pathlib import Path
 from . import rundir
 from .config import (
     DEFAULT_DATASET,
+    DEFAULT_INPUT_SCALING,
     DEFAULT_LAYER,
     DEFAULT_MODEL,
     DataConfig,
@@ -200,8 +201,12 @@ def cmd_train(args) -> None:
     out = Path(args.out) if args.out else Path("runs") / stamp
     train_cfg = config_from(TrainConfig, args, out_dir=str(out))
     grid = train_grid(args)
+    if args.skip and not request.transcodes:
+        raise UsageError("--skip adds a transcoder's skip path: it needs --target-site")
     # a cache of several hook points (saelab cache --hookpoints): the grid at each, OUT/POINT/...
-    points = hookpoint_caches(request.activations) if request.activations else []
+    # (a transcoder reads two of them: one grid)
+    several = request.activations and not request.transcodes
+    points = hookpoint_caches(request.activations) if several else []
     folders = {point: out / point for point in points} or {None: out}
     runs = {
         point: [base] if len(grid) == 1 else [base / _run_name(grid, *g) for g in grid]
@@ -233,9 +238,11 @@ def _train(args, request, train_cfg, grid, runs) -> None:
     for (arch, knob, value, others), run in zip(grid, runs):
         sae_cfg = SAEConfig(
             arch=arch,
-            d_in=data.train.d_in,
-            d_sae=args.expansion * data.train.d_in,
-            input_scaling=args.input_scaling,
+            d_in=data.d_in,
+            d_sae=args.expansion * data.d_in,
+            input_scaling=args.input_scaling or ("none" if data.d_out else DEFAULT_INPUT_SCALING),
+            d_out=data.d_out,
+            skip=args.skip,
             metadata=data.provenance,
             **others,
             **({knob: value} if knob else {}),
@@ -321,6 +328,11 @@ def cmd_eval(args) -> None:
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
     sae, files, default_out = sae_source(args.run)
+    if sae.cfg.is_transcoder:
+        raise UsageError(
+            "saelab eval does not read a transcoder's paired data yet; saelab train evaluated it "
+            f"on its held-out tokens ({Path(files) / rundir.EVAL})"
+        )
     out_dir = Path(args.out or default_out)
     rundir.check_output_folder(out_dir, files)  # before any model or data is loaded
     chat = _chat(args, wanted, request.device)
@@ -488,7 +500,11 @@ def _add_sweep_parser(commands) -> None:
         "against L0) into --out. Rerunning the same command resumes an interrupted sweep. Same "
         "data flags as saelab train.",
     )
-    _add_data_group(p, TRAINING_DATA, skip=(*FOR_TRAINING, "stream", "shuffle_buffer"))
+    _add_data_group(
+        p,
+        TRAINING_DATA,
+        skip=(*FOR_TRAINING, "stream", "shuffle_buffer", "target_site", "target_layer"),
+    )
     add_grid_arguments(p)
     add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
     p.add_argument(

@@ -180,6 +180,13 @@ class DataConfig:
     model: str | None = option(None, "hub id, local directory, .gguf file or builtin:smollm2-135m")
     layer: int | None = option(None, "block index, from 0")
     site: str | None = option(None, f"hook site (default: {DEFAULT_SITE})", choices=SITES)
+    target_site: str | None = option(
+        None,
+        "train transcoders: predict this hook site (of --target-layer) from --site, read from "
+        "a cache of both (saelab cache --hookpoints)",
+        choices=SITES,
+    )
+    target_layer: int | None = option(None, "the transcoder's target block (default: --layer)")
     hookpoints: str | None = option(
         None,
         "several hook points from one forward pass, comma-separated layers.L.SITE with L a "
@@ -225,6 +232,11 @@ class DataConfig:
     def hook_site(self) -> str:
         """The hook site: `site`, DEFAULT_SITE where unset."""
         return self.site or DEFAULT_SITE
+
+    @property
+    def transcodes(self) -> bool:
+        """Whether the request trains transcoders (a target hook point is named)."""
+        return self.target_site is not None or self.target_layer is not None
 
     @property
     def heldout_tokens(self) -> int:

@@ -301,10 +301,17 @@ def add_sae_arguments(p) -> None:
     sae.add_argument(
         "--input-scaling",
         choices=INPUT_SCALINGS,
-        default=DEFAULT_INPUT_SCALING,
+        default=None,
         help="per_token: standardise each token, undone on output (as the BatchTopK reference "
         "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
-        f"weights); none (default: {DEFAULT_INPUT_SCALING})",
+        f"weights); none (default: {DEFAULT_INPUT_SCALING}; transcoders: none, the only one "
+        "they take for now)",
+    )
+    sae.add_argument(
+        "--skip",
+        action="store_true",
+        help="skip transcoders: add a linear path W_skip [d_in, d_out] from the input to the "
+        "output (Paulo et al. 2025); with --target-site",
     )
     settings = p.add_argument_group(
         "architecture settings",

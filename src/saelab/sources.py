@@ -12,8 +12,16 @@ import torch
 
 from .config import MIN_EVAL_TOKENS, DataConfig
 from .data.activations import open_source
-from .data.cache import ActivationCache, CacheSpec, check_spec, read_manifest
+from .data.cache import (
+    ActivationCache,
+    CacheSpec,
+    check_spec,
+    hookpoint_caches,
+    read_manifest,
+)
+from .data.hooks import SITES, HookPoint
 from .data.models import load_model
+from .data.paired import PairedSource
 from .data.pipeline import prepare_activations
 from .data.streaming import heldout_activations, streamed_source
 from .data.synthetic import synthetic_activations
@@ -34,13 +42,19 @@ DEMO = {
 class Data:
     """Resolved training data: the training and held-out sources, the ground-truth dictionary
     of generated data (else None), the training tokens to use when none are asked for (the
-    tokens harvested or generated; None: one pass) and what an SAE's config records of it."""
+    tokens harvested or generated; None: one pass), what an SAE's config records of it, and a
+    transcoder's output width (its sources hold x and y side by side)."""
 
     train: object
     heldout: object
     dictionary: torch.Tensor | None
     tokens: int | None
     provenance: dict
+    d_out: int | None = None
+
+    @property
+    def d_in(self) -> int:
+        return self.train.d_in - (self.d_out or 0)
 
 
 def harvests(request: DataConfig) -> bool:
@@ -104,6 +118,8 @@ def resolve(request: DataConfig, seed: int = 0) -> Data:
     """The training data of a request (seed: the shuffle buffer's when streaming). Harvesting
     fills the embedded default job's model, layer and dataset where unset."""
     check_request(request)
+    if request.transcodes:
+        return transcoder_data(request)
     if harvests(request):
         request = request.with_default_hook()
         spec = harvest_spec(request)
@@ -146,6 +162,45 @@ def resolve(request: DataConfig, seed: int = 0) -> Data:
         )
     train, heldout = source.split(heldout)
     return Data(train, heldout, dictionary, tokens, provenance(request))
+
+
+def transcoder_data(request: DataConfig) -> Data:
+    """A transcoder's data: the input and target hook points' caches in --activations (a cache
+    of several hook points), side by side."""
+    if not request.activations or not hookpoint_caches(request.activations):
+        raise UsageError(
+            "a transcoder (--target-site) trains from a cache of both hook points: build it with "
+            "saelab cache --hookpoints layers.L.SITE,layers.L.TARGET and pass it as --activations"
+        )
+    if request.layer is None or request.target_site is None:
+        raise UsageError("a transcoder needs --layer and --target-site (and --site, the input)")
+    source = HookPoint(request.layer, request.hook_site)
+    target = HookPoint(
+        request.layer if request.target_layer is None else request.target_layer,
+        request.target_site,
+    )
+    if (target.layer, SITES.index(target.site)) <= (source.layer, SITES.index(source.site)):
+        raise UsageError(
+            f"the target hook point {target.name} must come after the input {source.name} in "
+            "the forward pass"
+        )
+    held = hookpoint_caches(request.activations)
+    missing = [p.name for p in (source, target) if p.name not in held]
+    if missing:
+        raise UsageError(
+            f"{request.activations} holds no cache of {', '.join(missing)} (it holds "
+            f"{', '.join(held)})"
+        )
+    root = Path(request.activations)
+    pair = PairedSource(ActivationCache(root / source.name), ActivationCache(root / target.name))
+    n_heldout = request.eval_tokens or min(65536, pair.n_tokens // 10)
+    if n_heldout < MIN_EVAL_TOKENS:
+        raise UsageError(f"{pair.name}: too few tokens to hold out {MIN_EVAL_TOKENS}")
+    train, heldout = pair.split(n_heldout)
+    spec = pair.inputs.manifest["spec"]
+    recorded = {"activations": str(root), **spec, "target_layer": target.layer}
+    recorded["target_site"] = target.site
+    return Data(train, heldout, None, None, recorded, d_out=pair.targets.d_in)
 
 
 def provenance(request: DataConfig) -> dict:

@@ -49,18 +49,22 @@ def check_zero_rows(batch: torch.Tensor, where: str, note: bool = True) -> None:
         print(f"note: {where}: {zero} of {len(batch)} activation rows are all zeros")
 
 
-def check_d_in(source, d_in: int) -> None:
-    """Raise a DataError when a source's width is known and differs from the SAE's d_in."""
+def check_d_in(source, d_in: int, takes: str | None = None) -> None:
+    """Raise a DataError when a source's width is known and differs from the SAE's d_in (or
+    what `takes` names: a transcoder's d_in + d_out)."""
     if source.d_in is not None and source.d_in != d_in:
-        raise DataError(f"activations have d_in={source.d_in}, but the SAE has d_in={d_in}")
+        raise DataError(
+            f"activations have d_in={source.d_in}, but the SAE " + (takes or f"has d_in={d_in}")
+        )
 
 
 def evaluation_batches(
-    data, d_in: int, batch_size: int = 4096, max_tokens: int | None = None
+    data, d_in: int, batch_size: int = 4096, max_tokens: int | None = None, takes=None
 ) -> Iterator[torch.Tensor]:
-    """Every row of `data` once (at most max_tokens), in checked batches [<= batch_size, d_in]."""
+    """Every row of `data` once (at most max_tokens), in checked batches [<= batch_size, d_in]
+    (takes: see check_d_in)."""
     source = open_source(data)
-    check_d_in(source, d_in)
+    check_d_in(source, d_in, takes)
     n = 0
     for i, x in enumerate(source.chunks(batch_size)):
         if max_tokens is not None:

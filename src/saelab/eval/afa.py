@@ -7,6 +7,7 @@ Per token, with z the input as the SAE sees it (after its input scaling) and f i
 Norms are reported in the units of the raw input: ||z|| and ||f~|| divided by the input
 scaling's multiplier (per_token: times the token's std, so ||z|| = ||x - mean(x)||;
 expected_norm: divided by s), which leaves eps_LBO and ||f~|| / ||z|| unchanged.
+For a transcoder z is what its decoder sum approximates, y - x W_skip (y: its target).
 Decoder quasi-orthogonality: max and mean |cos(w_i, w_j)| over i != j, in row blocks so that
 h x h is never held in memory.
 """
@@ -17,18 +18,24 @@ import torch
 
 from ..checks import check_type
 from ..data.activations import evaluation_batches
+from ..errors import ArgumentError
 from ..sae.model import SAE
 
 
 @torch.no_grad()
-def afa_stats(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """x [n, d_in] -> per-token norm_z, norm_f_tilde (raw input units), eps_lbo (each [n])."""
+def afa_stats(sae, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """x [n, d_in] (a transcoder's target y [n, d_out] too) -> per-token norm_z, norm_f_tilde
+    (raw input units), eps_lbo (each [n])."""
     check_type("sae", sae, SAE, "a saelab.SAE")
     sae._check_input(x)
+    if sae.cfg.is_transcoder and target is None:
+        raise ArgumentError("a transcoder's AFA needs its target: afa_stats(sae, x, y)")
     sae.eval()
     x = x.reshape(-1, sae.cfg.d_in)
     stats = sae.input_stats(x)
     z = sae._scale(x, stats)
+    if sae.cfg.is_transcoder:  # input_scaling none: z is in raw units
+        z = target.reshape(-1, sae.cfg.d_out) - (x @ sae.W_skip if sae.cfg.skip else 0)
     to_raw = (
         1 / torch.as_tensor(stats[0], dtype=x.dtype).reshape(-1)
         if sae.cfg.input_scaling != "none"
@@ -50,10 +57,16 @@ def afa_over(
 ) -> dict[str, torch.Tensor]:
     """afa_stats over a whole activation source, concatenated."""
     parts = [
-        {key: t.cpu() for key, t in afa_stats(sae, x.to(sae.W_dec.device)).items()}
-        for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens)
+        {key: t.cpu() for key, t in afa_stats(sae, *_pair(sae, batch)).items()}
+        for batch in evaluation_batches(data, sae.batch_width, batch_size, max_tokens, sae.takes)
     ]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def _pair(sae, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(x,) of an autoencoder's batch, (x, y) of a transcoder's, on the SAE's device."""
+    x, target = sae.split(batch.to(sae.W_dec.device))
+    return (x, target) if sae.cfg.is_transcoder else (x,)
 
 
 def summarize(stats: dict[str, torch.Tensor]) -> dict:

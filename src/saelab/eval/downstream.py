@@ -104,6 +104,11 @@ def downstream(
 ) -> dict:
     """CE/KL metrics of `sae` spliced into `model` (a LanguageModel or causal LM module).
     `ablations`: the result of ablation_losses on the same inputs, if already computed."""
+    if sae.cfg.is_transcoder:
+        raise ValueError(
+            "splicing a transcoder (its input read at one hook point, its output written at "
+            "another) is not supported yet: evaluate it without a model"
+        )
     net, batches = _prepare(
         model, input_ids, layer, site, attention_mask, batch_size, d_in=sae.cfg.d_in
     )

@@ -58,11 +58,11 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
     n = 0
     device = sae.W_dec.device
     fired, l0_counts = fired.to(device), l0_counts.to(device)
-    for x in evaluation_batches(data, sae.cfg.d_in, batch_size, max_tokens):
-        x = x.to(device)
+    for batch in evaluation_batches(data, sae.batch_width, batch_size, max_tokens, sae.takes):
+        x, target = sae.split(batch.to(device))
         f = sae.encode(x)
-        x_hat = sae.decode(f, sae.input_stats(x)).double()
-        x = x.double()
+        x_hat = sae.predict(x, f).double()
+        x = target.double()  # what x_hat reconstructs: a transcoder's y
         x_sq, xhat_sq = x.square().sum(1), x_hat.square().sum(1)
         err = (x - x_hat).square().sum(1)
         dot = (x * x_hat).sum(1)
@@ -87,7 +87,7 @@ def evaluate(sae, data, batch_size: int = 4096, max_tokens: int | None = None) -
         "nmse": sums["nmse"] / n,
         "fvu": fvu,
         "explained_variance": 1 - fvu,
-        "mse": sums["sse"] / (n * sae.cfg.d_in),
+        "mse": sums["sse"] / (n * sae.cfg.width_out),
         "cosine_similarity": sums["cos"] / n,
         "l2_ratio": sums["l2_ratio"] / n,
         "relative_reconstruction_bias": _ratio(sums["xhat_sq"], sums["x_dot_xhat"]),

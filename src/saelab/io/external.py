@@ -424,6 +424,8 @@ def export(sae: SAE, path: str | Path, fmt: str) -> None:
     """Write `sae` as an SAELens, sparsify or dictionary_learning directory."""
     if fmt not in EXPORTS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTS)}")
+    if sae.cfg.is_transcoder:
+        raise ConfigError(f"saelab does not export transcoders to {fmt} yet")
     path = Path(path)
     if fmt == "dictionary_learning":
         cfg, tensors = dictionary_learning.to_dictionary_learning(sae)

@@ -1,6 +1,8 @@
 """The SAE directory: `cfg.json` + `sae.safetensors`, the SAE's whole state dict (W_enc
 [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] and each architecture's own
-tensors, in its file layout: a jumprelu's `threshold` [d_sae], a batchtopk's `threshold` []),
+tensors, in its file layout: a jumprelu's `threshold` [d_sae], a batchtopk's `threshold` [];
+a transcoder's W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_in, d_out], d_out and skip in
+cfg.json),
 so a new architecture's tensors round-trip with no change here. The input scale lives in
 cfg.json, not in the file.
 
@@ -137,16 +139,18 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def check_sizes(tensors: dict[str, torch.Tensor], cfg: SAEConfig, file: Path) -> None:
-    """W_enc [d_in, d_sae] and W_dec [d_sae, d_in] in the file agree with the config, checked
-    before an SAE of the config's size is allocated."""
-    want = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in)}
+    """W_enc [d_in, d_sae] and W_dec [d_sae, d_in] (a transcoder's [d_sae, d_out]) in the file
+    agree with the config, checked before an SAE of the config's size is allocated."""
+    want = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.width_out)}
     for name, shape in want.items():
         if name not in tensors:
             raise SAEFormatError(f"{file} has no tensor {name} (expected shape {shape})")
         if tuple(tensors[name].shape) != shape:
             raise SAEFormatError(
                 f"{file}: tensor {name} has shape {tuple(tensors[name].shape)}, but the config "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {shape}"
+                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+                + (f", d_out={cfg.d_out}" if cfg.is_transcoder else "")
+                + f") needs {shape}"
             )
 
 

@@ -115,9 +115,14 @@ class Architecture:
     # -- tensors ------------------------------------------------------------------------------
     def initial_weights(self, cfg, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_enc [d_in, d_sae], W_dec [d_sae, d_in]) of a new SAE: unit-norm Gaussian decoder
-        rows, W_enc = encoder_init_scale * W_dec^T."""
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+        rows, W_enc = encoder_init_scale * W_dec^T. A transcoder's W_dec [d_sae, d_out] and
+        W_enc are drawn apart the same way (its input and output are different vectors)."""
+        W_dec = torch.randn(cfg.d_sae, cfg.width_out, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if cfg.is_transcoder:
+            W_enc = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+            W_enc /= W_enc.norm(dim=1, keepdim=True)
+            return (W_enc.T * self.encoder_init_scale).contiguous(), W_dec
         return (W_dec.T * self.encoder_init_scale).contiguous(), W_dec
 
     def add_state(self, sae) -> None:
@@ -142,12 +147,13 @@ class Architecture:
 
     # -- the loss ----------------------------------------------------------------------------
     def reconstruction(self, sae, x: torch.Tensor, code, x_hat: torch.Tensor) -> torch.Tensor:
-        """The reconstruction term: mean over tokens of ||x - x_hat||^2 (summed over d_in)."""
+        """The reconstruction term: mean over tokens of ||x - x_hat||^2 (summed over its
+        width; x: the target, a transcoder's y)."""
         return (x - x_hat).square().sum(-1).mean()
 
     def penalty(self, sae, f, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra weighted loss terms (f: dense codes, or a SparseCode with pre a RowTiles on the
-        sparse path)."""
+        sparse path; x: the target, the scaled input of an autoencoder)."""
         return {}
 
     def loss_unit(self, sae) -> float:

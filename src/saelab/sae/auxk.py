@@ -1,8 +1,9 @@
 """AuxK dead-latent loss (Gao et al. 2024).
 
-e = (x - x_hat).detach(); the top aux_k of relu(pre) among dead latents only give e_hat =
-codes @ W_dec[dead] (no bias); L_aux = mean over tokens of ||e - e_hat||^2; 0 with no dead latents.
-detach=False keeps e's gradient (the top-AFA authors' code: it then also reaches x_hat).
+e = (x - x_hat).detach() (a transcoder: y - y_hat); the top aux_k of relu(pre) among dead
+latents only give e_hat = codes @ W_dec[dead] (no bias); L_aux = mean over tokens of
+||e - e_hat||^2; 0 with no dead latents. detach=False keeps e's gradient (the top-AFA authors'
+code: it then also reaches x_hat).
 """
 
 from dataclasses import dataclass
@@ -56,15 +57,23 @@ def aux_loss(
 
 
 def aux_loss_sparse(
-    sae, x, x_hat, watched: tuple[torch.Tensor, torch.Tensor] | None, detach: bool = True
+    sae,
+    x,
+    target,
+    x_hat,
+    watched: tuple[torch.Tensor, torch.Tensor] | None,
+    detach: bool = True,
 ) -> torch.Tensor:
     """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
     the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
-    they go through sparse.select and are decoded with an embedding bag."""
+    they go through sparse.select and are decoded with an embedding bag. x: the scaled input,
+    target: what x_hat predicts (x itself for an autoencoder)."""
     if watched is None:
         return x.new_zeros(())
     values, cols = watched
     rows = torch.arange(len(x), device=x.device).repeat_interleave(values.shape[1])
-    code = select(rows, cols.flatten(), values.flatten(), x, sae.b_dec, sae.W_enc, sae.encoder_bias)
-    residual = (x - x_hat).detach() if detach else x - x_hat
+    code = select(
+        rows, cols.flatten(), values.flatten(), x, sae.input_shift, sae.W_enc, sae.encoder_bias
+    )
+    residual = (target - x_hat).detach() if detach else target - x_hat
     return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()

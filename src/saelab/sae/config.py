@@ -22,6 +22,10 @@ class SAEConfig:
 
     input_scale: the scalar s of `expected_norm` (inputs are multiplied by s inside the SAE);
     estimated by the trainer, folded into the weights when the SAE is saved.
+
+    d_out: a transcoder's output width (its decoder writes [d_sae, d_out] onto another hook
+    point, its encoder reads the input without subtracting b_dec); None: an autoencoder.
+    skip: a transcoder's linear skip path W_skip [d_in, d_out] (Paulo et al. 2025).
     """
 
     def __init__(
@@ -32,15 +36,19 @@ class SAEConfig:
         input_scaling: str = DEFAULT_INPUT_SCALING,
         input_scale: float = 1.0,
         metadata: dict | None = None,
+        d_out: int | None = None,
+        skip: bool = False,
         **settings,
     ):
         spec = architecture(arch)
         self.arch, self.d_in, self.d_sae = arch, d_in, d_sae
+        self.d_out, self.skip = d_out, skip
         self.input_scaling, self.input_scale = input_scaling, input_scale
         self.metadata = {} if metadata is None else metadata
         for name in ("d_in", "d_sae"):
             check_integer(name, getattr(self, name))
         check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
+        self._check_transcoder()
         check_number("input_scale", self.input_scale, strict=True)
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
@@ -58,6 +66,38 @@ class SAEConfig:
             self.settings.check(d_sae)
         except ConfigError as err:
             raise ConfigError(f"arch {arch!r}: {err}") from None
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None
+
+    @property
+    def width_out(self) -> int:
+        """The decoder's width: d_out for a transcoder, d_in for an autoencoder."""
+        return self.d_in if self.d_out is None else self.d_out
+
+    def _check_transcoder(self) -> None:
+        if self.d_out is not None:
+            check_integer("d_out", self.d_out)
+        if not isinstance(self.skip, bool):
+            raise ConfigError(f"skip must be true or false, got {self.skip!r}")
+        if self.skip and self.d_out is None:
+            raise ConfigError(
+                "skip adds a linear path from the input to another hook point: it needs d_out "
+                "(a transcoder), not an autoencoder"
+            )
+        if self.d_out is None:
+            return
+        if self.input_scaling != "none":
+            raise ConfigError(
+                f"transcoders take input_scaling none for now, not {self.input_scaling!r} "
+                "(per_token would need the target's statistics at inference)"
+            )
+        if self.arch == "topafa":
+            raise ConfigError(
+                "topafa sizes each code to its input's norm, which a transcoder does not "
+                "reconstruct: topafa transcoders are not supported"
+            )
 
     def __getattr__(self, name: str):
         settings = self.__dict__.get("settings")
@@ -83,6 +123,7 @@ class SAEConfig:
             **dataclasses.asdict(self.settings),
             "input_scaling": self.input_scaling,
             "input_scale": self.input_scale,
+            **({"d_out": self.d_out, "skip": self.skip} if self.is_transcoder else {}),
             "metadata": self.metadata,
         }
 
@@ -94,6 +135,7 @@ class SAEConfig:
         if "arch" not in d:
             raise ConfigError("the config has no arch")
         common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
+        common |= {"d_out", "skip"}
         own = set(setting_names(architecture(d["arch"]).settings))
         known = {name for spec in ARCHITECTURES.values() for name in setting_names(spec.settings)}
         unknown = sorted(set(d) - common - known)

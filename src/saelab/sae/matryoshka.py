@@ -60,23 +60,19 @@ class Matryoshka(BatchTopK):
     dictionary_learning_trainer = "MatryoshkaBatchTopKTrainer"
 
     def reconstruction(self, sae, x, code, x_hat):
-        """The mean over prefixes m of ||x - x_hat_m||^2 (per token, summed over d_in), where
-        x_hat_m decodes only the latents below m (code: dense [n, h] or a SparseCode)."""
+        """The mean over prefixes m of ||x - x_hat_m||^2 (per token, summed over its width; x:
+        the target), where x_hat_m = x_hat without the latents from m on (code: dense [n, h] or
+        a SparseCode), so b_dec and a skip path count in every prefix."""
         errors = []
         for m in sae.cfg.matryoshka_widths[:-1]:
             if isinstance(code, SparseCode):
-                inside = code.cols < m
-                prefix = (
-                    decode(
-                        SparseCode(
-                            code.rows[inside], code.cols[inside], code.values[inside], code.n
-                        ),
-                        sae.W_dec,
-                    )
-                    + sae.b_dec
+                outside = code.cols >= m
+                later = SparseCode(
+                    code.rows[outside], code.cols[outside], code.values[outside], code.n
                 )
+                prefix = x_hat - decode(later, sae.W_dec)
             else:
-                prefix = code[:, :m] @ sae.W_dec[:m] + sae.b_dec
+                prefix = x_hat - code[:, m:] @ sae.W_dec[m:]
             errors.append((x - prefix).square().sum(-1).mean())
         errors.append(
             (x - x_hat).square().sum(-1).mean()

@@ -5,6 +5,10 @@ where x' is the scaled input: x' = s x (`expected_norm`), x' = (x - mean) / std 
 (`per_token`), or x' = x (`none`); outputs are mapped back to the units of x. Everything
 particular to an architecture (the rule, its tensors and loss terms) comes from `self.arch`
 (sae/architecture.py); the module holds what all share.
+
+A transcoder (cfg.d_out set) predicts another hook point y [.., d_out] from x:
+pre = x @ W_enc + b_enc (no input shift);  y_hat = f @ W_dec + b_dec (+ x @ W_skip with skip),
+W_dec [d_sae, d_out]; it trains on batches [n, d_in + d_out] of x and y side by side (split).
 """
 
 from __future__ import annotations
@@ -67,7 +71,11 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_enc.contiguous())  # fused Adam wants it so
         self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
         self.W_dec = nn.Parameter(W_dec)
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.width_out))
+        if cfg.is_transcoder:  # the encoder reads x itself: a shift of zeros, not saved
+            self.register_buffer("_no_shift", torch.zeros(cfg.d_in), persistent=False)
         self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
         self.arch.add_state(self)
         self.initialized = False  # set once b_dec and the input scale come from data (or a file)
@@ -75,6 +83,39 @@ class SAE(nn.Module):
     @property
     def encoder_bias(self) -> nn.Parameter:
         return getattr(self, self.arch.encoder_bias)
+
+    @property
+    def input_shift(self) -> torch.Tensor:
+        """What the encoder subtracts from the scaled input: b_dec, or zeros for a transcoder."""
+        return self._no_shift if self.cfg.is_transcoder else self.b_dec
+
+    @property
+    def batch_width(self) -> int:
+        """The width of a training batch: d_in, or d_in + d_out for a transcoder's (x, y)."""
+        return self.cfg.d_in + (self.cfg.d_out or 0)
+
+    @property
+    def takes(self) -> str:
+        """What a batch of this SAE holds, for errors about data of the wrong width."""
+        cfg = self.cfg
+        if not cfg.is_transcoder:
+            return f"has d_in={cfg.d_in}"
+        return (
+            f"is a transcoder: it takes x and y side by side, d_in + d_out = {cfg.d_in} + "
+            f"{cfg.d_out} = {self.batch_width}"
+        )
+
+    def predict(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The output [n, width_out] from input rows x [n, d_in] and their codes f."""
+        return self.decode(f, self.input_stats(x), x=x if self.cfg.skip else None)
+
+    def split(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, target) of a batch [n, batch_width]: (x, x) for an autoencoder, (x, y) for a
+        transcoder."""
+        if not self.cfg.is_transcoder:
+            return batch, batch
+        x, y = batch.split([self.cfg.d_in, self.cfg.d_out], dim=-1)
+        return x, y
 
     # -- input scaling -----------------------------------------------------------------------
     def input_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -108,8 +149,8 @@ class SAE(nn.Module):
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
         """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation
-        (addmm)."""
-        return torch.addmm(self.encoder_bias, x_scaled - self.b_dec, self.W_enc)
+        (addmm); a transcoder's encoder subtracts nothing."""
+        return torch.addmm(self.encoder_bias, x_scaled - self.input_shift, self.W_enc)
 
     def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.pre_activation(x_scaled)
@@ -123,12 +164,20 @@ class SAE(nn.Module):
         f, _ = self._encode_scaled(self._scale(flat, self.input_stats(flat)))
         return f.reshape(*x.shape[:-1], self.cfg.d_sae)
 
-    def decode(self, f: torch.Tensor, stats=None) -> torch.Tensor:
-        """codes [..., d_sae] -> x_hat [..., d_in] in input units. `per_token` SAEs need the
-        statistics of the input they reconstruct: `stats=sae.input_stats(x)`."""
+    def decode(self, f: torch.Tensor, stats=None, x: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [..., d_sae] -> x_hat [..., d_in] in input units (a transcoder's y_hat
+        [..., d_out]). `per_token` SAEs need the statistics of the input they reconstruct:
+        `stats=sae.input_stats(x)`; a skip transcoder needs its input x [..., d_in]."""
         if not isinstance(f, torch.Tensor) or f.shape[-1:] != (self.cfg.d_sae,):
             what = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
             raise DataError(f"codes must be a tensor [..., d_sae={self.cfg.d_sae}], got {what}")
+        if self.cfg.skip:
+            if x is None:
+                raise ArgumentError(
+                    "a skip transcoder's output needs its input: sae(x), or sae.decode(f, x=x)"
+                )
+            self._check_input(x)
+            return f @ self.W_dec + self.b_dec + x @ self.W_skip
         if stats is None:
             if self.cfg.input_scaling == "per_token":
                 raise ArgumentError(
@@ -139,56 +188,74 @@ class SAE(nn.Module):
         return self._unscale(f @ self.W_dec + self.b_dec, stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., d_in] -> x_hat [..., d_in]."""
+        """x [..., d_in] -> x_hat [..., d_in] (a transcoder's y_hat [..., d_out])."""
         self._check_input(x)
         flat = x.reshape(-1, self.cfg.d_in)
         stats = self.input_stats(flat)
         f, _ = self._encode_scaled(self._scale(flat, stats))
-        return self.decode(f, stats).reshape(x.shape)
+        out = self.decode(f, stats, x=flat if self.cfg.skip else None)
+        return out.reshape(*x.shape[:-1], self.cfg.width_out)
 
     # -- training ----------------------------------------------------------------------------
     def loss(
-        self, x: torch.Tensor, dead: torch.Tensor | None = None, sparse: bool = True
+        self,
+        x: torch.Tensor,
+        dead: torch.Tensor | None = None,
+        sparse: bool = True,
+        target: torch.Tensor | None = None,
     ) -> LossOutput:
-        """x [n, d_in]; dead [d_sae] bool. Loss in scaled units, per token, summed over d_in:
-        the architecture's reconstruction term (||x' - x_hat'||^2) + its penalty terms +
+        """x [n, d_in]; dead [d_sae] bool; target [n, d_out]: a transcoder's y (an autoencoder's
+        is x). Loss in scaled units, per token, summed over the output width: the
+        architecture's reconstruction term (||y' - y_hat'||^2) + its penalty terms +
         aux_coefficient * L_aux where it uses AuxK, all times the architecture's loss_unit.
         sparse: architectures with a sparse selection train through sparse.py (same values and
         gradients as the dense reference path, without [n, d_sae] codes, pre-activations or
         dense backward products)."""
         self._check_input(x)
+        if self.cfg.is_transcoder != (target is not None):
+            raise ArgumentError(
+                "a transcoder's loss needs its target [n, d_out]"
+                if self.cfg.is_transcoder
+                else "an autoencoder reconstructs its input: pass no target"
+            )
+        if target is not None and target.shape != (len(x), self.cfg.d_out):
+            raise DataError(
+                f"target must be [n={len(x)}, d_out={self.cfg.d_out}], got {tuple(target.shape)}"
+            )
         x = self._scale(x, self.input_stats(x))
+        y = x if target is None else target  # transcoders take input_scaling none
+        skip = x @ self.W_skip if self.cfg.skip else 0.0
         arch = self.arch
         use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and arch.select is not None:
             dead_idx, aux_k = auxk.dead_latents(self, dead) if use_aux else (None, 0)
             pre = sparse_code.encoder_tiles(self, x, watch=dead_idx, watch_k=aux_k)
             code = sparse_code.select(
-                *arch.select(self, pre, x), x, self.b_dec, self.W_enc, self.encoder_bias
+                *arch.select(self, pre, x), x, self.input_shift, self.W_enc, self.encoder_bias
             )
-            f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec
+            f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec + skip
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
                 0, code.cols, True
             )
             l0 = torch.tensor(len(code.values) / len(x))
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
             aux = (
-                auxk.aux_loss_sparse(self, x, x_hat, pre.watched, arch.detach_aux_residual(self))
+                auxk.aux_loss_sparse(self, x, y, x_hat, pre.watched, arch.detach_aux_residual(self))
                 if use_aux
                 else None
             )
         else:
             f, pre = self._encode_scaled(x)
-            x_hat = f @ self.W_dec + self.b_dec
+            x_hat = f @ self.W_dec + self.b_dec + skip
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
             detached = f.detach()
             aux = (
-                auxk.aux_loss(self, x, x_hat, pre, dead, arch.detach_aux_residual(self))
+                auxk.aux_loss(self, y, x_hat, pre, dead, arch.detach_aux_residual(self))
                 if use_aux
                 else None
             )
-        terms = {"mse": arch.reconstruction(self, x, f, x_hat)}
-        terms.update(arch.penalty(self, f, pre, x))
+        terms = {"mse": arch.reconstruction(self, y, f, x_hat)}
+        terms.update(arch.penalty(self, f, pre, y))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         unit = arch.loss_unit(self)

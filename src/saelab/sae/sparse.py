@@ -96,8 +96,9 @@ def encoder_tiles(
     sae, x: torch.Tensor, watch: torch.Tensor | None = None, watch_k: int = 0
 ) -> RowTiles:
     """The pre-activations of the scaled input x [n, d] as RowTiles, without autograd, in
-    float32 (under a bfloat16 autocast only the matrix product is bfloat16)."""
-    x_in = (x - sae.b_dec).detach()
+    float32 (under a bfloat16 autocast only the matrix product is bfloat16); x - b_dec, or x
+    itself for a transcoder (sae.input_shift)."""
+    x_in = (x - sae.input_shift).detach()
     W_enc, b_enc = sae.W_enc.detach(), sae.encoder_bias.detach()
 
     def compute(index, out=None):

@@ -16,11 +16,11 @@ def heldout_metrics(sae, data, batch_size: int = 4096) -> dict[str, float]:
     sae.eval()
     nmse = l0 = 0.0
     n = 0
-    for x in evaluation_batches(data, sae.cfg.d_in, batch_size):
-        x = x.to(sae.W_dec.device)
+    for batch in evaluation_batches(data, sae.batch_width, batch_size, takes=sae.takes):
+        x, target = sae.split(batch.to(sae.W_dec.device))
         f = sae.encode(x)
-        x_hat = sae.decode(f, sae.input_stats(x)).double()
-        x = x.double()
+        x_hat = sae.predict(x, f).double()
+        x = target.double()
         nmse += ((x - x_hat).square().sum(1) / x.square().sum(1).clamp_min(1e-30)).sum().item()
         l0 += (f != 0).sum().item()
         n += len(x)

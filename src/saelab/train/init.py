@@ -55,10 +55,11 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 
 @torch.no_grad()
 def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None) -> None:
-    """x [n, d_in] raw activations of the first batch; squared_norm E||x||^2 over many tokens
-    (mean_squared_norm; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 =
-    d_in), b_dec to the geometric median of the scaled batch, then the architecture's own
-    initialisation (jumprelu: thresholds near the target L0)."""
+    """x [n, d_in] raw activations of the first batch (a transcoder's [n, d_in + d_out]);
+    squared_norm E||x||^2 over many tokens (mean_squared_norm; the batch's own when None). Sets
+    s (expected_norm: s^2 E||x||^2 = d_in), b_dec to the geometric median of the scaled batch
+    (a transcoder's: the target's mean), then the architecture's own initialisation (jumprelu:
+    thresholds near the target L0)."""
     cfg = sae.cfg
     if cfg.input_scaling == "expected_norm":
         if squared_norm is None:
@@ -66,7 +67,11 @@ def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None
         scale = math.sqrt(cfg.d_in / squared_norm)
         sae.input_scale.fill_(scale)
         cfg.input_scale = scale
+    x, target = sae.split(x)
     scaled = sae._scale(x, sae.input_stats(x))
-    sae.b_dec.copy_(geometric_median(scaled.double()).float())
+    if cfg.is_transcoder:  # the output bias starts at the target's mean (input_scaling none)
+        sae.b_dec.copy_(target.double().mean(0).float())
+    else:
+        sae.b_dec.copy_(geometric_median(scaled.double()).float())
     sae.arch.initialize(sae, scaled)
     sae.initialized = True

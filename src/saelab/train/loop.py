@@ -107,8 +107,11 @@ class _LossForward(torch.nn.Module):
         super().__init__()
         self.sae, self.sparse = sae, sparse
 
-    def forward(self, x, dead):
-        return self.sae.loss(x, dead, sparse=self.sparse)
+    def forward(self, batch, dead):
+        """batch [n, d_in] (a transcoder's [n, d_in + d_out]: x and its target side by side)."""
+        x, target = self.sae.split(batch)
+        target = target if self.sae.cfg.is_transcoder else None
+        return self.sae.loss(x, dead, sparse=self.sparse, target=target)
 
 
 def with_recipe(sae: SAE, cfg: TrainConfig) -> TrainConfig:
@@ -400,8 +403,10 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if len(set(outs)) != len(outs):
         raise ConfigError("SAEs trained together need distinct out_dir")
     source = open_source(data)
+    if len({sae.batch_width for sae in saes}) > 1:
+        raise ConfigError("SAEs trained together read the same batches: they need one width")
     for sae in saes:
-        check_d_in(source, sae.cfg.d_in)
+        check_d_in(source, sae.batch_width, sae.takes)
     cfg = cfgs[0]
     n_ranks, me = world_size(), rank()
     if cfg.batch_size % n_ranks:
@@ -414,7 +419,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
         raise ConfigError("eval_every_tokens needs held-out data (train_many's heldout)")
     if heldout is not None:
         heldout = open_source(heldout)
-        check_d_in(heldout, saes[0].cfg.d_in)
+        check_d_in(heldout, saes[0].batch_width, saes[0].takes)
     trainers = [
         Trainer(sae, c, total_steps, data_identity(source), heldout) for sae, c in zip(saes, cfgs)
     ]
@@ -438,7 +443,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if start == 0:  # look at the first batch before any training
         first = next(batches, None)
         if first is not None:
-            check_batch(first, saes[0].cfg.d_in, f"{source.name}, batch 0")
+            check_batch(first, saes[0].batch_width, f"{source.name}, batch 0")
             # on the global batch, so that every rank refuses or goes on together
             check_zero_rows(all_gather_cat(first), f"{source.name}, batch 0", note=me == 0)
             batches = itertools.chain([first], batches)
@@ -463,7 +468,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
             if x is None:
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
-            check_batch(x, saes[0].cfg.d_in, f"{source.name}, batch {step}")
+            check_batch(x, saes[0].batch_width, f"{source.name}, batch {step}")
             x = x.to(trainers[0].device, non_blocking=True)
             records = [t.train_step(x) for t in trainers]
             bar.update(cfg.batch_size)

@@ -1,0 +1,153 @@
+"""Transcoders and skip transcoders (cfg.d_out, cfg.skip): the loss, codes and gradients of
+every rule against an independent computation, the sparse path against the dense one, training
+from x and y side by side, files, and the errors."""
+
+import json
+
+import pytest
+import torch
+from conftest import randomize
+
+from saelab import SAE, SAEConfig, TrainConfig, evaluate, train
+from saelab.errors import SaelabError
+from saelab.io.external import export
+
+D_IN, D_OUT, H = 8, 6, 32
+RULES = {
+    "topk": {"k": 4},
+    "batchtopk": {"k": 4},
+    "relu": {},
+    "jumprelu": {"k": 4},
+    "gated": {},
+    "matryoshka": {"k": 4, "matryoshka_widths": [8, 16, 32]},
+}
+
+
+def transcoder(arch, skip=False, d_out=D_OUT, seed=0):
+    cfg = SAEConfig(
+        arch=arch, d_in=D_IN, d_sae=H, input_scaling="none", d_out=d_out, skip=skip, **RULES[arch]
+    )
+    sae = randomize(SAE(cfg, seed=seed), seed=seed)
+    if skip:
+        with torch.no_grad():
+            sae.W_skip.normal_(0, 0.3)
+    return sae.train()
+
+
+def test_topk_and_relu_losses_and_gradients_equal_an_independent_computation():
+    x, y = torch.randn(20, D_IN), torch.randn(20, D_OUT)
+    for arch, skip in (("topk", True), ("relu", False), ("topk", False)):
+        sae = transcoder(arch, skip)
+        params = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+        pre = x @ params["W_enc"] + params["b_enc"]  # no input shift
+        if arch == "topk":
+            top = torch.relu(pre).topk(4, dim=-1)
+            f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+        else:
+            f = torch.relu(pre)
+        y_hat = f @ params["W_dec"] + params["b_dec"]
+        if skip:
+            y_hat = y_hat + x @ params["W_skip"]
+        want = (y - y_hat).square().sum(-1).mean()
+        if arch == "relu":  # L1 weighted by decoder row norms, as relu's
+            want = want + sae.cfg.l1_coefficient * (f * params["W_dec"].norm(dim=1)).sum(-1).mean()
+        want.backward()
+        for sparse in (True, False):
+            sae.zero_grad()
+            out = sae.loss(x, sparse=sparse, target=y)
+            out.loss.backward()
+            torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+            for name, p in sae.named_parameters():
+                torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-4, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(sae.eval()(x), y_hat.detach(), rtol=1e-5, atol=1e-6)
+        sae.train()
+
+
+@pytest.mark.parametrize("arch", RULES)
+def test_every_rule_with_y_equal_x_and_no_bias_is_the_autoencoder(arch):
+    """A transcoder with d_out = d_in, b_dec = 0, trained to predict its own input, has the
+    autoencoder's loss and gradients: the autoencoder's b_dec shift is then zero too."""
+    auto = randomize(SAE(SAEConfig(arch=arch, d_in=D_IN, d_sae=H, input_scaling="none",
+                                   **RULES[arch]), seed=1), seed=1).train()  # fmt: skip
+    trans = transcoder(arch, d_out=D_IN, seed=1)
+    with torch.no_grad():
+        auto.b_dec.zero_()
+        trans.load_state_dict(auto.state_dict())
+    x, dead = torch.randn(24, D_IN), torch.zeros(H, dtype=torch.bool)
+    dead[::3] = True
+    for sparse in (True, False):
+        auto.zero_grad(), trans.zero_grad()
+        a, t = auto.loss(x, dead, sparse), trans.loss(x, dead, sparse, target=x)
+        a.loss.backward(), t.loss.backward()
+        torch.testing.assert_close(t.loss, a.loss, rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(auto.named_parameters(), trans.parameters()):
+            if name != "b_dec":  # the autoencoder's b_dec also learns through x - b_dec
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_the_sparse_path_equals_the_dense_one_with_a_skip(arch):
+    sae = transcoder(arch, skip=True)
+    x, y = torch.randn(30, D_IN), torch.randn(30, D_OUT)
+    dead = torch.zeros(H, dtype=torch.bool)
+    dead[:10] = True
+    results = []
+    for sparse in (True, False):
+        sae.zero_grad()
+        out = sae.loss(x, dead, sparse, target=y)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in sae.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_skip_transcoder_learns_a_linear_map_better_than_a_plain_one(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(6000, D_IN)
+    y = x @ torch.randn(D_IN, D_OUT) + 0.5
+    data = torch.cat([x, y], dim=1)  # x and y side by side, as train takes a transcoder's data
+    fvu = {}
+    for skip in (False, True):
+        sae = SAE(SAEConfig(arch="topk", d_in=D_IN, d_sae=H, k=2, input_scaling="none",
+                            d_out=D_OUT, skip=skip), seed=0)  # fmt: skip
+        cfg = TrainConfig(batch_size=256, total_tokens=120_000, lr=1e-2, progress=False)
+        train(sae, data[:5000], cfg)
+        fvu[skip] = evaluate(sae, data[5000:])["fvu"]
+    assert fvu[True] < 0.02 < fvu[False]
+
+
+def test_a_transcoder_round_trips_through_its_directory(tmp_path):
+    sae = transcoder("jumprelu", skip=True).eval()
+    sae.save(tmp_path / "tc")
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert (cfg["d_out"], cfg["skip"]) == (D_OUT, True)
+    loaded = SAE.load(tmp_path / "tc")
+    x = torch.randn(12, D_IN)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sae(x))
+        torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    assert loaded(x).shape == (12, D_OUT)
+
+
+@pytest.mark.parametrize(
+    "build, pattern",
+    [
+        (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, skip=True), "skip .* needs d_out"),
+        (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, d_out=4), "input_scaling none"),
+        (lambda: SAEConfig(arch="topafa", d_in=8, d_sae=16, d_out=4, input_scaling="none"),
+         "topafa transcoders are not supported"),
+        (lambda: transcoder("topk").loss(torch.randn(4, D_IN)), "needs its target"),
+        (lambda: transcoder("topk").loss(torch.randn(4, D_IN), target=torch.randn(4, 3)),
+         r"target must be \[n=4, d_out=6\]"),
+        (lambda: transcoder("topk", skip=True).decode(torch.zeros(2, H)), "needs its input"),
+        (lambda: train(transcoder("topk"), torch.randn(600, D_IN),
+                       TrainConfig(batch_size=64, total_tokens=128, progress=False)),
+         "is a transcoder: it takes x and y side by side, d_in \\+ d_out = 8 \\+ 6 = 14"),
+        (lambda: export(transcoder("topk"), "/nonexistent", "saelens"), "does not export"),
+    ],
+)  # fmt: skip
+def test_bad_transcoder_requests_are_refused_by_name(build, pattern):
+    with pytest.raises(SaelabError, match=pattern):
+        build()
