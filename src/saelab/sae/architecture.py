@@ -153,7 +153,8 @@ class Architecture:
 
     def penalty(self, sae, f, pre: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra weighted loss terms (f: dense codes, or a SparseCode with pre a RowTiles on the
-        sparse path; x: the target, the scaled input of an autoencoder)."""
+        sparse path; x: what the code reconstructs: the scaled input of an autoencoder, a
+        transcoder's target less its skip path)."""
         return {}
 
     def loss_unit(self, sae) -> float:

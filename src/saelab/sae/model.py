@@ -255,7 +255,8 @@ class SAE(nn.Module):
                 else None
             )
         terms = {"mse": arch.reconstruction(self, y, f, x_hat)}
-        terms.update(arch.penalty(self, f, pre, y))
+        coded = y - skip.detach() if self.cfg.skip else y  # what the code itself reconstructs
+        terms.update(arch.penalty(self, f, pre, coded))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         unit = arch.loss_unit(self)
