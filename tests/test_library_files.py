@@ -61,9 +61,8 @@ def test_a_rescaled_topk_loads_with_unit_decoder_rows():
 @pytest.mark.parametrize(
     "change, pattern",
     [
-        ({"transcode": True}, "sparsify transcoders \\(transcode: true\\) are not supported"),
         ({"activation": "groupmax"}, "sparsify activation 'groupmax' is not supported"),
-        ({"skip_connection": True}, "skip connection"),
+        ({"skip_connection": True}, "autoencoders with a skip connection are not supported"),
     ],
 )
 def test_sparsify_layouts_it_cannot_read_are_refused_by_name(tmp_path, change, pattern):
@@ -160,13 +159,20 @@ def test_codes_equal_sparsify_own():
     torch.testing.assert_close(sae.encode(x), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "folder, pattern",
-    [("transcoder", "transcoders \\(transcode: true\\)"), ("groupmax", "activation 'groupmax'")],
-)
-def test_sparsify_files_saelab_cannot_read_are_refused_by_name(folder, pattern):
-    with pytest.raises(SAEFormatError, match=pattern):
-        SAE.load_any(SPARSIFY / folder)
+def test_sparsify_groupmax_is_refused_by_name():
+    with pytest.raises(SAEFormatError, match="activation 'groupmax'"):
+        SAE.load_any(SPARSIFY / "groupmax")
+
+
+@pytest.mark.parametrize("folder, skip", [("transcoder", False), ("skip_transcoder", True)])
+def test_sparsify_transcoders_load_as_transcoders_with_equal_codes_and_outputs(folder, skip):
+    sae = SAE.load_any(SPARSIFY / folder)
+    x = load_file(str(SPARSIFY / folder / "x.safetensors"))["x"]
+    want = load_file(str(SPARSIFY / folder / "codes.safetensors"))
+    assert (sae.cfg.d_out, sae.cfg.skip) == (16, skip)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), want["codes"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), want["outputs"], rtol=1e-5, atol=1e-5)
 
 
 SPARSIFY_PYTHON = os.environ.get("SAELAB_SPARSIFY_PYTHON")
@@ -179,7 +185,8 @@ x = load_file(sys.argv[2])["x"]
 with torch.no_grad():
     acts, indices, _ = sae.encode(x)
 codes = torch.zeros(len(x), sae.num_latents).scatter_(1, indices, acts.float())
-save_file({"codes": codes}, sys.argv[3])
+extra = {"outputs": sae(x).sae_out.detach().float().contiguous()} if sae.cfg.transcode else {}
+save_file({"codes": codes, **extra}, sys.argv[3])
 """
 
 
@@ -188,13 +195,25 @@ save_file({"codes": codes}, sys.argv[3])
     reason="set SAELAB_SPARSIFY_PYTHON to a python with eai-sparsify 1.3.3 (the environment of "
     "tests/data/sparsify/make.py) to load saelab's exports with sparsify's own loader",
 )
-def test_sparsify_own_loader_reads_the_export_with_equal_codes(tmp_path):
-    sae = SAE(SAEConfig(arch="topk", d_in=8, d_sae=24, k=3, input_scaling="none"), seed=0)
+@pytest.mark.parametrize("d_out, skip", [(None, False), (8, False), (8, True)])
+def test_sparsify_own_loader_reads_the_export_with_equal_codes(tmp_path, d_out, skip):
+    sae = SAE(
+        SAEConfig(arch="topk", d_in=8, d_sae=24, k=3, input_scaling="none", d_out=d_out,
+                  skip=skip),
+        seed=0,
+    )  # fmt: skip
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.1)
         sae.encoder_bias.normal_(0, 0.1)
+        if skip:
+            sae.W_skip.normal_(0, 0.2)
     sae.eval()
     assert_their_loader_agrees(sae, "sparsify", SPARSIFY_PYTHON, LOAD_WITH_SPARSIFY, tmp_path)
+    if d_out:  # and their output: sae(x).sae_out, as saelab's
+        x = load_file(str(tmp_path / "x.safetensors"))["x"]
+        theirs = load_file(str(tmp_path / "codes.safetensors"))["outputs"]
+        with torch.no_grad():
+            torch.testing.assert_close(theirs, sae(x), rtol=1e-5, atol=1e-5)
 
 
 DICTIONARY_LEARNING_PYTHON = os.environ.get("SAELAB_DICTIONARY_LEARNING_PYTHON")

@@ -6,7 +6,8 @@
   With apply_b_dec_to_input = false the encoder does not subtract b_dec; saelab's always does,
   so the encoder biases absorb it exactly (fold_input_bias).
 - EleutherAI sparsify: `cfg.json` (k, d_in, ...) + `sae.safetensors` with encoder.weight
-  [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T.
+  [d_sae, d_in], encoder.bias, W_dec, b_dec; a TopK SAE on x - b_dec: W_enc = encoder.weight^T;
+  transcoders (transcode, skip_connection: W_skip [d_out, d_in]) both ways.
 - Gemma Scope: `params.npz` (io/gemma_scope.py: a JumpReLU SAE without b_dec subtraction).
 - Llama Scope and Llamascopium (io/llama_scope.py); OpenAI's sparse_autoencoder, one .pt file
   (io/openai.py).
@@ -374,16 +375,14 @@ def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
 
 # -- sparsify -----------------------------------------------------------------------------------
 def from_sparsify(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
-    """A sparsify TopK SAE. Refused by name: transcoders (transcode: true: read as an SAE they
-    would lose their mapping onto the output), skip connections, and activations other than
-    topk (groupmax)."""
-    if cfg.get("transcode"):
-        raise ConfigError(
-            "sparsify transcoders (transcode: true) are not supported yet: read as an SAE, it "
-            "would reconstruct its input instead of predicting its output"
-        )
-    if "W_skip" in tensors or cfg.get("skip_connection"):
-        raise ConfigError("sparsify SAEs with a skip connection are not supported")
+    """A sparsify TopK SAE, or transcoder (transcode: true, its encoder without the b_dec
+    shift; with skip_connection its W_skip [d_out, d_in], applied as x @ W_skip^T: saelab's
+    W_skip is its transpose). Refused by name: a skip connection on an autoencoder, and
+    activations other than topk (groupmax)."""
+    transcoder = bool(cfg.get("transcode"))
+    skip = "W_skip" in tensors or bool(cfg.get("skip_connection"))
+    if skip and not transcoder:
+        raise ConfigError("sparsify autoencoders with a skip connection are not supported")
     if cfg.get("activation", "topk") != "topk":
         raise ConfigError(
             f"sparsify activation {cfg['activation']!r} is not supported (supported: topk); "
@@ -393,28 +392,47 @@ def from_sparsify(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfi
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and integer(cfg, "d_in") != d_in:
         raise ConfigError(f"cfg.json says d_in={cfg['d_in']} but encoder.weight has d_in={d_in}")
-    sae_cfg = SAEConfig(
-        arch="topk", d_in=d_in, d_sae=d_sae, k=integer(cfg, "k"), input_scaling="none"
-    )
-    return sae_cfg, {
+    out = {
         "W_enc": W_enc,
         "b_enc": tensors["encoder.bias"].float(),
         "W_dec": tensors["W_dec"].float(),
         "b_dec": tensors["b_dec"].float(),
     }
+    if skip:
+        out["W_skip"] = tensors["W_skip"].float().T.contiguous()
+    sae_cfg = SAEConfig(
+        arch="topk",
+        d_in=d_in,
+        d_sae=d_sae,
+        k=integer(cfg, "k"),
+        input_scaling="none",
+        d_out=out["W_dec"].shape[1] if transcoder else None,
+        skip=skip,
+    )
+    return sae_cfg, out
 
 
 def to_sparsify(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors, cfg = export_tensors(sae)
     if cfg.arch != "topk" or cfg.input_scaling == "per_token":
         raise ConfigError("sparsify holds TopK SAEs on unnormalised inputs only")
+    if cfg.is_transcoder and cfg.d_out != cfg.d_in:
+        raise ConfigError(
+            f"sparsify's transcoders write back at their input's width: d_out={cfg.d_out} is "
+            f"not d_in={cfg.d_in}"
+        )
     out = {"k": cfg.k, "d_in": cfg.d_in, "num_latents": cfg.d_sae, "normalize_decoder": True}
-    return out, {
+    if cfg.is_transcoder:
+        out.update(transcode=True, skip_connection=cfg.skip)
+    weights = {
         "encoder.weight": tensors["W_enc"].T.contiguous(),
         "encoder.bias": tensors["b_enc"],
         "W_dec": tensors["W_dec"],
         "b_dec": tensors["b_dec"],
     }
+    if cfg.skip:
+        weights["W_skip"] = tensors["W_skip"].T.contiguous()
+    return out, weights
 
 
 EXPORTS = ("saelens", "sparsify", "dictionary_learning")
@@ -424,8 +442,8 @@ def export(sae: SAE, path: str | Path, fmt: str) -> None:
     """Write `sae` as an SAELens, sparsify or dictionary_learning directory."""
     if fmt not in EXPORTS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTS)}")
-    if sae.cfg.is_transcoder:
-        raise ConfigError(f"saelab does not export transcoders to {fmt} yet")
+    if sae.cfg.is_transcoder and fmt != "sparsify":
+        raise ConfigError(f"saelab does not export transcoders to {fmt} yet (sparsify: yes)")
     path = Path(path)
     if fmt == "dictionary_learning":
         cfg, tensors = dictionary_learning.to_dictionary_learning(sae)
