@@ -310,17 +310,37 @@ def test_gemma_scope_2_codes_equal_saelens_own_loader():
     assert (meta["model"], meta["layer"], meta["site"]) == ("google/gemma-3-1b-pt", 7, "resid_post")
 
 
-def test_gemma_scope_2_transcoders_are_refused_by_name(tmp_path):
-    folder = tmp_path / "transcoder" / "layer_7_width_16k_l0_medium_affine"
+@pytest.mark.parametrize(
+    "folder, codes, skip",
+    [
+        (GEMMA_SCOPE / "gemma-scope-2b-pt-transcoders" / "layer_12" / "width_16k" / "average_l0_82",
+         GEMMA_SCOPE / "transcoder_codes.safetensors", False),
+        (GEMMA_SCOPE_2 / "transcoder" / "layer_7_width_16k_l0_medium_affine",
+         GEMMA_SCOPE_2 / "skip_transcoder_codes.safetensors", True),
+    ],
+)  # fmt: skip
+def test_gemma_scope_transcoders_equal_saelens_own_loaders(folder, codes, skip):
+    sae = SAE.load_any(folder)
+    data = load_file(str(codes))
+    assert (sae.cfg.d_out, sae.cfg.skip) == (256, skip)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(data["x"]), data["codes"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(data["x"]), data["outputs"], rtol=1e-5, atol=1e-4)
+    meta = sae.cfg.metadata
+    if skip:  # Gemma Scope 2 names the modules: the MLP's input and output
+        assert (meta["model"], meta["layer"], meta["site"], meta["target_site"]) == (
+            "google/gemma-3-1b-pt", 7, "mlp_in", "mlp_out"
+        )  # fmt: skip
+    else:
+        assert (meta["model"], meta["layer"]) == ("google/gemma-2-2b", 12)
+        assert "site" not in meta
+
+
+def test_gemma_scope_2_cross_layer_transcoders_are_refused_by_name(tmp_path):
+    folder = tmp_path / "clt" / "layer_7_clt"
     shutil.copytree(GEMMA_SCOPE_2 / "resid_post" / "layer_7_width_16k_l0_medium", folder)
-    with pytest.raises(SAEFormatError, match="is a Gemma Scope transcoder"):
+    with pytest.raises(SAEFormatError, match="cross-layer transcoder"):
         SAE.load_any(folder)
-    plain = tmp_path / "resid_post" / "layer_7"
-    shutil.copytree(GEMMA_SCOPE_2 / "resid_post" / "layer_7_width_16k_l0_medium", plain)
-    cfg = json.loads((plain / "config.json").read_text())
-    (plain / "config.json").write_text(json.dumps({**cfg, "hf_hook_point_out": "x"}))
-    with pytest.raises(SAEFormatError, match="is a Gemma Scope transcoder"):
-        SAE.load_any(plain)
 
 
 LLAMA_SCOPE = Path(__file__).parent / "data" / "llama_scope"

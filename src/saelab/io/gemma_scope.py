@@ -8,8 +8,13 @@ pre = x @ W_enc + b_enc, as SAELens 6.54's gemma_2_ / gemma_3_sae_huggingface_lo
 so b_enc absorbs b_dec @ W_enc (folds.fold_input_bias). The model and layer come from the folder
 names and config.json as SAELens takes them; the hook point only where it is saelab's
 resid_post (Gemma's mlp_out hooks sit after its post-MLP norm, attention ones on hook_z).
-Embedding SAEs are rescaled by sqrt(d_in) as SAELens does; transcoders and CLTs (Gemma Scope 2)
-are refused until saelab has transcoders. params.npz is read with allow_pickle=False."""
+Embedding SAEs are rescaled by sqrt(d_in) as SAELens does. Transcoders (a `transcoders` release,
+or a Gemma Scope 2 transcoder folder) load as saelab transcoders: the same tensors, b_dec the
+output bias, and Gemma Scope 2's affine_skip_connection [d_out, d_in] as a skip path (applied as
+x @ W_skip^T, as SAELens's JumpReLUSkipTranscoder: saelab's W_skip is its transpose); their hook
+points only where Gemma Scope 2's config names modules saelab's sites are (the MLP's input and
+output). Cross-layer transcoders (CLTs) are refused. params.npz is read with
+allow_pickle=False."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from .jsonfile import read_json_object
 
 PARAMS = "params.npz"
 PARAMS_2, CONFIG_2 = "params.safetensors", "config.json"  # Gemma Scope 2
-RELEASE = re.compile(r"gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att)")
+RELEASE = re.compile(r"gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att|transcoders)")
 
 
 def params_file(path: Path) -> Path | None:
@@ -56,9 +61,9 @@ def config_from_path(path: Path) -> dict:
     """What the folder names (and Gemma Scope 2's config.json) say: the model, layer and hook
     point, and the release."""
     text = str(path.resolve()).replace("--", "/")
-    config: dict = {"embedding": "embedding" in text}
-    if "transcoder" in text or "clt" in text.split("/")[-1]:
-        raise ConfigError(f"{path} is a Gemma Scope transcoder; saelab cannot load transcoders yet")
+    config: dict = {"embedding": "embedding" in text, "transcoder": "transcoder" in text}
+    if "clt" in text.split("/")[-1]:
+        raise ConfigError(f"{path} is a Gemma Scope cross-layer transcoder (CLT): not supported")
     layer = re.search(r"layer_(\d+)", text)
     if layer:
         config["layer"] = int(layer[1])
@@ -72,7 +77,8 @@ def config_from_path(path: Path) -> dict:
     if (path / CONFIG_2).is_file():
         raw = read_json_object(path / CONFIG_2, SAEFormatError)
         if raw.get("hf_hook_point_out"):
-            raise ConfigError(f"{path} is a Gemma Scope transcoder; saelab cannot load them yet")
+            config["transcoder"] = True
+            config.update(_hook_sites(raw))
         if raw.get("architecture") != "jump_relu":
             raise ConfigError(
                 f"{path / CONFIG_2}: architecture {raw.get('architecture')!r} is not a Gemma "
@@ -80,9 +86,31 @@ def config_from_path(path: Path) -> dict:
             )
         config["model"] = gemma_3_model(str(raw.get("model_name", "")))
         config["release"] = "gemma-scope-2"
-        if "resid_post" in text:
+        if "resid_post" in text and not config["transcoder"]:
             config["site"] = "resid_post"
     return config
+
+
+# Gemma 3 module outputs that are saelab's sites (Gemma Scope 2's hf_hook_point_in/out)
+HF_SITES = {
+    r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.output": "mlp_in",
+    r"model\.layers\.(\d+)\.mlp\.input": "mlp_in",
+    r"model\.layers\.(\d+)\.mlp\.output": "mlp_out",
+    r"model\.layers\.(\d+)\.output": "resid_post",
+}
+
+
+def _hook_sites(raw: dict) -> dict:
+    """A Gemma Scope 2 transcoder's hook points as saelab's (site, target_layer, target_site),
+    where its config names modules whose output is one of saelab's sites."""
+    out = {"hf_hook_point_in": raw.get("hf_hook_point_in")}
+    out["hf_hook_point_out"] = raw.get("hf_hook_point_out")
+    for key, prefix in (("hf_hook_point_in", ""), ("hf_hook_point_out", "target_")):
+        for pattern, site in HF_SITES.items():
+            found = re.fullmatch(pattern, str(raw.get(key)))
+            if found:
+                out.update({f"{prefix}site": site, f"{prefix}layer": int(found[1])})
+    return out
 
 
 def gemma_3_model(name: str) -> str:
@@ -94,10 +122,10 @@ def gemma_3_model(name: str) -> str:
 
 def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
     """(SAEConfig, tensors in saelab's file layout) of a Gemma Scope SAE."""
-    if "affine_skip_connection" in tensors:
-        raise ConfigError("a Gemma Scope skip transcoder; saelab cannot load transcoders yet")
     out = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     d_in, d_sae = out["W_enc"].shape
+    if config["transcoder"]:
+        return _transcoder(config, tensors, out)
     if out["W_dec"].shape != (d_sae, d_in):
         raise ConfigError(
             f"W_dec has shape {tuple(out['W_dec'].shape)}, W_enc {(d_in, d_sae)}: not a Gemma "
@@ -115,3 +143,25 @@ def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SA
         l0_coefficient=0.0,
     )
     return cfg, fold_input_bias(out)
+
+
+def _transcoder(config: dict, tensors: dict, out: dict) -> tuple[SAEConfig, dict]:
+    """A Gemma Scope (2) transcoder: the encoder reads x itself, b_dec is the output's bias."""
+    d_in, d_sae = out["W_enc"].shape
+    skip = "affine_skip_connection" in tensors
+    if skip:
+        out["W_skip"] = tensors["affine_skip_connection"].T.contiguous()
+    keys = ("release", "model", "layer", "site", "target_layer", "target_site")
+    metadata = {key: config[key] for key in (*keys, "hf_hook_point_in", "hf_hook_point_out")
+                if config.get(key) is not None}  # fmt: skip
+    cfg = SAEConfig(
+        arch="jumprelu",
+        d_in=d_in,
+        d_sae=d_sae,
+        input_scaling="none",
+        metadata=metadata,
+        l0_coefficient=0.0,
+        d_out=out["W_dec"].shape[1],
+        skip=skip,
+    )
+    return cfg, out
