@@ -406,7 +406,6 @@ def test_llama_scope_with_decoder_norms_and_topk_as_lm_saes(tmp_path):
     (folder / "hyperparams.json").write_text(json.dumps(hp))
     assert (SAE.load_any(folder).cfg.arch, SAE.load_any(folder).cfg.k) == ("topk", 5)
     for change, pattern in (
-        ({"hook_point_out": "blocks.3.hook_resid_post"}, "Llama Scope transcoder"),
         ({"norm_activation": "token-wise"}, "norm_activation 'token-wise' is not supported"),
         ({"use_glu_encoder": True}, "GLU encoder"),
         ({"act_fn": "jumprelu", "jump_relu_threshold": -0.1}, "jump_relu_threshold -0.1 < 0"),
@@ -414,6 +413,23 @@ def test_llama_scope_with_decoder_norms_and_topk_as_lm_saes(tmp_path):
         (folder / "hyperparams.json").write_text(json.dumps({**hp, **change}))
         with pytest.raises(SaelabError, match=pattern):
             SAE.load_any(folder)
+
+
+def test_a_llama_scope_transcoder_loads_as_one_as_lm_saes_reads_it(tmp_path):
+    folder = tmp_path / "Llama3_1-8B-Base-L3TC-8x"
+    shutil.copytree(LLAMA_FOLDER, folder)
+    hp = json.loads((folder / "hyperparams.json").read_text())
+    hp.update(hook_point_out="blocks.3.hook_mlp_out", hook_point_in="blocks.3.ln2.hook_normalized")
+    hp["dataset_average_activation_norm"] = {"in": 4.0, "out": 0.5}
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)) * 2
+    codes, outputs = lm_saes_llama_scope(folder, x)
+    sae = SAE.load_any(folder)
+    assert sae.cfg.is_transcoder and sae.cfg.metadata["target_site"] == "mlp_out"
+    assert "site" not in sae.cfg.metadata  # TransformerLens's ln2.hook_normalized: not mlp_in
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), outputs, rtol=1e-5, atol=1e-5)
 
 
 def write_llamascopium(folder: Path, act_fn: str, norm: str, spelling: str = "current") -> dict:
@@ -506,7 +522,10 @@ def test_llamascopium_codes_equal_its_encode(tmp_path, act_fn, norm, spelling):
         ({"sae_type": "crosscoder"}, "sae_type 'crosscoder' is not supported"),
         ({"act_fn": "batchtopk"}, "no threshold for inference"),
         ({"norm_activation": "batch-wise"}, "norm_activation 'batch-wise' is not supported"),
-        ({"hook_point_in": "blocks.6.hook_resid_mid"}, "Llamascopium transcoder"),
+        (
+            {"hook_point_out": "blocks.7.hook_mlp_out", "apply_decoder_bias_to_pre_encoder": True},
+            "transcoder that subtracts its output bias",
+        ),
     ],
 )
 def test_llamascopium_files_saelab_cannot_read_are_refused_by_name(tmp_path, change, pattern):
@@ -547,3 +566,24 @@ def test_an_openai_file_with_an_unknown_entry_or_activation_is_refused(tmp_path)
     (tmp_path / "c.pt").write_bytes(b"not a pickle")
     with pytest.raises(SAEFormatError, match="not a torch state dict"):
         SAE.load_any(tmp_path / "c.pt")
+
+
+def test_a_llamascopium_transcoder_loads_as_one(tmp_path):
+    t = write_llamascopium(tmp_path / "tc", "jumprelu", "dataset-wise")
+    cfg = json.loads((tmp_path / "tc" / "config.json").read_text())
+    cfg["hook_point_out"] = "blocks.6.hook_mlp_out"
+    (tmp_path / "tc" / "config.json").write_text(json.dumps(cfg))
+    norms = {**t, "dataset_average_activation_norm.blocks.6.hook_mlp_out": torch.tensor(0.8)}
+    save_file(
+        {k: v.contiguous() for k, v in norms.items()},
+        str(tmp_path / "tc" / "sae_weights.safetensors"),
+    )
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(4)) * 3
+    codes, recons = llamascopium_encode(t, x, "jumprelu", "dataset-wise")  # divides by f_in
+    outputs = recons * (16**0.5 / 2.5) / (16**0.5 / 0.8)  # the output's own scale, f_out
+    sae = SAE.load_any(tmp_path / "tc")
+    assert sae.cfg.is_transcoder and sae.cfg.input_scaling == "none"
+    assert (sae.cfg.metadata["target_layer"], sae.cfg.metadata["target_site"]) == (6, "mlp_out")
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), outputs, rtol=1e-5, atol=1e-5)

@@ -26,9 +26,9 @@ Codes are its SparseAutoEncoder.encode on normalised inputs (models/sae.py): x' 
 "dataset-wise" (saelab's expected_norm with s = f_in), x for "inference"; pre = x' W_E + b_E; with
 sparsity_include_decoder_norm the rule sees pre * n: jumprelu codes = pre * (pre n > θ), saelab's
 threshold θ / n; topk selects by relu(pre) n (folded: codes times n, reconstruction exact).
-Refused by name: transcoders (hook_point_in != hook_point_out), other sae_types (crosscoder,
-clt, lorsa, molt), GLU encoders, batchtopk (no inference threshold), token- and batch-wise
-scaling.
+Transcoders (hook_point_out not hook_point_in) load as saelab transcoders, both scales folded
+into the weights. Refused by name: other sae_types (crosscoder, clt, lorsa, molt), GLU encoders,
+batchtopk (no inference threshold), token- and batch-wise scaling.
 """
 
 from __future__ import annotations
@@ -63,10 +63,9 @@ def _check_supported(cfg: dict, library: str, default_norm: str) -> None:
         raise ConfigError(
             f"{library} sae_type {cfg['sae_type']!r} is not supported (supported: sae)"
         )
-    if cfg.get("hook_point_out", cfg.get("hook_point_in")) != cfg.get("hook_point_in"):
+    if _transcodes(cfg) and cfg.get("apply_decoder_bias_to_pre_encoder"):
         raise ConfigError(
-            f"a {library} transcoder (hook_point_in {cfg.get('hook_point_in')!r}, hook_point_out "
-            f"{cfg.get('hook_point_out')!r}); saelab cannot load transcoders yet"
+            f"a {library} transcoder that subtracts its output bias from its input is not supported"
         )
     if cfg.get("use_glu_encoder"):
         raise ConfigError(f"{library} SAEs with a GLU encoder (use_glu_encoder) are not supported")
@@ -76,6 +75,11 @@ def _check_supported(cfg: dict, library: str, default_norm: str) -> None:
             f"{library} norm_activation {norm!r} is not supported (supported: dataset-wise, "
             "inference): saelab has no per-token rescaling to norm sqrt(d_model)"
         )
+
+
+def _transcodes(cfg: dict) -> bool:
+    """A transcoder: its output hook point is not its input's."""
+    return cfg.get("hook_point_out", cfg.get("hook_point_in")) != cfg.get("hook_point_in")
 
 
 def _scale(cfg: dict, which: str) -> float:
@@ -90,26 +94,34 @@ def _scale(cfg: dict, which: str) -> float:
 
 
 def _metadata(cfg: dict) -> dict:
-    return hook_metadata(cfg.get("model_name"), cfg.get("hook_point_in"))
+    """The model and hook point; a transcoder's output hook too (hook_name_out)."""
+    metadata = hook_metadata(cfg.get("model_name"), cfg.get("hook_point_in"))
+    if _transcodes(cfg):
+        target = hook_metadata(None, cfg.get("hook_point_out"))
+        metadata["hook_name_out"] = cfg.get("hook_point_out")
+        if "site" in target:
+            metadata.update(target_layer=target["layer"], target_site=target["site"])
+    return metadata
 
 
 def from_llama_scope(cfg: dict, tensors: dict) -> tuple[SAEConfig, dict]:
     """(SAEConfig, tensors in saelab's file layout) of a Llama Scope release folder (a field
     it lacks takes lm-saes's default of the time: token-wise scaling, b_dec subtracted)."""
     _check_supported(cfg, "Llama Scope", default_norm="token-wise")
-    d_in = cfg["d_model"]
+    d_in, transcoder = cfg["d_model"], _transcodes(cfg)
     f_in, f_out = _scale(cfg, "in"), _scale(cfg, "out")
+    W_dec = tensors["decoder.weight"].float().T * (f_in / f_out)
     out = {
         "W_enc": tensors["encoder.weight"].float().T,
         "b_enc": tensors["encoder.bias"].float() / f_in,
-        "W_dec": tensors["decoder.weight"].float().T * (f_in / f_out),
+        "W_dec": W_dec,
         "b_dec": tensors["decoder.bias"].float() / f_out
         if cfg.get("use_decoder_bias", True)
-        else torch.zeros(d_in),
+        else torch.zeros(W_dec.shape[1]),
     }
     if cfg.get("sparsity_include_decoder_norm", True):
         out = fold_decoder_norms(out)
-    if not cfg.get("apply_decoder_bias_to_pre_encoder", True):
+    if not transcoder and not cfg.get("apply_decoder_bias_to_pre_encoder", True):
         out = fold_input_bias(out)
     d_sae = out["W_enc"].shape[1]
     act, threshold = cfg.get("act_fn", "relu"), cfg.get("jump_relu_threshold", 0.0)
@@ -131,6 +143,7 @@ def from_llama_scope(cfg: dict, tensors: dict) -> tuple[SAEConfig, dict]:
         d_sae=d_sae,
         input_scaling="none",
         metadata=_metadata(cfg),
+        d_out=W_dec.shape[1] if transcoder else None,
         **settings,
     )
     return sae_cfg, out
@@ -148,10 +161,10 @@ def from_llamascopium(cfg: dict, tensors: dict) -> tuple[SAEConfig, dict]:
         W_enc, W_dec = tensors["encoder.weight"].float().T, tensors["decoder.weight"].float().T
         b_enc, b_dec_name = tensors["encoder.bias"].float(), "decoder.bias"
         log_threshold = "log_jumprelu_threshold"
-    d_in, d_sae = W_enc.shape
+    (d_in, d_sae), transcoder = W_enc.shape, _transcodes(cfg)
     use_bias = cfg.get("use_decoder_bias", True)
-    b_dec = tensors[b_dec_name].float() if use_bias else torch.zeros(d_in)
-    scale = _dataset_norm_scale(cfg, tensors, d_in)
+    b_dec = tensors[b_dec_name].float() if use_bias else torch.zeros(W_dec.shape[1])
+    scale = _dataset_norm_scale(cfg, tensors, d_in, cfg.get("hook_point_in"))
     out = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     n = W_dec.norm(dim=1) if cfg.get("sparsity_include_decoder_norm", True) else torch.ones(d_sae)
     act = cfg.get("act_fn", "relu")
@@ -168,7 +181,11 @@ def from_llamascopium(cfg: dict, tensors: dict) -> tuple[SAEConfig, dict]:
             f"Llamascopium act_fn {act!r} is not supported (jumprelu, topk, relu)"
             + ("; its batchtopk has no threshold for inference" if act == "batchtopk" else "")
         )
-    if not cfg.get("apply_decoder_bias_to_pre_encoder", False):
+    if transcoder:  # both scales folded in: x' = f_in x in, y = y' / f_out out
+        f_out = _dataset_norm_scale(cfg, tensors, W_dec.shape[1], cfg.get("hook_point_out"))
+        out.update(W_enc=out["W_enc"] * scale, W_dec=out["W_dec"] / f_out, b_dec=b_dec / f_out)
+        scale = 1.0
+    elif not cfg.get("apply_decoder_bias_to_pre_encoder", False):
         out = fold_input_bias(out)
     sae_cfg = SAEConfig(
         arch=act,
@@ -177,18 +194,18 @@ def from_llamascopium(cfg: dict, tensors: dict) -> tuple[SAEConfig, dict]:
         input_scaling="expected_norm" if scale != 1.0 else "none",
         input_scale=scale,
         metadata=_metadata(cfg),
+        d_out=W_dec.shape[1] if transcoder else None,
         **settings,
     )
     return sae_cfg, out
 
 
-def _dataset_norm_scale(cfg: dict, tensors: dict, d_in: int) -> float:
-    """f_in of a dataset-wise Llamascopium SAE, from its weights file's
-    dataset_average_activation_norm.<hook_point_in> (every such scalar counts as read)."""
+def _dataset_norm_scale(cfg: dict, tensors: dict, d: int, hook: str | None) -> float:
+    """sqrt(d) / the average norm at `hook` of a dataset-wise Llamascopium SAE, from its weights
+    file's dataset_average_activation_norm.<hook> (every such scalar counts as read)."""
     norms = {key[len(NORM) + 1 :]: tensors[key] for key in tensors if key.startswith(NORM + ".")}
     if cfg.get("norm_activation", "dataset-wise") != "dataset-wise":
         return 1.0
-    hook = cfg.get("hook_point_in")
     if hook not in norms:
         raise SAEFormatError(
             f"a dataset-wise Llamascopium SAE needs tensor {NORM}.{hook} (the average input "
@@ -197,4 +214,4 @@ def _dataset_norm_scale(cfg: dict, tensors: dict, d_in: int) -> float:
     norm = float(norms[hook])
     if not (math.isfinite(norm) and norm > 0):
         raise SAEFormatError(f"{NORM}.{hook} is {norm}: not a positive number")
-    return math.sqrt(d_in) / norm
+    return math.sqrt(d) / norm
