@@ -585,5 +585,10 @@ def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp
         assert message in error, (extra, error)
     error = cli_error(capsys, ["train", "--skip", "--synthetic", "--out", str(tmp_path / "c")])
     assert "--skip adds a transcoder's skip path: it needs --target-site" in error
-    error = cli_error(capsys, ["eval", str(tmp_path / "tc" / "topk-k4"), "--activations", str(out)])
-    assert "does not read a transcoder's paired data yet" in error
+    run = tmp_path / "tc" / "topk-k4"  # its model and hook points come from its metadata
+    cli.main(["eval", str(run), "--activations", str(out), "--out", str(tmp_path / "e")])
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["n_tokens"] >= 900
+    cli.main(["eval", str(run), "--activations", str(out), "--model", str(model_dir),
+              "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "f")])  # fmt: skip
+    spliced = json.loads((tmp_path / "f" / "eval.json").read_text())
+    assert spliced["ce_zero"] != spliced["ce_clean"] and math.isfinite(spliced["ce_sae"])

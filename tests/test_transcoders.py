@@ -151,3 +151,42 @@ def test_a_transcoder_round_trips_through_its_directory(tmp_path):
 def test_bad_transcoder_requests_are_refused_by_name(build, pattern):
     with pytest.raises(SaelabError, match=pattern):
         build()
+
+
+def test_a_spliced_transcoder_replaces_the_mlp_output_from_its_input():
+    from tiny_models import tiny_model
+
+    from saelab.data.hooks import blocks_of
+    from saelab.eval.downstream import downstream
+
+    model = tiny_model("llama")
+    cfg = SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none", d_out=32,
+                    skip=True, metadata={"target_layer": 1, "target_site": "mlp_out"})  # fmt: skip
+    tc = randomize(SAE(cfg, seed=0), seed=0).eval()
+    with torch.no_grad():
+        tc.W_skip.normal_(0, 0.1)
+    ids = torch.randint(1, 128, (3, 10))
+    got = downstream(tc, model, ids, layer=1, site="mlp_in")
+
+    def hook(module, args, output):  # independently: the MLP's output from its own input
+        out = tc(args[0]).clone()
+        out[:, 0] = output[:, 0]
+        return out
+
+    handle = blocks_of(model)[1].mlp.register_forward_hook(hook)
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    handle.remove()
+    want = torch.nn.functional.cross_entropy(logits[:, 1:-1].flatten(0, 1), ids[:, 2:].flatten())
+    assert abs(got["ce_sae"] - want.item()) < 1e-4
+    with torch.no_grad():  # the zero ablation is the MLP's
+        handle = blocks_of(model)[1].mlp.register_forward_hook(
+            lambda m, a, o: torch.cat([o[:, :1], torch.zeros_like(o[:, 1:])], 1)
+        )
+        zero = model(ids).logits.float()
+        handle.remove()
+    ce_zero = torch.nn.functional.cross_entropy(zero[:, 1:-1].flatten(0, 1), ids[:, 2:].flatten())
+    assert abs(got["ce_zero"] - ce_zero.item()) < 1e-4
+    no_target = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none", d_out=32))
+    with pytest.raises(ValueError, match="records no target hook point"):
+        downstream(no_target, model, ids, layer=1, site="mlp_in")

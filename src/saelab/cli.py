@@ -328,11 +328,6 @@ def cmd_eval(args) -> None:
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
     sae, files, default_out = sae_source(args.run)
-    if sae.cfg.is_transcoder:
-        raise UsageError(
-            "saelab eval does not read a transcoder's paired data yet; saelab train evaluated it "
-            f"on its held-out tokens ({Path(files) / rundir.EVAL})"
-        )
     out_dir = Path(args.out or default_out)
     rundir.check_output_folder(out_dir, files)  # before any model or data is loaded
     chat = _chat(args, wanted, request.device)

@@ -264,7 +264,8 @@ class DataConfig:
     def with_recorded_hook(self, metadata: dict) -> DataConfig:
         """This request with the model, layer, site and dataset an SAE's config records where
         unset."""
-        recorded = {k: metadata[k] for k in ("model", "layer", "site", "dataset") if k in metadata}
+        keys = ("model", "layer", "site", "dataset", "target_layer", "target_site")
+        recorded = {k: metadata[k] for k in keys if k in metadata}
         clash = [
             f"--{key} {getattr(self, key)} (the SAE records {recorded[key]})"
             for key in ("layer", "site")

@@ -9,14 +9,14 @@ from pathlib import Path
 from .config import DataConfig
 from .data.activations import open_source
 from .data.cache import ActivationCache, CacheSpec, check_spec, read_manifest
-from .data.hooks import DEFAULT_SITE
+from .data.hooks import DEFAULT_SITE, HookPoint
 from .data.models import load_model, load_tokenizer
 from .data.pipeline import ensure_caches
 from .data.streaming import heldout_contexts
 from .errors import UsageError
 from .eval.full import CoreConfig
 from .eval.registry import EVALUATIONS, EvalContext
-from .sources import harvest_spec
+from .sources import harvest_spec, paired_source
 
 
 def model_spec(request: DataConfig) -> CacheSpec | None:
@@ -28,6 +28,8 @@ def model_spec(request: DataConfig) -> CacheSpec | None:
         path = Path(request.activations)
         if not path.is_dir():
             return None
+        if request.transcodes:  # a cache of several hook points: the input's
+            path = path / HookPoint(request.layer, request.hook_site).name
         return CacheSpec(**{**read_manifest(path)["spec"], "split": "eval"})
     return harvest_spec(request.with_default_hook(), "eval")
 
@@ -35,6 +37,8 @@ def model_spec(request: DataConfig) -> CacheSpec | None:
 def evaluation_data(request: DataConfig):
     """The request's activations, or the held-out cache of its model, hook and dataset
     (harvested into its cache_dir if missing)."""
+    if request.transcodes:
+        return paired_source(request)
     if request.activations:
         data = open_source(request.activations)
         if isinstance(data, ActivationCache):  # its hook point must be the one asked for

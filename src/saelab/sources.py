@@ -165,12 +165,25 @@ def resolve(request: DataConfig, seed: int = 0) -> Data:
 
 
 def transcoder_data(request: DataConfig) -> Data:
-    """A transcoder's data: the input and target hook points' caches in --activations (a cache
-    of several hook points), side by side."""
+    """A transcoder's training data: its two hook points' caches side by side (paired_source),
+    the last tokens held out."""
+    pair = paired_source(request)
+    n_heldout = request.eval_tokens or min(65536, pair.n_tokens // 10)
+    if n_heldout < MIN_EVAL_TOKENS:
+        raise UsageError(f"{pair.name}: too few tokens to hold out {MIN_EVAL_TOKENS}")
+    train, heldout = pair.split(n_heldout)
+    recorded = {"activations": request.activations, **pair.inputs.manifest["spec"]}
+    recorded.update(target_layer=pair.target.layer, target_site=pair.target.site)
+    return Data(train, heldout, None, None, recorded, d_out=pair.targets.d_in)
+
+
+def paired_source(request: DataConfig) -> PairedSource:
+    """The input and target hook points' caches in --activations (a cache of several hook
+    points, saelab cache --hookpoints), side by side."""
     if not request.activations or not hookpoint_caches(request.activations):
         raise UsageError(
-            "a transcoder (--target-site) trains from a cache of both hook points: build it with "
-            "saelab cache --hookpoints layers.L.SITE,layers.L.TARGET and pass it as --activations"
+            "a transcoder reads a cache of both its hook points: build it with saelab cache "
+            "--hookpoints layers.L.SITE,layers.L.TARGET and pass it as --activations"
         )
     if request.layer is None or request.target_site is None:
         raise UsageError("a transcoder needs --layer and --target-site (and --site, the input)")
@@ -192,15 +205,8 @@ def transcoder_data(request: DataConfig) -> Data:
             f"{', '.join(held)})"
         )
     root = Path(request.activations)
-    pair = PairedSource(ActivationCache(root / source.name), ActivationCache(root / target.name))
-    n_heldout = request.eval_tokens or min(65536, pair.n_tokens // 10)
-    if n_heldout < MIN_EVAL_TOKENS:
-        raise UsageError(f"{pair.name}: too few tokens to hold out {MIN_EVAL_TOKENS}")
-    train, heldout = pair.split(n_heldout)
-    spec = pair.inputs.manifest["spec"]
-    recorded = {"activations": str(root), **spec, "target_layer": target.layer}
-    recorded["target_site"] = target.site
-    return Data(train, heldout, None, None, recorded, d_out=pair.targets.d_in)
+    inputs, targets = ActivationCache(root / source.name), ActivationCache(root / target.name)
+    return PairedSource(inputs, targets, target)
 
 
 def provenance(request: DataConfig) -> dict:

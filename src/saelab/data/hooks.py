@@ -260,6 +260,35 @@ def splice(model, layer: int, site: str, fn):
         handle.remove()
 
 
+@contextmanager
+def splice_transcoder(model, source: HookPoint, target: HookPoint, fn):
+    """Within the context, every forward pass replaces the activation at `target` by
+    fn(x, a): x the activation at `source` (earlier in the pass, read, not changed), a the one
+    it replaces; a transcoder's splice (from the MLP's input onto its output)."""
+    net = _hf_model(model)
+    read, read_input = site_module(net, source.layer, source.site)
+    module, use_input = splice_point(net, target.layer, target.site)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(value):
+        seen["x"] = _first(value)
+
+    if read_input:
+        handles = [
+            read.register_forward_pre_hook(
+                lambda mod, args, kwargs: keep(_input(args, kwargs)), with_kwargs=True
+            )
+        ]
+    else:
+        handles = [read.register_forward_hook(lambda mod, args, output: keep(output))]
+    with splice(net, target.layer, target.site, lambda a: fn(seen["x"], a)):
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 @torch.inference_mode()
 def harvest_many(
     model,

@@ -11,26 +11,30 @@ import torch
 
 from ..errors import DataError
 from .cache import ActivationCache
+from .hooks import HookPoint
 
 
 class PairedSource:
-    """inputs and targets, two ActivationCaches harvested together, as one source."""
+    """inputs and targets, two ActivationCaches harvested together, as one source (target: the
+    hook point the targets come from, when known)."""
 
-    def __init__(self, inputs: ActivationCache, targets: ActivationCache):
+    def __init__(
+        self, inputs: ActivationCache, targets: ActivationCache, target: HookPoint | None = None
+    ):
         rows = [s["n_tokens"] for s in inputs.shards], [s["n_tokens"] for s in targets.shards]
         if rows[0] != rows[1] or inputs.shard_ids != targets.shard_ids:
             raise DataError(
                 f"{inputs.directory} and {targets.directory} do not hold the same tokens row by "
                 "row: harvest both hook points together (saelab cache --hookpoints)"
             )
-        self.inputs, self.targets = inputs, targets
+        self.inputs, self.targets, self.target = inputs, targets, target
         self.d_in = inputs.d_in + targets.d_in
         self.n_tokens = inputs.n_tokens
         self.name = f"{inputs.name} -> {targets.name}"
 
     def split(self, n_heldout: int) -> tuple[PairedSource, PairedSource]:
         (a, b), (c, d) = self.inputs.split(n_heldout), self.targets.split(n_heldout)
-        return PairedSource(a, c), PairedSource(b, d)
+        return PairedSource(a, c, self.target), PairedSource(b, d, self.target)
 
     def chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
         return _side_by_side(self.inputs.chunks(batch_size), self.targets.chunks(batch_size))

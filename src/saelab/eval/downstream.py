@@ -1,4 +1,6 @@
-"""Downstream loss with the SAE spliced into the model at its hook site.
+"""Downstream loss with the SAE spliced into the model at its hook site (a transcoder: its
+output, computed from its input hook point, replaces its target's activation; ce_zero and
+ce_mean then ablate the target, e.g. the MLP).
 
 For next-token prediction over input_ids [batch, seq] (causal LMs):
   ce_clean, ce_sae, ce_zero, ce_mean: mean cross-entropy with the site's activation left alone,
@@ -16,7 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.hooks import DEFAULT_SITE, _hf_model, harvest, splice, splice_point
+from ..data.hooks import (
+    DEFAULT_SITE,
+    HookPoint,
+    _hf_model,
+    harvest,
+    splice,
+    splice_point,
+    splice_transcoder,
+)
 
 
 def _keep_bos(fn):
@@ -26,6 +36,28 @@ def _keep_bos(fn):
         return out
 
     return replaced
+
+
+def _keep_bos_of_target(sae):
+    """fn(x, a) of splice_transcoder: the transcoder's output from x, a itself at BOS."""
+
+    def replaced(x: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        out = sae(x.float()).to(acts.dtype).clone()
+        out[:, 0] = acts[:, 0]
+        return out
+
+    return replaced
+
+
+def transcoder_target(sae) -> HookPoint:
+    """The hook point a transcoder writes, as its metadata records it."""
+    meta = sae.cfg.metadata
+    if meta.get("target_site") is None or meta.get("target_layer") is None:
+        raise ValueError(
+            "this transcoder records no target hook point (metadata target_layer, target_site): "
+            "it cannot be spliced"
+        )
+    return HookPoint(meta["target_layer"], meta["target_site"])
 
 
 def _logits(net, ids, mask):
@@ -104,22 +136,24 @@ def downstream(
 ) -> dict:
     """CE/KL metrics of `sae` spliced into `model` (a LanguageModel or causal LM module).
     `ablations`: the result of ablation_losses on the same inputs, if already computed."""
-    if sae.cfg.is_transcoder:
-        raise ValueError(
-            "splicing a transcoder (its input read at one hook point, its output written at "
-            "another) is not supported yet: evaluate it without a model"
-        )
+    source = target = HookPoint(layer, site)
+    if sae.cfg.is_transcoder:  # its output replaces the target hook point's activation
+        target = transcoder_target(sae)
     net, batches = _prepare(
-        model, input_ids, layer, site, attention_mask, batch_size, d_in=sae.cfg.d_in
+        model, input_ids, target.layer, target.site, attention_mask, batch_size, d_in=sae.cfg.d_in
     )
     sae = sae.to(next(net.parameters()).device).eval()
     ablations = ablations or ablation_losses(
-        net, input_ids, layer, site, attention_mask, batch_size
+        net, input_ids, target.layer, target.site, attention_mask, batch_size
     )
     sums, n = {"clean": 0.0, "sae": 0.0, "kl": 0.0}, 0
     for ids, mask in batches:
         clean, targets = _predictions(net, ids, mask)
-        with splice(net, layer, site, _keep_bos(lambda a: sae(a.float()))):
+        if sae.cfg.is_transcoder:
+            spliced = splice_transcoder(net, source, target, _keep_bos_of_target(sae))
+        else:
+            spliced = splice(net, layer, site, _keep_bos(lambda a: sae(a.float())))
+        with spliced:
             logits, _ = _predictions(net, ids, mask)
         sums["clean"] += F.cross_entropy(clean, targets, reduction="sum").item()
         sums["sae"] += F.cross_entropy(logits, targets, reduction="sum").item()
