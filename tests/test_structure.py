@@ -115,13 +115,27 @@ def test_every_training_option_reaches_train_from_the_command_line(field):
     assert getattr(built, field.name) == value
 
 
+CACHE_ONLY = ("split", "hookpoints")  # flags of saelab cache, not of train
+
+
 @pytest.mark.parametrize(
-    "field", [f for f in options(DataConfig) if f.name != "split"], ids=lambda f: f.name
+    "field", [f for f in options(DataConfig) if f.name not in CACHE_ONLY], ids=lambda f: f.name
 )
 def test_every_data_option_reaches_the_data_request(field):
     value = _value_for(field)
     args = cli.build_parser().parse_args(["train", *_flag_argv(field, value)])
     assert getattr(config_from(DataConfig, args), field.name) == value
+
+
+@pytest.mark.parametrize(
+    "field", [f for f in options(DataConfig) if f.name in CACHE_ONLY], ids=lambda f: f.name
+)
+def test_the_cache_only_data_options_reach_the_data_request(field):
+    value = _value_for(field)
+    argv = ["cache", "--tokens", "100", "--out", "c", *_flag_argv(field, value)]
+    assert (
+        getattr(config_from(DataConfig, cli.build_parser().parse_args(argv)), field.name) == value
+    )
 
 
 def test_a_flag_shared_by_two_configs_is_declared_once_and_read_by_both():
