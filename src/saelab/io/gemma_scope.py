@@ -123,37 +123,20 @@ def gemma_3_model(name: str) -> str:
 def from_gemma_scope(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
     """(SAEConfig, tensors in saelab's file layout) of a Gemma Scope SAE."""
     out = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    d_in, d_sae = out["W_enc"].shape
-    if config["transcoder"]:
-        return _transcoder(config, tensors, out)
-    if out["W_dec"].shape != (d_sae, d_in):
+    (d_in, d_sae), transcoder = out["W_enc"].shape, config["transcoder"]
+    if not transcoder and out["W_dec"].shape != (d_sae, d_in):
         raise ConfigError(
             f"W_dec has shape {tuple(out['W_dec'].shape)}, W_enc {(d_in, d_sae)}: not a Gemma "
             "Scope SAE"
         )
     if config["embedding"]:  # trained on embeddings scaled by sqrt(d_in), as SAELens undoes
         out["W_enc"], out["W_dec"] = out["W_enc"] / math.sqrt(d_in), out["W_dec"] * math.sqrt(d_in)
-    metadata = {key: config[key] for key in ("release", "model", "layer", "site") if key in config}
-    cfg = SAEConfig(
-        arch="jumprelu",
-        d_in=d_in,
-        d_sae=d_sae,
-        input_scaling="none",
-        metadata=metadata,
-        l0_coefficient=0.0,
-    )
-    return cfg, fold_input_bias(out)
-
-
-def _transcoder(config: dict, tensors: dict, out: dict) -> tuple[SAEConfig, dict]:
-    """A Gemma Scope (2) transcoder: the encoder reads x itself, b_dec is the output's bias."""
-    d_in, d_sae = out["W_enc"].shape
-    skip = "affine_skip_connection" in tensors
-    if skip:
+    skip = transcoder and "affine_skip_connection" in tensors
+    if skip:  # [d_out, d_in], applied transposed
         out["W_skip"] = tensors["affine_skip_connection"].T.contiguous()
     keys = ("release", "model", "layer", "site", "target_layer", "target_site")
-    metadata = {key: config[key] for key in (*keys, "hf_hook_point_in", "hf_hook_point_out")
-                if config.get(key) is not None}  # fmt: skip
+    keys += ("hf_hook_point_in", "hf_hook_point_out")
+    metadata = {key: config[key] for key in keys if config.get(key) is not None}
     cfg = SAEConfig(
         arch="jumprelu",
         d_in=d_in,
@@ -161,7 +144,8 @@ def _transcoder(config: dict, tensors: dict, out: dict) -> tuple[SAEConfig, dict
         input_scaling="none",
         metadata=metadata,
         l0_coefficient=0.0,
-        d_out=out["W_dec"].shape[1],
+        d_out=out["W_dec"].shape[1] if transcoder else None,
         skip=skip,
     )
-    return cfg, out
+    # a transcoder's encoder reads x itself and its b_dec is the output's bias: nothing to fold
+    return cfg, out if transcoder else fold_input_bias(out)
