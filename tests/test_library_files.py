@@ -46,6 +46,20 @@ def test_codes_equal_saelens_own(folder, arch):
     torch.testing.assert_close(sae.encode(x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "folder, arch, skip",
+    [("v6_jumprelu_skip_transcoder", "jumprelu", True), ("v6_transcoder", "relu", False)],
+)
+def test_saelens_transcoders_load_with_equal_codes_and_outputs(folder, arch, skip):
+    sae = SAE.load_any(DATA / folder)
+    x = load_file(str(DATA / folder / "x.safetensors"))["x"]
+    want = load_file(str(DATA / folder / "codes.safetensors"))
+    assert (sae.cfg.arch, sae.cfg.d_out, sae.cfg.skip) == (arch, 12, skip)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), want["codes"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae(x), want["outputs"], rtol=1e-5, atol=1e-5)
+
+
 def test_the_model_and_hook_are_read_from_saelens_6_metadata():
     meta = SAE.load_any(DATA / "v6_jumprelu_metadata").cfg.metadata
     assert (meta["model_name"], meta["hook_name"]) == ("gpt2", "blocks.8.hook_resid_pre")
@@ -121,7 +135,8 @@ from sae_lens import SAE
 sae = SAE.load_from_disk(sys.argv[1])
 x = load_file(sys.argv[2])["x"]
 with torch.no_grad():
-    save_file({"codes": sae.encode(x).contiguous()}, sys.argv[3])
+    extra = {"outputs": sae(x).contiguous()} if hasattr(sae.cfg, "d_out") else {}
+    save_file({"codes": sae.encode(x).contiguous(), **extra}, sys.argv[3])
 """
 
 
@@ -141,6 +156,32 @@ def test_saelens_own_loader_reads_the_export_with_equal_codes(tmp_path, arch):
             sae.threshold.fill_(0.05)
     sae.eval()
     assert_their_loader_agrees(sae, "saelens", SAELENS_PYTHON, LOAD_WITH_SAELENS, tmp_path)
+
+
+@pytest.mark.skipif(not SAELENS_PYTHON, reason="SAELAB_SAELENS_PYTHON (sae-lens 6.54) not set")
+@pytest.mark.parametrize(
+    "arch, skip", [("relu", False), ("relu", True), ("jumprelu", True), ("batchtopk", False)]
+)
+def test_saelens_own_loader_reads_exported_transcoders_with_equal_outputs(tmp_path, arch, skip):
+    settings = {"k": 3} if arch in ("batchtopk", "jumprelu") else {}
+    cfg = SAEConfig(arch=arch, d_in=8, d_sae=24, input_scaling="none", d_out=6, skip=skip,
+                    metadata={"target_layer": 3, "target_site": "mlp_out"}, **settings)  # fmt: skip
+    sae = SAE(cfg, seed=0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.05)
+    sae.eval()
+    assert_their_loader_agrees(sae, "saelens", SAELENS_PYTHON, LOAD_WITH_SAELENS, tmp_path)
+    x = load_file(str(tmp_path / "x.safetensors"))["x"]
+    theirs = load_file(str(tmp_path / "codes.safetensors"))["outputs"]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs, sae(x), rtol=1e-5, atol=1e-5)
+    loaded = SAE.load_any(tmp_path / "sae")  # and back: the same transcoder
+    assert (loaded.cfg.d_out, loaded.cfg.skip, loaded.cfg.metadata["target_site"]) == (
+        6, skip, "mlp_out"
+    )  # fmt: skip
 
 
 def test_an_untrained_dictionary_learning_batchtopk_says_so_at_load_time(tmp_path):

@@ -145,7 +145,10 @@ def test_a_transcoder_round_trips_through_its_directory(tmp_path):
         (lambda: train(transcoder("topk"), torch.randn(600, D_IN),
                        TrainConfig(batch_size=64, total_tokens=128, progress=False)),
          "is a transcoder: it takes x and y side by side, d_in \\+ d_out = 8 \\+ 6 = 14"),
-        (lambda: export(transcoder("topk"), "/nonexistent", "saelens"), "does not export"),
+        (lambda: export(transcoder("topk"), "/nonexistent", "dictionary_learning"),
+         "dictionary_learning has no transcoders"),
+        (lambda: export(transcoder("topk"), "/nonexistent", "saelens"),
+         "SAELens has no topk transcoder"),
     ],
 )  # fmt: skip
 def test_bad_transcoder_requests_are_refused_by_name(build, pattern):

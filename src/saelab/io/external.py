@@ -292,11 +292,23 @@ def _major(version) -> int:
         raise ConfigError(f"sae_lens_version {version!r} is not a version number") from None
 
 
+# SAELens's transcoders: (the SAE architecture of their rule, whether a skip path W_skip
+# [d_out, d_in], applied as x @ W_skip^T, is added); their encoders never subtract b_dec
+SAELENS_TRANSCODERS = {
+    "transcoder": ("standard", False),
+    "skip_transcoder": ("standard", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
+
+
 def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig, dict]:
-    """The architecture whose saelens_names include cfg["architecture"] reads its tensors."""
+    """The architecture whose saelens_names include cfg["architecture"] reads its tensors (a
+    transcoder's: that of its rule, SAELENS_TRANSCODERS)."""
     cfg = saelens_6(cfg)
     readers = {name: arch for arch in ARCHITECTURES.values() for name in arch.saelens_names}
-    arch_name = cfg.get("architecture", "standard")
+    transcoder = SAELENS_TRANSCODERS.get(cfg.get("architecture"))
+    arch_name = transcoder[0] if transcoder else cfg.get("architecture", "standard")
     activation = cfg.get("activation_fn", "topk" if arch_name == "topk" else "relu")
     if activation not in ("relu", "topk") or (activation == "topk") != (arch_name == "topk"):
         raise ConfigError(
@@ -314,15 +326,17 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
             "expected_average_only_in)"
         )
     arch = readers[arch_name]
-    settings, tensors = arch.from_saelens(cfg, tensors)
+    source, (settings, tensors) = tensors, arch.from_saelens(cfg, tensors)
     tensors = {name: t.float() for name, t in tensors.items()}
+    if transcoder and transcoder[1]:
+        tensors["W_skip"] = source["W_skip"].float().T.contiguous()
     if cfg.get("rescale_acts_by_decoder_norm"):
         if arch.name != "topk":
             raise ConfigError(
                 f"rescale_acts_by_decoder_norm is supported for SAELens topk SAEs, not {arch_name}"
             )
         tensors = fold_decoder_norms(tensors)
-    if not cfg.get("apply_b_dec_to_input", True):
+    if not transcoder and not cfg.get("apply_b_dec_to_input", True):
         tensors = fold_input_bias(tensors)
     sae_cfg = SAEConfig(
         arch=arch.name,
@@ -330,6 +344,8 @@ def from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> tuple[SAEConfig
         d_sae=integer(cfg, "d_sae"),
         input_scaling=SAELENS_NORMS[norm],
         metadata=saelens_metadata(cfg),
+        d_out=integer(cfg, "d_out") if transcoder else None,
+        skip=bool(transcoder and transcoder[1]),
         **settings,
     )
     return sae_cfg, tensors
@@ -342,6 +358,10 @@ def saelens_metadata(cfg: dict) -> dict:
     normalised the input when saelab reads it as none."""
     found = {**cfg, **(cfg.get("metadata") or {})}
     metadata = hook_metadata(found.get("model_name"), found.get("hook_name"))
+    out = hook_metadata(None, found.get("hook_name_out"))  # a transcoder's target
+    if "site" in out:
+        metadata.update(hook_name_out=out["hook_name"], target_layer=out["layer"])
+        metadata["target_site"] = out["site"]
     if found.get("dataset_path") is not None:
         metadata["dataset_path"] = found["dataset_path"]
     if cfg.get("normalize_activations") == "expected_average_only_in":
@@ -355,6 +375,7 @@ def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
     """The architecture lays its tensors out as SAELens does (batchtopk: a jumprelu with its
     global threshold on every latent)."""
     tensors, cfg = export_tensors(sae)
+    skip = tensors.pop("W_skip", None)
     fields, tensors = sae.arch.to_saelens(sae, tensors)
     out = {
         **fields,
@@ -362,14 +383,26 @@ def to_saelens(sae: SAE) -> tuple[dict, dict[str, torch.Tensor]]:
         "d_sae": cfg.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not cfg.is_transcoder,
         "normalize_activations": "layer_norm" if cfg.input_scaling == "per_token" else "none",
     }
+    if cfg.is_transcoder:
+        names = {rule: name for name, rule in SAELENS_TRANSCODERS.items()}
+        if (fields["architecture"], cfg.skip) not in names:
+            raise ConfigError(
+                f"SAELens has no {fields['architecture']} transcoder (it has relu and jumprelu "
+                "transcoders)"
+            )
+        out.update(architecture=names[fields["architecture"], cfg.skip], d_out=cfg.d_out)
+        if skip is not None:
+            tensors["W_skip"] = skip.T.contiguous()
     meta = cfg.metadata
     if meta.get("model") and meta.get("layer") is not None and meta.get("site"):
         out.update(
             model_name=meta["model"], hook_name=f"blocks.{meta['layer']}.hook_{meta['site']}"
         )
+    if meta.get("target_layer") is not None and meta.get("target_site"):
+        out["hook_name_out"] = f"blocks.{meta['target_layer']}.hook_{meta['target_site']}"
     return out, tensors
 
 
@@ -442,8 +475,8 @@ def export(sae: SAE, path: str | Path, fmt: str) -> None:
     """Write `sae` as an SAELens, sparsify or dictionary_learning directory."""
     if fmt not in EXPORTS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTS)}")
-    if sae.cfg.is_transcoder and fmt != "sparsify":
-        raise ConfigError(f"saelab does not export transcoders to {fmt} yet (sparsify: yes)")
+    if sae.cfg.is_transcoder and fmt == "dictionary_learning":
+        raise ConfigError("dictionary_learning has no transcoders")
     path = Path(path)
     if fmt == "dictionary_learning":
         cfg, tensors = dictionary_learning.to_dictionary_learning(sae)

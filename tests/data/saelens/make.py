@@ -20,8 +20,12 @@ from sae_lens import (
     GatedSAEConfig,
     JumpReLUSAE,
     JumpReLUSAEConfig,
+    JumpReLUSkipTranscoder,
+    JumpReLUSkipTranscoderConfig,
     TopKSAE,
     TopKSAEConfig,
+    Transcoder,
+    TranscoderConfig,
 )
 from safetensors.torch import save_file
 
@@ -49,8 +53,9 @@ def finish(folder: Path, seed: int) -> None:
     sae = SAE.load_from_disk(folder)
     with torch.no_grad():
         codes = sae.encode(x)
+        outputs = {"outputs": sae(x).contiguous()} if hasattr(sae.cfg, "d_out") else {}
     save_file({"x": x}, str(folder / "x.safetensors"))
-    save_file({"codes": codes.contiguous()}, str(folder / "codes.safetensors"))
+    save_file({"codes": codes.contiguous(), **outputs}, str(folder / "codes.safetensors"))
     print(folder.name, type(sae).__name__, "L0", float((codes != 0).sum(1).float().mean()))
 
 
@@ -131,6 +136,24 @@ def main(root: Path) -> None:
     sae.cfg.metadata.sae_lens_version = sae_lens.__version__
     sae.save_model(root / "v6_gated_no_b_dec_input")
     finish(root / "v6_gated_no_b_dec_input", 7)
+    # 8. SAELens 6 transcoders: a JumpReLU skip transcoder (W_skip [d_out, d_in]) and a plain
+    #    one, d_out 12; their outputs stored too
+    for name, cls, config in (
+        ("v6_jumprelu_skip_transcoder", JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig),
+        ("v6_transcoder", Transcoder, TranscoderConfig),
+    ):
+        g = torch.Generator().manual_seed(8)
+        w = {**weights(8), "W_dec": torch.randn(D_SAE, 12, generator=g) * 0.3}
+        w["b_dec"] = torch.randn(12, generator=g) * 0.1
+        if "skip" in name:
+            w["W_skip"] = torch.randn(12, D_IN, generator=g) * 0.2
+        if "jumprelu" in name:
+            w["threshold"] = torch.rand(D_SAE, generator=g) * 0.3
+        sae = cls(config(d_in=D_IN, d_sae=D_SAE, d_out=12, apply_b_dec_to_input=False))
+        sae.load_state_dict(w)
+        sae.cfg.metadata.sae_lens_version = sae_lens.__version__
+        sae.save_model(root / name)
+        finish(root / name, 8)
 
 
 if __name__ == "__main__":
