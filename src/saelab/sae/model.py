@@ -296,7 +296,9 @@ class SAE(nn.Module):
 
     @classmethod
     def load_any(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
-        """An SAE from a local saelab, SAELens, sparsify or dictionary_learning directory."""
+        """An SAE from a local directory (or OpenAI .pt file) in any layout io/external.py
+        reads: saelab, SAELens, sparsify, dictionary_learning, Gemma Scope, Llama Scope,
+        Llamascopium, OpenAI."""
         check_type("path", path, (str, Path), "a directory path")
         return cls.from_file(*read_any(path)).to(device)
 
