@@ -185,10 +185,18 @@ def test_unknown_and_unsupported_directories(tmp_path):
     with pytest.raises(SAEFormatError, match="no cfg.json"):
         SAE.load_any(tmp_path)
     _write_saelens(
-        tmp_path / "g", {"architecture": "skip_transcoder", "d_in": D, "d_sae": H}, _weights()
+        tmp_path / "g", {"architecture": "matching_pursuit", "d_in": D, "d_sae": H}, _weights()
     )
-    with pytest.raises(SAEFormatError, match="architecture 'skip_transcoder' is not supported"):
+    with pytest.raises(SAEFormatError, match="architecture 'matching_pursuit' is not supported"):
         SAE.load_any(tmp_path / "g")
+    _write_saelens(  # a skip transcoder's file without its skip path
+        tmp_path / "s",
+        {"architecture": "skip_transcoder", "d_in": D, "d_sae": H, "d_out": D,
+         "apply_b_dec_to_input": False},
+        _weights(),
+    )  # fmt: skip
+    with pytest.raises(SAEFormatError, match="has no tensor 'W_skip'"):
+        SAE.load_any(tmp_path / "s")
     _write_saelens(
         tmp_path / "n", {"architecture": "standard", "d_in": D, "d_sae": H + 1}, _weights()
     )

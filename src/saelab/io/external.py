@@ -111,7 +111,8 @@ LAYOUTS = {
     "saelens": (
         "d_in, d_sae, architecture (standard, topk, jumprelu, gated) and normalize_activations",
         "W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (jumprelu also "
-        "threshold [d_sae]; gated b_gate, r_mag, b_mag instead of b_enc)",
+        "threshold [d_sae]; gated b_gate, r_mag, b_mag instead of b_enc; transcoders W_dec "
+        "[d_sae, d_out], b_dec [d_out], skip transcoders W_skip [d_out, d_in])",
     ),
     "sparsify": (
         "k, d_in and num_latents",
