@@ -77,16 +77,13 @@ def _gemma_scope() -> list[Release]:
         repo = f"google/gemma-scope-{size}-{kind}-{hook}"
         site = "resid_post" if hook == "res" else None  # Gemma's mlp_out is after its norm
         ids = r"(layer_(?P<layer>\d+)|embedding)/width_(?P<width>\d+[km])/"
-        out.append(
+        canonical = example.rsplit("/", 1)[0] + "/canonical"  # each has its canonical list
+        out += [
             Release(repo.split("/")[1], repo, model, site, ids + r"average_l0_(?P<l0>\d+)",
-                    "{sae_id}", example, layers)
-        )  # fmt: skip
-        if kind == "pt":
-            canonical = example.rsplit("/", 1)[0] + "/canonical"
-            out.append(
-                Release(f"{repo.split('/')[1]}-canonical", repo, model, site, ids + "canonical",
-                        "layer_{layer}/width_{width}", canonical, layers, canonical=True)
-            )  # fmt: skip
+                    "{sae_id}", example, layers),
+            Release(f"{repo.split('/')[1]}-canonical", repo, model, site, ids + "canonical",
+                    "layer_{layer}/width_{width}", canonical, layers, canonical=True),
+        ]  # fmt: skip
     return out
 
 
