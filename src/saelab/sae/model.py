@@ -224,7 +224,8 @@ class SAE(nn.Module):
             )
         x = self._scale(x, self.input_stats(x))
         y = x if target is None else target  # transcoders take input_scaling none
-        skip = x @ self.W_skip if self.cfg.skip else 0.0
+        skip = x @ self.W_skip if self.cfg.skip else None
+        offset = self.b_dec if skip is None else skip + self.b_dec  # added to the decoded code
         arch = self.arch
         use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and arch.select is not None:
@@ -233,7 +234,7 @@ class SAE(nn.Module):
             code = sparse_code.select(
                 *arch.select(self, pre, x), x, self.input_shift, self.W_enc, self.encoder_bias
             )
-            f, x_hat = code, sparse_code.decode(code, self.W_dec) + self.b_dec + skip
+            f, x_hat = code, sparse_code.decode(code, self.W_dec) + offset
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
                 0, code.cols, True
             )
@@ -246,7 +247,7 @@ class SAE(nn.Module):
             )
         else:
             f, pre = self._encode_scaled(x)
-            x_hat = f @ self.W_dec + self.b_dec + skip
+            x_hat = f @ self.W_dec + offset
             fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
             detached = f.detach()
             aux = (
@@ -255,7 +256,7 @@ class SAE(nn.Module):
                 else None
             )
         terms = {"mse": arch.reconstruction(self, y, f, x_hat)}
-        coded = y - skip.detach() if self.cfg.skip else y  # what the code itself reconstructs
+        coded = y if skip is None else y - skip.detach()  # what the code itself reconstructs
         terms.update(arch.penalty(self, f, pre, coded))
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
