@@ -70,7 +70,8 @@ def full_evaluation(
     results["plots_skipped"] = {}
     norms = (stats["norm_z"], stats["norm_f_tilde"])  # overflow in an SAE's weights shows here
     if all(torch.isfinite(norm).all() for norm in norms):
-        zf_plot(*norms, out_dir / PLOTS["zf"], f"ZF plot: {name}", sae.cfg.input_scaling)
+        axis = "transcoder" if sae.cfg.is_transcoder else sae.cfg.input_scaling
+        zf_plot(*norms, out_dir / PLOTS["zf"], f"ZF plot: {name}", axis)
         results["plots"] = {"zf": PLOTS["zf"], **results["plots"]}
     else:
         results["plots_skipped"]["zf"] = "not drawn: its values are not all finite (NaN or Inf)"

@@ -23,6 +23,7 @@ Z_AXIS = {
     "per_token": "||z|| = ||x - mean(x)|| (input centred per token, raw units",
     "expected_norm": "||z|| = ||x|| (input, raw units",
     "none": "||z|| = ||x|| (input, raw units",
+    "transcoder": "||z|| = ||y - x W_skip|| (transcoder target, raw units",
 }
 
 
