@@ -4,6 +4,12 @@
         --checkpoint-every 262144 --downstream-contexts 64 --out runs/reproduction
     python docs/reproduction.py runs/reproduction
 
+The sweep's evaluated runs are first copied, without their weights, into docs/reproduction_runs/
+(the archive: what this page reads of each run, plus the sweep's invocations), and the page is
+built from the archive: the sweep takes longer than one working session, so it runs in parts
+(one pass of the grid at a time, possibly on different days or machines) and the archive, kept
+in the repository, collects them. `python docs/reproduction.py` alone rebuilds from it.
+
 Writes docs/reproduction_results.csv (every run with its seed), docs/figures/repro_*.png and
 the generated parts of docs/REPRODUCTION.md, each between `<!-- begin NAME -->` and
 `<!-- end NAME -->`; the prose around them is written by hand from what they show.
@@ -20,7 +26,7 @@ import argparse
 import json
 import re
 import shutil
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -58,15 +64,52 @@ COLORS = {
 }
 SIGNIFICANCE = 0.05
 CACHE_ROOT = Path("cache")
+ARCHIVE = DOCS / "reproduction_runs"
+# what the page reads of a run (besides eval_results/*.json); the weights stay in the sweep
+ARCHIVED = (rundir.CFG, rundir.TRAIN_CONFIG, rundir.HISTORY, rundir.EVAL, rundir.PLOTS["zf"])
+INVOCATIONS = "sweep.json"  # the archive's invocations of the sweep and its cache's size
+
+
+def archive_runs(sweep: Path, archive: Path, config: Path) -> list[str]:
+    """Copy ARCHIVED of every evaluated run of `config` in `sweep` into `archive`/<name>/ (an
+    archived run is replaced by the sweep's copy), and merge the sweep's invocations (its log
+    beside it) into `archive`/INVOCATIONS. Returns the names copied."""
+    copied = []
+    for point in union(read_grid_file(config)):
+        run = sweep / point.name
+        if rundir.state(run) != "evaluated":
+            continue
+        target = archive / point.name
+        shutil.rmtree(target, ignore_errors=True)
+        (target / rundir.EVAL_RESULTS).mkdir(parents=True)
+        for name in ARCHIVED:
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        for result in (run / rundir.EVAL_RESULTS).glob("*.json"):
+            shutil.copy2(result, target / rundir.EVAL_RESULTS / result.name)
+        copied.append(point.name)
+    known = read_archive_facts(archive)
+    runs = {tuple(i) for i in known.get("invocations", [])}
+    runs |= set(invocations(sweep.parent / (sweep.name + ".log"), sweep))
+    known["invocations"] = sorted(runs)
+    if (cached := training_cache_tokens(sweep)) is not None:
+        known["training_cache_tokens"] = cached
+    (archive / INVOCATIONS).write_text(json.dumps(known, indent=1) + "\n")
+    return copied
+
+
+def read_archive_facts(archive: Path) -> dict:
+    path = archive / INVOCATIONS
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_rows(sweep: Path, config: Path = DOCS / "reproduction.toml") -> list[dict]:
     """The results rows (as the sweep's results.json has them) of every evaluated point of
-    `config`, in its order, from the run folders: so a sweep still running can be looked at."""
+    `config`, in its order, from the run folders of a sweep or the archive."""
     rows = []
     for point in union(read_grid_file(config)):
         run = sweep / point.name
-        if rundir.state(run) == "evaluated":
+        if (run / rundir.EVAL).is_file():
             rows.append(
                 result_row(
                     {**read_json_object(run / rundir.EVAL), **flat_metrics(read_results(run))},
@@ -458,14 +501,14 @@ def interp_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def wall_time(log: Path, sweep: Path) -> str:
-    """The sweep's wall time from the launcher's log (`start ISO-TIME [CONFIG]` and `end rc=N
-    ISO-TIME [CONFIG]` lines): each invocation runs from its start to its end (an end naming a
-    config closes that config's open start, one naming none the latest open start) or, when it
-    was stopped without one (a session's end), to the last file it wrote before the next start.
-    Invocations that overlapped count once: the total is the length of the union."""
+def invocations(log: Path, sweep: Path) -> list[tuple[str, str, str]]:
+    """The sweep's invocations (start, stop, config; ISO times) from the launcher's log (`start
+    ISO-TIME [CONFIG]` and `end rc=N ISO-TIME [CONFIG]` lines): each runs from its start to its
+    end (an end naming a config closes that config's open start, one naming none the latest
+    open start) or, when it was stopped without one (a session's end), to the last file it
+    wrote before the next start."""
     if not log.is_file():
-        return "(no log)"
+        return []
     starts: list[float] = []
     configs: list[str] = []
     ends: dict[int, float] = {}
@@ -483,21 +526,37 @@ def wall_time(log: Path, sweep: Path) -> str:
         if open_starts:
             ends[open_starts[-1]] = moment
     stamps = sorted(p.stat().st_mtime for p in sweep.rglob("*") if p.is_file())
-    intervals = []
+    runs = []
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
-        intervals.append(
-            (start, ends.get(i) or max([t for t in stamps if start <= t < stop], default=start))
-        )
+        stop = ends.get(i) or max([t for t in stamps if start <= t < stop], default=start)
+        runs.append((iso(start), iso(stop), configs[i]))
+    return runs
+
+
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")
+
+
+def wall_time(runs: list) -> str:
+    """The total of the invocations' (start, stop, config) intervals; invocations that
+    overlapped count once: the length of their union."""
+    intervals = sorted(
+        (datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(stop).timestamp())
+        for start, stop, _ in runs
+    )
     total, reached = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
+    for start, stop in intervals:
         total += max(0.0, stop - max(start, reached))
         reached = max(reached, stop)
-    return f"{total / 3600:.2f} h in {len(starts)} invocation(s)"
+    return f"{total / 3600:.2f} h in {len(intervals)} invocation(s)"
 
 
-def training_cache_tokens(metadata: dict) -> int | None:
-    """Tokens in the training cache the runs were harvested into (saelab's default cache folder)."""
+def training_cache_tokens(sweep: Path) -> int | None:
+    """Tokens in the training cache the runs of `sweep` were harvested into (saelab's default
+    cache folder, beside the sweep or in the working directory)."""
+    first = next((run for run in sorted(sweep.iterdir()) if (run / rundir.CFG).is_file()), None)
+    metadata = json.loads((first / rundir.CFG).read_text())["metadata"] if first else {}
     if "model" not in metadata:
         return None
     spec = CacheSpec(
@@ -508,14 +567,17 @@ def training_cache_tokens(metadata: dict) -> int | None:
         ctx_len=metadata["ctx_len"],
         include_special=metadata["include_special"],
     )
-    manifest = cache_dir(CACHE_ROOT, spec) / "manifest.json"
-    return json.loads(manifest.read_text())["n_tokens"] if manifest.is_file() else None
+    for root in (sweep.parent / CACHE_ROOT, CACHE_ROOT):
+        manifest = cache_dir(root, spec) / "manifest.json"
+        if manifest.is_file():
+            return json.loads(manifest.read_text())["n_tokens"]
+    return None
 
 
 def setup_facts(sweep: Path, rows: list[dict]) -> str:
     first = json.loads((sweep / rows[0]["name"] / rundir.EVAL).read_text())
-    metadata = json.loads((sweep / rows[0]["name"] / "cfg.json").read_text())["metadata"]
-    train_tokens, cached = rows[0]["train_tokens"], training_cache_tokens(metadata)
+    facts = read_archive_facts(sweep)
+    train_tokens, cached = rows[0]["train_tokens"], facts.get("training_cache_tokens")
     facts = [
         f"- training tokens per SAE: {train_tokens:,} ({train_tokens // 4096} steps of 4096)",
         f"- held-out tokens (reconstruction, AFA): {first['n_tokens']:,}",
@@ -523,7 +585,7 @@ def setup_facts(sweep: Path, rows: list[dict]) -> str:
         f"- clean CE {fmt(first.get('ce_clean'), 4)}, zero-ablation "
         f"{fmt(first.get('ce_zero'), 4)}, mean-ablation {fmt(first.get('ce_mean'), 4)} nats",
         f"- SAEs: {len(rows)} runs in {len(seed_summary(rows))} configurations",
-        f"- wall time of the sweep: {wall_time(sweep.parent / (sweep.name + '.log'), sweep)}",
+        f"- wall time of the sweep: {wall_time(facts.get('invocations', []))}",
     ]
     if cached:
         facts.insert(
@@ -548,7 +610,15 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", type=Path, help="the sweep directory (runs/reproduction)")
+    parser.add_argument(
+        "sweep",
+        type=Path,
+        nargs="?",
+        help="a sweep directory whose evaluated runs join the archive first (runs/reproduction)",
+    )
+    parser.add_argument(
+        "--archive", type=Path, default=ARCHIVE, help="the archive (docs/reproduction_runs)"
+    )
     parser.add_argument(
         "--config", type=Path, default=DOCS / "reproduction.toml", help="the sweep's grid"
     )
@@ -559,14 +629,17 @@ def main() -> None:
         help="where REPRODUCTION.md and figures/ are (default: docs)",
     )
     args = parser.parse_args()
-    rows = load_rows(args.sweep, args.config)
+    if args.sweep:
+        copied = archive_runs(args.sweep, args.archive, args.config)
+        print(f"archived {len(copied)} evaluated run(s) of {args.sweep} into {args.archive}")
+    rows = load_rows(args.archive, args.config)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
     figures.mkdir(exist_ok=True)
     write_csv(rows, args.docs / "reproduction_results.csv")
     plot_against_k(rows, "nmse", "normalized MSE (held-out)", figures / "repro_nmse_vs_k.png")
     plot_against_k(rows, "ce_degradation", "CE degradation (nats)", figures / "repro_ce_vs_k.png")
-    plot_training(args.sweep, rows, figures / "repro_nmse_vs_tokens.png")
-    plot_l0_histograms(args.sweep, rows, figures / "repro_batchtopk_l0.png")
+    plot_training(args.archive, rows, figures / "repro_nmse_vs_tokens.png")
+    plot_l0_histograms(args.archive, rows, figures / "repro_batchtopk_l0.png")
     summary = seed_summary(select(rows, expansion=8))
     for metric, label in (("nmse", "normalized MSE"), ("ce_degradation", "CE degradation (nats)")):
         pareto_plot(
@@ -581,12 +654,11 @@ def main() -> None:
         if row["seed"] == 0 and (
             row.get("k") == 32 or "sae_top_1_test_accuracy" in row
         ):  # one SAE per arch
-            shutil.copy(
-                args.sweep / row["name"] / "zf_plot.png", figures / f"repro_zf_{row['name']}.png"
-            )
+            zf_plot = args.archive / row["name"] / rundir.PLOTS["zf"]
+            shutil.copy(zf_plot, figures / f"repro_zf_{row['name']}.png")
     text = document.read_text()
     for name, body in (
-        ("setup", setup_facts(args.sweep, rows)),
+        ("setup", setup_facts(args.archive, rows)),
         ("configurations", configuration_table(rows)),
         ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)),
         ("batchtopk_vs_topk_equal_l0", batchtopk_vs_topk_at_equal_l0_table(rows)),

@@ -1,6 +1,7 @@
 """docs/reproduction.py: the seed statistics and interpolations behind REPRODUCTION.md's claims."""
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+
+from saelab import rundir
 
 SPEC = importlib.util.spec_from_file_location(
     "reproduction", Path(__file__).parents[1] / "docs" / "reproduction.py"
@@ -76,7 +79,10 @@ def test_wall_time_sums_invocations_to_their_end_or_last_file(tmp_path):
         f"start {stamp(now - 3000)}\nstart {stamp(now - 1000)} cfg\n"
         f"train: 99%\rend rc=0 {stamp(now - 100)}\n"
     )
-    assert reproduction.wall_time(log, sweep) == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
+    assert (
+        reproduction.wall_time(reproduction.invocations(log, sweep))
+        == f"{(600 + 900) / 3600:.2f} h in 2 invocation(s)"
+    )
 
 
 def test_wall_time_pairs_named_ends_and_counts_overlapping_invocations_once(tmp_path):
@@ -90,7 +96,10 @@ def test_wall_time_pairs_named_ends_and_counts_overlapping_invocations_once(tmp_
         f"start {stamp(now - 1000)} a.toml\ntrain 5%\rstart {stamp(now - 800)} b.toml\n"
         f"end rc=0 {stamp(now - 500)} b.toml\ntrain 99%\rend rc=0 {stamp(now)}\n"
     )
-    assert reproduction.wall_time(log, sweep) == f"{1000 / 3600:.2f} h in 2 invocation(s)"
+    assert (
+        reproduction.wall_time(reproduction.invocations(log, sweep))
+        == f"{1000 / 3600:.2f} h in 2 invocation(s)"
+    )
 
 
 def test_sections_are_replaced_between_their_markers():
@@ -123,3 +132,35 @@ def test_interp_cells_carry_their_bootstrap_interval():
     row["mean_absorption_fraction_score_high"] = 0.25
     assert reproduction.with_interval(row, "mean_absorption_fraction_score") == "0.171 [0.1, 0.25]"
     assert reproduction.with_interval({"x": 0.5}, "x") == "0.5"
+
+
+def test_the_archive_keeps_evaluated_runs_without_weights_and_merges_invocations(tmp_path):
+    """A pass of the sweep joins the archive: its evaluated runs without sae.safetensors, a
+    trained-only run left out, the invocations of every pass kept (once), rows read back."""
+    config = tmp_path / "grid.toml"
+    config.write_text('arch = "topk"\nk = [8, 16]\n')
+    sweep, archive = tmp_path / "runs" / "rep", tmp_path / "archive"
+    done, trained = sweep / "topk-k8-x8-per_token-s0", sweep / "topk-k16-x8-per_token-s0"
+    for run in (done, trained):
+        (run / rundir.EVAL_RESULTS).mkdir(parents=True)
+        (run / rundir.WEIGHTS).write_text("weights")
+        (run / rundir.CFG).write_text(json.dumps({"metadata": {}}))
+    (done / rundir.EVAL).write_text(json.dumps({"l0": 8.0, "nmse": 0.1}))
+    (done / rundir.EVAL_RESULTS / "notes.json").write_text("{}")
+    log = tmp_path / "runs" / "rep.log"
+    log.write_text(
+        "start 2026-12-03T04:00:00+00:00 pass1.toml\nend rc=0 2026-12-03T05:00:00+00:00\n"
+    )
+    assert reproduction.archive_runs(sweep, archive, config) == [done.name]
+    kept = archive / done.name
+    assert not (kept / rundir.WEIGHTS).exists() and not (archive / trained.name).exists()
+    assert (kept / rundir.EVAL_RESULTS / "notes.json").is_file()
+    log.write_text(
+        "start 2026-12-04T04:00:00+00:00 pass2.toml\nend rc=0 2026-12-04T04:30:00+00:00\n"
+    )
+    reproduction.archive_runs(sweep, archive, config)
+    reproduction.archive_runs(sweep, archive, config)  # the same pass twice counts once
+    facts = reproduction.read_archive_facts(archive)
+    assert reproduction.wall_time(facts["invocations"]) == "1.50 h in 2 invocation(s)"
+    rows = reproduction.load_rows(archive, config)
+    assert [(row["name"], row["l0"]) for row in rows] == [(done.name, 8.0)]

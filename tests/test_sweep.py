@@ -79,6 +79,29 @@ def test_a_grid_varies_a_recipe_and_names_it():
         expand({"arch": "topafa", "topafa_recipe": "paper"})
 
 
+def test_a_grid_varies_any_other_setting_of_its_architectures():
+    """Any setting besides the knob is an axis (the JumpReLU paper's bandwidth beside saelab's):
+    named by its label or its name where it is not the default, set in the SAEConfig, shared by
+    every architecture that takes it, and an error where none of the grid's takes it."""
+    points = expand(
+        {"arch": "jumprelu", "l0_coefficient": [0.002], "jumprelu_bandwidth": [0.001, 0.05]}
+    )
+    assert [p.name for p in points] == [
+        "jumprelu-l0c-0.002-bw0.001-x8-per_token-s0",
+        "jumprelu-l0c-0.002-x8-per_token-s0",
+    ]
+    assert points[0].sae_config(16).jumprelu_bandwidth == 0.001
+    assert points[1].sae_config(16).jumprelu_bandwidth == 0.05
+    shared = expand({"arch": ["topk", "batchtopk"], "k": [8], "aux_k": [64]})
+    assert [p.name for p in shared] == [
+        "topk-k8-aux_k-64-x8-per_token-s0",
+        "batchtopk-k8-aux_k-64-x8-per_token-s0",
+    ]
+    assert all(p.sae_config(16).aux_k == 64 for p in shared)
+    with pytest.raises(ConfigError, match="jumprelu_bandwidth would be ignored"):
+        expand({"arch": "topk", "jumprelu_bandwidth": [0.001]})
+
+
 def test_union_keeps_each_point_once_and_bad_axes_are_named():
     grids = [{"arch": ["topk", "batchtopk"], "k": [4]}, {"arch": ["topk"], "k": [4, 8]}]
     assert [p.name for p in union(grids)] == [

@@ -4,9 +4,11 @@ and Pareto plots.
 A grid is the product of its axes. Every point has an architecture, an expansion factor
 (d_sae = expansion * d_in), an input scaling, a seed and one sparsity knob, a setting that the
 architecture names (Architecture.knobs: k for topk/batchtopk, the target L0 k or
-`l0_coefficient` for jumprelu, `l1_coefficient` for relu, `afa_coefficient` for topafa). A
-sweep is the union of one or more grids (several `[[grid]]` tables in a TOML file), so, say,
-the input-scaling axis can cover only topk and batchtopk.
+`l0_coefficient` for jumprelu, `l1_coefficient` for relu, `afa_coefficient` for topafa); a
+grid may also vary any other setting of its architectures (topafa_recipe, jumprelu_bandwidth,
+aux_k, ...), which then appears in the point's name where it is not the default. A sweep is
+the union of one or more grids (several `[[grid]]` tables in a TOML file), so, say, the
+input-scaling axis can cover only topk and batchtopk.
 
 A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
 `results.csv` and `results.json` (one row per point), the Pareto plots (seed means with error
@@ -101,15 +103,29 @@ def default_axes() -> dict[str, list]:
     return axes
 
 
-def variant_settings() -> dict[str, str]:
-    """The settings with a fixed set of values (topafa_recipe), which a grid may also vary:
-    {setting: architecture}. A point names a value other than the default (topafa-...-authors)."""
-    return {
-        f.name: arch.name
-        for arch in ARCHITECTURES.values()
-        for f in fields(arch.settings)
-        if f.metadata.get("choices")
-    }
+def variant_settings() -> dict[str, set[str]]:
+    """The architectures' other settings (topafa_recipe, jumprelu_bandwidth, aux_k, ...), which
+    a grid may also vary: {setting: the architectures that take it}. A point names a value other
+    than the setting's default (topafa-...-authors, jumprelu-...-bw0.001; see variant_label)."""
+    knobs = {knob for spec in ARCHITECTURES.values() for knob in spec.knobs}
+    owners: dict[str, set[str]] = {}
+    for arch in ARCHITECTURES.values():
+        for f in fields(arch.settings):
+            if f.name not in knobs:
+                owners.setdefault(f.name, set()).add(arch.name)
+    return owners
+
+
+def variant_label(setting: str, value) -> str:
+    """A variant's part of a point's name: a choice by its value (authors), another setting by
+    its label (bw{:g}) or its name (aux_k-512)."""
+    for arch in ARCHITECTURES.values():
+        for f in fields(arch.settings):
+            if f.name == setting:
+                if f.metadata.get("choices"):
+                    return str(value)
+                return (f.metadata.get("label") or setting + "-{}").format(value)
+    raise ConfigError(f"unknown setting {setting}")
 
 
 @dataclass(frozen=True)
@@ -122,12 +138,12 @@ class Point:
     seed: int
     knob: str | None = None
     value: float | int | None = None
-    variant: tuple[tuple[str, str], ...] = ()  # (setting, value) of variant_settings
+    variant: tuple[tuple[str, object], ...] = ()  # (setting, value) of variant_settings
 
     @property
     def name(self) -> str:
         sparsity = knob_label(self.knob).format(self.value) if self.knob else "default"
-        variant = "".join(f"-{value}" for _, value in self.variant)
+        variant = "".join(f"-{variant_label(name, value)}" for name, value in self.variant)
         return (
             f"{self.arch}-{sparsity}{variant}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
         )
@@ -193,12 +209,13 @@ def expand(axes: dict) -> list[Point]:
         base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
         knob = next((name for name in architecture(arch).knobs if axes[name]), None)
         values = axes[knob] if knob else [None]
-        own = [name for name, owner in variant_settings().items() if owner == arch and axes[name]]
+        own = [name for name, owners in variant_settings().items() if arch in owners and axes[name]]
         spec = {f.name: f for f in fields(architecture(arch).settings)}
         defaults = {name: f.default for name, f in spec.items()}
         for name in own:
             for choice in axes[name]:
-                check_choice(name, choice, spec[name].metadata["choices"])
+                if spec[name].metadata.get("choices"):
+                    check_choice(name, choice, spec[name].metadata["choices"])
         for value, chosen in product(values, product(*(axes[name] for name in own))):
             variant = tuple(
                 (name, choice)
@@ -207,7 +224,7 @@ def expand(axes: dict) -> list[Point]:
             )
             points.append(replace(base, knob=knob, value=value, variant=variant))
     used = {p.knob for p in points}
-    used |= {name for name, owner in variant_settings().items() if owner in axes["arch"]}
+    used |= {name for name, owners in variant_settings().items() if owners & set(axes["arch"])}
     unused = [name for name in given if name not in used]
     if unused:
         takes = "; ".join(f"{a}: {', '.join(architecture(a).knobs)}" for a in axes["arch"])

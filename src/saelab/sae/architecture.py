@@ -21,10 +21,9 @@ from ..options import option
 
 def setting(default, help: str, label: str | None = None, cli_default=None, choices=None):
     """A settings field: `help` is its command-line help (flags.py makes the flag); `label` (a
-    format string) names the field's value in a sweep point's name when the field is the
-    architecture's sparsity knob; `cli_default`: the command line's default where the
-    dataclass has none (k: an SAEConfig without k is an error, the command line has one);
-    `choices`: the values a string setting may take."""
+    format string) names the field's value in a sweep point's name (sweep.py); `cli_default`:
+    the command line's default where the dataclass has none (k: an SAEConfig without k is an
+    error, the command line has one); `choices`: the values a string setting may take."""
     return option(default, help, label=label, cli_default=cli_default, choices=choices)
 
 

@@ -51,6 +51,7 @@ class JumpReLUSettings(Settings):
         0.05,
         "bandwidth eps of the straight-through estimators, in the "
         "scaled units (token norm ~sqrt(d_in))",
+        label="bw{:g}",
     )
     jumprelu_init_threshold: float = setting(
         0.001, "initial threshold (a floor under the data-driven initialisation with a target L0)"
