@@ -39,7 +39,7 @@ def main() -> None:
         )
         for s in range(args.draws)
     )
-    ours = scale(mean_squared_norm(cache))
+    ours = scale(mean_squared_norm(cache)[0])
     print(
         f"cache: {len(x)} tokens, d_in {cache.d_in}; norms: median {squared.sqrt().median():.1f}, "
         f"max {squared.sqrt().max():.1f}"

@@ -567,7 +567,7 @@ def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp
     cli.main([*train, "--arch", "topk,batchtopk", "--skip", "--out", str(tmp_path / "tc")])
     for arch in ("topk", "batchtopk"):
         sae = SAE.load(tmp_path / "tc" / f"{arch}-k4")
-        assert (sae.cfg.d_out, sae.cfg.skip, sae.cfg.input_scaling) == (32, True, "none")
+        assert (sae.cfg.d_out, sae.cfg.skip, sae.cfg.input_scaling) == (32, True, "expected_norm")
         meta = sae.cfg.metadata
         assert (meta["layer"], meta["site"], meta["target_layer"], meta["target_site"]) == (
             1, "mlp_in", 1, "mlp_out"

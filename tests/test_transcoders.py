@@ -73,7 +73,7 @@ def test_every_rule_with_y_equal_x_and_no_bias_is_the_autoencoder(arch):
     trans = transcoder(arch, d_out=D_IN, seed=1)
     with torch.no_grad():
         auto.b_dec.zero_()
-        trans.load_state_dict(auto.state_dict())
+        trans.load_state_dict(auto.state_dict(), strict=False)  # all but its output_scale
     x, dead = torch.randn(24, D_IN), torch.zeros(H, dtype=torch.bool)
     dead[::3] = True
     for sparse in (True, False):
@@ -131,11 +131,85 @@ def test_a_transcoder_round_trips_through_its_directory(tmp_path):
     assert loaded(x).shape == (12, D_OUT)
 
 
+def scaled_transcoder(skip=True, s=3.0, s_out=0.02):
+    cfg = SAEConfig(arch="topk", d_in=D_IN, d_sae=H, k=4, input_scaling="expected_norm",
+                    d_out=D_OUT, skip=skip, input_scale=s, output_scale=s_out)  # fmt: skip
+    sae = randomize(SAE(cfg, seed=3), seed=3)
+    if skip:
+        with torch.no_grad():
+            sae.W_skip.normal_(0, 0.3)
+    return sae.train()
+
+
+def test_expected_norm_scales_input_and_target_each_by_its_own_scale():
+    """x' = s x, y' = s_out y: the loss is ||y' - (f W_dec + b_dec + x' W_skip)||^2 in the
+    scaled units, the output y_hat' / s_out in the target's own; a transcoder defaults to it."""
+    s, s_out = 3.0, 0.02
+    sae = scaled_transcoder(s=s, s_out=s_out)
+    x, y = torch.randn(20, D_IN), torch.randn(20, D_OUT) / 50
+    params = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (s * x) @ params["W_enc"] + params["b_enc"]
+    top = torch.relu(pre).topk(4, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    y_hat = f @ params["W_dec"] + params["b_dec"] + (s * x) @ params["W_skip"]
+    want = (s_out * y - y_hat).square().sum(-1).mean()
+    want.backward()
+    for sparse in (True, False):
+        sae.zero_grad()
+        out = sae.loss(x, sparse=sparse, target=y)
+        out.loss.backward()
+        torch.testing.assert_close(out.loss, want.detach(), rtol=1e-5, atol=1e-6)
+        for name, p in sae.named_parameters():
+            torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.eval()(x), y_hat.detach() / s_out, rtol=1e-5, atol=1e-6)
+    assert SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, d_out=4).input_scaling == "expected_norm"
+
+
+def test_a_scaled_transcoder_saves_folded_and_loads_unfolded(tmp_path):
+    """On disk the scales are folded (raw x in, raw y out: W_enc s, W_dec / s_out, b_dec / s_out,
+    W_skip s / s_out), recorded in metadata; loading restores both scales and the outputs."""
+    from safetensors.torch import load_file
+
+    sae = scaled_transcoder(s=3.0, s_out=0.02).eval()
+    x = torch.randn(16, D_IN)
+    sae.save(tmp_path / "tc")
+    raw = load_file(tmp_path / "tc" / "sae.safetensors")
+    meta = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert meta["metadata"]["folded_input_scale"] == 3.0
+    assert meta["metadata"]["folded_output_scale"] == pytest.approx(0.02)
+    pre = x @ raw["W_enc"] + raw["b_enc"]
+    top = torch.relu(pre).topk(4, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    by_hand = f @ raw["W_dec"] + raw["b_dec"] + x @ raw["W_skip"]
+    with torch.no_grad():
+        torch.testing.assert_close(by_hand, sae(x), rtol=1e-4, atol=1e-5)
+        loaded = SAE.load(tmp_path / "tc")
+        torch.testing.assert_close(loaded(x), sae(x), rtol=1e-4, atol=1e-4)
+    assert (float(loaded.input_scale), float(loaded.output_scale)) == pytest.approx((3.0, 0.02))
+    torch.testing.assert_close(loaded.W_skip, sae.W_skip)
+
+
+def test_training_estimates_the_input_and_target_scales_apart():
+    """s^2 E||x||^2 = d_in and s_out^2 E||y||^2 = d_out, from the source's own x and y columns,
+    however different their norms (an MLP's output ~1000 times smaller than its input)."""
+    x, y = torch.randn(2048, D_IN) * 5, torch.randn(2048, D_OUT) / 200
+    sae = SAE(SAEConfig(arch="topk", d_in=D_IN, d_sae=H, k=4, d_out=D_OUT), seed=0)
+    train(sae, torch.cat([x, y], 1), TrainConfig(batch_size=256, total_tokens=512, progress=False))
+    assert float(sae.input_scale) ** 2 * x.square().sum(1).mean() == pytest.approx(D_IN, rel=1e-3)
+    assert float(sae.output_scale) ** 2 * y.square().sum(1).mean() == pytest.approx(
+        D_OUT, rel=1e-3
+    )
+
+
 @pytest.mark.parametrize(
     "build, pattern",
     [
         (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, skip=True), "skip .* needs d_out"),
-        (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, d_out=4), "input_scaling none"),
+        (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, d_out=4,
+                           input_scaling="per_token"), "not per_token"),
+        (lambda: SAEConfig(arch="topk", d_in=8, d_sae=16, k=2, output_scale=2.0),
+         "output_scale is a transcoder's"),
         (lambda: SAEConfig(arch="topafa", d_in=8, d_sae=16, d_out=4, input_scaling="none"),
          "topafa transcoders are not supported"),
         (lambda: transcoder("topk").loss(torch.randn(4, D_IN)), "needs its target"),

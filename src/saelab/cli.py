@@ -17,6 +17,7 @@ from .config import (
     DEFAULT_INPUT_SCALING,
     DEFAULT_LAYER,
     DEFAULT_MODEL,
+    TRANSCODER_INPUT_SCALING,
     DataConfig,
     SAEConfig,
     TrainConfig,
@@ -60,6 +61,8 @@ from .flags import (
     train_grid,
 )
 from .io import releases
+from .io.circuit_tracer import export_transcoder_set
+from .io.external import EXPORTS, export
 from .sae.model import SAE
 from .sources import dictionary_recovery, harvest_spec, harvests, resolve, sae_source
 from .sweep import check_out, knob_label, run_sweep
@@ -240,7 +243,8 @@ def _train(args, request, train_cfg, grid, runs) -> None:
             arch=arch,
             d_in=data.d_in,
             d_sae=args.expansion * data.d_in,
-            input_scaling=args.input_scaling or ("none" if data.d_out else DEFAULT_INPUT_SCALING),
+            input_scaling=args.input_scaling
+            or (TRANSCODER_INPUT_SCALING if data.d_out else DEFAULT_INPUT_SCALING),
             d_out=data.d_out,
             skip=args.skip,
             metadata=data.provenance,
@@ -460,6 +464,62 @@ def cmd_push(args) -> None:
     print(f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {where}: {url}")
 
 
+# -- saelab export --------------------------------------------------------------------------
+EXPORT_FORMATS = (*EXPORTS, "circuit_tracer")
+
+
+def _add_export_parser(commands) -> None:
+    p = commands.add_parser(
+        "export",
+        help="write SAEs in another library's layout (SAELens, sparsify, dictionary_learning, "
+        "circuit-tracer)",
+        description="Write an SAE (any layout saelab reads) as an SAELens, sparsify or "
+        "dictionary_learning directory, loadable by that library's own loader; or a set of "
+        "transcoders, one per layer from 0 (several RUNs, or a folder of runs such as a sweep), "
+        "as a circuit-tracer transcoder set (config.yaml + layer_{i}.safetensors).",
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+", help="the SAE(s), or folders of runs")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="the layout")
+    p.add_argument("--out", metavar="DIR", required=True, help="the folder to write")
+    p.add_argument(
+        "--model-name",
+        metavar="HUB_ID",
+        help="circuit_tracer: the Hub id of the model it loads (default: the one the "
+        "transcoders record)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def _runs_in(arg: str) -> list[str]:
+    """A RUN argument, or the runs inside a folder that is not itself an SAE (a sweep)."""
+    folder = Path(arg)
+    if folder.is_dir() and not (folder / rundir.CFG).is_file():
+        runs = sorted(str(run) for run in folder.iterdir() if (run / rundir.CFG).is_file())
+        if not runs:
+            raise UsageError(f"{arg} is neither an SAE nor a folder of SAEs")
+        return runs
+    return [arg]
+
+
+def cmd_export(args) -> None:
+    runs = [run for arg in args.runs for run in _runs_in(arg)]
+    if args.format != "circuit_tracer":
+        if len(runs) != 1:
+            raise UsageError(f"--format {args.format} writes one SAE; got {len(runs)}")
+        if args.model_name:
+            raise UsageError("--model-name applies to --format circuit_tracer")
+        sae, _, _ = sae_source(runs[0])
+        export(sae, args.out, args.format)
+        print(f"wrote {sae.cfg.arch} d_sae={sae.cfg.d_sae} as {args.format} to {args.out}")
+        return
+    saes = [sae_source(run)[0] for run in runs]
+    out = export_transcoder_set(saes, args.out, args.model_name)
+    print(
+        f"wrote {len(saes)} transcoders (layers 0-{len(saes) - 1}) as a circuit-tracer "
+        f"transcoder set to {out}"
+    )
+
+
 # -- saelab releases -------------------------------------------------------------------------
 def _add_releases_parser(commands) -> None:
     p = commands.add_parser(
@@ -576,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sweep_parser,
         _add_report_parser,
         _add_push_parser,
+        _add_export_parser,
         _add_releases_parser,
     ):
         add(commands)

@@ -15,12 +15,18 @@ from .data.models import DTYPES
 from .data.text import SPLITS
 from .errors import ConfigError
 from .options import check_options, option
-from .sae.config import DEFAULT_INPUT_SCALING, INPUT_SCALINGS, SAEConfig
+from .sae.config import (
+    DEFAULT_INPUT_SCALING,
+    INPUT_SCALINGS,
+    TRANSCODER_INPUT_SCALING,
+    SAEConfig,
+)
 
 __all__ = [
     "ConfigError",
     "DataConfig",
     "DEFAULT_INPUT_SCALING",
+    "TRANSCODER_INPUT_SCALING",
     "INPUT_SCALINGS",
     "SAEConfig",
     "TrainConfig",

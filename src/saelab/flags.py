@@ -16,7 +16,13 @@ from dataclasses import MISSING, fields
 
 import torch
 
-from .config import DEFAULT_ARCH, DEFAULT_EXPANSION, DEFAULT_INPUT_SCALING, INPUT_SCALINGS
+from .config import (
+    DEFAULT_ARCH,
+    DEFAULT_EXPANSION,
+    DEFAULT_INPUT_SCALING,
+    INPUT_SCALINGS,
+    TRANSCODER_INPUT_SCALING,
+)
 from .errors import UsageError
 from .eval.registry import EVALUATIONS
 from .options import dest, flag_name, kind, options
@@ -304,8 +310,8 @@ def add_sae_arguments(p) -> None:
         default=None,
         help="per_token: standardise each token, undone on output (as the BatchTopK reference "
         "code); expected_norm: scale inputs so E||x||^2 = d_in (folded into the saved "
-        f"weights); none (default: {DEFAULT_INPUT_SCALING}; transcoders: none, the only one "
-        "they take for now)",
+        "weights; a transcoder scales its input and target each by its own s); none "
+        f"(default: {DEFAULT_INPUT_SCALING}; transcoders: {TRANSCODER_INPUT_SCALING})",
     )
     sae.add_argument(
         "--skip",

@@ -34,8 +34,11 @@ def afa_stats(sae, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[
     x = x.reshape(-1, sae.cfg.d_in)
     stats = sae.input_stats(x)
     z = sae._scale(x, stats)
-    if sae.cfg.is_transcoder:  # input_scaling none: z is in raw units
-        z = target.reshape(-1, sae.cfg.d_out) - (x @ sae.W_skip if sae.cfg.skip else 0)
+    if sae.cfg.is_transcoder:  # what the code reconstructs: y' minus the skip path
+        z = sae.scale_target(target.reshape(-1, sae.cfg.d_out)) - (
+            z @ sae.W_skip if sae.cfg.skip else 0
+        )
+        stats = (sae.output_scale, 0.0)
     to_raw = (
         1 / torch.as_tensor(stats[0], dtype=x.dtype).reshape(-1)
         if sae.cfg.input_scaling != "none"

@@ -36,10 +36,13 @@ def final_norm(net) -> torch.nn.Module:
 
 
 def decoder_directions(sae, latents: list[int]) -> torch.Tensor:
-    """Decoder rows [len(latents), d_in] in the model's units (expected_norm: divided by s;
-    per_token decodes with each token's own std, which does not change a direction)."""
+    """Decoder rows [len(latents), width_out] in the model's units (expected_norm: divided by
+    s, a transcoder's by s_out; per_token decodes with each token's own std, which does not
+    change a direction)."""
     rows = sae.W_dec.detach().float()[latents]
-    return rows / sae.input_scale.float() if sae.cfg.input_scaling == "expected_norm" else rows
+    if sae.cfg.input_scaling != "expected_norm":
+        return rows
+    return rows / (sae.output_scale if sae.cfg.is_transcoder else sae.input_scale).float()
 
 
 @torch.inference_mode()

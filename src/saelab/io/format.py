@@ -8,10 +8,11 @@ cfg.json, not in the file.
 
 `expected_norm` scaling is folded into the weights on save, so a saved SAE works on raw
 activations with identical codes: W_enc *= s, W_dec /= s, b_dec /= s (thresholds stay in
-pre-activation units), and cfg.json records s as metadata.folded_input_scale. Loading unfolds
-it again (unit-norm decoder rows, input_scale = s), so a loaded SAE trains on like the one that
-was saved; other libraries' readers see the folded tensors. Loading never unpickles: only
-safetensors is read.
+pre-activation units), and cfg.json records s as metadata.folded_input_scale. A transcoder's
+output has its own s_out: W_dec /= s_out, b_dec /= s_out, W_skip *= s / s_out, recorded as
+metadata.folded_output_scale. Loading unfolds them again (unit-norm decoder rows, input_scale
+= s), so a loaded SAE trains on like the one that was saved; other libraries' readers see the
+folded tensors. Loading never unpickles: only safetensors is read.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ..sae.model import SAE
 
 CFG_NAME, WEIGHTS_NAME = rundir.CFG, rundir.WEIGHTS
+SCALES = ("input_scale", "output_scale")  # buffers recorded in cfg.json, not in the file
 FORMAT = rundir.SAE_FORMAT
 FORMAT_VERSION = 2  # 1 (no format_version): cfg.json held every architecture's settings
 
@@ -46,24 +48,38 @@ class SAEFormatError(SaelabError, ValueError):
 
 def file_tensors(sae: SAE) -> dict[str, torch.Tensor]:
     """The state dict in the architecture's file layout, without the input scale (in cfg.json)."""
-    state = {name: t.detach() for name, t in sae.state_dict().items() if name != "input_scale"}
+    state = {name: t.detach() for name, t in sae.state_dict().items() if name not in SCALES}
     return sae.arch.to_file(state)
 
 
+def folded(tensors: dict[str, torch.Tensor], s: float, s_out: float) -> dict[str, torch.Tensor]:
+    """The tensors of an SAE with input scale s and output scale s_out (an autoencoder's s_out
+    is s) as the same map on unscaled inputs: W_enc * s, W_dec / s_out, b_dec / s_out,
+    W_skip * s / s_out. Unfolding is folded(tensors, 1 / s, 1 / s_out)."""
+    out = dict(tensors)
+    out.update(W_enc=out["W_enc"] * s, W_dec=out["W_dec"] / s_out, b_dec=out["b_dec"] / s_out)
+    if "W_skip" in out:
+        out["W_skip"] = out["W_skip"] * (s / s_out)
+    return out
+
+
 def export_tensors(sae: SAE) -> tuple[dict[str, torch.Tensor], SAEConfig]:
-    """The tensors and config as written to disk, with the input scale folded in."""
+    """The tensors and config as written to disk, with the input (and output) scale folded in."""
     cfg = SAEConfig.from_dict(sae.cfg.to_dict())
     s = float(sae.input_scale)
-    tensors = file_tensors(sae)
-    tensors.update(
-        W_enc=tensors["W_enc"] * s, W_dec=tensors["W_dec"] / s, b_dec=tensors["b_dec"] / s
-    )
+    s_out = float(sae.output_scale) if cfg.is_transcoder else s
+    tensors = folded(file_tensors(sae), s, s_out)
     if cfg.input_scaling == "expected_norm":
+        scales = {"folded_input_scale": s}
+        if cfg.is_transcoder:
+            scales["folded_output_scale"] = s_out
         cfg.metadata = {
             **cfg.metadata,
-            "folded_input_scale": cfg.metadata.get("folded_input_scale", 1.0) * s,
+            **{key: cfg.metadata.get(key, 1.0) * value for key, value in scales.items()},
         }
     cfg.input_scale = 1.0
+    if cfg.is_transcoder:
+        cfg.output_scale = 1.0
     return {
         name: (t.float() if t.is_floating_point() else t).contiguous().cpu()
         for name, t in tensors.items()

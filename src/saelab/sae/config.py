@@ -12,6 +12,7 @@ from .registry import ARCHITECTURES, architecture
 
 INPUT_SCALINGS = ("none", "expected_norm", "per_token")
 DEFAULT_INPUT_SCALING = "per_token"
+TRANSCODER_INPUT_SCALING = "expected_norm"  # per_token is not defined for a target
 
 
 class SAEConfig:
@@ -21,7 +22,8 @@ class SAEConfig:
     (None counts as not given). Settings read as attributes: cfg.k.
 
     input_scale: the scalar s of `expected_norm` (inputs are multiplied by s inside the SAE);
-    estimated by the trainer, folded into the weights when the SAE is saved.
+    estimated by the trainer, folded into the weights when the SAE is saved. output_scale: a
+    transcoder's own s for its target (s_out^2 E||y||^2 = d_out), an autoencoder's is s.
 
     d_out: a transcoder's output width (its decoder writes [d_sae, d_out] onto another hook
     point, its encoder reads the input without subtracting b_dec); None: an autoencoder.
@@ -33,16 +35,19 @@ class SAEConfig:
         arch: str,
         d_in: int,
         d_sae: int,
-        input_scaling: str = DEFAULT_INPUT_SCALING,
+        input_scaling: str | None = None,
         input_scale: float = 1.0,
         metadata: dict | None = None,
         d_out: int | None = None,
         skip: bool = False,
+        output_scale: float = 1.0,
         **settings,
     ):
         spec = architecture(arch)
         self.arch, self.d_in, self.d_sae = arch, d_in, d_sae
-        self.d_out, self.skip = d_out, skip
+        self.d_out, self.skip, self.output_scale = d_out, skip, output_scale
+        if input_scaling is None:  # the default of an autoencoder, or of a transcoder
+            input_scaling = DEFAULT_INPUT_SCALING if d_out is None else TRANSCODER_INPUT_SCALING
         self.input_scaling, self.input_scale = input_scaling, input_scale
         self.metadata = {} if metadata is None else metadata
         for name in ("d_in", "d_sae"):
@@ -50,6 +55,7 @@ class SAEConfig:
         check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
         self._check_transcoder()
         check_number("input_scale", self.input_scale, strict=True)
+        check_number("output_scale", self.output_scale, strict=True)
         if not isinstance(self.metadata, dict):
             raise ConfigError(f"metadata must be a JSON object, got {type(self.metadata).__name__}")
         names = setting_names(spec.settings)
@@ -87,11 +93,16 @@ class SAEConfig:
                 "(a transcoder), not an autoencoder"
             )
         if self.d_out is None:
+            if self.output_scale != 1.0:
+                raise ConfigError(
+                    "output_scale is a transcoder's target scale; an autoencoder's output "
+                    "takes its input_scale"
+                )
             return
-        if self.input_scaling != "none":
+        if self.input_scaling == "per_token":
             raise ConfigError(
-                f"transcoders take input_scaling none for now, not {self.input_scaling!r} "
-                "(per_token would need the target's statistics at inference)"
+                "transcoders take input_scaling expected_norm or none, not per_token (the "
+                "target's own mean and std are not known at inference)"
             )
         if self.arch == "topafa":
             raise ConfigError(
@@ -123,7 +134,11 @@ class SAEConfig:
             **dataclasses.asdict(self.settings),
             "input_scaling": self.input_scaling,
             "input_scale": self.input_scale,
-            **({"d_out": self.d_out, "skip": self.skip} if self.is_transcoder else {}),
+            **(
+                {"d_out": self.d_out, "skip": self.skip, "output_scale": self.output_scale}
+                if self.is_transcoder
+                else {}
+            ),
             "metadata": self.metadata,
         }
 
@@ -135,7 +150,7 @@ class SAEConfig:
         if "arch" not in d:
             raise ConfigError("the config has no arch")
         common = {"arch", "d_in", "d_sae", "input_scaling", "input_scale", "metadata"}
-        common |= {"d_out", "skip"}
+        common |= {"d_out", "skip", "output_scale"}
         own = set(setting_names(architecture(d["arch"]).settings))
         known = {name for spec in ARCHITECTURES.values() for name in setting_names(spec.settings)}
         unknown = sorted(set(d) - common - known)

@@ -7,8 +7,10 @@ particular to an architecture (the rule, its tensors and loss terms) comes from 
 (sae/architecture.py); the module holds what all share.
 
 A transcoder (cfg.d_out set) predicts another hook point y [.., d_out] from x:
-pre = x @ W_enc + b_enc (no input shift);  y_hat = f @ W_dec + b_dec (+ x @ W_skip with skip),
-W_dec [d_sae, d_out]; it trains on batches [n, d_in + d_out] of x and y side by side (split).
+pre = x' @ W_enc + b_enc (no input shift);  y_hat' = f @ W_dec + b_dec (+ x' @ W_skip with
+skip), W_dec [d_sae, d_out], where x' = s x and y' = s_out y under `expected_norm` (each scaled
+to norm ~sqrt(width) by its own s) and y_hat = y_hat' / s_out; it trains on batches
+[n, d_in + d_out] of x and y side by side (split).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..io.format import (
     SAEFormatError,
     check_sizes,
     check_tensors,
+    folded,
     read_config,
     read_safetensors,
     save_sae,
@@ -77,6 +80,8 @@ class SAE(nn.Module):
         if cfg.is_transcoder:  # the encoder reads x itself: a shift of zeros, not saved
             self.register_buffer("_no_shift", torch.zeros(cfg.d_in), persistent=False)
         self.register_buffer("input_scale", torch.tensor(float(cfg.input_scale)))
+        if cfg.is_transcoder:
+            self.register_buffer("output_scale", torch.tensor(float(cfg.output_scale)))
         self.arch.add_state(self)
         self.initialized = False  # set once b_dec and the input scale come from data (or a file)
 
@@ -146,6 +151,10 @@ class SAE(nn.Module):
         mult, shift = stats
         return x_hat / mult + shift
 
+    def scale_target(self, y: torch.Tensor) -> torch.Tensor:
+        """A transcoder's target y in its scaled units y' = s_out y (expected_norm)."""
+        return y * self.output_scale if self.cfg.input_scaling == "expected_norm" else y
+
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
         """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation
@@ -171,13 +180,16 @@ class SAE(nn.Module):
         if not isinstance(f, torch.Tensor) or f.shape[-1:] != (self.cfg.d_sae,):
             what = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
             raise DataError(f"codes must be a tensor [..., d_sae={self.cfg.d_sae}], got {what}")
-        if self.cfg.skip:
-            if x is None:
-                raise ArgumentError(
-                    "a skip transcoder's output needs its input: sae(x), or sae.decode(f, x=x)"
-                )
-            self._check_input(x)
-            return f @ self.W_dec + self.b_dec + x @ self.W_skip
+        if self.cfg.is_transcoder:
+            out = f @ self.W_dec + self.b_dec
+            if self.cfg.skip:
+                if x is None:
+                    raise ArgumentError(
+                        "a skip transcoder's output needs its input: sae(x), or sae.decode(f, x=x)"
+                    )
+                self._check_input(x)
+                out = out + self._scale(x, self.input_stats(x)) @ self.W_skip
+            return self._unscale(out, (self.output_scale, 0.0))
         if stats is None:
             if self.cfg.input_scaling == "per_token":
                 raise ArgumentError(
@@ -223,7 +235,7 @@ class SAE(nn.Module):
                 f"target must be [n={len(x)}, d_out={self.cfg.d_out}], got {tuple(target.shape)}"
             )
         x = self._scale(x, self.input_stats(x))
-        y = x if target is None else target  # transcoders take input_scaling none
+        y = x if target is None else self.scale_target(target)
         skip = x @ self.W_skip if self.cfg.skip else None
         offset = self.b_dec if skip is None else skip + self.b_dec  # added to the decoded code
         arch = self.arch
@@ -337,27 +349,26 @@ class SAE(nn.Module):
     @classmethod
     def from_file(cls, cfg: SAEConfig, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
         """An SAE in eval mode from file-layout tensors (checked against cfg first)."""
-        folded = cfg.metadata.get("folded_input_scale", 1.0)
-        folded = folded if cfg.input_scaling == "expected_norm" else 1.0
-        if not (is_kind(folded, float) and math.isfinite(folded) and folded > 0):
-            raise SAEFormatError(
-                f"{path}: metadata.folded_input_scale must be a positive number, got {folded}"
-            )
-        if folded != 1.0:  # unfold: W_enc /= s, W_dec *= s, b_dec *= s, input_scale = s
-            metadata = {
-                key: value for key, value in cfg.metadata.items() if key != "folded_input_scale"
-            }
-            cfg = cfg.replace(input_scale=folded, metadata=metadata)
+        keys = ["folded_input_scale"] + (["folded_output_scale"] if cfg.is_transcoder else [])
+        scales = [cfg.metadata.get(key, 1.0) for key in keys]
+        if cfg.input_scaling != "expected_norm":
+            scales = [1.0 for _ in keys]
+        for key, value in zip(keys, scales):
+            if not (is_kind(value, float) and math.isfinite(value) and value > 0):
+                raise SAEFormatError(
+                    f"{path}: metadata.{key} must be a positive number, got {value}"
+                )
+        s, s_out = scales[0], scales[-1]
+        unfold = scales != [1.0 for _ in keys]
+        if unfold:  # the scales back into the SAE, the tensors in its scaled units
+            metadata = {key: value for key, value in cfg.metadata.items() if key not in keys}
+            outputs = {"output_scale": s_out} if cfg.is_transcoder else {}
+            cfg = cfg.replace(input_scale=s, metadata=metadata, **outputs)
         check_sizes(tensors, cfg, path)
         sae = cls(cfg)
         check_tensors(tensors, sae, path)
-        if folded != 1.0:
-            tensors = {
-                **tensors,
-                "W_enc": tensors["W_enc"] / folded,
-                "W_dec": tensors["W_dec"] * folded,
-                "b_dec": tensors["b_dec"] * folded,
-            }
+        if unfold:
+            tensors = folded(tensors, 1 / s, 1 / s_out)
         try:
             state = sae.arch.from_file(tensors)
         except ConfigError as err:

@@ -17,12 +17,17 @@ NORM_BATCH = 4096
 
 
 @torch.no_grad()
-def mean_squared_norm(source, part: tuple[int, int] = (0, 1)) -> float | None:
-    """E||x||^2 over min(NORM_TOKENS, all) tokens of a source, in float64: every row when the
-    source has no more, else NORM_TOKENS rows of a fixed shuffle (under torchrun each rank reads
-    its share and the sums are reduced). None for a stream, which cannot be read twice."""
+def mean_squared_norm(
+    source, part: tuple[int, int] = (0, 1), widths: list[int] | None = None
+) -> list[float] | None:
+    """E||x||^2 over min(NORM_TOKENS, all) tokens of a source, in float64, for each group of
+    columns of `widths` (a transcoder's [d_in, d_out]: its x and y; default: the whole row):
+    every row when the source has no more, else NORM_TOKENS rows of a fixed shuffle (under
+    torchrun each rank reads its share and the sums are reduced). None for a stream, which
+    cannot be read twice."""
     if source.n_tokens is None:
         return None
+    widths = widths or [source.d_in]
     if source.n_tokens <= NORM_TOKENS:
         batches, shared = source.chunks(NORM_BATCH), False
     else:
@@ -31,13 +36,14 @@ def mean_squared_norm(source, part: tuple[int, int] = (0, 1)) -> float | None:
             itertools.islice(source.batches(NORM_BATCH, NORM_SEED, part=part), n_batches),
             True,
         )
-    sums = torch.zeros(2, dtype=torch.float64)
+    sums = torch.zeros(len(widths) + 1, dtype=torch.float64)
     for i, x in enumerate(batches):
         check_batch(x, source.d_in, f"{source.name}, input-norm batch {i}")
-        sums += torch.tensor([x.double().square().sum().item(), len(x)], dtype=torch.float64)
+        squares = [group.double().square().sum() for group in x.split(widths, dim=1)]
+        sums += torch.tensor([*squares, len(x)], dtype=torch.float64)
     if shared:
         all_reduce(sums)
-    return (sums[0] / sums[1]).item()
+    return (sums[:-1] / sums[-1]).tolist()
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -54,23 +60,28 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 
 
 @torch.no_grad()
-def initialize_from_data(sae, x: torch.Tensor, squared_norm: float | None = None) -> None:
+def initialize_from_data(sae, x: torch.Tensor, squared_norms: list[float] | None = None) -> None:
     """x [n, d_in] raw activations of the first batch (a transcoder's [n, d_in + d_out]);
-    squared_norm E||x||^2 over many tokens (mean_squared_norm; the batch's own when None). Sets
-    s (expected_norm: s^2 E||x||^2 = d_in), b_dec to the geometric median of the scaled batch
-    (a transcoder's: the target's mean), then the architecture's own initialisation (jumprelu:
-    thresholds near the target L0)."""
+    squared_norms E||x||^2 (a transcoder's E||x||^2, E||y||^2) over many tokens
+    (mean_squared_norm; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 = d_in;
+    a transcoder's s_out^2 E||y||^2 = d_out too), b_dec to the geometric median of the scaled
+    batch (a transcoder's: the scaled target's mean), then the architecture's own
+    initialisation (jumprelu: thresholds near the target L0)."""
     cfg = sae.cfg
-    if cfg.input_scaling == "expected_norm":
-        if squared_norm is None:
-            squared_norm = x.double().square().sum(1).mean().item()
-        scale = math.sqrt(cfg.d_in / squared_norm)
-        sae.input_scale.fill_(scale)
-        cfg.input_scale = scale
     x, target = sae.split(x)
+    if cfg.input_scaling == "expected_norm":
+        parts = (x, target) if cfg.is_transcoder else (x,)
+        if squared_norms is None:
+            squared_norms = [part.double().square().sum(1).mean().item() for part in parts]
+        scales = [math.sqrt(part.shape[1] / norm) for part, norm in zip(parts, squared_norms)]
+        sae.input_scale.fill_(scales[0])
+        cfg.input_scale = scales[0]
+        if cfg.is_transcoder:
+            sae.output_scale.fill_(scales[1])
+            cfg.output_scale = scales[1]
     scaled = sae._scale(x, sae.input_stats(x))
-    if cfg.is_transcoder:  # the output bias starts at the target's mean (input_scaling none)
-        sae.b_dec.copy_(target.double().mean(0).float())
+    if cfg.is_transcoder:  # the output bias starts at the target's mean
+        sae.b_dec.copy_(sae.scale_target(target).double().mean(0).float())
     else:
         sae.b_dec.copy_(geometric_median(scaled.double()).float())
     sae.arch.initialize(sae, scaled)

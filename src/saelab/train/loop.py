@@ -52,7 +52,7 @@ NON_RESULT_KEYS = (
     "compile",
 )
 # SAEConfig fields that training itself sets
-ESTIMATED_KEYS = ("input_scale",)
+ESTIMATED_KEYS = ("input_scale", "output_scale")
 # TrainConfig fields that SAEs trained together on one stream of batches must share
 SHARED_KEYS = (
     "batch_size",
@@ -161,7 +161,7 @@ class Trainer:
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
         self.step = 0
-        self.squared_norm = None  # E||x||^2 for expected_norm, set by train_many before step 0
+        self.squared_norms = None  # E||x||^2 (and E||y||^2) for expected_norm, from train_many
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         self.writes = self.out_dir is not None and rank() == 0
         if self.writes:
@@ -213,6 +213,8 @@ class Trainer:
         if state["since_fired"].shape != self.since_fired.shape:
             raise CheckpointError(f"cannot resume: {path}: since_fired has the wrong length")
         self.sae.cfg.input_scale = float(self.sae.input_scale)
+        if self.sae.cfg.is_transcoder:
+            self.sae.cfg.output_scale = float(self.sae.output_scale)
         self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
         self.history = [r for r in rundir.read_history(self.out_dir) if r["step"] <= self.step]
 
@@ -255,7 +257,7 @@ class Trainer:
         """One training step on batch x [n, d_in]: optimise, then keep the books; returns the
         history record when one is due."""
         if self.step == 0 and not self.sae.initialized:
-            initialize_from_data(self.sae, all_gather_cat(x), self.squared_norm)
+            initialize_from_data(self.sae, all_gather_cat(x), self.squared_norms)
         lr = self._schedule_lr()
         dead = self.since_fired >= self.cfg.dead_tokens
         out = self._optimize(x, dead)
@@ -429,9 +431,11 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if start == 0 and any(
         s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes
     ):
-        squared_norm = mean_squared_norm(source, part=(me, n_ranks))
+        cfg0 = saes[0].cfg
+        widths = [cfg0.d_in, cfg0.d_out] if cfg0.is_transcoder else None
+        squared_norms = mean_squared_norm(source, part=(me, n_ranks), widths=widths)
         for t in trainers:
-            t.squared_norm = squared_norm
+            t.squared_norms = squared_norms
 
     budget = total_steps * cfg.batch_size
     if me == 0 and source.n_tokens and budget > source.n_tokens:
