@@ -197,9 +197,7 @@ def test_training_estimates_the_input_and_target_scales_apart():
     sae = SAE(SAEConfig(arch="topk", d_in=D_IN, d_sae=H, k=4, d_out=D_OUT), seed=0)
     train(sae, torch.cat([x, y], 1), TrainConfig(batch_size=256, total_tokens=512, progress=False))
     assert float(sae.input_scale) ** 2 * x.square().sum(1).mean() == pytest.approx(D_IN, rel=1e-3)
-    assert float(sae.output_scale) ** 2 * y.square().sum(1).mean() == pytest.approx(
-        D_OUT, rel=1e-3
-    )
+    assert float(sae.output_scale) ** 2 * y.square().sum(1).mean() == pytest.approx(D_OUT, rel=1e-3)
 
 
 @pytest.mark.parametrize(
