@@ -1,5 +1,5 @@
 """How much the expected_norm scale s = sqrt(d_in / E||x||^2) depends on the tokens it is
-estimated from: one random batch (saelab before 2026-11-29) against mean_squared_norm (2^18
+estimated from: one random batch (saelab before 2026-11-29) against mean_squares (2^18
 tokens in a fixed order, what saelab uses now), on a real activation cache.
 
 python bench/norm_estimate.py CACHE_DIR [--batch 4096] [--draws 20]
@@ -15,7 +15,7 @@ import math
 import torch
 
 from saelab.data.cache import ActivationCache
-from saelab.train.init import NORM_TOKENS, mean_squared_norm
+from saelab.train.init import NORM_TOKENS, mean_squares
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         )
         for s in range(args.draws)
     )
-    ours = scale(mean_squared_norm(cache)[0])
+    ours = scale(mean_squares(cache).sum().item())
     print(
         f"cache: {len(x)} tokens, d_in {cache.d_in}; norms: median {squared.sqrt().median():.1f}, "
         f"max {squared.sqrt().max():.1f}"
@@ -51,7 +51,7 @@ def main() -> None:
         f"(max/min {one_batch[-1] / one_batch[0]:.2f})"
     )
     print(
-        f"mean_squared_norm ({min(NORM_TOKENS, len(x))} tokens):       {ours:.4f}  "
+        f"mean_squares ({min(NORM_TOKENS, len(x))} tokens):       {ours:.4f}  "
         f"({100 * (ours / reference - 1):+.2f}% from the reference)"
     )
 

@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import cli_error
 
 from saelab import SAE, cli, sources
+from saelab.data.hooks import harvest_many
 
 
 @pytest.fixture
@@ -550,6 +552,64 @@ def test_cache_several_hook_points_then_train_at_each(model_dir, docs, tmp_path,
         (["--hookpoints", "layers.1.mlp_in,layers.0-1.mlp_in"], "named twice: layers.1.mlp_in"),
     ):
         error = cli_error(capsys, [*harvest[:-3], "--out", str(tmp_path / "bad"), *extra])
+        assert message in error, (extra, error)
+
+
+def test_several_hook_points_train_in_one_pass_as_each_would_alone(model_dir, docs, tmp_path):
+    """The SAEs of a cache of several hook points train from one pass over it, each on its own
+    columns of the same batches: equal to the SAE trained on its folder alone."""
+    out = tmp_path / "cache"
+    cli.main(["cache", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+              "--tokens", "700", "--shard-tokens", "250", "--out", str(out), "--no-progress",
+              "--hookpoints", "layers.0-2.mlp_in"])  # fmt: skip
+    train = ["train", "--k", "4", "--expansion", "2", "--tokens", "384", "--batch-size", "64",
+             "--eval-tokens", "100", "--no-progress"]  # fmt: skip
+    cli.main([*train, "--activations", str(out), "--hookpoints", "layers.1-2.mlp_in",
+              "--out", str(tmp_path / "both")])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == [
+        "layers.1.mlp_in",
+        "layers.2.mlp_in",
+    ]
+    cli.main([*train, "--activations", str(out / "layers.2.mlp_in"), "--out", str(tmp_path / "a")])
+    together, alone = SAE.load(tmp_path / "both" / "layers.2.mlp_in"), SAE.load(tmp_path / "a")
+    assert together.cfg.metadata["layer"] == 2
+    for name, tensor in alone.state_dict().items():
+        torch.testing.assert_close(together.state_dict()[name], tensor, msg=name)
+
+
+def test_transcoders_at_every_layer_stream_from_one_forward_pass(model_dir, docs, tmp_path, capsys):
+    """--hookpoints with --target-site and --no-cache: one transcoder per block, harvested
+    while training (each forward pass feeds all of them), each into its own folder."""
+    calls = []
+    original = harvest_many
+
+    def counting(model, ids, points, *args):
+        calls.append(len(points))
+        return original(model, ids, points, *args)
+
+    train = ["train", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+             "--k", "4", "--expansion", "2", "--tokens", "512", "--batch-size", "64",
+             "--eval-tokens", "100", "--no-progress", "--hookpoints", "layers.*.mlp_in",
+             "--target-site", "mlp_out", "--skip"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("saelab.data.harvesting.harvest_many", counting)
+        cli.main([*train, "--no-cache", "--shuffle-buffer", "256", "--out", str(tmp_path / "tc")])
+    assert set(calls) == {6}  # 3 inputs and 3 targets from every forward pass
+    for layer in range(3):
+        sae = SAE.load(tmp_path / "tc" / f"layers.{layer}.mlp_in")
+        meta = sae.cfg.metadata
+        assert (sae.cfg.d_out, sae.cfg.skip) == (32, True)
+        assert (meta["layer"], meta["site"], meta["target_layer"], meta["target_site"]) == (
+            layer, "mlp_in", layer, "mlp_out"
+        )  # fmt: skip
+        result = json.loads((tmp_path / "tc" / f"layers.{layer}.mlp_in" / "eval.json").read_text())
+        assert math.isfinite(result["fvu"]) and result["n_tokens"] == 100
+    for extra, message in (
+        ([], "or streamed from the model (--no-cache)"),
+        (["--no-cache", "--target-layer", "2"], "--target-layer names one block"),
+        (["--no-cache", "--layer", "1"], "leave out --layer and --site"),
+    ):
+        error = cli_error(capsys, [*train, *extra, "--out", str(tmp_path / "bad")])
         assert message in error, (extra, error)
 
 

@@ -28,7 +28,6 @@ from .data.cache import (
     build_cache,
     build_caches,
     existing_manifest,
-    hookpoint_caches,
 )
 from .data.hooks import DEFAULT_SITE, blocks_of, parse_hookpoints
 from .data.models import load_model, load_tokenizer
@@ -64,7 +63,14 @@ from .io import releases
 from .io.circuit_tracer import export_transcoder_set
 from .io.external import EXPORTS, export
 from .sae.model import SAE
-from .sources import dictionary_recovery, harvest_spec, harvests, resolve, sae_source
+from .sources import (
+    dictionary_recovery,
+    harvest_spec,
+    harvests,
+    points_plan,
+    resolve,
+    sae_source,
+)
 from .sweep import check_out, knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.interrupt import Interrupted
@@ -87,9 +93,8 @@ HARVEST = (
 )
 FOR_CACHE = (*HARVEST, "hookpoints", "split", "tokens", "progress")
 FOR_EVAL = ("activations", *HARVEST, "eval_tokens", "cache_dir", "progress")
-# train and sweep leave out --split, take --tokens from TrainConfig (DataConfig reads it too),
-# and train on one hook point (a cache of several: one of its folders)
-FOR_TRAINING = ("split", "tokens", "hookpoints")
+# train and sweep leave out --split and take --tokens from TrainConfig (DataConfig reads it too)
+FOR_TRAINING = ("split", "tokens")
 
 
 TRAINING_DATA = (
@@ -206,24 +211,18 @@ def cmd_train(args) -> None:
     grid = train_grid(args)
     if args.skip and not request.transcodes:
         raise UsageError("--skip adds a transcoder's skip path: it needs --target-site")
-    # a cache of several hook points (saelab cache --hookpoints): the grid at each, OUT/POINT/...
-    # (a transcoder reads two of them: one grid)
-    several = request.activations and not request.transcodes
-    points = hookpoint_caches(request.activations) if several else []
-    folders = {point: out / point for point in points} or {None: out}
-    runs = {
-        point: [base] if len(grid) == 1 else [base / _run_name(grid, *g) for g in grid]
-        for point, base in folders.items()
-    }
     args.out = str(out)
+    plan = points_plan(request)  # several hook points: checked (and the model loaded) first
+    # one folder per SAE: OUT, OUT/<arch-k...> for a grid, OUT/<layers.L.SITE>/... for several
+    # hook points (all trained from one pass over the data)
+    runs = {}
+    for name in [None] if plan is None else plan.names:
+        base = out if name is None else out / name
+        runs[name] = [base] if len(grid) == 1 else [base / _run_name(grid, *g) for g in grid]
     with rundir.locked(out) if rank() == 0 else nullcontext():
         every_run = [run for each in runs.values() for run in each]
         rundir.prepare(out, every_run, train_cfg.resume, args.overwrite)
-        for point, point_runs in runs.items():
-            if point is not None:
-                print(f"hook point {point}:")
-            at = {"activations": str(Path(request.activations) / point)} if point else {}
-            _train(args, replace(request, **at), train_cfg, grid, point_runs)
+        _train(args, resolve(request, train_cfg.seed, plan), train_cfg, grid, runs)
 
 
 def _run_name(grid, arch, knob, value, others) -> str:
@@ -234,44 +233,48 @@ def _run_name(grid, arch, knob, value, others) -> str:
     return f"{arch}-{knob_label(knob).format(value)}" if named else arch
 
 
-def _train(args, request, train_cfg, grid, runs) -> None:
-    data = resolve(request, seed=train_cfg.seed)
+def _train(args, data, train_cfg, grid, runs) -> None:
     train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
-    saes, train_cfgs = [], []
-    for (arch, knob, value, others), run in zip(grid, runs):
-        sae_cfg = SAEConfig(
-            arch=arch,
-            d_in=data.d_in,
-            d_sae=args.expansion * data.d_in,
-            input_scaling=args.input_scaling
-            or (TRANSCODER_INPUT_SCALING if data.d_out else DEFAULT_INPUT_SCALING),
-            d_out=data.d_out,
-            skip=args.skip,
-            metadata=data.provenance,
-            **others,
-            **({knob: value} if knob else {}),
-        )
-        sae = SAE(sae_cfg, seed=train_cfg.seed)
-        saes.append(sae.to(request.device))
-        train_cfgs.append(replace(train_cfg, out_dir=str(run)))
-        if rank() == 0:
-            print(
-                f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} "
-                f"d_sae={sae.cfg.d_sae} -> {run}"
+    saes, train_cfgs, columns, jobs = [], [], [], []
+    for job in data.jobs:
+        if job.name is not None and rank() == 0:
+            print(f"hook point {job.name}:")
+        for (arch, knob, value, others), run in zip(grid, runs[job.name]):
+            sae_cfg = SAEConfig(
+                arch=arch,
+                d_in=job.d_in,
+                d_sae=args.expansion * job.d_in,
+                input_scaling=args.input_scaling
+                or (TRANSCODER_INPUT_SCALING if job.d_out else DEFAULT_INPUT_SCALING),
+                d_out=job.d_out,
+                skip=args.skip,
+                metadata=job.provenance,
+                **others,
+                **({knob: value} if knob else {}),
             )
+            sae = SAE(sae_cfg, seed=train_cfg.seed)
+            saes.append(sae.to(args.device))
+            train_cfgs.append(replace(train_cfg, out_dir=str(run)))
+            columns.append(job.columns)
+            jobs.append(job)
+            if rank() == 0:
+                print(
+                    f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} "
+                    f"d_sae={sae.cfg.d_sae} -> {run}"
+                )
     heldout = data.heldout if train_cfg.eval_every_tokens else None
-    results = train_many(saes, data.train, train_cfgs, heldout=heldout)
+    results = train_many(saes, data.train, train_cfgs, heldout=heldout, columns=columns)
     if rank() != 0:
         return
-    for result, cfg in zip(results, train_cfgs):
+    for result, cfg, job in zip(results, train_cfgs, jobs):
         extra = {"train_tokens": result.tokens, **rundir.training_dead(result.history)}
         if data.dictionary is not None:
             extra["dictionary_recovery"] = dictionary_recovery(result.sae, data.dictionary)
         context = EvalContext(
-            data=data.heldout, out_dir=cfg.out_dir, batch_size=cfg.batch_size, extra=extra
+            data=job.heldout, out_dir=cfg.out_dir, batch_size=cfg.batch_size, extra=extra
         )
         _print_summary(Path(cfg.out_dir), evaluate_with(EVALUATIONS["core"], result.sae, context))
-        if isinstance(data.heldout, ActivationCache):  # it keeps token ids: the browser shows text
+        if isinstance(job.heldout, ActivationCache):  # it keeps token ids: the browser shows text
             print(f"  browse its latents:         saelab report {cfg.out_dir}")
 
 
@@ -558,7 +561,14 @@ def _add_sweep_parser(commands) -> None:
     _add_data_group(
         p,
         TRAINING_DATA,
-        skip=(*FOR_TRAINING, "stream", "shuffle_buffer", "target_site", "target_layer"),
+        skip=(
+            *FOR_TRAINING,
+            "hookpoints",
+            "stream",
+            "shuffle_buffer",
+            "target_site",
+            "target_layer",
+        ),
     )
     add_grid_arguments(p)
     add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
@@ -578,6 +588,11 @@ def cmd_sweep(args) -> None:
     wanted = evaluations([*args.evals, *(name for names in per_point.values() for name in names)])
     configs = eval_configs(args, [*wanted, EVALUATIONS["core"]])
     request = config_from(DataConfig, args)
+    if points_plan(request) is not None:
+        raise UsageError(
+            f"{request.activations} holds several hook points: a sweep trains at one, pass its "
+            "folder (--activations DIR/layers.L.SITE)"
+        )
     chat = _chat(args, wanted, request.device)
     with rundir.locked(args.out):
         check_out(args.out)

@@ -17,17 +17,14 @@ NORM_BATCH = 4096
 
 
 @torch.no_grad()
-def mean_squared_norm(
-    source, part: tuple[int, int] = (0, 1), widths: list[int] | None = None
-) -> list[float] | None:
-    """E||x||^2 over min(NORM_TOKENS, all) tokens of a source, in float64, for each group of
-    columns of `widths` (a transcoder's [d_in, d_out]: its x and y; default: the whole row):
-    every row when the source has no more, else NORM_TOKENS rows of a fixed shuffle (under
-    torchrun each rank reads its share and the sums are reduced). None for a stream, which
-    cannot be read twice."""
+def mean_squares(source, part: tuple[int, int] = (0, 1)) -> torch.Tensor | None:
+    """E[x_j^2] of every column j [d] over min(NORM_TOKENS, all) tokens of a source, in float64
+    (so E||x||^2 of any group of columns is the sum of theirs: a transcoder's x and y, or one
+    hook point of several side by side): every row when the source has no more, else
+    NORM_TOKENS rows of a fixed shuffle (under torchrun each rank reads its share and the sums
+    are reduced). None for a stream, which cannot be read twice."""
     if source.n_tokens is None:
         return None
-    widths = widths or [source.d_in]
     if source.n_tokens <= NORM_TOKENS:
         batches, shared = source.chunks(NORM_BATCH), False
     else:
@@ -36,14 +33,15 @@ def mean_squared_norm(
             itertools.islice(source.batches(NORM_BATCH, NORM_SEED, part=part), n_batches),
             True,
         )
-    sums = torch.zeros(len(widths) + 1, dtype=torch.float64)
+    sums, count = torch.zeros(source.d_in, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
     for i, x in enumerate(batches):
         check_batch(x, source.d_in, f"{source.name}, input-norm batch {i}")
-        squares = [group.double().square().sum() for group in x.split(widths, dim=1)]
-        sums += torch.tensor([*squares, len(x)], dtype=torch.float64)
+        sums += x.double().square().sum(0)
+        count += len(x)
     if shared:
         all_reduce(sums)
-    return (sums[:-1] / sums[-1]).tolist()
+        all_reduce(count)
+    return sums / count
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -63,7 +61,7 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 def initialize_from_data(sae, x: torch.Tensor, squared_norms: list[float] | None = None) -> None:
     """x [n, d_in] raw activations of the first batch (a transcoder's [n, d_in + d_out]);
     squared_norms E||x||^2 (a transcoder's E||x||^2, E||y||^2) over many tokens
-    (mean_squared_norm; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 = d_in;
+    (from mean_squares; the batch's own when None). Sets s (expected_norm: s^2 E||x||^2 = d_in;
     a transcoder's s_out^2 E||y||^2 = d_out too), b_dec to the geometric median of the scaled
     batch (a transcoder's: the scaled target's mean), then the architecture's own
     initialisation (jumprelu: thresholds near the target L0)."""

@@ -32,7 +32,7 @@ from ..sae.model import SAE, LossOutput
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
 from .heldout import heldout_metrics
-from .init import initialize_from_data, mean_squared_norm
+from .init import initialize_from_data, mean_squares
 from .interrupt import Interrupted, stop_on_interrupt
 from .schedule import default_lr, lr_factor
 from .wandb_log import start_run
@@ -385,10 +385,14 @@ def _total_steps(source, cfg: TrainConfig) -> int:
     return total // cfg.batch_size
 
 
-def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> list[TrainResult]:
+def train_many(
+    saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None, columns=None
+) -> list[TrainResult]:
     """Train each SAE in place on the same batches of `data` (tensor [N, d_in], .npy path,
     activation-cache directory, or iterable of tensors), each with its own TrainConfig.
-    `heldout` (any such data) is evaluated every cfg.eval_every_tokens (see TrainConfig)."""
+    `heldout` (any such data) is evaluated every cfg.eval_every_tokens (see TrainConfig).
+    columns: per SAE, the columns of each row it reads (a LongTensor; None: the whole row), so
+    SAEs of several hook points side by side (sources.py) train from one pass over the data."""
     check_type("saes", saes, (list, tuple), "a list of SAEs")
     check_type("cfgs", cfgs, (list, tuple), "a list of TrainConfigs (one per SAE)")
     for sae in saes:
@@ -405,10 +409,8 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if len(set(outs)) != len(outs):
         raise ConfigError("SAEs trained together need distinct out_dir")
     source = open_source(data)
-    if len({sae.batch_width for sae in saes}) > 1:
-        raise ConfigError("SAEs trained together read the same batches: they need one width")
-    for sae in saes:
-        check_d_in(source, sae.batch_width, sae.takes)
+    columns = _check_columns(saes, source, columns)
+    width = source.d_in or saes[0].batch_width
     cfg = cfgs[0]
     n_ranks, me = world_size(), rank()
     if cfg.batch_size % n_ranks:
@@ -419,11 +421,15 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     total_steps = _total_steps(source, cfg)
     if cfg.eval_every_tokens and heldout is None:
         raise ConfigError("eval_every_tokens needs held-out data (train_many's heldout)")
+    heldouts = [None] * len(saes)
     if heldout is not None:
         heldout = open_source(heldout)
-        check_d_in(heldout, saes[0].batch_width, saes[0].takes)
+        check_d_in(heldout, source.d_in or saes[0].batch_width, saes[0].takes)
+        rows = _in_memory(heldout) if any(c is not None for c in columns) else heldout
+        heldouts = [heldout if c is None else open_source(rows[:, c]) for c in columns]
     trainers = [
-        Trainer(sae, c, total_steps, data_identity(source), heldout) for sae, c in zip(saes, cfgs)
+        Trainer(sae, c, total_steps, data_identity(source), held)
+        for sae, c, held in zip(saes, cfgs, heldouts)
     ]
     start = trainers[0].step
     if any(t.step != start for t in trainers):
@@ -431,11 +437,11 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if start == 0 and any(
         s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes
     ):
-        cfg0 = saes[0].cfg
-        widths = [cfg0.d_in, cfg0.d_out] if cfg0.is_transcoder else None
-        squared_norms = mean_squared_norm(source, part=(me, n_ranks), widths=widths)
-        for t in trainers:
-            t.squared_norms = squared_norms
+        squares = mean_squares(source, part=(me, n_ranks))
+        for t, sae, cols in zip(trainers, saes, columns):
+            if squares is not None:
+                mine = squares if cols is None else squares[cols.cpu()]
+                t.squared_norms = [part.sum().item() for part in sae.split(mine)]
 
     budget = total_steps * cfg.batch_size
     if me == 0 and source.n_tokens and budget > source.n_tokens:
@@ -447,7 +453,7 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
     if start == 0:  # look at the first batch before any training
         first = next(batches, None)
         if first is not None:
-            check_batch(first, saes[0].batch_width, f"{source.name}, batch 0")
+            check_batch(first, width, f"{source.name}, batch 0")
             # on the global batch, so that every rank refuses or goes on together
             check_zero_rows(all_gather_cat(first), f"{source.name}, batch 0", note=me == 0)
             batches = itertools.chain([first], batches)
@@ -472,9 +478,12 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
             if x is None:
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
-            check_batch(x, saes[0].batch_width, f"{source.name}, batch {step}")
+            check_batch(x, width, f"{source.name}, batch {step}")
             x = x.to(trainers[0].device, non_blocking=True)
-            records = [t.train_step(x) for t in trainers]
+            records = [
+                t.train_step(x if cols is None else x[:, cols])
+                for t, cols in zip(trainers, columns)
+            ]
             bar.update(cfg.batch_size)
             if records[0] is not None:
                 bar.set_postfix(loss=f"{records[0]['loss']:.4g}", l0=f"{records[0]['l0']:.1f}")
@@ -487,6 +496,37 @@ def train_many(saes: list[SAE], data, cfgs: list[TrainConfig], heldout=None) -> 
                 for t in trainers:
                     t.checkpoint()
     return [t.finish() for t in trainers]
+
+
+def _check_columns(saes: list[SAE], source, columns) -> list[torch.Tensor | None]:
+    """Each SAE's columns (None: the whole row, which must then be its width), on its device."""
+    columns = [None] * len(saes) if columns is None else list(columns)
+    if len(columns) != len(saes):
+        raise ConfigError("train_many needs one columns entry per SAE (or none)")
+    checked = []
+    for sae, cols in zip(saes, columns):
+        if cols is None:
+            check_d_in(source, sae.batch_width, sae.takes)
+            checked.append(None)
+            continue
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        if cols.ndim != 1 or len(cols) != sae.batch_width:
+            raise ConfigError(
+                f"an SAE that {sae.takes} reads {sae.batch_width} columns, got {tuple(cols.shape)}"
+            )
+        if source.d_in is not None and not (0 <= int(cols.min()) and int(cols.max()) < source.d_in):
+            raise ConfigError(f"columns out of range for rows of width {source.d_in}")
+        checked.append(cols.to(sae.W_dec.device))
+    if all(c is None for c in checked) and len({sae.batch_width for sae in saes}) > 1:
+        raise ConfigError(
+            "SAEs trained together read the same batches: they need one width (or columns)"
+        )
+    return checked
+
+
+def _in_memory(source) -> torch.Tensor:
+    """Every row of a (held-out) source, [n, d]."""
+    return torch.cat(list(source.chunks(65536)))
 
 
 def _stop(trainers: list[Trainer], step: int) -> None:
