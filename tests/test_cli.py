@@ -652,3 +652,8 @@ def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp
               "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "f")])  # fmt: skip
     spliced = json.loads((tmp_path / "f" / "eval.json").read_text())
     assert spliced["ce_zero"] != spliced["ce_clean"] and math.isfinite(spliced["ce_sae"])
+    # the feature browser: contexts from the input's cache, the logit lens through W_dec
+    cli.main(["report", str(run), "--activations", str(out), "--out", str(tmp_path / "r.html")])
+    page = (tmp_path / "r.html").read_text()
+    assert "topk skip transcoder" in page and "target_site: mlp_out" in page
+    assert "logit lens" in page.lower()

@@ -31,6 +31,7 @@ from .data.cache import (
 )
 from .data.hooks import DEFAULT_SITE, blocks_of, parse_hookpoints
 from .data.models import load_model, load_tokenizer
+from .data.side_by_side import SideBySide
 from .errors import SaelabError, UsageError
 from .eval.full import summary_lines
 from .eval.neuronpedia import write_neuronpedia
@@ -386,7 +387,9 @@ def cmd_report(args) -> None:
     sae, files, default_out = sae_source(args.run)
     page.check(sae.cfg.d_sae)
     data = evaluation_data(request.with_recorded_hook(sae.cfg.metadata))
-    if not isinstance(data, ActivationCache):
+    # a transcoder's latents are read from its input: contexts come from the input's cache
+    inputs = next(iter(data.caches.values())) if isinstance(data, SideBySide) else data
+    if not isinstance(inputs, ActivationCache):
         raise UsageError(
             "the feature browser needs token ids: pass an activation cache directory "
             f"(saelab cache ...), not {request.activations}"
@@ -400,7 +403,7 @@ def cmd_report(args) -> None:
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None
     if page.logit_lens:
-        lm = load_model(data.spec.model, dtype=request.model_dtype, device=request.device)
+        lm = load_model(inputs.spec.model, dtype=request.model_dtype, device=request.device)
     outputs = read_results(files)
     autointerp = outputs.get("autointerp")
     explanations = None
@@ -409,10 +412,10 @@ def cmd_report(args) -> None:
         explanations = {
             d["latent"]: {**d, "explainer": explainer} for d in autointerp["eval_result_details"]
         }
-    tokenizer = lm.tokenizer if lm is not None else load_tokenizer(data.spec.model)
+    tokenizer = lm.tokenizer if lm is not None else load_tokenizer(inputs.spec.model)
     shown = write_report(
         sae,
-        data,
+        inputs,
         out,
         tokenizer,
         results,
@@ -425,10 +428,10 @@ def cmd_report(args) -> None:
         explanations=explanations,
         interp=flat_metrics(outputs),
     )
-    print(f"feature browser with {len(shown)} latents on {data.n_tokens} held-out tokens: {out}")
+    print(f"feature browser with {len(shown)} latents on {inputs.n_tokens} held-out tokens: {out}")
     if page.neuronpedia:
-        source = f"{data.spec.layer}-saelab-{sae.cfg.arch}-{data.spec.site}"
-        write_neuronpedia(shown, tokenizer, page.neuronpedia, data.spec.model, source)
+        source = f"{inputs.spec.layer}-saelab-{sae.cfg.arch}-{inputs.spec.site}"
+        write_neuronpedia(shown, tokenizer, page.neuronpedia, inputs.spec.model, source)
         print(f"Neuronpedia feature dashboards of the same latents: {page.neuronpedia}")
 
 

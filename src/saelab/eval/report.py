@@ -332,10 +332,10 @@ def report_html(
     names, eval/saebench/output.flat_metrics)."""
     cfg = sae.cfg
     target = sae.arch.target_l0(sae)
-    name = title or f"{cfg.arch} SAE, d_sae={cfg.d_sae}" + (f", k={target}" if target else "")
-    meta = ", ".join(
-        f"{k}: {v}" for k, v in cfg.metadata.items() if k in ("model", "layer", "site", "dataset")
-    )
+    kind = ("skip transcoder" if cfg.skip else "transcoder") if cfg.is_transcoder else "SAE"
+    name = title or f"{cfg.arch} {kind}, d_sae={cfg.d_sae}" + (f", k={target}" if target else "")
+    shown = ("model", "layer", "site", "target_layer", "target_site", "dataset")
+    meta = ", ".join(f"{k}: {v}" for k, v in cfg.metadata.items() if k in shown)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta "
         f"charset='utf-8'><title>{html.escape(name)}</title>",
