@@ -12,7 +12,11 @@ import torch
 from conftest import cli_error
 
 from saelab import SAE, cli, sources
+from saelab.data.cache import CacheSpec
 from saelab.data.hooks import harvest_many
+from saelab.data.models import load_model
+from saelab.data.streaming import heldout_contexts
+from saelab.eval.downstream import ablation_losses
 
 
 @pytest.fixture
@@ -652,6 +656,14 @@ def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp
               "--dataset", str(docs), "--ctx-len", "16", "--out", str(tmp_path / "f")])  # fmt: skip
     spliced = json.loads((tmp_path / "f" / "eval.json").read_text())
     assert spliced["ce_zero"] != spliced["ce_clean"] and math.isfinite(spliced["ce_sae"])
+    by_input = json.loads((tmp_path / "e" / "eval.json").read_text())  # no model: no CE
+    assert "ce_zero" not in by_input
+    lm = load_model(str(model_dir))
+    spec = CacheSpec(model=str(model_dir), layer=1, site="mlp_in", dataset=str(docs),
+                     split="eval", ctx_len=16)  # fmt: skip
+    zeroed = ablation_losses(lm.model, heldout_contexts(lm, spec, 32), 1, "mlp_out")
+    for key in ("ce_zero", "ce_mean"):  # (a SwiGLU's output at zero input is zero: ce_mean)
+        assert spliced[key] == pytest.approx(zeroed[key], rel=0, abs=1e-9), key
     # the feature browser: contexts from the input's cache, the logit lens through W_dec
     cli.main(["report", str(run), "--activations", str(out), "--out", str(tmp_path / "r.html")])
     page = (tmp_path / "r.html").read_text()

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from .. import rundir
+from ..data.hooks import HookPoint
 from ..io.atomic import atomic_write
 from ..options import option
 from .afa import afa_over, decoder_orthogonality, summarize
-from .downstream import ablation_losses, downstream
+from .downstream import ablation_losses, downstream, transcoder_target
 from .metrics import evaluate
 from .plots import density_plot, l0_histogram_plot, zf_plot
 
@@ -143,14 +144,20 @@ def summary_lines(results: dict) -> list[str]:
 
 def run(sae, context, cfg: CoreConfig) -> dict:
     """full_evaluation of `sae` on context.data into context.out_dir, with downstream CE/KL on
-    context.input_ids when there are any (the ablation losses computed once per context)."""
-    model = None
+    context.input_ids when there are any (the ablation losses computed once per context and
+    hook point written: a transcoder's target, else the context's hook)."""
+    model = ablations = None
     if context.input_ids is not None and cfg.downstream_contexts > 0:
         model = context.lm
-        if not context.ablations:
-            context.ablations.update(
-                ablation_losses(model, context.input_ids, context.layer, context.site)
-            )
+        written = (
+            transcoder_target(sae)
+            if sae.cfg.is_transcoder
+            else HookPoint(context.layer, context.site)
+        )
+        key = (written.layer, written.site)
+        if key not in context.ablations:
+            context.ablations[key] = ablation_losses(model, context.input_ids, *key)
+        ablations = context.ablations[key]
     return full_evaluation(
         sae,
         context.data,
@@ -160,6 +167,6 @@ def run(sae, context, cfg: CoreConfig) -> dict:
         layer=context.layer,
         site=context.site,
         batch_size=context.batch_size,
-        ablations=context.ablations or None,
+        ablations=ablations,
         extra=context.extra,
     )

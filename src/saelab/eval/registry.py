@@ -33,7 +33,7 @@ class EvalContext:
     text), the model `lm` and its hook (layer, site), held-out contexts `input_ids`
     [n, ctx_len] for downstream CE/KL, the tokenizer, a chat model, where files go (`out_dir`)
     and fields added to eval.json (`extra`). `ablations` caches the SAE-independent
-    zero/mean-ablation losses across the SAEs of a sweep."""
+    zero/mean-ablation losses across the SAEs of a sweep, by the (layer, site) ablated."""
 
     data: object = None
     lm: object = None
