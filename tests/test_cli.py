@@ -617,6 +617,43 @@ def test_transcoders_at_every_layer_stream_from_one_forward_pass(model_dir, docs
         assert message in error, (extra, error)
 
 
+def test_a_sweep_puts_saes_transcoders_and_skip_transcoders_of_a_block_on_one_figure(
+    model_dir, docs, tmp_path, capsys
+):
+    """--kind on a transcoder's data: an SAE of the MLP's output (on its columns, spliced at
+    the output), a transcoder and a skip transcoder, all evaluated on the same target and drawn
+    as three lines."""
+    out = tmp_path / "cache"
+    cli.main(["cache", "--model", str(model_dir), "--dataset", str(docs), "--ctx-len", "16",
+              "--tokens", "700", "--shard-tokens", "250", "--out", str(out), "--no-progress",
+              "--hookpoints", "layers.1.mlp_in,layers.1.mlp_out"])  # fmt: skip
+    sweep = ["sweep", "--activations", str(out), "--layer", "1", "--site", "mlp_in",
+             "--target-site", "mlp_out", "--k", "4,8", "--expansion", "2", "--tokens", "384",
+             "--batch-size", "64", "--eval-tokens", "100", "--no-progress",
+             "--downstream-contexts", "4", "--model", str(model_dir), "--dataset", str(docs),
+             "--ctx-len", "16"]  # fmt: skip
+    cli.main([*sweep, "--kind", "sae,transcoder,skip_transcoder", "--out", str(tmp_path / "s")])
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert sorted({(row["kind"], row["k"]) for row in rows}) == [
+        (kind, k) for kind in ("sae", "skip_transcoder", "transcoder") for k in (4, 8)
+    ]
+    for row in rows:
+        sae = SAE.load(tmp_path / "s" / row["name"])
+        meta, cfg = sae.cfg.metadata, sae.cfg
+        assert cfg.input_scaling == "expected_norm" and math.isfinite(row["ce_degradation"])
+        if row["kind"] == "sae":  # an autoencoder of the MLP's output, spliced there
+            assert (cfg.d_out, meta["site"], meta["layer"]) == (None, "mlp_out", 1)
+            assert "target_site" not in meta
+        else:
+            assert (cfg.d_out, cfg.skip) == (32, row["kind"] == "skip_transcoder")
+    # the same ablation for all: the MLP's output, whichever reads it
+    assert len({row["ce_zero"] for row in rows}) == 1
+    assert (tmp_path / "s" / "pareto_nmse.png").is_file()
+    error = cli_error(capsys, ["sweep", "--synthetic", "--kind", "sae", "--tokens", "1000",
+                               "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert "needs a transcoder's data" in error
+
+
 def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp_path, capsys):
     out = tmp_path / "cache"
     cli.main(

@@ -564,14 +564,7 @@ def _add_sweep_parser(commands) -> None:
     _add_data_group(
         p,
         TRAINING_DATA,
-        skip=(
-            *FOR_TRAINING,
-            "hookpoints",
-            "stream",
-            "shuffle_buffer",
-            "target_site",
-            "target_layer",
-        ),
+        skip=(*FOR_TRAINING, "hookpoints", "stream", "shuffle_buffer"),
     )
     add_grid_arguments(p)
     add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
@@ -620,6 +613,7 @@ def _sweep(args, request, points, per_point, wanted, configs, chat) -> None:
         device=request.device,
         evals=per_point,
         configs=configs,
+        d_out=data.d_out,
     )
     print("\n" + "\n".join(sweep_table(rows)))
     print(f"\nwritten to {args.out}/: results.csv, results.json, pareto_*.png, one folder per SAE")

@@ -29,6 +29,7 @@ from .options import dest, flag_name, kind, options
 from .sae.architecture import setting_names
 from .sae.registry import ARCHITECTURES, architecture
 from .sweep import (
+    KINDS,
     Point,
     grid_evals,
     read_grid_file,
@@ -285,7 +286,7 @@ def grid_of(arch: str, given: dict) -> tuple[str | None, list, dict]:
 
 
 # -- what SAEs the flags ask for -------------------------------------------------------------
-GRID_AXES = ("arch", "expansion", "input_scaling", "seed")
+GRID_AXES = ("arch", "expansion", "input_scaling", "seed", "kind")
 
 
 def add_sae_arguments(p) -> None:
@@ -353,6 +354,12 @@ def add_grid_arguments(p) -> None:
         "--seed",
         type=list_of(INDEX),
         help="seeds for initialisation and data order, a comma list (default: 0)",
+    )
+    grid.add_argument(
+        "--kind",
+        type=list_of(str, KINDS),
+        help="with --target-site: sae (of the target), transcoder, skip_transcoder, to compare "
+        "them on one figure (default: transcoder)",
     )
     settings = p.add_argument_group(
         "architecture settings",

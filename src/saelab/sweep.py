@@ -10,6 +10,12 @@ aux_k, ...), which then appears in the point's name where it is not the default.
 the union of one or more grids (several `[[grid]]` tables in a TOML file), so, say, the
 input-scaling axis can cover only topk and batchtopk.
 
+On a transcoder's data (--target-site: rows of its input x and target y side by side) the
+`kind` axis puts SAEs, transcoders and skip transcoders of one block on one figure: `sae` (an
+autoencoder of the target y, as the skip-transcoder paper compares them), `transcoder` and
+`skip_transcoder` (y from x; the default there); each is named by its kind, and all are judged
+on the same target.
+
 A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
 `results.csv` and `results.json` (one row per point), the Pareto plots (seed means with error
 bars when a configuration has several seeds, whose means and spreads are in `summary.csv`) and,
@@ -29,6 +35,7 @@ from itertools import product
 from pathlib import Path
 
 import tomllib
+import torch
 from tqdm.auto import tqdm
 
 from . import rundir
@@ -38,6 +45,7 @@ from .config import (
     DEFAULT_EXPANSION,
     DEFAULT_INPUT_SCALING,
     INPUT_SCALINGS,
+    TRANSCODER_INPUT_SCALING,
     SAEConfig,
     TrainConfig,
 )
@@ -61,6 +69,7 @@ from .train.checkpoint import load_checkpoint
 from .train.loop import NON_RESULT_KEYS, first_difference, train_many
 
 RESULTS = ("results.csv", rundir.SWEEP_RESULTS)
+KINDS = ("sae", "transcoder", "skip_transcoder")  # on a transcoder's data (see above)
 SUMMARY, CURVES = "summary.csv", "curves_nmse.png"
 # (metric in eval.json, axis label, file) of the Pareto plots; x is always l0
 PARETO = (
@@ -93,6 +102,7 @@ def default_axes() -> dict[str, list]:
         "expansion": [DEFAULT_EXPANSION],
         "seed": [0],
         "input_scaling": [DEFAULT_INPUT_SCALING],
+        "kind": [None],
     }
     for arch in ARCHITECTURES.values():
         defaults = {f.name: setting_default(f) for f in fields(arch.settings)}
@@ -139,13 +149,16 @@ class Point:
     knob: str | None = None
     value: float | int | None = None
     variant: tuple[tuple[str, object], ...] = ()  # (setting, value) of variant_settings
+    kind: str | None = None  # on a transcoder's data: one of KINDS (None: transcoder)
 
     @property
     def name(self) -> str:
         sparsity = knob_label(self.knob).format(self.value) if self.knob else "default"
         variant = "".join(f"-{variant_label(name, value)}" for name, value in self.variant)
+        kind = f"-{self.kind}" if self.kind else ""
         return (
-            f"{self.arch}-{sparsity}{variant}-x{self.expansion}-{self.input_scaling}-s{self.seed}"
+            f"{self.arch}-{sparsity}{variant}{kind}-x{self.expansion}-{self.input_scaling}"
+            f"-s{self.seed}"
         )
 
     def row(self) -> dict:
@@ -156,11 +169,19 @@ class Point:
             "input_scaling": self.input_scaling,
             "seed": self.seed,
         }
-        return {**row, **({self.knob: self.value} if self.knob else {}), **dict(self.variant)}
+        row.update({self.knob: self.value} if self.knob else {}, **dict(self.variant))
+        return {**row, **({"kind": self.kind} if self.kind else {})}
 
-    def sae_config(self, d_in: int, **options) -> SAEConfig:
+    def sae_config(self, d_in: int, d_out: int | None = None, **options) -> SAEConfig:
         """The SAEConfig of this point; `options` sets other settings (aux_k, metadata, ...),
-        each only for the architectures that take it."""
+        each only for the architectures that take it. d_out: the target's width on a
+        transcoder's data (a `sae` point is then an autoencoder of the target)."""
+        if d_out is not None and self.kind == "sae":
+            d_in, d_out = d_out, None
+            meta = dict(options.get("metadata") or {})
+            if "target_site" in meta:  # it reads and writes the target's hook point
+                meta.update(layer=meta.pop("target_layer"), site=meta.pop("target_site"))
+            options = {**options, "metadata": meta}
         spec = architecture(self.arch)
         takes = set(setting_names(spec.settings)) - set(spec.knobs)
         settings = {key: value for key, value in options.items() if key in takes}
@@ -172,6 +193,8 @@ class Point:
             d_sae=self.expansion * d_in,
             input_scaling=self.input_scaling,
             metadata=options.get("metadata"),
+            d_out=d_out,
+            skip=d_out is not None and self.kind == "skip_transcoder",
             **settings,
             **knob,
         )
@@ -188,6 +211,7 @@ def expand(axes: dict) -> list[Point]:
         )
     all_knobs = {knob for spec in ARCHITECTURES.values() for knob in spec.knobs}
     given = [name for name in axes if name in all_knobs or name in variant_settings()]
+    given_axes = set(axes)
     axes = {
         **defaults,
         **{key: value if isinstance(value, list) else [value] for key, value in axes.items()},
@@ -202,11 +226,18 @@ def expand(axes: dict) -> list[Point]:
             raise ConfigError(
                 f"unknown input_scaling {scaling!r}; choose from {', '.join(INPUT_SCALINGS)}"
             )
+    for kind in axes["kind"]:
+        if kind is not None:
+            check_choice("kind", kind, KINDS)
     points = []
-    for arch, expansion, scaling, seed in product(
-        axes["arch"], axes["expansion"], axes["input_scaling"], axes["seed"]
+    for arch, expansion, kind, scaling, seed in product(
+        axes["arch"], axes["expansion"], axes["kind"], axes["input_scaling"], axes["seed"]
     ):
-        base = Point(arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed))
+        if kind is not None and "input_scaling" not in given_axes:
+            scaling = TRANSCODER_INPUT_SCALING  # a transcoder's default, for every kind alike
+        base = Point(
+            arch=arch, expansion=int(expansion), input_scaling=scaling, seed=int(seed), kind=kind
+        )
         knob = next((name for name in architecture(arch).knobs if axes[name]), None)
         values = axes[knob] if knob else [None]
         own = [name for name, owners in variant_settings().items() if arch in owners and axes[name]]
@@ -347,6 +378,7 @@ def run_sweep(
     device: str = "cpu",
     evals: list[str] | dict[Point, list[str]] = ("core",),
     configs: dict | None = None,
+    d_out: int | None = None,
 ) -> list[dict]:
     """Train and evaluate every point not yet done in `out`, then write the results table and the
     Pareto plots. Points sharing a seed (and checkpoint step) train together on the same batches.
@@ -355,9 +387,16 @@ def run_sweep(
     model and held-out contexts; `evals` beyond core (eval/registry.py), for every point or per
     point (grid_evals), run with `context` and their `configs` ({name: config}, default
     settings where missing) for every point whose result file is missing or was computed with
-    other settings; their metrics join its row."""
+    other settings; their metrics join its row. d_out: the sources hold a transcoder's x and
+    y (of width d_out) side by side (SideBySide), and the points' kinds say what each learns."""
     if not points:
         raise ConfigError("the sweep grid is empty")
+    kinds = {point.kind for point in points} - {None}
+    if kinds and d_out is None:
+        raise ConfigError(
+            f"kind {', '.join(sorted(kinds))} compares SAEs and transcoders of one block: it "
+            "needs a transcoder's data (--target-site, a cache of both hook points)"
+        )
     evals = evals if isinstance(evals, dict) else {point: list(evals) for point in points}
     configs = configs or {}
     context = replace(context or EvalContext(), data=eval_source)
@@ -375,6 +414,19 @@ def run_sweep(
         if state != "new":
             _check_settings(runs[point], cfgs[point])
     core = EVALUATIONS["core"]
+    d_in = train_source.d_in - (d_out or 0)
+    # an SAE of the target reads the target's columns, its evaluation the target's cache and
+    # the model spliced at the target's hook point
+    target_columns = torch.arange(d_in, train_source.d_in) if d_out else None
+    target_context = context
+    if d_out and kinds & {"sae"}:
+        target = eval_source.caches[list(eval_source.caches)[1]]
+        target_context = replace(
+            context, data=target, layer=target.spec.layer, site=target.spec.site
+        )
+
+    def context_of(point: Point) -> EvalContext:
+        return target_context if point.kind == "sae" else context
 
     def evaluate(point: Point, sae: SAE) -> None:
         history = rundir.read_history(runs[point])
@@ -385,7 +437,7 @@ def run_sweep(
             "train_tokens": history[-1]["tokens"] if history else 0,
             **rundir.training_dead(history),
         }
-        here = replace(context, out_dir=runs[point], extra=recorded)
+        here = replace(context_of(point), out_dir=runs[point], extra=recorded)
         evaluate_with(core, sae, here, configs.get("core"))
 
     groups: dict[tuple[int, int], list[Point]] = {}
@@ -410,18 +462,17 @@ def run_sweep(
     # the smallest passes first, each evaluated at once: results arrive early, an interruption
     # keeps them
     for (seed, step), group in sorted(groups.items(), key=lambda item: len(item[1])):
-        saes = [
-            SAE(p.sae_config(train_source.d_in, **sae_options), seed=seed).to(device) for p in group
-        ]
+        saes = [SAE(p.sae_config(d_in, d_out, **sae_options), seed=seed).to(device) for p in group]
         group_cfgs = [replace(cfgs[p], resume=step > 0) for p in group]
         heldout = eval_source if train_cfg.eval_every_tokens else None
-        train_many(saes, train_source, group_cfgs, heldout=heldout)
+        columns = [target_columns if p.kind == "sae" else None for p in group]
+        train_many(saes, train_source, group_cfgs, heldout=heldout, columns=columns)
         for point in group:
             states[point] = "trained"
         evaluate_trained()
     for point in points:
         done = read_results(runs[point])
-        here = replace(context, out_dir=runs[point])
+        here = replace(context_of(point), out_dir=runs[point])
         for evaluation in evaluations(evals.get(point, [])):
             if evaluation.name == "core":
                 continue
@@ -508,7 +559,11 @@ def write_results(
     summary = seed_summary(rows)
     if len(summary) < len(rows):
         write_csv(summary, out / SUMMARY)
-    varied = [key for key in ("input_scaling", "expansion") if len({row[key] for row in rows}) > 1]
+    varied = [
+        key
+        for key in ("kind", "input_scaling", "expansion")
+        if len({row.get(key) for row in rows}) > 1
+    ]
     for metric, label, name in PARETO:
         if any(metric in row for row in rows):
             pareto_plot(summary, metric, label, out / name, series=["arch", *varied])
