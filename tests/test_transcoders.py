@@ -265,3 +265,6 @@ def test_a_spliced_transcoder_replaces_the_mlp_output_from_its_input():
     no_target = SAE(SAEConfig(arch="topk", d_in=32, d_sae=64, k=4, input_scaling="none", d_out=32))
     with pytest.raises(ValueError, match="records no target hook point"):
         downstream(no_target, model, ids, layer=1, site="mlp_in")
+    tc.cfg.metadata.update(layer=1, site="mlp_in")
+    with pytest.raises(ValueError, match="reads layers.1.mlp_in .* spliced at layers.1.resid_mid"):
+        downstream(tc, model, ids, layer=1, site="resid_mid")

@@ -139,6 +139,12 @@ def downstream(
     source = target = HookPoint(layer, site)
     if sae.cfg.is_transcoder:  # its output replaces the target hook point's activation
         target = transcoder_target(sae)
+        meta = sae.cfg.metadata
+        if meta.get("layer", layer) != layer or meta.get("site", site) != site:
+            raise ValueError(
+                f"this transcoder reads layers.{meta.get('layer')}.{meta.get('site')} (its "
+                f"metadata): spliced at {source.name} it would read other activations"
+            )
     net, batches = _prepare(
         model, input_ids, target.layer, target.site, attention_mask, batch_size, d_in=sae.cfg.d_in
     )
