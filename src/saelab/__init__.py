@@ -7,6 +7,7 @@ from .eval.afa import afa_stats
 from .eval.downstream import downstream
 from .eval.metrics import evaluate
 from .sae import SAE
+from .spliced import spliced
 from .train.loop import TrainResult, train, train_many
 from .version import __version__
 
@@ -25,5 +26,6 @@ __all__ = [
     "HookPoint",
     "downstream",
     "afa_stats",
+    "spliced",
     "__version__",
 ]
