@@ -72,6 +72,7 @@ from .sources import (
     resolve,
     sae_source,
 )
+from .steering import generations, inspection_page, prompt_ids, top_latents
 from .sweep import check_out, knob_label, run_sweep
 from .train.distributed import init_from_env, is_distributed, rank, shutdown
 from .train.interrupt import Interrupted
@@ -470,6 +471,102 @@ def cmd_push(args) -> None:
     print(f"pushed {sae.cfg.arch} d_sae={sae.cfg.d_sae} to {where}: {url}")
 
 
+# -- saelab steer / inspect -------------------------------------------------------------------
+def _model_of(sae, given: str | None):
+    """The model an SAE belongs to: --model, else the one its metadata records."""
+    name = given or sae.cfg.metadata.get("model")
+    if not name:
+        raise UsageError("this SAE does not record its model: pass --model")
+    return load_model(name)
+
+
+def _add_steer_parser(commands) -> None:
+    p = commands.add_parser(
+        "steer",
+        help="generate with a latent set, scaled or added, beside the clean generation",
+        description="Generate from a prompt with the SAE spliced into its model and one "
+        "intervention on its codes (--value sets the latent, --scale multiplies it, --add adds "
+        "a multiple of its decoder direction), beside the clean model's generation, greedy and "
+        "sampled (the same seed for both), through the model's own generate. The SAE goes in "
+        "with its error term, so without the intervention the model is the clean one.",
+    )
+    p.add_argument("run", metavar="RUN", help="the SAE (any layout saelab reads)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--latent", type=int, required=True, help="the latent to intervene on")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--value", type=float, help="set the latent to this activation")
+    how.add_argument("--scale", type=float, help="multiply the latent by this factor")
+    how.add_argument("--add", type=float, help="add this much of the latent (its direction)")
+    p.add_argument(
+        "--positions",
+        choices=("all", "prompt", "new"),
+        default="all",
+        help="where: every position, the prompt's, or the generated ones (default: all)",
+    )
+    p.add_argument("--max-new-tokens", type=COUNT, default=40)
+    p.add_argument("--seed", type=int, default=0, help="for the sampled generations")
+    p.add_argument("--model", help="the model (default: the one the SAE records)")
+    p.set_defaults(func=cmd_steer)
+
+
+def cmd_steer(args) -> None:
+    sae, _, _ = sae_source(args.run)
+    lm = _model_of(sae, args.model)
+    ids = prompt_ids(lm, args.prompt, room=args.max_new_tokens)
+    n = ids.shape[1]
+    positions = {
+        "all": None,
+        "prompt": range(n),
+        "new": range(n, n + args.max_new_tokens),
+    }[args.positions]
+    op, value = next(
+        (op, v) for op in ("value", "scale", "add") if (v := getattr(args, op)) is not None
+    )
+    do = {"value": "set", "scale": "scale", "add": "add"}[op]
+
+    def edit(run):
+        getattr(run, do)(args.latent, value, positions=positions)
+
+    texts = generations(lm, sae, ids, edit, args.max_new_tokens, args.seed)
+    print(f"latent {args.latent}: {do} {value:g} at {args.positions} positions")
+    for mode, pair in texts.items():
+        print(f"\n{mode}:")
+        print(f"  clean:   {args.prompt}{pair['clean']!r}")
+        print(f"  steered: {args.prompt}{pair['steered']!r}")
+
+
+def _add_inspect_parser(commands) -> None:
+    p = commands.add_parser(
+        "inspect",
+        help="the most active latents at every token of a text",
+        description="Run a text through the model with the SAE spliced in (error term kept, "
+        "so the model is unchanged) and show, per token, its most active latents: in the "
+        "terminal and as a small HTML page whose latents link to the run's feature browser.",
+    )
+    p.add_argument("run", metavar="RUN", help="the SAE (any layout saelab reads)")
+    p.add_argument("text")
+    p.add_argument("--top", type=COUNT, default=5, help="latents per token (default: 5)")
+    p.add_argument("--model", help="the model (default: the one the SAE records)")
+    p.add_argument("--out", metavar="FILE.html", help="the page (default: RUN/inspect.html)")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> None:
+    sae, files, default_out = sae_source(args.run)
+    lm = _model_of(sae, args.model)
+    rows = top_latents(lm, sae, prompt_ids(lm, args.text), args.top)
+    for row in rows:
+        latents = ", ".join(f"{i} ({v:.2f})" for i, v in row["latents"])
+        print(f"{row['position']:>4} {row['token']!r:>14}  {latents}")
+    out = Path(args.out or default_out / "inspect.html")
+    report = files / rundir.REPORT
+    link = str(report.resolve()) if report.is_file() else None
+    inspection_page(rows, f"{sae.cfg.arch} d_sae={sae.cfg.d_sae}: {args.text[:60]}", link, out)
+    print(
+        f"\nwritten to {out}" + ("" if link else " (saelab report RUN adds latent pages to link)")
+    )
+
+
 # -- saelab export --------------------------------------------------------------------------
 EXPORT_FORMATS = (*EXPORTS, "circuit_tracer")
 
@@ -649,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report_parser,
         _add_push_parser,
         _add_export_parser,
+        _add_steer_parser,
+        _add_inspect_parser,
         _add_releases_parser,
     ):
         add(commands)
