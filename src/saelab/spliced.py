@@ -26,7 +26,7 @@ import torch
 from .checks import check_type
 from .data.hooks import HookPoint, _hf_model, splice, splice_point, splice_transcoder
 from .errors import ArgumentError
-from .eval.downstream import transcoder_target
+from .eval.downstream import recorded_point, transcoder_target
 from .sae.model import SAE
 
 
@@ -49,17 +49,6 @@ class SplicedSAE:
     target: HookPoint
     codes: torch.Tensor | None = None
     edits: list[Edit] = field(default_factory=list)
-
-
-def hook_point(sae: SAE) -> HookPoint:
-    """The hook point an SAE reads, as its metadata records it."""
-    meta = sae.cfg.metadata
-    if meta.get("layer") is None or meta.get("site") is None:
-        raise ArgumentError(
-            "this SAE records no hook point (metadata layer and site): set "
-            "sae.cfg.metadata.update(layer=L, site=SITE) to say where it belongs"
-        )
-    return HookPoint(meta["layer"], meta["site"])
 
 
 class SplicedRun:
@@ -188,7 +177,7 @@ def spliced(lm, saes, error_term: bool = False, freeze_error: bool = False) -> I
     device = next(net.parameters()).device
     entries = []
     for sae in saes:
-        source = hook_point(sae)
+        source = recorded_point(sae)
         target = transcoder_target(sae) if sae.cfg.is_transcoder else source
         splice_point(net, target.layer, target.site)  # a clear error where it cannot go
         width = net.config.hidden_size

@@ -49,15 +49,23 @@ def _keep_bos_of_target(sae):
     return replaced
 
 
+def recorded_point(sae, target: bool = False) -> HookPoint:
+    """The hook point an SAE reads (target: the one a transcoder writes), as its metadata
+    records it."""
+    keys = ("target_layer", "target_site") if target else ("layer", "site")
+    meta = sae.cfg.metadata
+    if any(meta.get(key) is None for key in keys):
+        what = "transcoder records no target hook point" if target else "SAE records no hook point"
+        raise ValueError(
+            f"this {what} (metadata {', '.join(keys)}): it cannot be spliced; set "
+            f"sae.cfg.metadata.update({'=..., '.join(keys)}=...) to say where it belongs"
+        )
+    return HookPoint(meta[keys[0]], meta[keys[1]])
+
+
 def transcoder_target(sae) -> HookPoint:
     """The hook point a transcoder writes, as its metadata records it."""
-    meta = sae.cfg.metadata
-    if meta.get("target_site") is None or meta.get("target_layer") is None:
-        raise ValueError(
-            "this transcoder records no target hook point (metadata target_layer, target_site): "
-            "it cannot be spliced"
-        )
-    return HookPoint(meta["target_layer"], meta["target_site"])
+    return recorded_point(sae, target=True)
 
 
 def _logits(net, ids, mask):
