@@ -8,7 +8,9 @@ target) and codes f = encode(x):
     out = decode(edit(f))                          error_term False
     out = decode(edit(f)) + (a - decode(f))        error_term True: without edits, out = a
 The error term a - decode(f) passes gradients through to a, or is held constant
-(freeze_error). Position 0 of a sequence (BOS) keeps its activation, as in the downstream
+(freeze_error). With leaves=True the codes and the error term of each pass are leaves of the
+autograd graph (run.codes, run.errors, requiring grad), for attribution by activation x
+gradient (attribution.py). Position 0 of a sequence (BOS) keeps its activation, as in the downstream
 evaluation; positions are counted across the calls of a generation with a KV cache.
 run.codes holds the last pass's codes f [batch, seq, d_sae] (a list, one per SAE, for several);
 run.set / scale / add / ablate edit them at chosen positions (absolute, from 0) until
@@ -48,14 +50,18 @@ class SplicedSAE:
     source: HookPoint
     target: HookPoint
     codes: torch.Tensor | None = None
+    error: torch.Tensor | None = None
     edits: list[Edit] = field(default_factory=list)
 
 
 class SplicedRun:
     """The state of a spliced model (see the module docstring)."""
 
-    def __init__(self, spliced: list[SplicedSAE], error_term: bool, freeze_error: bool):
+    def __init__(
+        self, spliced: list[SplicedSAE], error_term: bool, freeze_error: bool, leaves: bool
+    ):
         self.spliced, self.error_term, self.freeze_error = spliced, error_term, freeze_error
+        self.leaves = leaves
         self.offset = 0  # the absolute position of the current pass's first token
 
     @property
@@ -63,6 +69,12 @@ class SplicedRun:
         """The last forward pass's codes [batch, seq, d_sae] (one per SAE for several)."""
         codes = [s.codes for s in self.spliced]
         return codes[0] if len(codes) == 1 else codes
+
+    @property
+    def errors(self) -> torch.Tensor | list[torch.Tensor | None] | None:
+        """The last forward pass's error terms a - decode(f) [batch, seq, d] (with error_term)."""
+        errors = [s.error for s in self.spliced]
+        return errors[0] if len(errors) == 1 else errors
 
     # -- interventions ---------------------------------------------------------------------
     def set(self, latent, value: float, positions=None, sae: int = 0) -> None:
@@ -135,6 +147,9 @@ class SplicedRun:
         stats = sae.input_stats(flat)
         f = sae._encode_scaled(sae._scale(flat, stats))[0]
         spliced.codes = f.reshape(batch, seq, -1)
+        if self.leaves:  # the codes as a leaf, decoded through a view of it
+            spliced.codes = spliced.codes.detach().requires_grad_(True)
+            f = spliced.codes.flatten(0, 1)
         skip = flat if sae.cfg.skip else None
         recon = sae.decode(f, stats, x=skip)
         edited = self._edited(spliced, spliced.codes)
@@ -142,6 +157,9 @@ class SplicedRun:
         out = out.reshape(batch, seq, -1)
         if self.error_term:
             error = a.float() - recon.reshape(batch, seq, -1)
+            if self.leaves:
+                error = error.detach().requires_grad_(True)
+            spliced.error = error
             out = out + (error.detach() if self.freeze_error else error)
         out = out.to(a.dtype)
         if self.offset == 0:  # BOS keeps its activation
@@ -164,7 +182,9 @@ def _offset(args, kwargs) -> int:
 
 
 @contextmanager
-def spliced(lm, saes, error_term: bool = False, freeze_error: bool = False) -> Iterator[SplicedRun]:
+def spliced(
+    lm, saes, error_term: bool = False, freeze_error: bool = False, leaves: bool = False
+) -> Iterator[SplicedRun]:
     """Within the context, every forward pass of lm (a LanguageModel or a transformers causal
     LM) runs with each SAE of `saes` (one, or a list) spliced in at the hook point its metadata
     records (see the module docstring); yields the SplicedRun that holds codes and edits."""
@@ -188,7 +208,7 @@ def spliced(lm, saes, error_term: bool = False, freeze_error: bool = False) -> I
                     f"width {width}"
                 )
         entries.append(SplicedSAE(sae.to(device).eval(), source, target))
-    run = SplicedRun(entries, error_term, freeze_error)
+    run = SplicedRun(entries, error_term, freeze_error, leaves)
 
     def track(module, args, kwargs):
         run.offset = _offset(args, kwargs)
