@@ -74,7 +74,7 @@ def test_latents_and_error_sum_to_removing_the_saes_contribution(setup):
         value = metric_of(lm.model(ids).logits, target, contrast)
     (grad,) = torch.autograd.grad(value, [seen["a"]])
     removed = seen["a"] - sae.decode(torch.zeros(sae.cfg.d_sae))
-    linear = float(-(removed[:, 1:] * grad[:, 1:]).sum())
+    linear = float(-(removed[:, 1:] * grad[:, 1:]).sum().detach())
     assert doc["latent_attribution_sum"] + doc["error_attribution"] == pytest.approx(
         linear, rel=1e-3, abs=1e-6
     )
