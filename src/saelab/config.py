@@ -189,14 +189,16 @@ class DataConfig:
     target_site: str | None = option(
         None,
         "train transcoders: predict this hook site (of --target-layer) from --site, read from "
-        "a cache of both (saelab cache --hookpoints)",
+        "a cache of both (saelab cache --hookpoints) or, with --hookpoints, from each point's "
+        "own block",
         choices=SITES,
     )
     target_layer: int | None = option(None, "the transcoder's target block (default: --layer)")
     hookpoints: str | None = option(
         None,
         "several hook points from one forward pass, comma-separated layers.L.SITE with L a "
-        "layer, A-B or * (e.g. layers.*.mlp_out,layers.4-6.mlp_in); instead of --layer/--site",
+        "layer, A-B or * (e.g. layers.*.mlp_out,layers.4-6.mlp_in); instead of --layer/--site; "
+        "training: one SAE (or transcoder) per point, from a cache of them or with --no-cache",
         metavar="POINTS",
     )
     dataset: str | None = option(

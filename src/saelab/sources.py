@@ -330,7 +330,8 @@ def points_data(request: DataConfig, seed: int, plan: PointsPlan) -> Data:
         cols = torch.cat([columns[name] for name in names])
         if request.activations:
             spec = side.caches[point.name].manifest["spec"]
-            recorded = {"activations": request.activations, **spec}
+            read = request.activations if target else str(Path(request.activations) / point.name)
+            recorded = {"activations": read, **spec}
             held = (
                 SideBySide({n: heldout.caches[n] for n in names})
                 if target
