@@ -2,14 +2,18 @@
 the model's own, the steered one carries the intervention, inspect's latents are the SAE's
 codes of the hook point's activations, and bad requests end in clear errors."""
 
+import json
+
 import pytest
 import torch
 from conftest import cli_error, randomize
 from tiny_models import saved_model
 
 from saelab import SAE, SAEConfig, cli, spliced
-from saelab.data.hooks import harvest
+from saelab.data.hooks import harvest, splice
 from saelab.data.models import load_model
+from saelab.eval.logit_lens import logit_lens_ids
+from saelab.eval.steering import SteeringConfig, steering
 from saelab.steering import generations, prompt_ids, top_latents
 
 
@@ -78,3 +82,50 @@ def test_saelab_steer_prints_both_generations(setup, capsys):
 def test_bad_steering_requests_end_in_clear_errors(setup, capsys, extra, message):
     root, _, _ = setup
     assert message in cli_error(capsys, ["steer", str(root / "run"), *extra])
+
+
+def test_the_steering_evaluation_against_an_independent_computation(setup):
+    """promoted_logprob_change and kl of adding s x (the latent's peak) x its decoder row at the
+    hook point (but BOS), computed here with a plain splice; fluency by the clean model."""
+    _, lm, sae = setup
+    ids = torch.cat(
+        [prompt_ids(lm, "w1 w2 w3 w4 w5 w6 w7 w8 w9"), prompt_ids(lm, "w9 w8 w7 w6 w5 w4 w3 w2 w1")]
+    )
+    cfg = SteeringConfig(
+        latents=[5, 9], strengths=[2.0], contexts=2, promoted=4, prompt_tokens=4, generated=3
+    )
+    doc = steering(sae, lm, ids, cfg)
+    with torch.no_grad():
+        acts = harvest(lm.model, ids, 1, "resid_post")
+        peaks = sae.encode(acts)[:, 1:].amax((0, 1))
+        clean = lm.model(ids).logits.log_softmax(-1)
+        for row in doc["eval_result_details"]:
+            latent = row["latent"]
+            amount = 2.0 * float(peaks[latent])
+            direction = amount * sae.W_dec[latent]
+
+            def add(a):
+                return torch.cat([a[:, :1], a[:, 1:] + direction], dim=1)
+
+            with splice(lm.model, 1, "resid_post", add):
+                steered = lm.model(ids).logits.log_softmax(-1)
+            promoted = logit_lens_ids(sae, lm, [latent], 4)[0]
+            change = (steered - clean)[:, 1:, promoted].mean()
+            kl = (clean.exp() * (clean - steered)).sum(-1)[:, 1:].mean()
+            assert row["added"] == pytest.approx(amount, rel=1e-5)
+            assert row["promoted_logprob_change"] == pytest.approx(float(change), abs=1e-4)
+            assert row["kl"] == pytest.approx(float(kl), abs=1e-5)
+            assert row["fluency_ce"] > 0
+    metrics = doc["eval_result_metrics"]["steering"]
+    assert {"kl_s2", "promoted_logprob_change_s2", "fluency_ce_s2", "clean_fluency_ce"} <= set(
+        metrics
+    )
+
+
+def test_saelab_eval_runs_the_steering_evaluation(setup, capsys):
+    root, _, _ = setup
+    cli.main(["eval", str(root / "run"), "--evals", "steering", "--steer-n", "2",
+              "--steer-strengths", "1,3", "--out", str(root / "steer-eval")])  # fmt: skip
+    doc = json.loads((root / "steer-eval" / "eval_results" / "steering.json").read_text())
+    assert doc["eval_type_id"] == "saelab_steering" and len(doc["eval_result_details"]) == 4
+    assert "kl_s3" in capsys.readouterr().out

@@ -46,24 +46,30 @@ def decoder_directions(sae, latents: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def logit_lens(sae, lm, latents: list[int], k: int = 10) -> list[dict]:
-    """Per latent {"top": [(token text, logit)] * k, "bottom": [...]}: the tokens its decoder
-    direction promotes most and least."""
+def lens_logits(sae, lm, latents: list[int]) -> torch.Tensor:
+    """[len(latents), vocab]: the logits each latent's decoder direction adds (through the
+    final norm and the unembedding, relative to a zero residual)."""
     net = lm.model
     head = net.get_output_embeddings()
-    if head is None or lm.d_model != sae.cfg.d_in:
+    if head is None or lm.d_model != sae.cfg.width_out:
         raise ValueError("the logit lens needs the causal LM the SAE was trained on")
     norm = final_norm(net)
     device = next(net.parameters()).device
     dirs = decoder_directions(sae, latents).to(device)
-    logits = (
-        (head(norm(dirs[:, None])) - head(norm(torch.zeros_like(dirs[:1, None]))))
-        .squeeze(1)
-        .float()
-        .cpu()
-    )
+    zero = head(norm(torch.zeros_like(dirs[:1, None])))
+    return (head(norm(dirs[:, None])) - zero).squeeze(1).float().cpu()
+
+
+def logit_lens_ids(sae, lm, latents: list[int], k: int = 10) -> list[list[int]]:
+    """Per latent, the ids of the k tokens its decoder direction promotes most."""
+    return [row.topk(k).indices.tolist() for row in lens_logits(sae, lm, latents)]
+
+
+def logit_lens(sae, lm, latents: list[int], k: int = 10) -> list[dict]:
+    """Per latent {"top": [(token text, logit)] * k, "bottom": [...]}: the tokens its decoder
+    direction promotes most and least."""
     out = []
-    for row in logits:
+    for row in lens_logits(sae, lm, latents):
         top, bottom = row.topk(k), (-row).topk(k)
         out.append(
             {

@@ -22,7 +22,7 @@ from ..checks import by_name
 from ..data.cache import ActivationCache
 from ..data.hooks import DEFAULT_SITE
 from ..errors import ConfigError
-from . import full
+from . import full, steering
 from .saebench import absorption, autointerp, sparse_probing
 from .saebench.output import read_outputs, result_path, write_output
 
@@ -142,6 +142,15 @@ EVALUATIONS = register(
         needs_chat=True,
         configure=_with_chat,
         columns=("autointerp_score",),
+    ),
+    Evaluation(
+        "steering",
+        steering.SteeringConfig,
+        steering.run,
+        steering.summary,
+        steering.EVAL_TYPE_ID,
+        needs_model=True,
+        configure=_with_hook,
     ),
 )
 
