@@ -1,6 +1,7 @@
 """The feature browser: latent statistics against brute force, the page, the command, and the
 page rendered in a real headless browser (Debian's chromium)."""
 
+import html
 import json
 import os
 import re
@@ -16,15 +17,19 @@ from tiny_models import saved_model, tiny_lm, tiny_model, tiny_tokenizer
 
 from saelab import SAE, SAEConfig, cli
 from saelab.data.cache import CacheSpec, build_cache
+from saelab.data.models import load_model
 from saelab.eval.report import (
     BEFORE,
     QUANTILES,
+    STEER_STRENGTHS,
+    STEER_TOKENS,
     density_band,
     latent_examples,
     latents_across_densities,
     report_html,
     write_report,
 )
+from saelab.steering import greedy_steered, prompt_ids
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -253,6 +258,29 @@ def test_report_command(setup, tmp_path, capsys):
     np.save(tmp_path / "acts.npy", np.zeros((10, 32), dtype=np.float32))
     error = cli_error(capsys, ["report", str(run), "--activations", str(tmp_path / "acts.npy")])
     assert re.search("needs token ids", error)
+
+
+def test_report_steering_examples(setup, tmp_path, capsys):
+    """--steer: each latent's prompt continued clean and at two strengths (greedy_steered, the
+    SAE spliced in with its error term), with --no-logit-lens the lens left out."""
+    root, cache, sae = setup
+    run = tmp_path / "run"
+    sae.save(run)
+    cli.main(["report", str(run), "--activations", str(cache.directory), "--top", "2",
+              "--contexts", "1", "--steer", "w1 w2", "--no-logit-lens"])  # fmt: skip
+    page = (run / "report.html").read_text()
+    assert page.count("class='steer'") == 2 and page.count("+6 x max") == 2
+    assert "promotes (logit lens)" not in page
+    shown = [int(i) for i in re.findall(r"id='latent-(\d+)'", page)]
+    lm = load_model(str(root / "model"))
+    ids = prompt_ids(lm, "w1 w2", room=STEER_TOKENS)
+    top = latent_examples(sae, cache, latents=shown[:1])[0]
+    mine = SAE.load(run)  # spliced where its cache's activations come from, as the command does
+    mine.cfg.metadata.update(layer=1, site="resid_post")
+    clean, steered = greedy_steered(
+        lm, mine, ids, shown[0], [s * top.max_activation for s in STEER_STRENGTHS], STEER_TOKENS
+    )
+    assert html.escape(steered[1]) in page and html.escape(clean) in page
 
 
 def test_page_renders_in_headless_chromium(setup, tmp_path):

@@ -406,8 +406,10 @@ def cmd_report(args) -> None:
         run = out.parent
     plots = [run / name for name in results.get("plots", {}).values() if (run / name).is_file()]
     lm = None
-    if page.logit_lens:
+    if page.logit_lens or page.steer:
         lm = load_model(inputs.spec.model, dtype=request.model_dtype, device=request.device)
+    for key in ("layer", "site"):  # where --steer splices it: where its activations come from
+        sae.cfg.metadata.setdefault(key, getattr(inputs.spec, key))
     outputs = read_results(files)
     autointerp = outputs.get("autointerp")
     explanations = None
@@ -431,6 +433,8 @@ def cmd_report(args) -> None:
         lm=lm,
         explanations=explanations,
         interp=flat_metrics(outputs),
+        steer=page.steer,
+        lens=page.logit_lens,
     )
     print(f"feature browser with {len(shown)} latents on {inputs.n_tokens} held-out tokens: {out}")
     if page.neuronpedia:

@@ -59,6 +59,27 @@ def generations(
     return out
 
 
+def greedy_steered(
+    lm, sae, ids: torch.Tensor, latent: int, amounts: list[float], max_new_tokens: int
+) -> tuple[str, list[str]]:
+    """The clean greedy continuation of ids [1, n] and one per amount added to `latent` at
+    every position (the feature browser's steering examples)."""
+    texts = []
+    for amount in [None, *amounts]:
+        with spliced(lm, sae, error_term=True) as run:
+            if amount is not None:
+                run.add(latent, amount)
+            tokens = lm.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=lm.tokenizer.eos_token_id,
+            )
+        texts.append(lm.tokenizer.decode(tokens[0, ids.shape[1] :]))
+    return texts[0], texts[1:]
+
+
 @torch.no_grad()
 def top_latents(lm, sae, ids: torch.Tensor, top: int) -> list[dict]:
     """Per token of ids [1, n]: {"position", "token", "latents": [(latent, activation)]}, its

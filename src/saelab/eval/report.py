@@ -25,6 +25,7 @@ import torch
 from ..data.cache import ActivationCache
 from ..errors import ConfigError
 from ..options import check_options, option
+from ..steering import greedy_steered, prompt_ids
 from .examples import latent_codes, rows_between, top_rows, window
 from .logit_lens import logit_lens
 
@@ -32,6 +33,10 @@ BEFORE, AFTER = 24, 6  # tokens shown before and after the activating token
 HISTOGRAM_BINS = 30
 QUANTILES = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75))  # of the nonzero activations, sampled from
 MIN_FIRINGS = 3  # a latent seen fewer times has no density to speak of, nor contexts to compare
+
+
+STEER_STRENGTHS = (2.0, 6.0)  # times a latent's max activation, for --steer
+STEER_TOKENS = 24
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Latent:
     samples: list[Sample] = field(default_factory=list)  # one per interval of QUANTILES
     logits: dict | None = None  # {"top": [(token, logit)], "bottom": [...]} (eval/logit_lens.py)
     explanation: dict | None = None  # {"explanation", "score", "f1"} from autointerp
+    steering: dict | None = None  # {"prompt", "clean", "steered": [(strength, text)]}
 
     @property
     def band(self) -> str:
@@ -298,6 +304,18 @@ def _latent_html(tokenizer, lt: Latent) -> str:
         + (_logits_html(lt.logits) if lt.logits else "")
         + "</div>"
     )
+    if lt.steering:
+        rows = "".join(
+            f"<tr><td>{label}</td><td class='tokcell'>{html.escape(text)}</td></tr>"
+            for label, text in [
+                ("clean", lt.steering["clean"]),
+                *((f"+{s:g} x max", text) for s, text in lt.steering["steered"]),
+            ]
+        )
+        parts.append(
+            f"<table class='steer'><caption>steering: "
+            f"{html.escape(lt.steering['prompt'])} &hellip;</caption>{rows}</table>"
+        )
     parts.append(
         "<h4>top activations</h4>"
         + _contexts_html(tokenizer, lt.contexts, lt.peaks, lt.max_activation)
@@ -378,6 +396,12 @@ class ReportConfig:
     logit_lens: bool = option(
         True, "the logit lens of each latent's decoder direction (loads the model)"
     )
+    steer: str | None = option(
+        None,
+        "a prompt each latent steers: greedy continuations with it added at 2 and 6 times its "
+        "max activation, beside the clean one (loads the model)",
+        metavar="PROMPT",
+    )
     neuronpedia: str | None = option(
         None,
         "also write the latents as Neuronpedia feature dashboards (JSON)",
@@ -414,16 +438,28 @@ def write_report(
     explanations: dict | None = None,
     interp: dict | None = None,
     seed: int = 0,
+    steer: str | None = None,
+    lens: bool = True,
 ) -> list[Latent]:
     """Write the feature browser page to `path`; returns the latents shown. With `lm` (the
-    model the SAE reads) each latent gets its logit lens; `explanations` maps latents to their
-    autointerp records; `interp` the metrics of eval_results/."""
+    model the SAE reads) each latent gets its logit lens (unless not `lens`) and, with `steer`
+    (a prompt), its steering example; `explanations` maps latents to their autointerp
+    records; `interp` the metrics of eval_results/."""
     chosen = latent_examples(sae, cache, latents, top_n, n_contexts, n_samples, seed)
-    if lm is not None and chosen:
-        for lt, lens in zip(chosen, logit_lens(sae, lm, [lt.index for lt in chosen])):
-            lt.logits = lens
+    if lm is not None and lens and chosen:
+        for lt, logits in zip(chosen, logit_lens(sae, lm, [lt.index for lt in chosen])):
+            lt.logits = logits
     for lt in chosen:
         lt.explanation = (explanations or {}).get(lt.index)
+        if steer is not None:  # a steering example: the prompt continued clean and steered
+            ids = prompt_ids(lm, steer, room=STEER_TOKENS)
+            amounts = [s * lt.max_activation for s in STEER_STRENGTHS]
+            clean, steered = greedy_steered(lm, sae, ids, lt.index, amounts, STEER_TOKENS)
+            lt.steering = {
+                "prompt": steer,
+                "clean": clean,
+                "steered": list(zip(STEER_STRENGTHS, steered)),
+            }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report_html(sae, chosen, tokenizer, results, plots, interp=interp))
