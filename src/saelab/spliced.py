@@ -145,7 +145,7 @@ class SplicedRun:
         batch, seq, _ = x.shape
         flat = x.reshape(-1, sae.cfg.d_in).float()
         stats = sae.input_stats(flat)
-        f = sae._encode_scaled(sae._scale(flat, stats))[0]
+        f = sae.encode(flat)
         spliced.codes = f.reshape(batch, seq, -1)
         if self.leaves:  # the codes as a leaf, decoded through a view of it
             spliced.codes = spliced.codes.detach().requires_grad_(True)
