@@ -62,9 +62,8 @@ def main() -> None:
     for name, seconds in median.items():
         print(f"{name:>10}: {seconds * 1000:8.1f} ms  {tokens / seconds:8.0f} tokens/s")
     extra = median["spliced"] - median["clean"]
-    print(
-        f"spliced - clean = {extra * 1000:.1f} ms = {extra / median['sae alone']:.2f} x the SAE alone"
-    )
+    ratio = extra / median["sae alone"]
+    print(f"spliced - clean = {extra * 1000:.1f} ms = {ratio:.2f} x the SAE alone")
 
 
 if __name__ == "__main__":
