@@ -35,14 +35,20 @@ def test_clean_generation_is_the_models_own_and_the_steered_one_differs(setup):
     texts = generations(lm, sae, ids, lambda run: run.add(5, 40.0), 6, seed=1)
     kw = {"attention_mask": torch.ones_like(ids), "pad_token_id": lm.tokenizer.eos_token_id}
     own = lm.model.generate(ids, max_new_tokens=6, do_sample=False, **kw)
-    assert texts["greedy"]["clean"] == lm.tokenizer.decode(own[0, ids.shape[1] :])
+    assert texts["greedy"]["clean"] == lm.tokenizer.decode(
+        own[0, ids.shape[1] :], skip_special_tokens=True
+    )
     torch.manual_seed(1)
     sampled = lm.model.generate(ids, max_new_tokens=6, do_sample=True, **kw)
-    assert texts["sampled"]["clean"] == lm.tokenizer.decode(sampled[0, ids.shape[1] :])
+    assert texts["sampled"]["clean"] == lm.tokenizer.decode(
+        sampled[0, ids.shape[1] :], skip_special_tokens=True
+    )
     with spliced(lm, sae, error_term=True) as run:
         run.add(5, 40.0)
         steered = lm.model.generate(ids, max_new_tokens=6, do_sample=False, **kw)
-    assert texts["greedy"]["steered"] == lm.tokenizer.decode(steered[0, ids.shape[1] :])
+    assert texts["greedy"]["steered"] == lm.tokenizer.decode(
+        steered[0, ids.shape[1] :], skip_special_tokens=True
+    )
     assert texts["greedy"]["steered"] != texts["greedy"]["clean"]
 
 

@@ -55,7 +55,9 @@ def generations(
                     do_sample=mode == "sampled",
                     pad_token_id=lm.tokenizer.eos_token_id,
                 )
-            out[mode][kind] = lm.tokenizer.decode(tokens[0, ids.shape[1] :])
+            out[mode][kind] = lm.tokenizer.decode(
+                tokens[0, ids.shape[1] :], skip_special_tokens=True
+            )
     return out
 
 
@@ -76,7 +78,7 @@ def greedy_steered(
                 do_sample=False,
                 pad_token_id=lm.tokenizer.eos_token_id,
             )
-        texts.append(lm.tokenizer.decode(tokens[0, ids.shape[1] :]))
+        texts.append(lm.tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True))
     return texts[0], texts[1:]
 
 
