@@ -652,6 +652,8 @@ def test_a_sweep_puts_saes_transcoders_and_skip_transcoders_of_a_block_on_one_fi
     error = cli_error(capsys, ["sweep", "--synthetic", "--kind", "sae", "--tokens", "1000",
                                "--out", str(tmp_path / "bad")])  # fmt: skip
     assert "needs a transcoder's data" in error
+    error = cli_error(capsys, [*sweep, "--out", str(tmp_path / "bad2")])
+    assert "every point names its kind" in error
 
 
 def test_transcoders_train_from_a_cache_of_both_hook_points(model_dir, docs, tmp_path, capsys):

@@ -358,8 +358,8 @@ def add_grid_arguments(p) -> None:
     grid.add_argument(
         "--kind",
         type=list_of(str, KINDS),
-        help="with --target-site: sae (of the target), transcoder, skip_transcoder, to compare "
-        "them on one figure (default: transcoder)",
+        help="with --target-site (and needed there): sae (of the target), transcoder, "
+        "skip_transcoder, to compare them on one figure",
     )
     settings = p.add_argument_group(
         "architecture settings",

@@ -13,8 +13,8 @@ input-scaling axis can cover only topk and batchtopk.
 On a transcoder's data (--target-site: rows of its input x and target y side by side) the
 `kind` axis puts SAEs, transcoders and skip transcoders of one block on one figure: `sae` (an
 autoencoder of the target y, as the skip-transcoder paper compares them), `transcoder` and
-`skip_transcoder` (y from x; the default there); each is named by its kind, and all are judged
-on the same target.
+`skip_transcoder` (y from x); there every point names its kind, which its name carries, and
+all are judged on the same target.
 
 A sweep directory OUT holds one run per point (OUT/<point name>/, as `saelab train` writes),
 `results.csv` and `results.json` (one row per point), the Pareto plots (seed means with error
@@ -149,7 +149,7 @@ class Point:
     knob: str | None = None
     value: float | int | None = None
     variant: tuple[tuple[str, object], ...] = ()  # (setting, value) of variant_settings
-    kind: str | None = None  # on a transcoder's data: one of KINDS (None: transcoder)
+    kind: str | None = None  # on a transcoder's data: one of KINDS
 
     @property
     def name(self) -> str:
@@ -396,6 +396,11 @@ def run_sweep(
         raise ConfigError(
             f"kind {', '.join(sorted(kinds))} compares SAEs and transcoders of one block: it "
             "needs a transcoder's data (--target-site, a cache of both hook points)"
+        )
+    if d_out is not None and any(point.kind is None for point in points):
+        raise ConfigError(
+            "on a transcoder's data every point names its kind: --kind transcoder, "
+            "skip_transcoder and/or sae (an SAE of the target), or kind = [...] in a grid"
         )
     evals = evals if isinstance(evals, dict) else {point: list(evals) for point in points}
     configs = configs or {}
