@@ -16,10 +16,8 @@ from . import rundir
 from .attribution import attribute, attribution_page
 from .config import (
     DEFAULT_DATASET,
-    DEFAULT_INPUT_SCALING,
     DEFAULT_LAYER,
     DEFAULT_MODEL,
-    TRANSCODER_INPUT_SCALING,
     DataConfig,
     SAEConfig,
     TrainConfig,
@@ -249,8 +247,7 @@ def _train(args, data, train_cfg, grid, runs) -> None:
                 arch=arch,
                 d_in=job.d_in,
                 d_sae=args.expansion * job.d_in,
-                input_scaling=args.input_scaling
-                or (TRANSCODER_INPUT_SCALING if job.d_out else DEFAULT_INPUT_SCALING),
+                input_scaling=args.input_scaling,  # None: the default for its kind
                 d_out=job.d_out,
                 skip=args.skip,
                 metadata=job.provenance,
