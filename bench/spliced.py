@@ -5,9 +5,10 @@ python bench/spliced.py RUN [--batch 8] [--repeats 5]
 
 RUN: an SAE of the default model (`saelab train`). A batch of --batch held-out contexts of the
 SAE's text (128 tokens each); the contenders alternate in each round, medians of --repeats
-rounds: the clean forward, the forward with the SAE spliced in (error term kept), and the SAE
-alone on the hook point's activations (encode + decode). The splice should cost about the
-clean pass plus the SAE alone.
+rounds: the clean forward, the forward with the SAE spliced in (error term kept), the SAE
+alone on the hook point's activations (encode + decode), and the splice's replacement alone on
+them (encode, decode, error term, BOS kept). The splice should cost about the clean pass plus
+the SAE alone.
 """
 
 import argparse
@@ -47,12 +48,18 @@ def main() -> None:
     def sae_alone():
         sae(acts)
 
-    times = {name: [] for name in ("clean", "spliced", "sae alone")}
+    with spliced(lm, sae, error_term=True) as run:  # its replacement, outside the model
+
+        def replacement():
+            run.replace(run.spliced[0], acts, acts)
+
+    contenders = (clean, with_sae, sae_alone, replacement)
+    times = {name: [] for name in ("clean", "spliced", "sae alone", "replacement")}
     with torch.no_grad():
-        for fn in (clean, with_sae, sae_alone):  # warm up
+        for fn in contenders:  # warm up
             fn()
         for _ in range(args.repeats):
-            for name, fn in zip(times, (clean, with_sae, sae_alone)):
+            for name, fn in zip(times, contenders):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -64,6 +71,7 @@ def main() -> None:
     extra = median["spliced"] - median["clean"]
     ratio = extra / median["sae alone"]
     print(f"spliced - clean = {extra * 1000:.1f} ms = {ratio:.2f} x the SAE alone")
+    print(f"replacement / SAE alone = {median['replacement'] / median['sae alone']:.2f}")
 
 
 if __name__ == "__main__":
