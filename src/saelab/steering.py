@@ -36,28 +36,46 @@ def prompt_ids(lm, prompt: str, room: int = 0) -> torch.Tensor:
     return torch.tensor([ids], device=next(lm.model.parameters()).device)
 
 
+def continued(
+    lm,
+    sae,
+    ids: torch.Tensor,
+    edit: Callable[[SplicedRun], None],
+    max_new_tokens: int,
+    sample: bool = False,
+) -> torch.Tensor:
+    """ids [b, n] continued by max_new_tokens [b, n + new] through the model's own generate
+    (its KV cache), with the SAE spliced in with its error term and `edit` applied to it."""
+    with spliced(lm, sae, error_term=True) as run:
+        edit(run)
+        return lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            pad_token_id=lm.tokenizer.eos_token_id,
+        )
+
+
+def _new_text(lm, tokens: torch.Tensor, ids: torch.Tensor) -> str:
+    return lm.tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def _unchanged(run: SplicedRun) -> None:
+    pass
+
+
 def generations(
     lm, sae, ids: torch.Tensor, edit: Callable[[SplicedRun], None], max_new_tokens: int, seed: int
 ) -> dict[str, dict[str, str]]:
     """{mode: {"clean": text, "steered": text}} for greedy and sampled generation (the same
-    seed for both samples), through the model's own generate with its KV cache."""
+    seed for both samples)."""
     out: dict[str, dict[str, str]] = {mode: {} for mode in MODES}
     for mode in MODES:
-        for kind in ("clean", "steered"):
+        for kind, how in (("clean", _unchanged), ("steered", edit)):
             torch.manual_seed(seed)
-            with spliced(lm, sae, error_term=True) as run:
-                if kind == "steered":
-                    edit(run)
-                tokens = lm.model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=mode == "sampled",
-                    pad_token_id=lm.tokenizer.eos_token_id,
-                )
-            out[mode][kind] = lm.tokenizer.decode(
-                tokens[0, ids.shape[1] :], skip_special_tokens=True
-            )
+            tokens = continued(lm, sae, ids, how, max_new_tokens, sample=mode == "sampled")
+            out[mode][kind] = _new_text(lm, tokens, ids)
     return out
 
 
@@ -66,19 +84,8 @@ def greedy_steered(
 ) -> tuple[str, list[str]]:
     """The clean greedy continuation of ids [1, n] and one per amount added to `latent` at
     every position (the feature browser's steering examples)."""
-    texts = []
-    for amount in [None, *amounts]:
-        with spliced(lm, sae, error_term=True) as run:
-            if amount is not None:
-                run.add(latent, amount)
-            tokens = lm.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=lm.tokenizer.eos_token_id,
-            )
-        texts.append(lm.tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True))
+    edits = [_unchanged] + [lambda run, a=a: run.add(latent, a) for a in amounts]
+    texts = [_new_text(lm, continued(lm, sae, ids, e, max_new_tokens), ids) for e in edits]
     return texts[0], texts[1:]
 
 

@@ -449,12 +449,12 @@ def write_report(
     if lm is not None and lens and chosen:
         for lt, logits in zip(chosen, logit_lens(sae, lm, [lt.index for lt in chosen])):
             lt.logits = logits
+    steer_ids = None if steer is None else prompt_ids(lm, steer, room=STEER_TOKENS)
     for lt in chosen:
         lt.explanation = (explanations or {}).get(lt.index)
         if steer is not None:  # a steering example: the prompt continued clean and steered
-            ids = prompt_ids(lm, steer, room=STEER_TOKENS)
             amounts = [s * lt.max_activation for s in STEER_STRENGTHS]
-            clean, steered = greedy_steered(lm, sae, ids, lt.index, amounts, STEER_TOKENS)
+            clean, steered = greedy_steered(lm, sae, steer_ids, lt.index, amounts, STEER_TOKENS)
             lt.steering = {
                 "prompt": steer,
                 "clean": clean,

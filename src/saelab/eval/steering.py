@@ -26,6 +26,7 @@ from ..data.hooks import DEFAULT_SITE
 from ..data.streaming import heldout_contexts
 from ..options import option
 from ..spliced import spliced
+from ..steering import continued
 from .logit_lens import logit_lens_ids
 from .saebench.output import eval_output, interval_text, intervals
 
@@ -72,15 +73,7 @@ def steering(sae, lm, ids: torch.Tensor, cfg: SteeringConfig) -> dict:
     prompts = ids[:, : cfg.prompt_tokens]
 
     def fluency(edit) -> float:
-        with spliced(lm, sae, error_term=True) as run:
-            edit(run)
-            out = lm.model.generate(
-                prompts,
-                attention_mask=torch.ones_like(prompts),
-                max_new_tokens=cfg.generated,
-                do_sample=False,
-                pad_token_id=lm.tokenizer.eos_token_id,
-            )
+        out = continued(lm, sae, prompts, edit, cfg.generated)
         logits = lm.model(out).logits.float()[:, cfg.prompt_tokens - 1 : -1]
         return float(F.cross_entropy(logits.flatten(0, 1), out[:, cfg.prompt_tokens :].flatten()))
 
