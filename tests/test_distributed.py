@@ -51,10 +51,18 @@ def _args(acts, out, arch):
 
 
 @pytest.mark.parametrize(
-    "arch, processes", [("topk", 2), ("batchtopk", 2), ("jumprelu", 2), ("batchtopk", 5)]
+    "arch, processes, extra",
+    [
+        ("topk", 2, []),
+        ("batchtopk", 2, []),
+        ("jumprelu", 2, []),
+        ("batchtopk", 5, []),
+        ("batchtopk", 2, ["--latent-parallel", "2"]),
+    ],
 )
-def test_several_processes_equal_one(acts, tmp_path, arch, processes):
-    """5 processes: more than 4 ranks used to crash BatchTopK's global selection at step 1."""
+def test_several_processes_equal_one(acts, tmp_path, arch, processes, extra):
+    """5 processes: more than 4 ranks used to crash BatchTopK's global selection at step 1.
+    --latent-parallel 2: the dictionary split over the two ranks (test_latent_parallel.py)."""
     cli.main(_args(acts, tmp_path / "single", arch))
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -67,6 +75,7 @@ def test_several_processes_equal_one(acts, tmp_path, arch, processes):
             "-m",
             "saelab",
             *_args(acts, tmp_path / "multi", arch),
+            *extra,
         ],
         capture_output=True,
         text=True,

@@ -281,7 +281,7 @@ def _simulated_ranks(pre: torch.Tensor, k: int, n_ranks: int) -> set:
     offers = torch.cat([local_offers(RowTiles.of(p), len(p) * n_ranks * k, k)[0] for p in parts])
     chosen = set()
     for r, part in enumerate(parts):
-        ranks = Collectives(world_size=n_ranks, gather=lambda values: offers)
+        ranks = Collectives(data_ranks=n_ranks, gather=lambda values: offers)
         rows, cols, values = global_batch_topk(RowTiles.of(part, tile_rows=3), k, ranks)
         torch.testing.assert_close(part[rows, cols], values)
         chosen |= {(r * len(part) + i, j) for i, j in zip(rows.tolist(), cols.tolist())}

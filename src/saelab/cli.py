@@ -75,7 +75,7 @@ from .sources import (
 )
 from .steering import generations, inspection_page, prompt_ids, top_latents
 from .sweep import check_out, knob_label, run_sweep
-from .train.distributed import init_from_env, is_distributed, rank, shutdown
+from .train.distributed import init_from_env, is_distributed, mesh, rank, shutdown
 from .train.interrupt import Interrupted
 from .train.loop import train_many
 from .train.wandb_log import require_wandb
@@ -254,7 +254,9 @@ def _train(args, data, train_cfg, grid, runs) -> None:
                 **others,
                 **({knob: value} if knob else {}),
             )
-            sae = SAE(sae_cfg, seed=train_cfg.seed)
+            # under torchrun with --latent-parallel, only this rank's latents are made
+            shard = mesh(train_cfg.latent_parallel).shard(sae_cfg.d_sae)
+            sae = SAE(sae_cfg, seed=train_cfg.seed, shard=shard)
             saes.append(sae.to(args.device))
             train_cfgs.append(replace(train_cfg, out_dir=str(run)))
             columns.append(job.columns)

@@ -100,6 +100,14 @@ class TrainConfig:
         100_000, "a latent is dead after this many training tokens without firing", low=1
     )
     seed: int = option(0, "seed for initialisation and data order", low=0)
+    latent_parallel: int = option(
+        1,
+        "under torchrun: split each dictionary's latents over this many ranks (the rest are "
+        "data parallel): weights, gradients and Adam state per rank fall as 1/N, the selection "
+        "stays exact over the whole dictionary (saelab plan predicts the memory)",
+        low=1,
+        metavar="N",
+    )
     out_dir: str | None = None
     checkpoint_every_tokens: int | None = option(
         None,

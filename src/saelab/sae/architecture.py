@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from ..options import option
+from .shard import draw_rows
 
 
 def setting(default, help: str, label: str | None = None, cli_default=None, choices=None):
@@ -84,11 +85,12 @@ def pick(tensors: dict[str, torch.Tensor], *names: str) -> dict[str, torch.Tenso
 
 @dataclass(frozen=True)
 class Collectives:
-    """How an SAE reaches the other data-parallel ranks: concatenate a tensor over ranks,
-    reduce one in place ("sum", "mean", "max", "min"). The default is a single process; the
-    trainer sets torch.distributed's (train/distributed.py) under torchrun."""
+    """How an SAE reaches the other ranks: concatenate a tensor over all ranks, reduce one in
+    place over all ranks ("sum", "mean", "max", "min"); data_ranks: how many slices the global
+    batch is cut into (the ranks of one latent shard each read one). The default is a single
+    process; the trainer sets torch.distributed's (train/distributed.py) under torchrun."""
 
-    world_size: int = 1
+    data_ranks: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     reduce: Callable[..., torch.Tensor] = lambda t, op="sum": t
 
@@ -102,6 +104,9 @@ class Architecture:
     settings: type[Settings] = Settings
     knobs: tuple[str, ...] = ()
     uses_auxk = False  # AuxK loss on dead latents (settings need aux_k, aux_coefficient)
+    # whether a dictionary of this architecture can be split over ranks (sae/shard.py): its
+    # rule is per latent or has a cross-shard selection, its penalties are sums over latents
+    latent_parallel = False
     encoder_init_scale = 1.0  # W_enc = scale * W_dec^T at initialisation
     encoder_bias = "b_enc"  # the name of the encoder bias parameter
     unset_when_nan: tuple[str, ...] = ()  # saved tensors that may be NaN (not yet estimated)
@@ -112,17 +117,25 @@ class Architecture:
     dictionary_learning_trainer: str | None = None
 
     # -- tensors ------------------------------------------------------------------------------
-    def initial_weights(self, cfg, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W_enc [d_in, d_sae], W_dec [d_sae, d_in]) of a new SAE: unit-norm Gaussian decoder
-        rows, W_enc = encoder_init_scale * W_dec^T. A transcoder's W_dec [d_sae, d_out] and
-        W_enc are drawn apart the same way (its input and output are different vectors)."""
-        W_dec = torch.randn(cfg.d_sae, cfg.width_out, generator=generator)
+    def initial_weights(
+        self, cfg, generator, latents: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_enc [d_in, h], W_dec [h, d_in]) of a new SAE's `latents` (h of them; those of the
+        whole dictionary drawn with the same generator): unit-norm Gaussian decoder rows,
+        W_enc = encoder_init_scale * W_dec^T. A transcoder's W_dec [h, d_out] and W_enc are
+        drawn apart the same way (its input and output are different vectors)."""
+        W_dec = draw_rows(generator, cfg.d_sae, cfg.width_out, latents)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         if cfg.is_transcoder:
-            W_enc = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+            W_enc = draw_rows(generator, cfg.d_sae, cfg.d_in, latents)
             W_enc /= W_enc.norm(dim=1, keepdim=True)
             return (W_enc.T * self.encoder_init_scale).contiguous(), W_dec
         return (W_dec.T * self.encoder_init_scale).contiguous(), W_dec
+
+    def latent_dims(self, sae) -> dict[str, int]:
+        """The tensors that hold one entry per latent, and along which dimension (what a shard
+        of the dictionary keeps a slice of)."""
+        return {"W_enc": 1, self.encoder_bias: 0, "W_dec": 0}
 
     def add_state(self, sae) -> None:
         """Register extra parameters and buffers on a new SAE."""

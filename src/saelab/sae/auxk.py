@@ -2,8 +2,9 @@
 
 e = (x - x_hat).detach() (a transcoder: y - y_hat); the top aux_k of relu(pre) among dead
 latents only give e_hat = codes @ W_dec[dead] (no bias); L_aux = mean over tokens of
-||e - e_hat||^2; 0 with no dead latents. detach=False keeps e's gradient (the top-AFA authors'
-code: it then also reaches x_hat).
+||e - e_hat||^2; 0 with no dead latents. detach=False keeps e's gradient (the top-AFA
+authors' code: it then also reaches x_hat). A dictionary split over ranks (sae/shard.py) takes
+each token's top aux_k among the dead latents of all shards.
 """
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from ..checks import check_integer, check_number
 from .architecture import Settings, setting
+from .shard import row_cut
 from .sparse import decode, select
 
 
@@ -32,9 +34,13 @@ class AuxKSettings(Settings):
 
 
 def dead_latents(sae, dead: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(indices of the dead latents, how many each token may use: min(aux_k, #dead))."""
+    """(indices of the dead latents among this module's, how many each token may use:
+    min(aux_k, #dead in the whole dictionary))."""
     dead_idx = dead.nonzero().squeeze(1)
-    return dead_idx, min(sae.cfg.aux_k, dead_idx.numel())
+    count = dead_idx.numel()
+    if not sae.shard.whole:
+        count = int(sae.shard.sum(torch.tensor(count, device=dead.device)))
+    return dead_idx, min(sae.cfg.aux_k, count)
 
 
 def aux_loss(
@@ -62,18 +68,25 @@ def aux_loss_sparse(
     target,
     x_hat,
     watched: tuple[torch.Tensor, torch.Tensor] | None,
+    k: int,
     detach: bool = True,
 ) -> torch.Tensor:
-    """aux_loss on the sparse path, from each token's largest dead pre-activations, found while
-    the encoder tiles were made (watched: (values, cols) [n, k], or None with no dead latent);
-    they go through sparse.select and are decoded with an embedding bag. x: the scaled input,
-    target: what x_hat predicts (x itself for an autoencoder)."""
-    if watched is None:
+    """aux_loss on the sparse path, from each token's k largest dead pre-activations, found
+    while the encoder tiles were made (watched: (values, cols) [n, <= k] of this module's dead
+    latents, None if it has none; a shard keeps those at or above the row's cut over all
+    shards); they go through sparse.select and are decoded with an embedding bag. x: the
+    scaled input, target: what x_hat predicts (x itself for an autoencoder)."""
+    if k == 0:
         return x.new_zeros(())
+    shard = sae.shard
+    if watched is None:
+        watched = x.new_empty(len(x), 0), torch.empty(len(x), 0, dtype=torch.long, device=x.device)
     values, cols = watched
-    rows = torch.arange(len(x), device=x.device).repeat_interleave(values.shape[1])
-    code = select(
-        rows, cols.flatten(), values.flatten(), x, sae.input_shift, sae.W_enc, sae.encoder_bias
-    )
+    keep = torch.ones_like(values, dtype=torch.bool)
+    if not shard.whole:
+        keep = values >= row_cut(values, k, shard)[:, None]
+    rows = torch.arange(len(x), device=x.device)[:, None].expand_as(values)
+    shift = shard.shared(sae.input_shift)
+    code = select(rows[keep], cols[keep], values[keep], x, shift, sae.W_enc, sae.encoder_bias)
     residual = (target - x_hat).detach() if detach else target - x_hat
-    return (residual - decode(code, sae.W_dec)).square().sum(-1).mean()
+    return (residual - shard.sum(decode(code, sae.W_dec))).square().sum(-1).mean()

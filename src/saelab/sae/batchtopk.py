@@ -58,6 +58,7 @@ class BatchTopK(Architecture):
     settings = BatchTopKSettings
     knobs = ("k",)
     uses_auxk = True
+    latent_parallel = True
     unset_when_nan = ("threshold",)
     optional_in_file = ("threshold_updates",)
     dictionary_learning_class, dictionary_learning_trainer = "BatchTopKSAE", "BatchTopKTrainer"
@@ -153,16 +154,17 @@ def global_batch_topk(
     """This rank's part (rows, cols, values), row-major, of the top n*k positive entries of the
     global batch, exactly.
 
-    pre [n, h] is this rank's slice of a global batch of n * world_size rows. Each rank offers
+    pre [n, h] is this rank's block of a global batch of n * data_ranks rows (and, split over
+    latents, of this rank's shard of the dictionary's columns). Each rank offers
     candidates that hold every one of its entries that can be among the global top `budget` =
-    n * world_size * k; the budget-th largest offer of all ranks is the cut and every rank keeps
+    n * data_ranks * k; the budget-th largest offer of all ranks is the cut and every rank keeps
     its positive offers at or above it (ties at the cut aside: all tied entries are kept, as a
     single process would keep a top-k's choice among them). The offers: with a `bound`, the
     entries at or above it or above a bound raised on the way (`entries_at_or_above`), if all
     ranks together offer at least `budget` (then every entry left out is below the cut);
     otherwise, or without a bound, each rank's `budget` largest entries from per-row candidates."""
     n, h = pre.shape
-    budget = n * ranks.world_size * k
+    budget = n * ranks.data_ranks * k
     offers = None
     if bound is not None:
         offers = entries_at_or_above(pre, bound, budget)

@@ -132,14 +132,18 @@ class JumpReLUArchitecture(Architecture):
         "JumpReluTrainer",
     )
     optional_in_file = ("l0_lambda",)
+    latent_parallel = True
 
     def add_state(self, sae):
         cfg = sae.cfg
         sae.log_threshold = torch.nn.Parameter(
-            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold))
+            torch.full((sae.n_latents,), math.log(cfg.jumprelu_init_threshold))
         )
         lam = INITIAL_TARGET_LAMBDA if cfg.l0_coefficient is None else cfg.l0_coefficient
         sae.register_buffer("l0_lambda", torch.tensor(float(lam)))
+
+    def latent_dims(self, sae):
+        return {**super().latent_dims(sae), "log_threshold": 0}
 
     def to_file(self, tensors):
         """The thresholds themselves, as SAELens stores them."""

@@ -62,15 +62,16 @@ class Matryoshka(BatchTopK):
     def reconstruction(self, sae, x, code, x_hat):
         """The mean over prefixes m of ||x - x_hat_m||^2 (per token, summed over its width; x:
         the target), where x_hat_m = x_hat without the latents from m on (code: dense [n, h] or
-        a SparseCode), so b_dec and a skip path count in every prefix."""
+        a SparseCode; a shard's, whose column j is the dictionary's start + j), so b_dec and a
+        skip path count in every prefix."""
         errors = []
         for m in sae.cfg.matryoshka_widths[:-1]:
             if isinstance(code, SparseCode):
-                outside = code.cols >= m
+                outside = code.cols + sae.shard.start >= m
                 later = SparseCode(
                     code.rows[outside], code.cols[outside], code.values[outside], code.n
                 )
-                prefix = x_hat - decode(later, sae.W_dec)
+                prefix = x_hat - sae.shard.sum(decode(later, sae.W_dec))
             else:
                 prefix = x_hat - code[:, m:] @ sae.W_dec[m:]
             errors.append((x - prefix).square().sum(-1).mean())

@@ -42,6 +42,7 @@ from . import sparse as sparse_code
 from .architecture import Collectives
 from .config import SAEConfig
 from .registry import architecture
+from .shard import LatentShard, check_shardable
 
 PER_TOKEN_EPS = 1e-5
 
@@ -53,15 +54,20 @@ class LossOutput:
     fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
     l0: torch.Tensor  # scalar: mean active latents per token
     code: object  # the codes, detached: a SparseCode on the sparse path, else dense [n, d_sae]
+    prediction: torch.Tensor  # x_hat' (a transcoder's y_hat') [n, width_out], scaled, detached
 
 
 class SAE(nn.Module):
     """A sparse autoencoder. Training mode has training semantics (batch top-k for batchtopk),
     eval mode inference semantics (codes independent of the batch)."""
 
-    def __init__(self, cfg: SAEConfig | dict, seed: int | None = None):
+    def __init__(
+        self, cfg: SAEConfig | dict, seed: int | None = None, shard: LatentShard | None = None
+    ):
         """cfg: an SAEConfig or a dict of its fields (SAEConfig.from_dict); seed: an int for a
-        reproducible initialisation, None for torch's global generator."""
+        reproducible initialisation, None for torch's global generator; shard: only these
+        latents of the dictionary (sae/shard.py; the trainer makes them under torchrun with
+        latent_parallel), initialised as the whole SAE's with the same seed."""
         super().__init__()
         check_type("cfg", cfg, (SAEConfig, dict), "an SAEConfig or a dict of its fields")
         check_type("seed", seed, (int, type(None)), "an integer or None")
@@ -69,10 +75,13 @@ class SAE(nn.Module):
         self.cfg = cfg
         self.arch = architecture(cfg.arch)
         self.collectives = Collectives()  # the trainer sets torch.distributed's under torchrun
+        self.shard = shard or LatentShard(0, cfg.d_sae)
+        if not self.shard.whole:
+            check_shardable(self)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        W_enc, W_dec = self.arch.initial_weights(cfg, generator)
+        W_enc, W_dec = self.arch.initial_weights(cfg, generator, self.shard.latents)
         self.W_enc = nn.Parameter(W_enc.contiguous())  # fused Adam wants it so
-        self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(cfg.d_sae)))
+        self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(self.shard.width)))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
         if cfg.skip:
@@ -88,6 +97,11 @@ class SAE(nn.Module):
     @property
     def encoder_bias(self) -> nn.Parameter:
         return getattr(self, self.arch.encoder_bias)
+
+    @property
+    def n_latents(self) -> int:
+        """The latents this module holds: d_sae, or its shard's share."""
+        return self.shard.width
 
     @property
     def input_shift(self) -> torch.Tensor:
@@ -130,6 +144,14 @@ class SAE(nn.Module):
             return 1 / (x.std(-1, keepdim=True) + PER_TOKEN_EPS), mean
         return self.input_scale, 0.0
 
+    def _check_whole(self) -> None:
+        if not self.shard.whole:
+            raise ArgumentError(
+                f"this module is shard {self.shard.index} of {self.shard.count} of a dictionary "
+                "split over ranks: it only trains (sae.loss); load the finished SAE whole "
+                "(SAE.load) to encode"
+            )
+
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -151,6 +173,12 @@ class SAE(nn.Module):
         mult, shift = stats
         return x_hat / mult + shift
 
+    def unscale_output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """An output in scaled units (x_hat' or y_hat', as LossOutput.prediction) in the units of
+        x (a transcoder's y), for the rows x it was computed from."""
+        stats = (self.output_scale, 0.0) if self.cfg.is_transcoder else self.input_stats(x)
+        return self._unscale(out, stats)
+
     def scale_target(self, y: torch.Tensor) -> torch.Tensor:
         """A transcoder's target y in its scaled units y' = s_out y (expected_norm)."""
         return y * self.output_scale if self.cfg.input_scaling == "expected_norm" else y
@@ -158,8 +186,10 @@ class SAE(nn.Module):
     # -- the autoencoder ---------------------------------------------------------------------
     def pre_activation(self, x_scaled: torch.Tensor) -> torch.Tensor:
         """(x' - b_dec) @ W_enc + b_enc for x' [n, d_in] -> [n, d_sae], in one allocation
-        (addmm); a transcoder's encoder subtracts nothing."""
-        return torch.addmm(self.encoder_bias, x_scaled - self.input_shift, self.W_enc)
+        (addmm); a transcoder's encoder subtracts nothing. A shard's [n, h_shard]."""
+        return torch.addmm(
+            self.encoder_bias, self.shard.shared(x_scaled - self.input_shift), self.W_enc
+        )
 
     def _encode_scaled(self, x_scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.pre_activation(x_scaled)
@@ -168,6 +198,7 @@ class SAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> dense codes [..., d_sae] (batchtopk in training mode: top n*k over
         all leading dimensions together)."""
+        self._check_whole()
         self._check_input(x)
         flat = x.reshape(-1, self.cfg.d_in)
         f, _ = self._encode_scaled(self._scale(flat, self.input_stats(flat)))
@@ -177,6 +208,7 @@ class SAE(nn.Module):
         """codes [..., d_sae] -> x_hat [..., d_in] in input units (a transcoder's y_hat
         [..., d_out]). `per_token` SAEs need the statistics of the input they reconstruct:
         `stats=sae.input_stats(x)`; a skip transcoder needs its input x [..., d_in]."""
+        self._check_whole()
         if not isinstance(f, torch.Tensor) or f.shape[-1:] != (self.cfg.d_sae,):
             what = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
             raise DataError(f"codes must be a tensor [..., d_sae={self.cfg.d_sae}], got {what}")
@@ -201,6 +233,7 @@ class SAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] -> x_hat [..., d_in] (a transcoder's y_hat [..., d_out])."""
+        self._check_whole()
         self._check_input(x)
         flat = x.reshape(-1, self.cfg.d_in)
         stats = self.input_stats(flat)
@@ -236,31 +269,41 @@ class SAE(nn.Module):
             )
         x = self._scale(x, self.input_stats(x))
         y = x if target is None else self.scale_target(target)
+        shard = self.shard
         skip = x @ self.W_skip if self.cfg.skip else None
         offset = self.b_dec if skip is None else skip + self.b_dec  # added to the decoded code
         arch = self.arch
         use_aux = arch.uses_auxk and dead is not None and self.cfg.aux_coefficient > 0
         if sparse and arch.select is not None:
             dead_idx, aux_k = auxk.dead_latents(self, dead) if use_aux else (None, 0)
-            pre = sparse_code.encoder_tiles(self, x, watch=dead_idx, watch_k=aux_k)
+            watch_k = min(aux_k, len(dead_idx)) if use_aux else 0
+            pre = sparse_code.encoder_tiles(self, x, watch=dead_idx, watch_k=watch_k)
+            shift = shard.shared(self.input_shift)
             code = sparse_code.select(
-                *arch.select(self, pre, x), x, self.input_shift, self.W_enc, self.encoder_bias
+                *arch.select(self, pre, x), x, shift, self.W_enc, self.encoder_bias
             )
-            f, x_hat = code, sparse_code.decode(code, self.W_dec) + offset
-            fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(
+            f, x_hat = code, shard.sum(sparse_code.decode(code, self.W_dec)) + offset
+            fired = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device).index_fill_(
                 0, code.cols, True
             )
-            l0 = torch.tensor(len(code.values) / len(x))
+            l0 = shard.sum(torch.tensor(float(len(code.values)), device=x.device)) / len(x)
             detached = sparse_code.SparseCode(code.rows, code.cols, code.values.detach(), code.n)
             aux = (
-                auxk.aux_loss_sparse(self, x, y, x_hat, pre.watched, arch.detach_aux_residual(self))
+                auxk.aux_loss_sparse(
+                    self, x, y, x_hat, pre.watched, aux_k, arch.detach_aux_residual(self)
+                )
                 if use_aux
                 else None
             )
         else:
+            if not shard.whole and arch.select is not None:
+                raise ArgumentError(
+                    f"a {arch.name} dictionary split over ranks trains through the sparse path "
+                    "(sparse=True): its dense reference path selects within one shard"
+                )
             f, pre = self._encode_scaled(x)
-            x_hat = f @ self.W_dec + offset
-            fired, l0 = (f > 0).any(0), (f > 0).sum(-1).float().mean()
+            x_hat = shard.sum(f @ self.W_dec) + offset
+            fired, l0 = (f > 0).any(0), shard.sum((f > 0).sum(-1).float()).mean()
             detached = f.detach()
             aux = (
                 auxk.aux_loss(self, y, x_hat, pre, dead, arch.detach_aux_residual(self))
@@ -269,7 +312,7 @@ class SAE(nn.Module):
             )
         terms = {"mse": arch.reconstruction(self, y, f, x_hat)}
         coded = y if skip is None else y - skip.detach()  # what the code itself reconstructs
-        terms.update(arch.penalty(self, f, pre, coded))
+        terms.update({name: shard.sum(t) for name, t in arch.penalty(self, f, pre, coded).items()})
         if aux is not None:
             terms["aux"] = self.cfg.aux_coefficient * aux
         unit = arch.loss_unit(self)
@@ -277,7 +320,12 @@ class SAE(nn.Module):
             terms = {name: unit * term for name, term in terms.items()}
         loss = sum(terms.values())
         return LossOutput(
-            loss, {name: t.detach() for name, t in terms.items()}, fired, l0, detached
+            loss,
+            {name: t.detach() for name, t in terms.items()},
+            fired,
+            l0,
+            detached,
+            x_hat.detach(),
         )
 
     @torch.no_grad()

@@ -44,6 +44,7 @@ class ReLU(Architecture):
     settings = L1Settings
     knobs = ("l1_coefficient",)
     encoder_init_scale = RELU_ENCODER_INIT_SCALE
+    latent_parallel = True
     saelens_names = ("standard", "relu")
     dictionary_learning_class, dictionary_learning_trainer = "AutoEncoder", "StandardTrainer"
 

@@ -138,12 +138,12 @@ class TopAFA(Architecture):
         return {"afa": sae.cfg.d_in * sae.cfg.afa_coefficient * afa.square().mean()}
 
     # -- the authors' recipe (see the module docstring for their files and lines) -------------
-    def initial_weights(self, cfg, generator):
+    def initial_weights(self, cfg, generator, latents=slice(None)):
         if cfg.topafa_recipe != "authors":
-            return super().initial_weights(cfg, generator)
+            return super().initial_weights(cfg, generator, latents)
         W_enc = torch.nn.init.kaiming_uniform_(
             torch.empty(cfg.d_in, cfg.d_sae), generator=generator
-        )
+        )[:, latents].contiguous()
         W_dec = W_enc.T.clone()
         return W_enc, W_dec / W_dec.norm(dim=-1, keepdim=True)
 

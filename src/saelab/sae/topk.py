@@ -16,6 +16,7 @@ from .architecture import (
     setting,
 )
 from .auxk import AuxKSettings
+from .shard import top_k_per_row
 
 DEFAULT_K = 32  # the command line's k where none is given (a Python SAEConfig needs one)
 
@@ -58,6 +59,7 @@ class TopK(Architecture):
     settings = KSettings
     knobs = ("k",)
     uses_auxk = True
+    latent_parallel = True
     saelens_names = ("topk",)
     dictionary_learning_class, dictionary_learning_trainer = "AutoEncoderTopK", "TopKTrainer"
 
@@ -69,7 +71,10 @@ class TopK(Architecture):
 
     def select(self, sae, pre, x):
         """(rows, cols, values) of each row's k largest pre-activations that are positive (the
-        active latents: a non-positive one codes 0), row-major; pre: RowTiles [n, h]."""
+        active latents: a non-positive one codes 0), row-major; pre: RowTiles [n, h] (a shard's:
+        the rows' top k over all shards)."""
+        if not sae.shard.whole:
+            return top_k_per_row(pre, sae.cfg.k, sae.shard)
         return pre.per_row(lambda tile, rows: top_positive(tile, sae.cfg.k))
 
     def to_saelens(self, sae, tensors):

@@ -19,17 +19,23 @@ def save_checkpoint(out_dir: str | Path, state: dict) -> None:
     atomic_write(Path(out_dir) / CHECKPOINT_NAME, lambda p: torch.save(state, p))
 
 
-def load_checkpoint(out_dir: str | Path) -> dict:
+def load_checkpoint(out_dir: str | Path, shard_state=None) -> dict:
+    """The training state in out_dir. A dictionary split over ranks writes an index naming its
+    shards' files (train/latent_parallel.py): shard_state(index) reads this rank's."""
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_NAME} in {out_dir}")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises several types for damaged files
-        raise CheckpointError(f"cannot resume: {path} is unreadable ({err})") from None
-    if not isinstance(state, dict):
+    state = read_state(path)
+    if "shards" in state:
+        if shard_state is None:
+            raise CheckpointError(
+                f"cannot resume: {path} is the index of a dictionary split over "
+                f"{len(state['shards'])} ranks; resume with latent_parallel={len(state['shards'])}"
+            )
+        state, path = shard_state(state), path.with_name(state["shards"][0])
+    elif shard_state is not None:
         raise CheckpointError(
-            f"cannot resume: {path} holds a {type(state).__name__}, not a training checkpoint"
+            f"cannot resume: {path} holds a whole dictionary; resume with latent_parallel=1"
         )
     where = f"cannot resume: {path}"
     check_fields(
@@ -49,6 +55,19 @@ def load_checkpoint(out_dir: str | Path) -> dict:
     fired = state.get("since_fired")
     if not isinstance(fired, torch.Tensor) or fired.ndim != 1:
         raise CheckpointError(f"{where}: since_fired must be a 1-d tensor")
+    return state
+
+
+def read_state(path: Path) -> dict:
+    """The dict a checkpoint file holds (tensors and plain containers only)."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises several types for damaged files
+        raise CheckpointError(f"cannot resume: {path} is unreadable ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"cannot resume: {path} holds a {type(state).__name__}, not a training checkpoint"
+        )
     return state
 
 

@@ -17,12 +17,12 @@ NORM_BATCH = 4096
 
 
 @torch.no_grad()
-def mean_squares(source, part: tuple[int, int] = (0, 1)) -> torch.Tensor | None:
+def mean_squares(source, part: tuple[int, int] = (0, 1), group=None) -> torch.Tensor | None:
     """E[x_j^2] of every column j [d] over min(NORM_TOKENS, all) tokens of a source, in float64
     (so E||x||^2 of any group of columns is the sum of theirs: a transcoder's x and y, or one
     hook point of several side by side): every row when the source has no more, else
     NORM_TOKENS rows of a fixed shuffle (under torchrun each rank reads its share and the sums
-    are reduced). None for a stream, which cannot be read twice."""
+    are reduced over `group`, the data ranks). None for a stream, which cannot be read twice."""
     if source.n_tokens is None:
         return None
     if source.n_tokens <= NORM_TOKENS:
@@ -39,8 +39,8 @@ def mean_squares(source, part: tuple[int, int] = (0, 1)) -> torch.Tensor | None:
         sums += x.double().square().sum(0)
         count += len(x)
     if shared:
-        all_reduce(sums)
-        all_reduce(count)
+        all_reduce(sums, group=group)
+        all_reduce(count, group=group)
     return sums / count
 
 

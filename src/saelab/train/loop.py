@@ -3,8 +3,9 @@ tracking in tokens, JSON-lines history, atomic checkpoints and bit-exact resume.
 
 `train_many` trains several SAEs on the same batches in one pass over the data (one harvest,
 one read of the cache); `train` is the single-SAE case. Under torchrun, batch_size is the
-global batch and each rank reads and trains on its share of it (see distributed.py and the
-sources' `part` argument).
+global batch and each data rank reads and trains on its share of it (see distributed.py and
+the sources' `part` argument); with latent_parallel L, each dictionary is split over L ranks
+(sae/shard.py, latent_parallel.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ from ..data.activations import (
 )
 from ..errors import ConfigError, SaelabError
 from ..sae.model import SAE, LossOutput
+from ..sae.shard import take_shard
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .distributed import all_gather_cat, all_reduce, collectives, is_distributed, rank, world_size
+from .distributed import Mesh, all_gather_cat, all_reduce, is_distributed, mesh, rank
 from .heldout import heldout_metrics
 from .init import initialize_from_data, mean_squares
 from .interrupt import Interrupted, stop_on_interrupt
+from .latent_parallel import (
+    clip_grad_norm,
+    load_sharded,
+    remove_shard_files,
+    save_sharded,
+    whole_sae,
+)
 from .schedule import default_lr, lr_factor
 from .wandb_log import start_run
 
@@ -61,6 +70,7 @@ SHARED_KEYS = (
     "resume",
     "checkpoint_every_tokens",
     "eval_every_tokens",
+    "latent_parallel",
 )
 
 
@@ -131,12 +141,19 @@ def with_recipe(sae: SAE, cfg: TrainConfig) -> TrainConfig:
 
 class Trainer:
     """One SAE's optimizer, schedule, dead-latent counters, history and files. Under torchrun
-    the loss goes through DDP and only rank 0 writes files. `requested` is the TrainConfig as
-    given (written to files, compared on resume); `cfg` is what the training runs with, the
-    architecture's recipe filled in (with_recipe)."""
+    the loss goes through DDP over the data ranks and only rank 0 writes files (and, with the
+    dictionary split over ranks, the ranks of data index 0 their shards' checkpoints).
+    `requested` is the TrainConfig as given (written to files, compared on resume); `cfg` is
+    what the training runs with, the architecture's recipe filled in (with_recipe)."""
 
     def __init__(
-        self, sae: SAE, cfg: TrainConfig, total_steps: int, data: dict | None = None, heldout=None
+        self,
+        sae: SAE,
+        cfg: TrainConfig,
+        total_steps: int,
+        data: dict | None = None,
+        heldout=None,
+        grid: Mesh = Mesh(),
     ):
         self.sae, self.requested, self.total_steps, self.data, self.heldout = (
             sae,
@@ -146,19 +163,27 @@ class Trainer:
             heldout,
         )
         self.cfg = cfg = with_recipe(sae, cfg)
-        sae.collectives = collectives()
+        self.mesh = grid
+        if grid.latent_ranks > 1:
+            take_shard(sae, grid.shard(sae.cfg.d_sae))
+            if not cfg.sparse and sae.arch.select is not None:
+                raise ConfigError(
+                    f"a {sae.arch.name} dictionary split over ranks trains through the sparse "
+                    "path: drop sparse=False (--no-sparse)"
+                )
+        sae.collectives = grid.collectives()
         self.loss_fn = _LossForward(sae, cfg.sparse)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
-        if is_distributed():
+        if grid.data_ranks > 1:
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(
-                self.loss_fn, broadcast_buffers=False
+                self.loss_fn, broadcast_buffers=False, process_group=grid.data_group
             )
         self.warmup_steps = min(cfg.warmup_tokens // cfg.batch_size, total_steps // 2)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
         self.optimizer = adam(sae.parameters(), self.lr, cfg.betas)
         self.device = sae.W_dec.device
-        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
+        self.since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
         self.step = 0
         self.squared_norms = None  # E||x||^2 (and E||y||^2) for expected_norm, from train_many
@@ -190,7 +215,10 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        state = load_checkpoint(self.cfg.out_dir)
+        out, sae = Path(self.cfg.out_dir), self.sae
+        state = load_checkpoint(
+            out, None if sae.shard.whole else lambda index: load_sharded(out, index, sae)
+        )
         for what, saved, now, ignore in (
             ("SAE", state["sae_cfg"], self.sae.cfg.to_dict(), ESTIMATED_KEYS),
             ("training", state["train_cfg"], self.requested.to_dict(), NON_RESULT_KEYS),
@@ -222,21 +250,20 @@ class Trainer:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
         if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
             self._diverged(self.step, "the parameters contain NaN or Inf")
-        if not self.writes:
-            return
-        save_checkpoint(
-            self.cfg.out_dir,
-            {
-                "sae": self.sae.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "step": self.step,
-                "tokens": self.step * self.cfg.batch_size,
-                "since_fired": self.since_fired,
-                "sae_cfg": self.sae.cfg.to_dict(),
-                "train_cfg": self.requested.to_dict(),
-                "data": self.data,
-            },
-        )
+        state = {
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "tokens": self.step * self.cfg.batch_size,
+            "since_fired": self.since_fired,
+            "sae_cfg": self.sae.cfg.to_dict(),
+            "train_cfg": self.requested.to_dict(),
+            "data": self.data,
+        }
+        if not self.sae.shard.whole:
+            save_sharded(self.out_dir, state, self.sae, self.mesh)
+        elif self.writes:
+            save_checkpoint(self.cfg.out_dir, state)
 
     def _diverged(self, step: int, what: str) -> None:
         """Raise TrainingDiverged for `step` (counted from 1)."""
@@ -257,7 +284,9 @@ class Trainer:
         """One training step on batch x [n, d_in]: optimise, then keep the books; returns the
         history record when one is due."""
         if self.step == 0 and not self.sae.initialized:
-            initialize_from_data(self.sae, all_gather_cat(x), self.squared_norms)
+            initialize_from_data(
+                self.sae, all_gather_cat(x, self.mesh.data_group), self.squared_norms
+            )
         lr = self._schedule_lr()
         dead = self.since_fired >= self.cfg.dead_tokens
         out = self._optimize(x, dead)
@@ -302,14 +331,18 @@ class Trainer:
         return out
 
     def _clip(self) -> None:
-        if self.cfg.grad_clip is not None:
+        if self.cfg.grad_clip is None:
+            return
+        if self.sae.shard.whole:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
+        else:
+            clip_grad_norm(self.sae, self.cfg.grad_clip)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _count_firing(self, fired: torch.Tensor, n: int) -> None:
-        """Tokens since each latent last fired, over all ranks (fired: [d_sae] bool)."""
-        self.since_fired += n * world_size()
-        self.since_fired[all_reduce(fired.int(), "max").bool()] = 0
+        """Tokens since each latent last fired, over all data ranks (fired: [n_latents] bool)."""
+        self.since_fired += n * self.mesh.data_ranks
+        self.since_fired[all_reduce(fired.int(), "max", self.mesh.data_group).bool()] = 0
 
     def _record(self, lr: float, out: LossOutput, dead: torch.Tensor) -> dict | None:
         """The history record of this step when one is due (every log_every steps, the last
@@ -317,15 +350,21 @@ class Trainer:
         heldout_due = self._heldout_due()
         if self.step % self.cfg.log_every and self.step != self.total_steps and not heldout_due:
             return None
-        terms = out.terms
+        # the global batch's loss terms and L0 (means of the data ranks' means), the whole
+        # dictionary's dead latents
+        names = list(out.terms)
+        values = torch.stack([*(out.terms[n].float() for n in names), out.l0.float()])
+        values = all_reduce(values, "mean", self.mesh.data_group).tolist()
+        terms = dict(zip(names, values))
+        n_dead = self.sae.shard.sum(dead.sum())
         record = {
             "step": self.step,
             "tokens": self.step * self.cfg.batch_size,
             "lr": lr,
-            "loss": sum(terms.values()).item(),
-            **{name: value.item() for name, value in terms.items()},
-            "l0": out.l0.item(),
-            "dead_fraction": dead.float().mean().item(),
+            "loss": sum(terms.values()),
+            **terms,
+            "l0": values[-1],
+            "dead_fraction": n_dead.item() / self.sae.cfg.d_sae,
             "dead_window_tokens": self.cfg.dead_tokens,
             **self.sae.arch.record(self.sae),
         }
@@ -351,15 +390,20 @@ class Trainer:
         )
 
     def finish(self) -> TrainResult:
+        """Save the SAE (rank 0) and return it: split over ranks, the whole SAE on rank 0 (on
+        its CPU) and each rank's shard elsewhere."""
         self.sae.eval()
+        sae = self.sae if self.sae.shard.whole else whole_sae(self.sae, self.mesh) or self.sae
         if self.writes:
-            self.sae.save(self.out_dir)
+            sae.save(self.out_dir)
             rundir.write_train_config(self.out_dir, self.requested)
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        if not self.sae.shard.whole and self.out_dir is not None and self.mesh.data_index == 0:
+            remove_shard_files(self.out_dir, self.sae)
         if self.wandb is not None:
             self.wandb.finish()
         return TrainResult(
-            sae=self.sae,
+            sae=sae,
             history=self.history,
             tokens=self.step * self.cfg.batch_size,
             steps=self.step,
@@ -412,10 +456,11 @@ def train_many(
     columns = _check_columns(saes, source, columns)
     width = source.d_in or saes[0].batch_width
     cfg = cfgs[0]
-    n_ranks, me = world_size(), rank()
+    grid = mesh(cfg.latent_parallel)
+    n_ranks, me = grid.data_ranks, grid.data_index
     if cfg.batch_size % n_ranks:
         raise ConfigError(
-            f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} processes"
+            f"batch_size={cfg.batch_size} is not divisible by the {n_ranks} data-parallel ranks"
         )
     per_rank = cfg.batch_size // n_ranks
     total_steps = _total_steps(source, cfg)
@@ -428,7 +473,7 @@ def train_many(
         rows = _in_memory(heldout) if any(c is not None for c in columns) else heldout
         heldouts = [heldout if c is None else open_source(rows[:, c]) for c in columns]
     trainers = [
-        Trainer(sae, c, total_steps, data_identity(source), held)
+        Trainer(sae, c, total_steps, data_identity(source), held, grid)
         for sae, c, held in zip(saes, cfgs, heldouts)
     ]
     start = trainers[0].step
@@ -437,14 +482,14 @@ def train_many(
     if start == 0 and any(
         s.cfg.input_scaling == "expected_norm" and not s.initialized for s in saes
     ):
-        squares = mean_squares(source, part=(me, n_ranks))
+        squares = mean_squares(source, part=grid.part, group=grid.data_group)
         for t, sae, cols in zip(trainers, saes, columns):
             if squares is not None:
                 mine = squares if cols is None else squares[cols.cpu()]
                 t.squared_norms = [part.sum().item() for part in sae.split(mine)]
 
     budget = total_steps * cfg.batch_size
-    if me == 0 and source.n_tokens and budget > source.n_tokens:
+    if rank() == 0 and source.n_tokens and budget > source.n_tokens:
         print(
             f"{budget} training tokens take {budget / source.n_tokens:.2f} epochs over the "
             f"{source.n_tokens} tokens of {source.name}"
@@ -455,7 +500,9 @@ def train_many(
         if first is not None:
             check_batch(first, width, f"{source.name}, batch 0")
             # on the global batch, so that every rank refuses or goes on together
-            check_zero_rows(all_gather_cat(first), f"{source.name}, batch 0", note=me == 0)
+            check_zero_rows(
+                all_gather_cat(first, grid.data_group), f"{source.name}, batch 0", note=rank() == 0
+            )
             batches = itertools.chain([first], batches)
     for t in trainers:
         t.open_files()
@@ -465,7 +512,7 @@ def train_many(
         initial=start * cfg.batch_size,
         unit="tok",
         unit_scale=True,
-        disable=not cfg.progress or me != 0,
+        disable=not cfg.progress or rank() != 0,
         desc=f"train {name}" + (f" x{len(saes)}" if len(saes) > 1 else ""),
     )
     for sae in saes:
