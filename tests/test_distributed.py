@@ -1,5 +1,6 @@
 """torchrun with 2 and 5 CPU processes (gloo) against one process with the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -111,15 +112,9 @@ def test_torchrun_refuses_harvesting(tmp_path):
     assert result.returncode != 0 and "under torchrun" in result.stderr
 
 
-def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
-    """Under torchrun each rank reads its own shards; the result equals one process trained on
-    the ranks' batches concatenated (rank 0's rows first)."""
-    import json
-
-    from tiny_models import tiny_lm
-
-    from saelab import SAE, SAEConfig, TrainConfig, train
-    from saelab.data.cache import CacheSpec, build_cache
+def _tiny_spec(tmp_path, layer: int):
+    """A CacheSpec for the tiny llama at `layer` over 200 short documents written here."""
+    from saelab.data.cache import CacheSpec
 
     text = tmp_path / "docs.jsonl"
     text.write_text(
@@ -128,9 +123,20 @@ def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
             for i in range(200)
         )
     )
-    spec = CacheSpec(
-        model="tiny", layer=1, site="resid_post", dataset=str(text), ctx_len=8, dtype="float32"
+    return CacheSpec(
+        model="tiny", layer=layer, site="resid_post", dataset=str(text), ctx_len=8, dtype="float32"
     )
+
+
+def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
+    """Under torchrun each rank reads its own shards; the result equals one process trained on
+    the ranks' batches concatenated (rank 0's rows first)."""
+    from tiny_models import tiny_lm
+
+    from saelab import SAE, SAEConfig, TrainConfig, train
+    from saelab.data.cache import build_cache
+
+    spec = _tiny_spec(tmp_path, layer=1)
     cache = build_cache(
         tiny_lm("llama"), tmp_path / "cache", spec, 3000, shard_tokens=300, progress=False
     )
@@ -182,3 +188,42 @@ def test_two_processes_on_a_cache_read_their_own_shards(tmp_path):
         torch.testing.assert_close(
             multi[name], getattr(single, name).detach(), rtol=1e-4, atol=1e-5
         )
+
+
+def test_hook_points_spread_over_ranks_equal_one_process(tmp_path):
+    """--distribute-hookpoints: three hook points on two ranks (0 and 2 on rank 0, 1 on rank 1),
+    each SAE trained alone on whole global batches, equal to one process training all three;
+    each rank evaluates its own."""
+    from tiny_models import tiny_lm
+
+    from saelab.data.cache import build_caches
+    from saelab.data.hooks import HookPoint
+
+    spec = _tiny_spec(tmp_path, layer=0)
+    points = [HookPoint(0, "resid_post"), HookPoint(1, "resid_post"), HookPoint(1, "mlp_in")]
+    root = tmp_path / "cache"
+    build_caches(
+        tiny_lm("llama"), {p: root / p.name for p in points}, spec, 2000, 300, progress=False
+    )
+    args = [
+        "train", "--activations", str(root), "--arch", "topk", "--k", "4", "--expansion", "2",
+        "--tokens", "1024", "--batch-size", "128", "--eval-tokens", "300", "--no-progress",
+    ]  # fmt: skip
+    cli.main([*args, "--out", str(tmp_path / "single")])
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "saelab", *args,
+         "--out", str(tmp_path / "multi"), "--distribute-hookpoints"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for point in points:
+        single = load_file(str(tmp_path / "single" / point.name / "sae.safetensors"))
+        multi = load_file(str(tmp_path / "multi" / point.name / "sae.safetensors"))
+        for name in single:
+            torch.testing.assert_close(multi[name], single[name], rtol=1e-5, atol=1e-6)
+        assert (tmp_path / "multi" / point.name / "eval.json").is_file()
+    assert result.stdout.count("held-out evaluation") == 3

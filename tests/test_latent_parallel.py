@@ -169,3 +169,28 @@ def test_a_run_resumes_only_on_its_own_split(tmp_path):
     torch.save({"step": 4}, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="holds a whole dictionary; resume with latent_par"):
         load_checkpoint(tmp_path, shard_state=lambda index: index)
+
+
+def test_weights_too_large_for_one_file_are_split_with_an_index(tmp_path, monkeypatch):
+    """Split as transformers splits a checkpoint; read back by saelab and by huggingface_hub's
+    own loader; saving small again leaves one file."""
+    from huggingface_hub import load_torch_model
+
+    from saelab.io import format as sae_format
+
+    sae = SAE(SAEConfig(arch="topk", d_in=8, d_sae=48, k=4, input_scaling="none"), seed=0)
+    monkeypatch.setattr(sae_format, "MAX_FILE_BYTES", 1000)
+    sae.save(tmp_path)
+    assert not (tmp_path / "sae.safetensors").exists()
+    assert len(list(tmp_path.glob("sae-0000*-of-0000*.safetensors"))) > 1
+    loaded = SAE.load(tmp_path)
+    for name, t in sae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], t), name
+    theirs = SAE(sae.cfg)
+    keys = load_torch_model(theirs, tmp_path, filename_pattern="sae{suffix}.safetensors")
+    assert keys.missing_keys == ["input_scale"] and not keys.unexpected_keys  # it is in cfg.json
+    assert torch.equal(theirs.W_enc, sae.W_enc) and torch.equal(theirs.W_dec, sae.W_dec)
+    monkeypatch.undo()
+    sae.save(tmp_path)
+    assert (tmp_path / "sae.safetensors").is_file()
+    assert not (tmp_path / "sae.safetensors.index.json").exists()

@@ -543,3 +543,29 @@ def test_heldout_nmse_is_recorded_every_eval_every_tokens_without_changing_train
     assert not any("heldout_nmse" in r for r in plain.history)
     with pytest.raises(ConfigError, match="needs held-out data"):
         train(make_sae("topk"), data, _cfg(eval_every_tokens=384))
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_steps_between_records_read_nothing_back_from_the_device(arch, monkeypatch):
+    """The NaN check and the books stay on the device until a record is due (log_every); a
+    non-finite loss is still reported at its own step."""
+    from saelab.train.loop import Trainer, TrainingDiverged
+
+    trainer = Trainer(make_sae(arch), _cfg(batch_size=64, log_every=50), total_steps=100)
+    x = torch.randn(64, 16)
+    trainer.train_step(x)  # the first step initialises from the data
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda t, real=real, name=name: reads.append(name) or real(t)
+        )
+    for _ in range(5):
+        trainer.train_step(x)
+    assert reads == []
+    monkeypatch.undo()
+    trainer.train_step(x * float("nan"))
+    for _ in range(3):
+        trainer.train_step(x)
+    with pytest.raises(TrainingDiverged, match="diverged at step 7 "):
+        trainer.checkpoint()

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from . import rundir
+from . import plan, rundir
 from .attribution import attribute, attribution_page
 from .config import (
     DEFAULT_DATASET,
@@ -75,7 +75,15 @@ from .sources import (
 )
 from .steering import generations, inspection_page, prompt_ids, top_latents
 from .sweep import check_out, knob_label, run_sweep
-from .train.distributed import init_from_env, is_distributed, mesh, rank, shutdown
+from .train.distributed import (
+    barrier,
+    init_from_env,
+    is_distributed,
+    mesh,
+    owns,
+    rank,
+    shutdown,
+)
 from .train.interrupt import Interrupted
 from .train.loop import train_many
 from .train.wandb_log import require_wandb
@@ -239,10 +247,17 @@ def _run_name(grid, arch, knob, value, others) -> str:
 def _train(args, data, train_cfg, grid, runs) -> None:
     train_cfg = replace(train_cfg, total_tokens=train_cfg.total_tokens or data.tokens)
     saes, train_cfgs, columns, jobs = [], [], [], []
+    spread = train_cfg.distribute_hookpoints
+    if spread and data.jobs[0].name is None:
+        raise UsageError("--distribute-hookpoints spreads several hook points: pass --hookpoints")
+    index = -1
     for job in data.jobs:
         if job.name is not None and rank() == 0:
             print(f"hook point {job.name}:")
         for (arch, knob, value, others), run in zip(grid, runs[job.name]):
+            index += 1
+            if spread and not owns(index):
+                continue
             sae_cfg = SAEConfig(
                 arch=arch,
                 d_in=job.d_in,
@@ -261,14 +276,17 @@ def _train(args, data, train_cfg, grid, runs) -> None:
             train_cfgs.append(replace(train_cfg, out_dir=str(run)))
             columns.append(job.columns)
             jobs.append(job)
-            if rank() == 0:
+            if rank() == 0 or spread:
                 print(
                     f"training {arch}{f' {knob}={value}' if knob else ''} d_in={sae.cfg.d_in} "
                     f"d_sae={sae.cfg.d_sae} -> {run}"
                 )
     heldout = data.heldout if train_cfg.eval_every_tokens else None
+    barrier()  # rank 0 has prepared the run folders
+    if not saes:  # more ranks than hook points
+        return
     results = train_many(saes, data.train, train_cfgs, heldout=heldout, columns=columns)
-    if rank() != 0:
+    if rank() != 0 and not spread:  # each rank evaluates the SAEs it trained
         return
     for result, cfg, job in zip(results, train_cfgs, jobs):
         extra = {"train_tokens": result.tokens, **rundir.training_dead(result.history)}
@@ -681,6 +699,35 @@ def cmd_export(args) -> None:
     )
 
 
+# -- saelab plan ----------------------------------------------------------------------------
+def _add_plan_parser(commands) -> None:
+    p = commands.add_parser(
+        "plan",
+        help="memory per rank of a training run, for DDP and each latent-parallel split",
+        description="Before a launch: the memory one rank holds while it trains (parameters, "
+        "gradients, Adam's moments, DDP's buckets, the batch, the codes, the selection's "
+        "buffers), for plain data parallelism and each --latent-parallel split of the GPUs, "
+        "and which fits. A floor: allocator caches and the CUDA context come on top "
+        "(bench/RESULTS.md compares it with measured peaks).",
+    )
+    p.add_argument("--d-in", type=int, required=True, help="activation width")
+    p.add_argument("--d-sae", type=int, required=True, help="latents in the dictionary")
+    p.add_argument("--batch-size", type=int, default=4096, help="global batch (default: 4096)")
+    p.add_argument("--gpus", type=int, default=1, help="ranks (default: 1)")
+    p.add_argument("--k", type=int, default=64, help="latents per token (default: 64)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory per GPU, e.g. 80GB")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> None:
+    memory = plan.parse_size(args.gpu_memory) if args.gpu_memory else None
+    print(
+        f"d_in {args.d_in}, d_sae {args.d_sae}, global batch {args.batch_size}, k {args.k}, "
+        f"{args.gpus} GPU(s); GB per rank (float32):"
+    )
+    print(plan.table(args.d_in, args.d_sae, args.batch_size, args.gpus, args.k, memory))
+
+
 # -- saelab releases -------------------------------------------------------------------------
 def _add_releases_parser(commands) -> None:
     p = commands.add_parser(
@@ -722,7 +769,11 @@ def _add_sweep_parser(commands) -> None:
         skip=(*FOR_TRAINING, "hookpoints", "stream", "shuffle_buffer"),
     )
     add_grid_arguments(p)
-    add_options(p.add_argument_group("training"), TrainConfig, skip=("seed", "resume"))
+    # a sweep runs in one process: no split over ranks
+    one_process = ("latent_parallel", "distribute_hookpoints")
+    add_options(
+        p.add_argument_group("training"), TrainConfig, skip=("seed", "resume", *one_process)
+    )
     p.add_argument(
         "--out", metavar="DIR", default="runs/sweep", help="sweep directory (default: runs/sweep)"
     )
@@ -807,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_steer_parser,
         _add_inspect_parser,
         _add_attribute_parser,
+        _add_plan_parser,
         _add_releases_parser,
     ):
         add(commands)

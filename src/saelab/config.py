@@ -108,6 +108,12 @@ class TrainConfig:
         low=1,
         metavar="N",
     )
+    distribute_hookpoints: bool = option(
+        False,
+        "under torchrun with several hook points: SAE i (of the hook points, in order) is made "
+        "and trained on rank i mod ranks alone, on whole global batches of its columns; no "
+        "rank holds another's SAEs and none exchanges gradients",
+    )
     out_dir: str | None = None
     checkpoint_every_tokens: int | None = option(
         None,

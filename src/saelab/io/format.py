@@ -4,7 +4,8 @@ tensors, in its file layout: a jumprelu's `threshold` [d_sae], a batchtopk's `th
 a transcoder's W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_in, d_out], d_out and skip in
 cfg.json),
 so a new architecture's tensors round-trip with no change here. The input scale lives in
-cfg.json, not in the file.
+cfg.json, not in the file. Weights beyond MAX_FILE_BYTES (a dictionary of 2^20 latents on a
+4096-wide model holds 34 GB) go to several files and an index, in transformers' layout.
 
 `expected_norm` scaling is folded into the weights on save, so a saved SAE works on raw
 activations with identical codes: W_enc *= s, W_dec /= s, b_dec /= s (thresholds stay in
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
     from ..sae.model import SAE
 
 CFG_NAME, WEIGHTS_NAME = rundir.CFG, rundir.WEIGHTS
+# weights larger than this are split over several files with an index, as transformers does
+# (sae-00001-of-00003.safetensors ... + sae.safetensors.index.json)
+MAX_FILE_BYTES = 5 * 2**30
+WEIGHTS_PATTERN = WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors")
+WEIGHTS_INDEX = WEIGHTS_NAME + ".index.json"
 SCALES = ("input_scale", "output_scale")  # buffers recorded in cfg.json, not in the file
 FORMAT = rundir.SAE_FORMAT
 FORMAT_VERSION = 2  # 1 (no format_version): cfg.json held every architecture's settings
@@ -96,8 +103,45 @@ def save_sae(sae: SAE, path: str | Path) -> None:
         "saelab_version": __version__,
         **cfg.to_dict(),
     }
-    atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+    write_weights(path, tensors)
     atomic_write(path / CFG_NAME, lambda p: p.write_text(json.dumps(cfg_json, indent=2) + "\n"))
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """sae.safetensors, or, beyond MAX_FILE_BYTES, the files huggingface_hub's split names and
+    then their index (written last: a reader sees a whole set or the one before)."""
+    split = split_torch_state_dict_into_shards(
+        tensors, filename_pattern=WEIGHTS_PATTERN, max_shard_size=MAX_FILE_BYTES
+    )
+    if not split.is_sharded:
+        atomic_write(path / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+        (path / WEIGHTS_INDEX).unlink(missing_ok=True)
+        return
+    for filename, names in split.filename_to_tensors.items():
+        part = {name: tensors[name].contiguous() for name in names}
+        atomic_write(path / filename, lambda p, part=part: save_file(part, str(p)))
+    index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+    atomic_write(path / WEIGHTS_INDEX, lambda p: p.write_text(json.dumps(index, indent=2)))
+    (path / WEIGHTS_NAME).unlink(missing_ok=True)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an SAE directory: sae.safetensors, or the files its index names."""
+    index_file = path / WEIGHTS_INDEX
+    if (path / WEIGHTS_NAME).is_file() or not index_file.is_file():
+        return read_safetensors(path / WEIGHTS_NAME)
+    weight_map = read_json_object(index_file, SAEFormatError).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(f, str) and Path(f).name == f for f in weight_map.values()
+    ):
+        raise SAEFormatError(f"{index_file}: weight_map must map tensor names to file names")
+    tensors = {}
+    for filename in sorted(set(weight_map.values())):
+        tensors.update(read_safetensors(path / filename))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise SAEFormatError(f"{index_file} names tensors its files lack: {', '.join(missing)}")
+    return tensors
 
 
 def _check_safetensors_header(file: Path) -> None:

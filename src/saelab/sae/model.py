@@ -33,7 +33,7 @@ from ..io.format import (
     check_tensors,
     folded,
     read_config,
-    read_safetensors,
+    read_weights,
     save_sae,
 )
 from ..io.jsonfile import is_kind
@@ -353,7 +353,7 @@ class SAE(nn.Module):
         if not path.is_dir():
             raise SAEFormatError(f"no SAE directory at {path}")
         weights = path / WEIGHTS_NAME
-        return cls.from_file(read_config(path), read_safetensors(weights), weights).to(device)
+        return cls.from_file(read_config(path), read_weights(path), weights).to(device)
 
     @classmethod
     def load_any(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:

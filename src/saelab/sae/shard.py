@@ -130,12 +130,3 @@ def take_shard(sae, shard: LatentShard) -> None:
         kept = kept.clone(memory_format=torch.contiguous_format)
         setattr(sae, name, torch.nn.Parameter(kept, requires_grad=param.requires_grad))
     sae.shard = shard
-
-
-def shard_state(state: dict[str, torch.Tensor], sae, shard: LatentShard) -> dict:
-    """A whole SAE's state dict cut to one shard's latents (to load a saved SAE into a mesh)."""
-    dims = sae.arch.latent_dims(sae)
-    return {
-        name: t.narrow(dims[name], shard.start, shard.width) if name in dims else t
-        for name, t in state.items()
-    }

@@ -66,6 +66,12 @@ def shutdown() -> None:
         gc.collect()
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def group_size(group=None) -> int:
     """The number of ranks of a process group (None: all of them)."""
     return dist.get_world_size(group) if is_distributed() else 1
@@ -110,7 +116,7 @@ class Mesh:
     def collectives(self) -> Collectives:
         """What an SAE needs to reach the other ranks (sae/architecture.py): gather and reduce
         over all ranks, and how many slices of the global batch there are."""
-        if not is_distributed():
+        if self.data_ranks * self.latent_ranks == 1:
             return Collectives()
         return Collectives(self.data_ranks, all_gather_cat, all_reduce)
 
@@ -155,6 +161,21 @@ def mesh(latent_parallel: int = 1) -> Mesh:
         grid.get_group("data"),
         grid.get_group("latent"),
     )
+
+
+@functools.cache
+def alone() -> Mesh:
+    """A mesh of this rank alone (its SAEs read whole global batches and share nothing), for
+    hook points spread over ranks: a group of one rank each (made once: a collective)."""
+    if not is_distributed():
+        return Mesh()
+    groups = [dist.new_group([r]) for r in range(world_size())]
+    return Mesh(data_group=groups[rank()], latent_group=groups[rank()])
+
+
+def owns(index: int) -> bool:
+    """Whether the i-th of several hook points' SAEs is this rank's (distribute_hookpoints)."""
+    return index % world_size() == rank()
 
 
 class _SumOverShards(torch.autograd.Function):

@@ -32,7 +32,7 @@ from ..errors import ConfigError, SaelabError
 from ..sae.model import SAE, LossOutput
 from ..sae.shard import take_shard
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .distributed import Mesh, all_gather_cat, all_reduce, is_distributed, mesh, rank
+from .distributed import Mesh, all_gather_cat, all_reduce, alone, is_distributed, mesh, rank
 from .heldout import heldout_metrics
 from .init import initialize_from_data, mean_squares
 from .interrupt import Interrupted, stop_on_interrupt
@@ -71,6 +71,7 @@ SHARED_KEYS = (
     "checkpoint_every_tokens",
     "eval_every_tokens",
     "latent_parallel",
+    "distribute_hookpoints",
 )
 
 
@@ -186,9 +187,11 @@ class Trainer:
         self.since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
         self.step = 0
+        self.first_bad = self.bad_values = None  # see _watch
         self.squared_norms = None  # E||x||^2 (and E||y||^2) for expected_norm, from train_many
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-        self.writes = self.out_dir is not None and rank() == 0
+        # rank 0 writes; with hook points spread over ranks, each rank its own SAEs'
+        self.writes = self.out_dir is not None and (rank() == 0 or cfg.distribute_hookpoints)
         if self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
@@ -248,6 +251,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
+        self.check_finite()
         if not all(torch.isfinite(p).all() for p in self.sae.parameters()):
             self._diverged(self.step, "the parameters contain NaN or Inf")
         state = {
@@ -312,9 +316,7 @@ class Trainer:
         sae, cfg = self.sae, self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = self.loss_fn(x, dead)
-        if not torch.isfinite(out.loss):
-            terms = ", ".join(f"{n} {t.item():.4g}" for n, t in out.terms.items())
-            self._diverged(self.step + 1, f"the loss is {out.loss.item()} ({terms})")
+        self._watch(out)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.decoder_renorm == "before_step":
@@ -330,6 +332,24 @@ class Trainer:
         sae.arch.after_step(sae, out)
         return out
 
+    def _watch(self, out: LossOutput) -> None:
+        """Keep, on the device, the first step whose loss is not finite and its terms (no host
+        synchronisation: `check_finite` reads them when a record or checkpoint is due)."""
+        values = torch.stack([out.loss.detach(), *out.terms.values()]).float()
+        if self.first_bad is None:
+            self.first_bad, self.bad_values = torch.zeros_like(values[0]), values.clone()
+        first = ~torch.isfinite(values[0]) & (self.first_bad == 0)
+        self.first_bad = torch.where(first, self.step + 1, self.first_bad)
+        self.bad_values = torch.where(first, values, self.bad_values)
+        self.term_names = list(out.terms)
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged for the first step whose loss was not finite, if any."""
+        if self.first_bad is not None and self.first_bad.item():
+            loss, *terms = self.bad_values.tolist()
+            named = ", ".join(f"{n} {t:.4g}" for n, t in zip(self.term_names, terms))
+            self._diverged(int(self.first_bad.item()), f"the loss is {loss} ({named})")
+
     def _clip(self) -> None:
         if self.cfg.grad_clip is None:
             return
@@ -342,7 +362,7 @@ class Trainer:
     def _count_firing(self, fired: torch.Tensor, n: int) -> None:
         """Tokens since each latent last fired, over all data ranks (fired: [n_latents] bool)."""
         self.since_fired += n * self.mesh.data_ranks
-        self.since_fired[all_reduce(fired.int(), "max", self.mesh.data_group).bool()] = 0
+        self.since_fired.masked_fill_(all_reduce(fired.int(), "max", self.mesh.data_group) > 0, 0)
 
     def _record(self, lr: float, out: LossOutput, dead: torch.Tensor) -> dict | None:
         """The history record of this step when one is due (every log_every steps, the last
@@ -350,6 +370,7 @@ class Trainer:
         heldout_due = self._heldout_due()
         if self.step % self.cfg.log_every and self.step != self.total_steps and not heldout_due:
             return None
+        self.check_finite()
         # the global batch's loss terms and L0 (means of the data ranks' means), the whole
         # dictionary's dead latents
         names = list(out.terms)
@@ -392,6 +413,7 @@ class Trainer:
     def finish(self) -> TrainResult:
         """Save the SAE (rank 0) and return it: split over ranks, the whole SAE on rank 0 (on
         its CPU) and each rank's shard elsewhere."""
+        self.check_finite()
         self.sae.eval()
         sae = self.sae if self.sae.shard.whole else whole_sae(self.sae, self.mesh) or self.sae
         if self.writes:
@@ -436,7 +458,9 @@ def train_many(
     activation-cache directory, or iterable of tensors), each with its own TrainConfig.
     `heldout` (any such data) is evaluated every cfg.eval_every_tokens (see TrainConfig).
     columns: per SAE, the columns of each row it reads (a LongTensor; None: the whole row), so
-    SAEs of several hook points side by side (sources.py) train from one pass over the data."""
+    SAEs of several hook points side by side (sources.py) train from one pass over the data.
+    With distribute_hookpoints (under torchrun), `saes` are this rank's (distributed.owns) and
+    train alone on the whole global batches."""
     check_type("saes", saes, (list, tuple), "a list of SAEs")
     check_type("cfgs", cfgs, (list, tuple), "a list of TrainConfigs (one per SAE)")
     for sae in saes:
@@ -456,7 +480,9 @@ def train_many(
     columns = _check_columns(saes, source, columns)
     width = source.d_in or saes[0].batch_width
     cfg = cfgs[0]
-    grid = mesh(cfg.latent_parallel)
+    if cfg.distribute_hookpoints and cfg.latent_parallel > 1:
+        raise ConfigError("distribute_hookpoints places whole SAEs: it takes latent_parallel 1")
+    grid = alone() if cfg.distribute_hookpoints else mesh(cfg.latent_parallel)
     n_ranks, me = grid.data_ranks, grid.data_index
     if cfg.batch_size % n_ranks:
         raise ConfigError(
