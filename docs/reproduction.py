@@ -8,7 +8,8 @@ The sweep's evaluated runs are first copied, without their weights, into docs/re
 (the archive: what this page reads of each run, plus the sweep's invocations), and the page is
 built from the archive: the sweep takes longer than one working session, so it runs in parts
 (one pass of the grid at a time, possibly on different days or machines) and the archive, kept
-in the repository, collects them. `python docs/reproduction.py` alone rebuilds from it.
+in the repository, collects them (`--archive-only` adds a pass and leaves the page as it is).
+`python docs/reproduction.py` alone rebuilds from it.
 
 Writes docs/reproduction_results.csv (every run with its seed), docs/figures/repro_*.png and
 the generated parts of docs/REPRODUCTION.md, each between `<!-- begin NAME -->` and
@@ -74,6 +75,7 @@ def archive_runs(sweep: Path, archive: Path, config: Path) -> list[str]:
     """Copy ARCHIVED of every evaluated run of `config` in `sweep` into `archive`/<name>/ (an
     archived run is replaced by the sweep's copy), and merge the sweep's invocations (its log
     beside it) into `archive`/INVOCATIONS. Returns the names copied."""
+    archive.mkdir(parents=True, exist_ok=True)
     copied = []
     for point in union(read_grid_file(config)):
         run = sweep / point.name
@@ -628,10 +630,20 @@ def main() -> None:
         default=DOCS,
         help="where REPRODUCTION.md and figures/ are (default: docs)",
     )
+    parser.add_argument(
+        "--archive-only",
+        action="store_true",
+        help="only add the sweep's runs to the archive (a pass of the sweep; the page waits for "
+        "all of them)",
+    )
     args = parser.parse_args()
     if args.sweep:
         copied = archive_runs(args.sweep, args.archive, args.config)
         print(f"archived {len(copied)} evaluated run(s) of {args.sweep} into {args.archive}")
+    if args.archive_only:
+        if not args.sweep:
+            parser.error("--archive-only needs the sweep directory")
+        return
     rows = load_rows(args.archive, args.config)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
     figures.mkdir(exist_ok=True)

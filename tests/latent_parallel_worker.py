@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from saelab import SAE, SAEConfig, TrainConfig, train
+from saelab import SAE, SAEConfig, TrainConfig, train, train_many
 from saelab.train.distributed import init_from_env, shutdown
 
 D_IN, D_SAE, BATCH, STEPS = 8, 48, 24, 8
@@ -77,6 +77,15 @@ def main(out: Path, latent_parallel: int) -> None:
             torch.save(
                 {"state": result.sae.state_dict(), "history": result.history}, out / f"{name}.pt"
             )
+
+    # several SAEs trained together on the same batches, as a sweep or a grid does
+    together = train_many(
+        [SAE(cases()[name][0], seed=0) for name in ("topk", "matryoshka")],
+        x,
+        [train_cfg(latent_parallel, eval_every_tokens=None)] * 2,
+    )
+    if me == 0:
+        torch.save([r.sae.state_dict() for r in together], out / "together.pt")
 
     # an interrupted run resumed from its per-shard checkpoint (at step 4 of 8)
     batches = list(x.split(BATCH))

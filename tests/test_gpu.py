@@ -96,3 +96,15 @@ def test_dense_steps_between_records_never_synchronise(arch):
             trainer.train_step(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_training_from_host_batches_equals_the_cpu_run():
+    """train() on CUDA from batches in host memory (copied through pinned memory)."""
+    from saelab import train
+
+    x = torch.randn(2048, 64, generator=torch.Generator().manual_seed(4)) * 2
+    cfg = TrainConfig(batch_size=256, lr=1e-3, warmup_tokens=256, progress=False)
+    on_gpu = train(make_sae("batchtopk", d_in=64, d_sae=512, k=8).cuda(), x, cfg).sae
+    on_cpu = train(make_sae("batchtopk", d_in=64, d_sae=512, k=8), x, cfg).sae
+    for name, t in on_cpu.state_dict().items():
+        torch.testing.assert_close(on_gpu.state_dict()[name].cpu(), t, rtol=1e-3, atol=1e-4)

@@ -124,8 +124,8 @@ def _compare(got: dict, want, history_too: bool = True) -> None:
 @pytest.mark.parametrize("processes, latent_parallel", [(2, 2), (3, 3), (4, 2)])
 def test_a_split_dictionary_trains_as_one_process(tmp_path, processes, latent_parallel):
     """Every architecture that can be split, AuxK on (a short dead window), a held-out check;
-    then a run stopped after its checkpoint and resumed, and the saved SAE loaded whole and
-    trained on by a split run again."""
+    two SAEs trained together (as a grid); a run stopped after its checkpoint and resumed; the
+    saved SAE loaded whole and trained on by a split run again."""
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [
@@ -148,6 +148,12 @@ def test_a_split_dictionary_trains_as_one_process(tmp_path, processes, latent_pa
         single = train(SAE(sae_cfg, seed=0), x, train_cfg(**fields), heldout=heldout())
         assert any(r.get("aux", 0) > 0 for r in single.history) or "aux" not in single.history[0]
         _compare(torch.load(tmp_path / f"{name}.pt"), single)
+
+    together = torch.load(tmp_path / "together.pt")
+    for name, state in zip(("topk", "matryoshka"), together):
+        alone = train(SAE(cases()[name][0], seed=0), x, train_cfg(eval_every_tokens=None))
+        for key, t in alone.sae.state_dict().items():
+            torch.testing.assert_close(state[key], t, rtol=1e-4, atol=1e-5, msg=key)
 
     sae_cfg, _ = cases()["batchtopk"]
     whole = train(SAE(sae_cfg, seed=0), list(x.split(BATCH)), train_cfg(eval_every_tokens=None))

@@ -164,3 +164,20 @@ def test_the_archive_keeps_evaluated_runs_without_weights_and_merges_invocations
     assert reproduction.wall_time(facts["invocations"]) == "1.50 h in 2 invocation(s)"
     rows = reproduction.load_rows(archive, config)
     assert [(row["name"], row["l0"]) for row in rows] == [(done.name, 8.0)]
+
+
+def test_archive_only_adds_a_pass_and_leaves_the_page(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text('arch = "topk"\nk = [8]\n')
+    run = tmp_path / "rep" / "topk-k8-x8-per_token-s0"
+    (run / rundir.EVAL_RESULTS).mkdir(parents=True)
+    (run / rundir.CFG).write_text(json.dumps({"metadata": {}}))
+    (run / rundir.WEIGHTS).write_text("weights")
+    (run / rundir.EVAL).write_text(json.dumps({"l0": 8.0, "nmse": 0.1}))
+    docs, archive = tmp_path / "docs", tmp_path / "archive"
+    argv = ["reproduction.py", str(tmp_path / "rep"), "--archive", str(archive)]
+    argv += ["--config", str(config), "--docs", str(docs), "--archive-only"]
+    monkeypatch.setattr("sys.argv", argv)
+    reproduction.main()
+    assert (archive / run.name / rundir.EVAL).is_file() and not docs.exists()
+    assert "archived 1 evaluated run(s)" in capsys.readouterr().out

@@ -51,7 +51,7 @@ PER_TOKEN_EPS = 1e-5
 class LossOutput:
     loss: torch.Tensor  # scalar, differentiable
     terms: dict[str, torch.Tensor]  # each weighted term, detached
-    fired: torch.Tensor  # [d_sae] bool: latents active on some token of the batch
+    fired: torch.Tensor  # [n_latents] bool: its latents active on some token of the batch
     l0: torch.Tensor  # scalar: mean active latents per token
     code: object  # the codes, detached: a SparseCode on the sparse path, else dense [n, d_sae]
     prediction: torch.Tensor  # x_hat' (a transcoder's y_hat') [n, width_out], scaled, detached

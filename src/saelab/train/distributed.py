@@ -137,10 +137,14 @@ class Mesh:
         )
 
 
-@functools.cache
 def mesh(latent_parallel: int = 1) -> Mesh:
     """The mesh of this process group with latent_parallel ranks per dictionary (made once per
-    size: making process groups is itself a collective)."""
+    size and process group: making process groups is itself a collective)."""
+    return _mesh(latent_parallel, dist.group.WORLD if is_distributed() else None)
+
+
+@functools.cache
+def _mesh(latent_parallel: int, world_group) -> Mesh:
     world = world_size()
     if world % latent_parallel:
         raise ConfigError(
@@ -163,12 +167,15 @@ def mesh(latent_parallel: int = 1) -> Mesh:
     )
 
 
-@functools.cache
 def alone() -> Mesh:
     """A mesh of this rank alone (its SAEs read whole global batches and share nothing), for
-    hook points spread over ranks: a group of one rank each (made once: a collective)."""
-    if not is_distributed():
-        return Mesh()
+    hook points spread over ranks: a group of one rank each (made once per process group: a
+    collective)."""
+    return _alone(dist.group.WORLD) if is_distributed() else Mesh()
+
+
+@functools.cache
+def _alone(world_group) -> Mesh:
     groups = [dist.new_group([r]) for r in range(world_size())]
     return Mesh(data_group=groups[rank()], latent_group=groups[rank()])
 

@@ -34,7 +34,7 @@ def clip_grad_norm(sae, max_norm: float) -> None:
     split, whole = torch.zeros(2, device=sae.W_dec.device)  # sums of squares
     for name, p in sae.named_parameters():
         if p.grad is not None:
-            square = p.grad.float().square().sum()
+            square = torch.linalg.vector_norm(p.grad, dtype=torch.float32).square()
             split, whole = (split + square, whole) if name in sharded else (split, whole + square)
     norm = (sae.shard.sum(split) + whole).sqrt()
     coefficient = (max_norm / (norm + 1e-6)).clamp(max=1.0)

@@ -552,7 +552,7 @@ def train_many(
                 bar.write(f"data ran out after {step} steps ({step * cfg.batch_size} tokens)")
                 break
             check_batch(x, width, f"{source.name}, batch {step}")
-            x = x.to(trainers[0].device, non_blocking=True)
+            x = to_device(x, trainers[0].device)
             records = [
                 t.train_step(x if cols is None else x[:, cols])
                 for t, cols in zip(trainers, columns)
@@ -569,6 +569,14 @@ def train_many(
                 for t in trainers:
                     t.checkpoint()
     return [t.finish() for t in trainers]
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the training device; from host memory to a GPU through pinned (page-locked)
+    memory, so the copy is asynchronous."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def _check_columns(saes: list[SAE], source, columns) -> list[torch.Tensor | None]:
