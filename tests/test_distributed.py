@@ -227,3 +227,15 @@ def test_hook_points_spread_over_ranks_equal_one_process(tmp_path):
             torch.testing.assert_close(multi[name], single[name], rtol=1e-5, atol=1e-6)
         assert (tmp_path / "multi" / point.name / "eval.json").is_file()
     assert result.stdout.count("held-out evaluation") == 3
+
+
+def test_spreading_hook_points_needs_several_and_whole_saes(acts, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([*_args(acts, tmp_path / "one", "topk"), "--distribute-hookpoints"])
+    assert "--distribute-hookpoints spreads several hook points" in capsys.readouterr().err
+    from saelab import SAE, SAEConfig, TrainConfig, train
+    from saelab.errors import ConfigError
+
+    cfg = TrainConfig(batch_size=64, distribute_hookpoints=True, latent_parallel=2)
+    with pytest.raises(ConfigError, match="places whole SAEs: it takes latent_parallel 1"):
+        train(SAE(SAEConfig(arch="topk", d_in=16, d_sae=64, k=4)), torch.randn(256, 16), cfg)
