@@ -221,10 +221,12 @@ def interrupted(world, tmp_path_factory):
         return record
 
     argv = [a.format(w=world, acts=world / "acts.npy") for a in with_args(RESUMABLE, out=str(out))]
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a job started in the background
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop.Trainer, "train_step", step_then_interrupt)
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
+    assert signal.getsignal(signal.SIGINT) is before  # restored
     return out, argv, exc.value.code
 
 
@@ -233,7 +235,6 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_exits_130(interrupted,
     assert code == 130
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3  # whole steps only: the one in progress finished first
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     shutil.copytree(out, tmp_path / "run")
     cli.main(with_args(argv, out=str(tmp_path / "run")) + ["--resume"])
     assert SAE.load(tmp_path / "run").cfg.arch == "batchtopk"
