@@ -22,7 +22,6 @@ from saelab.sae.shard import (
     top_k_per_row,
 )
 from saelab.sae.sparse import RowTiles
-from saelab.sae.topk import top_positive
 from saelab.train.checkpoint import CheckpointError, load_checkpoint
 from saelab.train.distributed import mesh
 
@@ -90,8 +89,12 @@ def test_each_rows_top_k_over_shards_is_the_whole_dictionarys(k):
         rows, cols, values = top_k_per_row(RowTiles.of(block, tile_rows=7), k, shard(i, k))
         assert torch.equal(values, block[rows, cols])
         picked |= {(r, c + 16 * i) for r, c in zip(rows.tolist(), cols.tolist())}
-    rows, cols, _ = top_positive(pre, k)
-    assert picked == set(zip(rows.tolist(), cols.tolist()))
+    values, cols = pre.topk(k, dim=1)
+    assert picked == {
+        (r, c) for r in range(30) for c, v in zip(cols[r].tolist(), values[r]) if v > 0
+    }
+    whole = top_k_per_row(RowTiles.of(pre, tile_rows=7), k, LatentShard(0, 48))
+    assert set(zip(whole[0].tolist(), whole[1].tolist())) == picked
     cut = row_cut(blocks[0].topk(min(k, 16), dim=1).values, k, shard(0, k))
     torch.testing.assert_close(cut, pre.topk(k, dim=1).values[:, -1])
 

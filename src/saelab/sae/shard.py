@@ -96,13 +96,15 @@ def row_cut(values: torch.Tensor, k: int, shard: LatentShard) -> torch.Tensor:
 
 def top_k_per_row(pre, k: int, shard: LatentShard) -> tuple[torch.Tensor, ...]:
     """(rows, cols, values), row-major, of the positive entries among each row's k largest of
-    pre [n, h] (a RowTiles of this shard's columns), over the whole dictionary: this shard's
-    entries at or above the row's cut over all shards (ties at the cut all kept)."""
+    pre [n, h] (a RowTiles of this shard's columns), over the whole dictionary: a shard keeps
+    its entries at or above the row's cut over all shards (ties at the cut all kept)."""
     n, h = pre.shape
     tops = [tile.topk(min(k, h), dim=1, sorted=False) for _, tile in pre]
     values = torch.cat([t.values for t in tops])
     cols = torch.cat([t.indices for t in tops])
-    keep = (values >= row_cut(values, k, shard)[:, None]) & (values > 0)
+    keep = values > 0
+    if not shard.whole:
+        keep &= values >= row_cut(values, k, shard)[:, None]
     rows = torch.arange(n, device=values.device)[:, None].expand_as(values)
     return rows[keep], cols[keep], values[keep]
 

@@ -28,15 +28,6 @@ def check_k(k, d_sae: int) -> None:
         raise ConfigError(f"k={k} is larger than d_sae={d_sae}")
 
 
-def top_positive(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, cols, values), row-major, of the positive entries among each row's k largest of
-    pre [n, h]."""
-    values, cols = pre.topk(k, dim=1, sorted=False)
-    rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
-    positive = values.flatten() > 0
-    return rows[positive], cols.flatten()[positive], values.flatten()[positive]
-
-
 @dataclass(kw_only=True)
 class KSettings(AuxKSettings):
     k: int | None = setting(
@@ -73,9 +64,7 @@ class TopK(Architecture):
         """(rows, cols, values) of each row's k largest pre-activations that are positive (the
         active latents: a non-positive one codes 0), row-major; pre: RowTiles [n, h] (a shard's:
         the rows' top k over all shards)."""
-        if not sae.shard.whole:
-            return top_k_per_row(pre, sae.cfg.k, sae.shard)
-        return pre.per_row(lambda tile, rows: top_positive(tile, sae.cfg.k))
+        return top_k_per_row(pre, sae.cfg.k, sae.shard)
 
     def to_saelens(self, sae, tensors):
         return {"architecture": "topk", "k": sae.cfg.k}, pick(tensors, *SAELENS_TENSORS)
