@@ -338,10 +338,10 @@ class Trainer:
         values = torch.stack([out.loss.detach(), *out.terms.values()]).float()
         if self.first_bad is None:
             self.first_bad, self.bad_values = torch.zeros_like(values[0]), values.clone()
+            self.term_names = list(out.terms)
         first = ~torch.isfinite(values[0]) & (self.first_bad == 0)
         self.first_bad = torch.where(first, self.step + 1, self.first_bad)
         self.bad_values = torch.where(first, values, self.bad_values)
-        self.term_names = list(out.terms)
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged for the first step whose loss was not finite, if any."""
