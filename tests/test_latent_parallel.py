@@ -203,3 +203,21 @@ def test_weights_too_large_for_one_file_are_split_with_an_index(tmp_path, monkey
     sae.save(tmp_path)
     assert (tmp_path / "sae.safetensors").is_file()
     assert not (tmp_path / "sae.safetensors.index.json").exists()
+
+
+def test_a_top_k_split_refuses_the_dense_path_and_a_torn_checkpoint(tmp_path):
+    """The dense reference path selects within one shard: refused before any step. An index
+    whose shard file holds another step (a run stopped between the two writes) is refused."""
+    from saelab.train.distributed import Mesh
+    from saelab.train.latent_parallel import load_sharded, shard_file
+    from saelab.train.loop import Trainer
+
+    split = Mesh(latent_ranks=2)
+    with pytest.raises(ConfigError, match="trains through the sparse path: drop sparse=False"):
+        Trainer(SAE(cases()["topk"][0]), train_cfg(2, sparse=False), 8, grid=split)
+    part = SAE(cases()["topk"][0], shard=LatentShard(0, 24, 0, 2))
+    names = [shard_file(4, i, 2) for i in range(2)]
+    torch.save({"step": 4, "shards": names}, tmp_path / "checkpoint.pt")
+    torch.save({"step": 3}, tmp_path / names[0])
+    with pytest.raises(CheckpointError, match="holds step 3, the index step 4"):
+        load_checkpoint(tmp_path, shard_state=lambda index: load_sharded(tmp_path, index, part))
