@@ -34,6 +34,36 @@ def test_save_load_gives_identical_codes(arch, tmp_path):
     torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "topafa"])
+def test_loading_draws_no_weights_and_holds_the_files_tensors(arch, tmp_path, monkeypatch):
+    """SAE.load neither draws a random dictionary to overwrite nor copies the file's tensors: a
+    dictionary is held once while it loads."""
+    sae = _ready(arch)
+    sae.save(tmp_path / "sae")
+    monkeypatch.setattr(type(sae.arch), "initial_weights", lambda *a: pytest.fail("drew weights"))
+    read = {}
+    original = SAEModule.adopt
+    monkeypatch.setattr(
+        SAEModule, "adopt", lambda self, state: original(self, read.update(state) or state)
+    )
+    loaded = SAE.load(tmp_path / "sae")
+    assert loaded.W_dec.data_ptr() == read["W_dec"].data_ptr()
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    torch.testing.assert_close(loaded.W_enc, sae.W_enc, rtol=0, atol=0)
+
+
+def test_adopt_casts_and_keeps_the_modules_parameters_trainable():
+    sae = SAEModule(make_sae("topk").cfg, initialise=False)
+    assert sae.W_enc.is_meta and not sae.initialized
+    state = {**SAEModule(sae.cfg, seed=0).state_dict()}
+    state["W_enc"] = state["W_enc"].T.contiguous().T.half()  # another dtype and layout
+    sae.adopt(state)
+    assert sae.initialized and sae.W_enc.dtype == torch.float32 and sae.W_enc.is_contiguous()
+    assert isinstance(sae.W_enc, torch.nn.Parameter) and sae.W_enc.requires_grad
+    with pytest.raises(RuntimeError, match="Missing key"):
+        SAEModule(sae.cfg, initialise=False).adopt({"W_dec": state["W_dec"]})
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_expected_norm_scale_is_folded_on_save(arch, tmp_path):
     sae = _ready(arch, input_scaling="expected_norm")

@@ -62,12 +62,18 @@ class SAE(nn.Module):
     eval mode inference semantics (codes independent of the batch)."""
 
     def __init__(
-        self, cfg: SAEConfig | dict, seed: int | None = None, shard: LatentShard | None = None
+        self,
+        cfg: SAEConfig | dict,
+        seed: int | None = None,
+        shard: LatentShard | None = None,
+        initialise: bool = True,
     ):
         """cfg: an SAEConfig or a dict of its fields (SAEConfig.from_dict); seed: an int for a
         reproducible initialisation, None for torch's global generator; shard: only these
         latents of the dictionary (sae/shard.py; the trainer makes them under torchrun with
-        latent_parallel), initialised as the whole SAE's with the same seed."""
+        latent_parallel), initialised as the whole SAE's with the same seed; initialise=False:
+        W_enc and W_dec are not drawn nor allocated (meta tensors) until adopt() fills them, so
+        loading never holds a dictionary twice."""
         super().__init__()
         check_type("cfg", cfg, (SAEConfig, dict), "an SAEConfig or a dict of its fields")
         check_type("seed", seed, (int, type(None)), "an integer or None")
@@ -79,7 +85,11 @@ class SAE(nn.Module):
         if not self.shard.whole:
             check_shardable(self)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        W_enc, W_dec = self.arch.initial_weights(cfg, generator, self.shard.latents)
+        if initialise:
+            W_enc, W_dec = self.arch.initial_weights(cfg, generator, self.shard.latents)
+        else:
+            W_enc = torch.empty(cfg.d_in, self.shard.width, device="meta")
+            W_dec = torch.empty(self.shard.width, cfg.width_out, device="meta")
         self.W_enc = nn.Parameter(W_enc.contiguous())  # fused Adam wants it so
         self.register_parameter(self.arch.encoder_bias, nn.Parameter(torch.zeros(self.shard.width)))
         self.W_dec = nn.Parameter(W_dec)
@@ -413,7 +423,7 @@ class SAE(nn.Module):
             outputs = {"output_scale": s_out} if cfg.is_transcoder else {}
             cfg = cfg.replace(input_scale=s, metadata=metadata, **outputs)
         check_sizes(tensors, cfg, path)
-        sae = cls(cfg)
+        sae = cls(cfg, initialise=False)
         check_tensors(tensors, sae, path)
         if unfold:
             tensors = folded(tensors, 1 / s, 1 / s_out)
@@ -421,6 +431,20 @@ class SAE(nn.Module):
             state = sae.arch.from_file(tensors)
         except ConfigError as err:
             raise SAEFormatError(f"{path}: {err}") from None
-        sae.load_state_dict({**sae.state_dict(), **state})
-        sae.initialized = True
-        return sae.eval()
+        return sae.adopt({**sae.state_dict(), **state}).eval()
+
+    def adopt(self, state: dict[str, torch.Tensor]) -> SAE:
+        """Take `state` (every key of state_dict()) as this SAE's tensors, each cast to the dtype
+        it replaces and made contiguous, without copying a tensor that already is
+        (load_state_dict(assign=True)); marks the SAE initialised. The way to fill an SAE made
+        with initialise=False."""
+        own = self.state_dict()
+        self.load_state_dict(
+            {
+                name: t.to(own[name].dtype).contiguous() if name in own else t
+                for name, t in state.items()
+            },
+            assign=True,
+        )
+        self.initialized = True
+        return self

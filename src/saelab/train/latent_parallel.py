@@ -93,20 +93,19 @@ def remove_shard_files(out_dir: Path, sae, keep: str | None = None) -> None:
 @torch.no_grad()
 def whole_sae(sae: SAE, mesh: Mesh) -> SAE | None:
     """The whole SAE, on rank 0's CPU, from the shards of the ranks of data index 0 (gathered
-    one tensor at a time); None on every other rank."""
+    one tensor at a time into an SAE made without weights, so rank 0 holds the dictionary once);
+    None on every other rank."""
     if mesh.data_index != 0:
         return None
     dims = sae.arch.latent_dims(sae)
     state = {}
     for name, t in sae.state_dict().items():
-        if name in dims:
-            parts = [torch.empty_like(t) for _ in range(mesh.latent_ranks)] if rank() == 0 else None
-            dist.gather(t.contiguous(), parts, dst=0, group=mesh.latent_group)
-            t = torch.cat(parts, dim=dims[name]) if rank() == 0 else t
-        state[name] = t.cpu()
+        if name not in dims:  # whole on every rank: a copy, not the training SAE's storage
+            state[name] = t.to("cpu", copy=True)
+            continue
+        parts = [torch.empty_like(t) for _ in range(mesh.latent_ranks)] if rank() == 0 else None
+        dist.gather(t.contiguous(), parts, dst=0, group=mesh.latent_group)
+        state[name] = torch.cat(parts, dim=dims[name]).cpu() if rank() == 0 else None
     if rank() != 0:
         return None
-    whole = SAE(sae.cfg)
-    whole.load_state_dict(state)
-    whole.initialized = True
-    return whole.eval()
+    return SAE(sae.cfg, initialise=False).adopt(state).eval()
