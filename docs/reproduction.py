@@ -74,7 +74,8 @@ INVOCATIONS = "sweep.json"  # the archive's invocations of the sweep and its cac
 def archive_runs(sweep: Path, archive: Path, config: Path) -> list[str]:
     """Copy ARCHIVED of every evaluated run of `config` in `sweep` into `archive`/<name>/ (an
     archived run is replaced by the sweep's copy), and merge the sweep's invocations (its log
-    beside it) into `archive`/INVOCATIONS. Returns the names copied."""
+    beside it) into `archive`/INVOCATIONS: one per start and config, to its latest stop (a pass
+    still running when archived is extended, not counted again). Returns the names copied."""
     archive.mkdir(parents=True, exist_ok=True)
     copied = []
     for point in union(read_grid_file(config)):
@@ -91,9 +92,13 @@ def archive_runs(sweep: Path, archive: Path, config: Path) -> list[str]:
             shutil.copy2(result, target / rundir.EVAL_RESULTS / result.name)
         copied.append(point.name)
     known = read_archive_facts(archive)
-    runs = {tuple(i) for i in known.get("invocations", [])}
-    runs |= set(invocations(sweep.parent / (sweep.name + ".log"), sweep))
-    known["invocations"] = sorted(runs)
+    stops: dict[tuple[str, str], str] = {}  # (start, config) -> the latest stop seen
+    for start, stop, config in [
+        *known.get("invocations", []),
+        *invocations(sweep.parent / (sweep.name + ".log"), sweep),
+    ]:
+        stops[start, config] = max(stop, stops.get((start, config), stop))
+    known["invocations"] = sorted([start, stop, config] for (start, config), stop in stops.items())
     if (cached := training_cache_tokens(sweep)) is not None:
         known["training_cache_tokens"] = cached
     (archive / INVOCATIONS).write_text(json.dumps(known, indent=1) + "\n")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,16 @@ def test_the_archive_keeps_evaluated_runs_without_weights_and_merges_invocations
     reproduction.archive_runs(sweep, archive, config)  # the same pass twice counts once
     facts = reproduction.read_archive_facts(archive)
     assert reproduction.wall_time(facts["invocations"]) == "1.50 h in 2 invocation(s)"
+    # a pass archived while it runs (to its last file), then again after its end: one invocation
+    running = "start 2026-12-05T04:00:00+00:00 pass3.toml\n"
+    log.write_text(running)
+    last_file = datetime(2026, 12, 5, 4, 10, tzinfo=timezone.utc).timestamp()
+    os.utime(done / rundir.EVAL, (last_file, last_file))
+    reproduction.archive_runs(sweep, archive, config)
+    log.write_text(running + "end rc=0 2026-12-05T05:00:00+00:00 pass3.toml\n")
+    reproduction.archive_runs(sweep, archive, config)
+    facts = reproduction.read_archive_facts(archive)
+    assert reproduction.wall_time(facts["invocations"]) == "2.50 h in 3 invocation(s)"
     rows = reproduction.load_rows(archive, config)
     assert [(row["name"], row["l0"]) for row in rows] == [(done.name, 8.0)]
 
