@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import make_sae, randomize
 
+from saelab.cli import build_parser
 from saelab.data.models import builtin_path
 from saelab.eval.saebench.absorption import (
     AbsorptionConfig,
@@ -224,6 +225,21 @@ def _planted(monkeypatch, n_per_letter=40, absorbed_every=3, d=256, scale=5.0):
         sae.W_dec[26, s] = sae.W_dec[26, 26] = 2**-0.5
         sae.W_dec[27:, 27:] = torch.eye(d - 27)
     return sae, absorbed
+
+
+def test_too_few_probed_letters_is_refused_naming_the_flags_that_lower_the_bar(monkeypatch):
+    from tiny_models import tiny_lm
+
+    sae, _ = _planted(monkeypatch)
+    tiny = tiny_lm("llama")
+    lm = SimpleNamespace(
+        tokenizer=tiny.tokenizer, bos_token_id=tiny.bos_token_id, name="planted", d_model=256
+    )
+    cfg = AbsorptionConfig(layer=1, max_words=2000, min_letters=27)  # more than there are
+    with pytest.raises(AbsorptionError, match="--absorption-min-probe-f1"):
+        absorption(sae.eval(), lm, cfg, progress=False)
+    args = build_parser().parse_args(["eval", "RUN", "--absorption-min-probe-f1", "0.3"])
+    assert args.absorption_min_probe_f1 == 0.3
 
 
 def test_a_planted_absorber_is_found_end_to_end(monkeypatch):

@@ -81,8 +81,19 @@ class AbsorptionConfig:
     k_sparse_probe_batch_size: int = 4096
     k_sparse_probe_num_epochs: int = 50
     f1_jump_threshold: float = 0.03
-    min_probe_f1: float = 0.6
-    min_letters: int = 5
+    min_probe_f1: float = option(
+        0.6,
+        "absorption: a letter is evaluated when its ground-truth probe's test F1 exceeds this "
+        "(SAEBench: 0.6)",
+        flag="absorption-min-probe-f1",
+        high=1,
+    )
+    min_letters: int = option(
+        5,
+        "absorption: the fewest letters an evaluation may rest on (SAEBench asks for 20)",
+        flag="absorption-min-letters",
+        low=1,
+    )
     full_absorption_probe_cos_sim_threshold: float = 0.025
     absorption_fraction_probe_cos_sim_threshold: float = 0.1
     probe_projection_proportion_threshold: float = 0.4
@@ -328,7 +339,8 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
             f"only {len(details)} letters have a first-letter probe with test F1 > "
             f"{cfg.min_probe_f1} at {cfg.site} of layer {cfg.layer} of {lm.name} (at least "
             f"{cfg.min_letters} needed): the model does not represent first letters linearly "
-            "there; try another layer, or lower min_probe_f1"
+            "there (SAEBench recommends models of 2B parameters or more); try another layer, or "
+            "lower --absorption-min-probe-f1 / --absorption-min-letters"
         )
     return eval_output(
         EVAL_TYPE_ID,
