@@ -4,7 +4,9 @@ absorption_first_letter eval step by step (sae_bench/evals/absorption/, files na
 1. Words (vocab.py get_alpha_tokens): every token of the model's vocabulary whose text is ASCII
    letters after at most one leading space ("cat", " Cat", " a"); SAEBench takes them all,
    saelab a seeded sample of `max_words` (the forward passes of a CPU budget), split 80/20 into
-   train and test words (probing.py create_dataset_probe_training).
+   train and test words (probing.py create_dataset_probe_training). Both probes below then
+   train in batches as much smaller than SAEBench's as the sample is (sampled_batch_size), so
+   they take as many Adam steps as SAEBench's on the whole vocabulary.
 2. Prompts (prompting.py create_icl_prompt, the separator also before the first example):
    "\n tartan has the first letter: T\n mirth has the first letter: M\n cat has the first
    letter:" with `icl_examples` (10) examples drawn from the same split, and the activation at
@@ -38,6 +40,7 @@ absorption_first_letter eval step by step (sae_bench/evals/absorption/, files na
 
 from __future__ import annotations
 
+import math
 import statistics
 import string
 from dataclasses import asdict, dataclass
@@ -106,6 +109,20 @@ class AbsorptionError(SaelabError, ValueError):
 
 
 PROBE_EPOCHS, PROBE_LR, PROBE_WEIGHT_DECAY = 50, 1e-2, 1e-4  # probing.py:331-341
+PROBE_BATCH = 4096  # probing.py train_linear_probe_for_task's batch size
+
+
+def sampled_batch_size(saebench_batch: int, n_train: int, vocabulary: int, cfg) -> int:
+    """The probe batch that gives n_train sampled training words as many Adam steps per epoch
+    as SAEBench's batch gives the training split of the whole vocabulary (`vocabulary` words),
+    so a probe on a sample trains as long as SAEBench's: on SmolLM2 (47,078 words) 10 steps per
+    epoch, where 4000 words in batches of 4096 would take 1 and leave the probes undertrained."""
+    whole = int(vocabulary * (1 - cfg.test_fraction))
+    if n_train >= whole:  # SAEBench's own run
+        return saebench_batch
+    return math.ceil(n_train / math.ceil(whole / saebench_batch))
+
+
 K_SPARSE_WEIGHT_DECAY = 1e-6  # k_sparse_probing.py train_sparse_multi_probe
 
 
@@ -283,6 +300,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         PROBE_WEIGHT_DECAY,
         epochs=PROBE_EPOCHS,
         lr=PROBE_LR,
+        batch_size=sampled_batch_size(PROBE_BATCH, n_train, len(vocabulary), cfg),
         seed=cfg.random_seed,
     )
     codes = {name: sae.encode(x[name]) for name in x}
@@ -293,7 +311,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         K_SPARSE_WEIGHT_DECAY,
         l1=cfg.k_sparse_probe_l1_decay,
         epochs=cfg.k_sparse_probe_num_epochs,
-        batch_size=cfg.k_sparse_probe_batch_size,
+        batch_size=sampled_batch_size(cfg.k_sparse_probe_batch_size, n_train, len(vocabulary), cfg),
         seed=cfg.random_seed,
     )
     test_scores = (x["test"] @ probe_w.T + probe_b).numpy()
