@@ -93,8 +93,8 @@ def remove_shard_files(out_dir: Path, sae, keep: str | None = None) -> None:
 @torch.no_grad()
 def whole_sae(sae: SAE, mesh: Mesh) -> SAE | None:
     """The whole SAE, on rank 0's CPU, from the shards of the ranks of data index 0 (gathered
-    one tensor at a time into an SAE made without weights, so rank 0 holds the dictionary once);
-    None on every other rank."""
+    one tensor at a time into an SAE made without weights: no random dictionary beside the
+    gathered one); None on every other rank."""
     if mesh.data_index != 0:
         return None
     dims = sae.arch.latent_dims(sae)

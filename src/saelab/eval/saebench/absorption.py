@@ -110,6 +110,7 @@ class AbsorptionError(SaelabError, ValueError):
 
 PROBE_EPOCHS, PROBE_LR, PROBE_WEIGHT_DECAY = 50, 1e-2, 1e-4  # probing.py:331-341
 PROBE_BATCH = 4096  # probing.py train_linear_probe_for_task's batch size
+K_SPARSE_WEIGHT_DECAY = 1e-6  # k_sparse_probing.py train_sparse_multi_probe
 
 
 def sampled_batch_size(saebench_batch: int, n_train: int, vocabulary: int, cfg) -> int:
@@ -121,9 +122,6 @@ def sampled_batch_size(saebench_batch: int, n_train: int, vocabulary: int, cfg) 
     if n_train >= whole:  # SAEBench's own run
         return saebench_batch
     return math.ceil(n_train / math.ceil(whole / saebench_batch))
-
-
-K_SPARSE_WEIGHT_DECAY = 1e-6  # k_sparse_probing.py train_sparse_multi_probe
 
 
 def alpha_tokens(tokenizer) -> list[tuple[int, str]]:
