@@ -113,12 +113,17 @@ PROBE_BATCH = 4096  # probing.py train_linear_probe_for_task's batch size
 K_SPARSE_WEIGHT_DECAY = 1e-6  # k_sparse_probing.py train_sparse_multi_probe
 
 
+def train_words(n_words: int, cfg) -> int:
+    """How many of n_words go to the training split (the rest are test words)."""
+    return int(n_words * (1 - cfg.test_fraction))
+
+
 def sampled_batch_size(saebench_batch: int, n_train: int, vocabulary: int, cfg) -> int:
     """The probe batch that gives n_train sampled training words as many Adam steps per epoch
     as SAEBench's batch gives the training split of the whole vocabulary (`vocabulary` words),
     so a probe on a sample trains as long as SAEBench's: on SmolLM2 (47,078 words) 10 steps per
     epoch, where 4000 words in batches of 4096 would take 1 and leave the probes undertrained."""
-    whole = int(vocabulary * (1 - cfg.test_fraction))
+    whole = train_words(vocabulary, cfg)
     if n_train >= whole:  # SAEBench's own run
         return saebench_batch
     return math.ceil(n_train / math.ceil(whole / saebench_batch))
@@ -283,7 +288,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         vocabulary[i]
         for i in rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)), replace=False)
     ]
-    n_train = int(len(words) * (1 - cfg.test_fraction))
+    n_train = train_words(len(words), cfg)
     splits = {"train": words[:n_train], "test": words[n_train:]}
     x, letters, texts = {}, {}, {}
     for name, split in splits.items():
