@@ -27,6 +27,7 @@ import argparse
 import json
 import re
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +69,16 @@ CACHE_ROOT = Path("cache")
 ARCHIVE = DOCS / "reproduction_runs"
 # what the page reads of a run (besides eval_results/*.json); the weights stay in the sweep
 ARCHIVED = (rundir.CFG, rundir.TRAIN_CONFIG, rundir.HISTORY, rundir.EVAL, rundir.PLOTS["zf"])
+# the settings of cfg.json a row carries besides the grid's (which name only what they set)
+SETTINGS = (
+    "d_sae",
+    "k",
+    "l0_coefficient",
+    "jumprelu_bandwidth",
+    "afa_coefficient",
+    "topafa_recipe",
+)
+NOT_YET = "_No run of this table is in the archive yet._"
 INVOCATIONS = "sweep.json"  # the archive's invocations of the sweep and its cache's size
 
 
@@ -117,15 +128,26 @@ def load_rows(sweep: Path, config: Path = DOCS / "reproduction.toml") -> list[di
     for point in union(read_grid_file(config)):
         run = sweep / point.name
         if (run / rundir.EVAL).is_file():
-            rows.append(
-                result_row(
-                    {**read_json_object(run / rundir.EVAL), **flat_metrics(read_results(run))},
-                    point,
-                )
+            row = result_row(
+                {**read_json_object(run / rundir.EVAL), **flat_metrics(read_results(run))}, point
             )
+            cfg = read_json_object(run / rundir.CFG)
+            settings = {k: v for k, v in cfg.items() if k in SETTINGS and v is not None}
+            rows.append({**settings, **row, "method": method(cfg)})
     if not rows:
         raise SystemExit(f"no evaluated SAE of {config} in {sweep}")
     return rows
+
+
+def method(cfg: dict) -> str:
+    """The method a run trains (its line in the figures and tables): the architecture, with
+    JumpReLU's two modes (saelab's target-L0 controller, the paper's fixed λ) and top-AFA's two
+    recipes (the authors', saelab's variant) told apart. `cfg`: the run's cfg.json."""
+    if cfg["arch"] == "jumprelu":
+        return "jumprelu target L0" if cfg.get("k") else "jumprelu fixed λ"
+    if cfg["arch"] == "topafa":
+        return "topafa authors" if cfg.get("topafa_recipe") == "authors" else "topafa variant"
+    return cfg["arch"]
 
 
 def select(rows: list[dict], **where) -> list[dict]:
@@ -260,6 +282,65 @@ def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def history_curve(run: Path, key: str) -> tuple[list, list]:
+    """(training tokens, `key`) over the records of a run's history that have `key`."""
+    records = [r for r in rundir.read_history(run) if key in r]
+    return [r["tokens"] for r in records], [r[key] for r in records]
+
+
+def plot_jumprelu_training(sweep: Path, rows: list[dict], path: Path) -> None:
+    """Left: held-out L0 against training tokens for both JumpReLU modes (dashed: the
+    controller's targets, shaded ±10%). Right: the controller's L0 multiplier λ (>= 0)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
+    for row in rows:
+        if row["method"] == "jumprelu target L0":
+            tokens, l0 = history_curve(sweep / row["name"], "heldout_l0")
+            (line,) = left.plot(tokens, l0, marker="o", ms=3, label=f"target {row['k']}")
+            left.axhline(row["k"], color=line.get_color(), ls="--", lw=0.8)
+            left.axhspan(0.9 * row["k"], 1.1 * row["k"], color=line.get_color(), alpha=0.1)
+            right.plot(*history_curve(sweep / row["name"], "l0_lambda"), label=f"target {row['k']}")
+        elif row["method"] == "jumprelu fixed λ":
+            tokens, l0 = history_curve(sweep / row["name"], "heldout_l0")
+            left.plot(
+                tokens, l0, marker="s", ms=3, ls=":", label=f"fixed λ {row['l0_coefficient']:g}"
+            )
+    left.set_yscale("log")
+    targets = sorted({row["k"] for row in rows if row["method"] == "jumprelu target L0"})
+    left.set_yticks(targets, [str(k) for k in targets], minor=False)
+    left.set_yticks([], minor=True)
+    left.set(xlabel="training tokens", ylabel="held-out L0", title="JumpReLU: held-out L0")
+    right.set(
+        xlabel="training tokens",
+        ylabel="λ (L0 multiplier)",
+        title="saelab's controller: λ = max(0, λ + rate / d_in · (L0 / k - 1))",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_topafa_training(sweep: Path, rows: list[dict], path: Path) -> None:
+    """Held-out L0 (left) and NMSE (right) against training tokens for both top-AFA recipes;
+    TopK (seed 0, every k) beside them on the right."""
+    curves_l0, curves_nmse = {}, {}
+    for row in rows:
+        if row["method"].startswith("topafa"):
+            label = f"{row['method']} {row['afa_coefficient']:g}"
+            curves_l0[label] = [history_curve(sweep / row["name"], "heldout_l0")]
+            curves_nmse[label] = [history_curve(sweep / row["name"], "heldout_nmse")]
+    for row in select(rows, arch="topk", expansion=8, seed=0):
+        curves_nmse[f"topk k={row['k']}"] = [history_curve(sweep / row["name"], "heldout_nmse")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
+    draw_curves(left, curves_l0, "held-out L0", title="top-AFA: the L0 it picks", log_y=True)
+    draw_curves(right, curves_nmse, "held-out NMSE", log_y=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -428,23 +509,24 @@ def batchtopk_vs_topk_at_equal_l0_table(rows: list[dict]) -> str:
     )
 
 
-def family_means(rows: list[dict], arch: str, metric: str) -> list[dict]:
-    """The seed-mean rows of `arch` at expansion 8 that have `metric`."""
-    return [r for r in seed_summary(select(rows, arch=arch, expansion=8)) if metric in r]
+def family_means(rows: list[dict], method: str, metric: str) -> list[dict]:
+    """The seed-mean rows of `method` (see method()) at expansion 8 that have `metric`."""
+    return [r for r in seed_summary(select(rows, method=method, expansion=8)) if metric in r]
 
 
-def at_l0(rows: list[dict], arch: str, metric: str, l0: float) -> float | None:
-    """`arch`'s seed-mean `metric` at `l0`, interpolated linearly in log L0 between its x8
+def at_l0(rows: list[dict], method: str, metric: str, l0: float) -> float | None:
+    """`method`'s seed-mean `metric` at `l0`, interpolated linearly in log L0 between its x8
     points; None outside their range."""
-    return log_l0_interp([(r["l0"], r[metric]) for r in family_means(rows, arch, metric)], l0)
+    return log_l0_interp([(r["l0"], r[metric]) for r in family_means(rows, method, metric)], l0)
 
 
-def at_l0_cell(rows: list[dict], arch: str, metric: str, l0: float, digits: int) -> str:
-    """at_l0 as a table cell; outside `arch`'s L0 range, its nearest point, with that point's L0."""
-    value = at_l0(rows, arch, metric, l0)
+def at_l0_cell(rows: list[dict], method: str, metric: str, l0: float, digits: int) -> str:
+    """at_l0 as a table cell; outside `method`'s L0 range, its nearest point, with that point's
+    L0."""
+    value = at_l0(rows, method, metric, l0)
     if value is not None:
         return fmt(value, digits)
-    means = family_means(rows, arch, metric)
+    means = family_means(rows, method, metric)
     if not means:
         return ""
     nearest = min(means, key=lambda r: abs(np.log(r["l0"]) - np.log(l0)))
@@ -467,6 +549,102 @@ def equal_l0_table(rows: list[dict]) -> str:
         cells += [fmt(row.get("ce_degradation"), 3)]
         cells += [
             at_l0_cell(rows, arch, "ce_degradation", row["l0"], 3) for arch in ("topk", "batchtopk")
+        ]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def relative_to_target(row: dict) -> float | None:
+    """A target-L0 JumpReLU's held-out L0 / k - 1 (None for other runs)."""
+    return row["l0"] / row["k"] - 1 if row["method"] == "jumprelu target L0" else None
+
+
+def jumprelu_table(rows: list[dict]) -> str:
+    """Both JumpReLU modes: each run's L0 multiplier λ at the end (the fixed λ, or where the
+    controller left it), its held-out L0 against its target, and its NMSE and CE degradation
+    beside the other mode's and BatchTopK's at the same L0 (interpolated in log L0; in
+    parentheses, outside their range: their nearest point)."""
+    other = {"jumprelu target L0": "jumprelu fixed λ", "jumprelu fixed λ": "jumprelu target L0"}
+    header = (
+        "| SAE | mode | bandwidth | λ at the end | L0 | L0 / target - 1 | NMSE | NMSE other mode "
+        "at this L0 | NMSE BatchTopK at this L0 | CE deg. | CE deg. other mode at this L0 | "
+        "CE deg. BatchTopK at this L0 | dead (training window) | silent (held-out) |"
+    )
+    lines = [header, "|---" * 14 + "|"]
+    for row in rows:
+        if row["method"] not in other:
+            continue
+        relative = relative_to_target(row)
+        cells = [
+            row["method"].removeprefix("jumprelu "),
+            fmt(row["jumprelu_bandwidth"]),
+            fmt(row.get("l0_lambda"), 2),
+            fmt(row["l0"], 3),
+            "" if relative is None else f"{relative:+.1%}",
+        ]
+        for metric, digits in (("nmse", 4), ("ce_degradation", 3)):
+            cells += [fmt(row.get(metric), digits)]
+            cells += [
+                at_l0_cell(rows, name, metric, row["l0"], digits)
+                for name in (other[row["method"]], "batchtopk")
+            ]
+        cells += [fmt(row.get("dead_fraction"), 2), fmt(row.get("silent_fraction"), 2)]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_failure(records: list[dict]) -> str | None:
+    """Where a run's training broke down, from its history: the first step whose loss is not
+    finite (diverged) or whose batch L0 fell below 2 latents per token (collapsed); None when
+    neither happened."""
+    for record in records:
+        if "loss" not in record:
+            continue
+        if record["loss"] is None or not np.isfinite(record["loss"]):
+            return f"diverged at step {record['step']} (loss {record['loss']})"
+        if record["l0"] < 2:
+            return f"collapsed at step {record['step']} (L0 {record['l0']:.2g})"
+    return None
+
+
+def heldout_l0_at(records: list[dict], fractions=(1 / 8, 1 / 4, 1 / 2, 1)) -> str:
+    """The held-out L0 after each fraction of the run's training tokens, 'a / b / ...' (the
+    evaluations that fell on those token counts)."""
+    evaluated = {r["tokens"]: r["heldout_l0"] for r in records if "heldout_l0" in r}
+    if not evaluated:
+        return ""
+    end = max(evaluated)
+    return " / ".join(
+        fmt(evaluated[round(end * f)], 3) for f in fractions if round(end * f) in evaluated
+    )
+
+
+def topafa_table(sweep: Path, rows: list[dict]) -> str:
+    """Both top-AFA recipes: the held-out L0 along training (it picks its own), the end point's
+    NMSE beside TopK's at that L0, the ZF ratio, dead and silent latents, and whether training
+    collapsed or diverged (training_failure)."""
+    lines = [
+        "| SAE | recipe | AFA weight | held-out L0 after 1/8, 1/4, 1/2, all tokens | NMSE | FVU | "
+        "NMSE TopK at this L0 | CE deg. | ‖f~‖/‖z‖ med. | dead (training window) | silent "
+        "(held-out) | training |",
+        "|---" * 12 + "|",
+    ]
+    for row in rows:
+        if not row["method"].startswith("topafa"):
+            continue
+        records = rundir.read_history(sweep / row["name"])
+        cells = [
+            row["method"].removeprefix("topafa "),
+            fmt(row["afa_coefficient"]),
+            heldout_l0_at(records),
+            fmt(row["nmse"]),
+            fmt(row.get("fvu"), 3),
+            at_l0_cell(rows, "topk", "nmse", row["l0"], 4),
+            fmt(row.get("ce_degradation"), 3),
+            fmt(row.get("f_tilde_over_z_median"), 3),
+            fmt(row.get("dead_fraction"), 2),
+            fmt(row.get("silent_fraction"), 2),
+            training_failure(records) or "to the end",
         ]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -652,11 +830,17 @@ def main() -> None:
     rows = load_rows(args.archive, args.config)
     document, figures = args.docs / DOCUMENT.name, args.docs / FIGURES.name
     figures.mkdir(exist_ok=True)
+    started = time.time()
     write_csv(rows, args.docs / "reproduction_results.csv")
     plot_against_k(rows, "nmse", "normalized MSE (held-out)", figures / "repro_nmse_vs_k.png")
     plot_against_k(rows, "ce_degradation", "CE degradation (nats)", figures / "repro_ce_vs_k.png")
     plot_training(args.archive, rows, figures / "repro_nmse_vs_tokens.png")
     plot_l0_histograms(args.archive, rows, figures / "repro_batchtopk_l0.png")
+    methods = {row["method"].split()[0] for row in rows}
+    if "jumprelu" in methods:
+        plot_jumprelu_training(args.archive, rows, figures / "repro_jumprelu_training.png")
+    if "topafa" in methods:
+        plot_topafa_training(args.archive, rows, figures / "repro_topafa_training.png")
     summary = seed_summary(select(rows, expansion=8))
     for metric, label in (("nmse", "normalized MSE"), ("ce_degradation", "CE degradation (nats)")):
         pareto_plot(
@@ -664,7 +848,7 @@ def main() -> None:
             metric,
             label,
             figures / f"repro_pareto_{metric}.png",
-            series=["arch"],
+            series=["method"],
             title=f"{label} vs L0, expansion 8 (mean ± std over seeds)",
         )
     for row in rows:
@@ -673,6 +857,9 @@ def main() -> None:
         ):  # one SAE per arch
             zf_plot = args.archive / row["name"] / rundir.PLOTS["zf"]
             shutil.copy(zf_plot, figures / f"repro_zf_{row['name']}.png")
+    for stale in figures.glob("repro_*.png"):  # a figure of runs no longer in the archive
+        if stale.stat().st_mtime < started:
+            stale.unlink()
     text = document.read_text()
     for name, body in (
         ("setup", setup_facts(args.archive, rows)),
@@ -680,9 +867,12 @@ def main() -> None:
         ("batchtopk_vs_topk", batchtopk_vs_topk_table(rows)),
         ("batchtopk_vs_topk_equal_l0", batchtopk_vs_topk_at_equal_l0_table(rows)),
         ("equal_l0", equal_l0_table(rows)),
+        ("jumprelu", jumprelu_table(rows)),
+        ("topafa", topafa_table(args.archive, rows)),
         ("interp", interp_table(rows)),
     ):
-        text = replace_section(text, name, body)
+        is_empty_table = body.startswith("|") and body.count("\n") == 1  # a header alone
+        text = replace_section(text, name, NOT_YET if is_empty_table else body)
     document.write_text(text)
     print(f"wrote {document}, {args.docs / 'reproduction_results.csv'} and {figures}/repro_*.png")
 

@@ -167,6 +167,11 @@ def test_absorption_on_the_default_model_in_saebench_form():
         progress=False,
     )
     assert doc["eval_type_id"] == "absorption_first_letter"
+    # the sample is named with its batches: 480 training words in 10 batches per epoch, as
+    # SAEBench's 37,662 in batches of 4096
+    config = doc["eval_config"]
+    assert (config["vocabulary_words"], config["sampled_words"]) == (47078, 600)
+    assert config["probe_batch_size_used"] == config["k_sparse_probe_batch_size_used"] == 48
     mean = doc["eval_result_metrics"]["mean"]
     assert set(mean) == {
         "mean_absorption_fraction_score",
@@ -265,6 +270,12 @@ def test_a_planted_absorber_is_found_end_to_end(monkeypatch):
     # with the F1 jump threshold out of reach, latent 26 is not a main latent of 's': it absorbs
     cfg = AbsorptionConfig(layer=1, max_words=2000, min_letters=20, f1_jump_threshold=0.5)
     doc = absorption(sae.eval(), lm, cfg, progress=False)
+    # the substitute is named: how many of the vocabulary's words, in which batches (all 1040
+    # planted words fit under max_words, so the batches are SAEBench's own)
+    used = {key: doc["eval_config"][key] for key in ("vocabulary_words", "sampled_words")}
+    assert used == {"vocabulary_words": 1040, "sampled_words": 1040}
+    assert doc["eval_config"]["probe_batch_size_used"] == 4096
+    assert doc["eval_config"]["k_sparse_probe_batch_size_used"] == 4096
     details = {d["first_letter"]: d for d in doc["eval_result_details"]}
     assert len(details) >= 20 and doc["eval_result_unstructured"]["main_latents"]["s"] == [18]
     s = details["s"]

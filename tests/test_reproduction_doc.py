@@ -29,6 +29,7 @@ def _row(arch, k, seed, nmse, l0=None, expansion=8):
         "seed": seed,
         "nmse": nmse,
         "l0": l0 or k,
+        "method": arch,
     }
 
 
@@ -128,6 +129,74 @@ def test_topk_at_an_l0_follows_its_log_l0_segments_and_extends_the_end_one_by_10
     assert differences == pytest.approx([0.05 - (0.06 - 0.02 * np.log2(1.05))]) and np.isnan(p)
 
 
+def test_methods_tell_jumprelu_modes_and_topafa_recipes_apart():
+    assert reproduction.method({"arch": "jumprelu", "k": 32}) == "jumprelu target L0"
+    assert reproduction.method({"arch": "jumprelu", "k": None}) == "jumprelu fixed λ"
+    assert reproduction.method({"arch": "topafa", "topafa_recipe": "authors"}) == "topafa authors"
+    assert reproduction.method({"arch": "topafa", "topafa_recipe": "saelab"}) == "topafa variant"
+    assert reproduction.method({"arch": "batchtopk", "k": 32}) == "batchtopk"
+
+
+def _jumprelu(name, l0, nmse, k=None, lam=None):
+    mode = "jumprelu target L0" if k else "jumprelu fixed λ"
+    row = {"name": name, "arch": "jumprelu", "method": mode, "k": k, "expansion": 8, "seed": 0}
+    return row | {
+        "l0": l0,
+        "nmse": nmse,
+        "l0_lambda": lam,
+        "jumprelu_bandwidth": 0.05 if k else 1e-3,
+    }
+
+
+def test_jumprelu_table_sets_each_mode_beside_the_other_at_equal_l0():
+    rows = [
+        _jumprelu("target32", 34.4, 0.084, k=32, lam=1e-4),
+        _jumprelu("target64", 60.0, 0.066, k=64, lam=0.0),
+        _jumprelu("fixed-a", 20.0, 0.100, lam=0.004),
+        _jumprelu("fixed-b", 50.0, 0.070, lam=0.002),
+    ]
+    table = reproduction.jumprelu_table(rows).splitlines()[2:]
+    lines = {line.split(" | ")[0]: line.split(" | ") for line in table}
+    # the controller at 34.4 against the fixed-λ runs, linear in log L0 between L0 20 and 50
+    expected = 0.1 + (0.07 - 0.1) * np.log(34.4 / 20) / np.log(50 / 20)
+    assert lines["| target32"][5] == "+7.5%" and lines["| target64"][5] == "-6.2%"
+    assert lines["| target32"][7] == f"{expected:.4g}"
+    assert lines["| target32"][2:4] == ["0.05", "0.0001"]
+    # a fixed-λ run at L0 50 between the controllers' 34.4 and 60; no target of its own
+    expected = 0.084 + (0.066 - 0.084) * np.log(50 / 34.4) / np.log(60 / 34.4)
+    assert lines["| fixed-b"][7] == f"{expected:.4g}" and lines["| fixed-b"][5] == ""
+    # outside the other mode's range: its nearest point, with its L0
+    assert lines["| fixed-a"][7] == "(0.084 at L0 34.4)"
+
+
+def test_training_failure_names_the_first_step_that_diverged_or_collapsed():
+    fine = [{"step": s, "loss": 1.0, "l0": 30.0} for s in (10, 20)]
+    assert reproduction.training_failure(fine + [{"step": 20, "heldout_nmse": 0.1}]) is None
+    nan = fine + [{"step": 30, "loss": float("nan"), "l0": 30.0}, {"step": 40, "loss": None}]
+    assert reproduction.training_failure(nan).startswith("diverged at step 30")
+    assert reproduction.training_failure(fine[:1] + [{"step": 40, "loss": None, "l0": 0}]) == (
+        "diverged at step 40 (loss None)"
+    )
+    collapsed = fine + [{"step": 30, "loss": 2.0, "l0": 1.2}, {"step": 40, "loss": 3.0, "l0": 1.0}]
+    assert reproduction.training_failure(collapsed) == "collapsed at step 30 (L0 1.2)"
+
+
+def test_topafa_table_reads_the_l0_it_picked_along_training(tmp_path):
+    run = tmp_path / "topafa-afa-0.03125-authors-x8-per_token-s0"
+    run.mkdir()
+    steps = range(10, 81, 10)
+    records = [{"step": s, "tokens": 4096 * s, "loss": 1.0, "l0": 900.0} for s in steps]
+    records += [{"step": s, "tokens": 4096 * s, "heldout_l0": 2000.0 / s} for s in steps]
+    (run / rundir.HISTORY).write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = {"name": run.name, "method": "topafa authors", "arch": "topafa", "expansion": 8}
+    row |= {"afa_coefficient": 0.03125, "seed": 0, "l0": 25.0, "nmse": 0.05}
+    rows = [row] + [_row("topk", k, 0, v) for k, v in ((16, 0.10), (32, 0.08))]
+    cells = reproduction.topafa_table(tmp_path, rows).splitlines()[2].split(" | ")
+    assert cells[1:4] == ["authors", "0.03125", "200 / 100 / 50 / 25"]  # after 1/8, 1/4, 1/2, 1
+    assert cells[6] == f"{0.1 + (0.08 - 0.1) * np.log(25 / 16) / np.log(2):.4g}"
+    assert cells[-1] == "to the end |"
+
+
 def test_interp_cells_carry_their_bootstrap_interval():
     row = {"mean_absorption_fraction_score": 0.171, "mean_absorption_fraction_score_low": 0.1}
     row["mean_absorption_fraction_score_high"] = 0.25
@@ -145,7 +214,7 @@ def test_the_archive_keeps_evaluated_runs_without_weights_and_merges_invocations
     for run in (done, trained):
         (run / rundir.EVAL_RESULTS).mkdir(parents=True)
         (run / rundir.WEIGHTS).write_text("weights")
-        (run / rundir.CFG).write_text(json.dumps({"metadata": {}}))
+        (run / rundir.CFG).write_text(json.dumps({"arch": "topk", "k": 8, "metadata": {}}))
     (done / rundir.EVAL).write_text(json.dumps({"l0": 8.0, "nmse": 0.1}))
     (done / rundir.EVAL_RESULTS / "notes.json").write_text("{}")
     log = tmp_path / "runs" / "rep.log"
@@ -182,7 +251,7 @@ def test_archive_only_adds_a_pass_and_leaves_the_page(tmp_path, monkeypatch, cap
     config.write_text('arch = "topk"\nk = [8]\n')
     run = tmp_path / "rep" / "topk-k8-x8-per_token-s0"
     (run / rundir.EVAL_RESULTS).mkdir(parents=True)
-    (run / rundir.CFG).write_text(json.dumps({"metadata": {}}))
+    (run / rundir.CFG).write_text(json.dumps({"arch": "topk", "k": 8, "metadata": {}}))
     (run / rundir.WEIGHTS).write_text("weights")
     (run / rundir.EVAL).write_text(json.dumps({"l0": 8.0, "nmse": 0.1}))
     docs, archive = tmp_path / "docs", tmp_path / "archive"

@@ -263,6 +263,7 @@ def test_sweep_command_adds_the_evals_to_its_table(tmp_path, capsys):
     )
 
 
+@pytest.mark.filterwarnings("ignore:.*'penalty' was deprecated:FutureWarning")  # SAEBench's call
 def test_probe_is_saebench_train_sklearn_probe_on_raw_inputs():
     """SAEBench's train_sklearn_probe (sparse_probing/probe_training.py): LogisticRegression(
     penalty="l2", C=1.0, max_iter=1000) on the raw float32 inputs. Dividing the inputs by a

@@ -289,6 +289,10 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         for i in rng.choice(len(vocabulary), min(cfg.max_words, len(vocabulary)), replace=False)
     ]
     n_train = train_words(len(words), cfg)
+    probe_batch = sampled_batch_size(PROBE_BATCH, n_train, len(vocabulary), cfg)
+    k_sparse_batch = sampled_batch_size(
+        cfg.k_sparse_probe_batch_size, n_train, len(vocabulary), cfg
+    )
     splits = {"train": words[:n_train], "test": words[n_train:]}
     x, letters, texts = {}, {}, {}
     for name, split in splits.items():
@@ -303,7 +307,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         PROBE_WEIGHT_DECAY,
         epochs=PROBE_EPOCHS,
         lr=PROBE_LR,
-        batch_size=sampled_batch_size(PROBE_BATCH, n_train, len(vocabulary), cfg),
+        batch_size=probe_batch,
         seed=cfg.random_seed,
     )
     codes = {name: sae.encode(x[name]) for name in x}
@@ -314,7 +318,7 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
         K_SPARSE_WEIGHT_DECAY,
         l1=cfg.k_sparse_probe_l1_decay,
         epochs=cfg.k_sparse_probe_num_epochs,
-        batch_size=sampled_batch_size(cfg.k_sparse_probe_batch_size, n_train, len(vocabulary), cfg),
+        batch_size=k_sparse_batch,
         seed=cfg.random_seed,
     )
     test_scores = (x["test"] @ probe_w.T + probe_b).numpy()
@@ -363,10 +367,16 @@ def absorption(sae, lm, cfg: AbsorptionConfig, progress: bool = True) -> dict:
             "there (SAEBench recommends models of 2B parameters or more); try another layer, or "
             "lower --absorption-min-probe-f1 / --absorption-min-letters"
         )
+    used = {  # the offline substitute: a sample of the vocabulary, and the batches it trains in
+        "vocabulary_words": len(vocabulary),
+        "sampled_words": len(words),
+        "probe_batch_size_used": probe_batch,
+        "k_sparse_probe_batch_size_used": k_sparse_batch,
+    }
     return eval_output(
         EVAL_TYPE_ID,
         sae,
-        asdict(cfg),
+        asdict(cfg) | used,
         {"mean": _mean_metrics(details)},
         [{k: v for k, v in d.items() if k != "main_latents"} for d in details],
         {

@@ -46,7 +46,8 @@ def fit_probe(x, y, max_iter: int = 1000) -> Probe:
     x, y = as_numpy(x), np.asarray(y).astype(np.int64)
     if len(np.unique(y)) < 2:
         raise ValueError("a probe needs examples of both classes")
-    model = LogisticRegression(penalty="l2", C=1.0, max_iter=max_iter)
+    # L2 is the default penalty (scikit-learn 1.8 deprecates naming it, as SAEBench's penalty="l2")
+    model = LogisticRegression(C=1.0, max_iter=max_iter)
     model.fit(x, y)
     return Probe(weight=model.coef_[0], bias=float(model.intercept_[0]))
 
