@@ -310,8 +310,10 @@ def plot_jumprelu_training(sweep: Path, rows: list[dict], path: Path) -> None:
                 tokens, l0, marker="s", ms=3, ls=":", label=f"fixed λ {row['l0_coefficient']:g}"
             )
     left.set_yscale("log")
-    targets = sorted({row["k"] for row in rows if row["method"] == "jumprelu target L0"})
-    left.set_yticks(targets, [str(k) for k in targets], minor=False)
+    highest = max(np.max(line.get_ydata()) for line in left.get_lines())
+    ticks = sorted({row["k"] for row in rows if row["method"] == "jumprelu target L0"})
+    ticks += [10**n for n in range(2, 6) if 10**n <= highest]  # where the fixed-λ runs are
+    left.set_yticks(ticks, [str(k) for k in ticks], minor=False)
     left.set_yticks([], minor=True)
     left.set(xlabel="training tokens", ylabel="held-out L0", title="JumpReLU: held-out L0")
     right.set(
