@@ -287,25 +287,21 @@ def plot_l0_histograms(sweep: Path, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def history_curve(run: Path, key: str) -> tuple[list, list]:
-    """(training tokens, `key`) over the records of a run's history that have `key`."""
-    records = [r for r in rundir.read_history(run) if key in r]
-    return [r["tokens"] for r in records], [r[key] for r in records]
-
-
 def plot_jumprelu_training(sweep: Path, rows: list[dict], path: Path) -> None:
     """Left: held-out L0 against training tokens for both JumpReLU modes (dashed: the
     controller's targets, shaded ±10%). Right: the controller's L0 multiplier λ (>= 0)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
     for row in rows:
         if row["method"] == "jumprelu target L0":
-            tokens, l0 = history_curve(sweep / row["name"], "heldout_l0")
+            tokens, l0 = rundir.history_curve(sweep / row["name"], "heldout_l0")
             (line,) = left.plot(tokens, l0, marker="o", ms=3, label=f"target {row['k']}")
             left.axhline(row["k"], color=line.get_color(), ls="--", lw=0.8)
             left.axhspan(0.9 * row["k"], 1.1 * row["k"], color=line.get_color(), alpha=0.1)
-            right.plot(*history_curve(sweep / row["name"], "l0_lambda"), label=f"target {row['k']}")
+            right.plot(
+                *rundir.history_curve(sweep / row["name"], "l0_lambda"), label=f"target {row['k']}"
+            )
         elif row["method"] == "jumprelu fixed λ":
-            tokens, l0 = history_curve(sweep / row["name"], "heldout_l0")
+            tokens, l0 = rundir.history_curve(sweep / row["name"], "heldout_l0")
             left.plot(
                 tokens, l0, marker="s", ms=3, ls=":", label=f"fixed λ {row['l0_coefficient']:g}"
             )
@@ -336,10 +332,10 @@ def plot_topafa_training(sweep: Path, rows: list[dict], path: Path) -> None:
     for row in rows:
         if row["method"].startswith("topafa"):
             label = f"{row['method']} {row['afa_coefficient']:g}"
-            curves_l0[label] = [history_curve(sweep / row["name"], "heldout_l0")]
-            curves_nmse[label] = [history_curve(sweep / row["name"], "heldout_nmse")]
+            curves_l0[label] = [rundir.history_curve(sweep / row["name"], "heldout_l0")]
+            curves_nmse[label] = [heldout_curve(sweep / row["name"])]
     for row in select(rows, arch="topk", expansion=8, seed=0):
-        curves_nmse[f"topk k={row['k']}"] = [history_curve(sweep / row["name"], "heldout_nmse")]
+        curves_nmse[f"topk k={row['k']}"] = [heldout_curve(sweep / row["name"])]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
     draw_curves(left, curves_l0, "held-out L0", title="top-AFA: the L0 it picks", log_y=True)
     draw_curves(right, curves_nmse, "held-out NMSE", log_y=True)

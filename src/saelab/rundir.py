@@ -322,4 +322,11 @@ def read_history(run: Path) -> list[dict]:
     return records
 
 
+def history_curve(run: Path, key: str) -> tuple[list[int], list[float]]:
+    """(training tokens, `key`) over the records of a run's history that have `key`; empty
+    lists without any."""
+    records = [r for r in read_history(run) if key in r]
+    return [r["tokens"] for r in records], [r[key] for r in records]
+
+
 NUMERIC = ("tokens", "loss", "l0", "lr", "dead_fraction", "dead_window_tokens")

@@ -494,8 +494,7 @@ def run_sweep(
 
 def heldout_curve(run: Path) -> tuple[list[int], list[float]]:
     """(training tokens, held-out NMSE) of a run trained with eval_every_tokens; empty otherwise."""
-    records = [r for r in rundir.read_history(run) if "heldout_nmse" in r]
-    return [r["tokens"] for r in records], [r["heldout_nmse"] for r in records]
+    return rundir.history_curve(run, "heldout_nmse")
 
 
 def without_seed(name: str) -> str:
