@@ -1,4 +1,5 @@
-"""The sparse training path equals the dense reference path: losses and every gradient."""
+"""The sparse training path equals the dense reference path: losses and every gradient; the
+trainer takes the dense path while the code is dense."""
 
 import copy
 
@@ -6,10 +7,12 @@ import pytest
 import torch
 from conftest import make_sae, randomize
 
+from saelab import SAE, SAEConfig, TrainConfig
 from saelab.sae import sparse as sparse_module
 from saelab.sae.batchtopk import smallest_active
 from saelab.sae.registry import ARCHITECTURES
 from saelab.sae.sparse import SparseCode, decode, select
+from saelab.train.loop import Trainer
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -97,3 +100,27 @@ def test_encoder_weight_and_its_sparse_gradient_are_contiguous():
     assert sae.W_enc.is_contiguous()
     sae.loss(torch.randn(50, 16)).loss.backward()
     assert sae.W_enc.grad.is_contiguous() and sae.W_enc.grad.stride() == sae.W_enc.stride()
+
+
+@pytest.mark.parametrize(
+    "k, sparse, paths",
+    [(2, True, [True] * 4), (16, True, [True, True, False, False]), (2, False, [False] * 4)],
+)
+def test_trainer_steps_through_the_dense_path_while_the_code_is_dense(
+    k, sparse, paths, monkeypatch
+):
+    """d_sae 64: at most 64/16 = 4 latents per token keep the sparse path; after a record with
+    L0 16 the next steps go dense, L0 2 stays sparse, and sparse=False is always dense."""
+    used = []
+    loss = SAE.loss
+    monkeypatch.setattr(
+        SAE, "loss", lambda self, *a, **kw: used.append(kw["sparse"]) or loss(self, *a, **kw)
+    )
+    sae = SAE(SAEConfig(arch="topk", d_in=8, d_sae=64, k=k), seed=0)
+    cfg = TrainConfig(batch_size=32, log_every=2, progress=False, sparse=sparse)
+    trainer = Trainer(sae, cfg, total_steps=4)
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        trainer.train_step(x)
+    assert [r["l0"] for r in trainer.history] == [k, k]
+    assert used == paths

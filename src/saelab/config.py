@@ -136,8 +136,10 @@ class TrainConfig:
     progress: bool = option(True, "progress bars")
     sparse: bool = option(
         True,
-        "train topk/batchtopk/topafa through the sparse path (sae/sparse.py); off: the dense "
-        "reference path (same results to float tolerance, slower)",
+        "train topk/batchtopk/topafa through the sparse path (sae/sparse.py) while the batch "
+        "L0 at the last history record is at most d_sae/16 (denser codes step faster through "
+        "the dense path); off: the dense reference path always (same results to float "
+        "tolerance)",
     )
     wandb_project: str | None = option(
         None,

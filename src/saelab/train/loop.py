@@ -73,6 +73,9 @@ SHARED_KEYS = (
     "latent_parallel",
     "distribute_hookpoints",
 )
+# Above this batch L0 / d_sae the dense path's step is faster than the sparse path's
+# (bench/RESULTS.md, "sparse or dense by L0": crossover near 6-7% at d_sae 4608 and 18432)
+SPARSE_MAX_DENSITY = 1 / 16
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -173,7 +176,7 @@ class Trainer:
                     "path: drop sparse=False (--no-sparse)"
                 )
         sae.collectives = grid.collectives()
-        self.loss_fn = _LossForward(sae, cfg.sparse)
+        self.loss_fn = self.loss_forward = _LossForward(sae, cfg.sparse)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
         if grid.data_ranks > 1:
@@ -248,6 +251,8 @@ class Trainer:
             self.sae.cfg.output_scale = float(self.sae.output_scale)
         self.step, self.since_fired = state["step"], state["since_fired"].to(self.device)
         self.history = [r for r in rundir.read_history(self.out_dir) if r["step"] <= self.step]
+        if self.history:  # the path the interrupted run was on
+            self._choose_path(self.history[-1]["l0"])
 
     def checkpoint(self) -> None:
         """Save the state atomically; never over the last good checkpoint with NaN/Inf weights."""
@@ -389,6 +394,7 @@ class Trainer:
             "dead_window_tokens": self.cfg.dead_tokens,
             **self.sae.arch.record(self.sae),
         }
+        self._choose_path(record["l0"])
         if heldout_due:
             record.update(heldout_metrics(self.sae, self.heldout, self.cfg.batch_size))
         self.history.append(record)
@@ -398,6 +404,14 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log(record, step=self.step)
         return record
+
+    def _choose_path(self, l0: float) -> None:
+        """With sparse=True, the steps up to the next record take the dense path while the
+        batch L0 of this record is above SPARSE_MAX_DENSITY * d_sae, where dense products are
+        faster (top-AFA's authors' recipe starts near L0 d_sae / 2: 10x); both paths give the
+        same values and gradients. A dictionary split over ranks stays on the sparse path."""
+        if self.cfg.sparse and self.sae.shard.whole:
+            self.loss_forward.sparse = l0 <= SPARSE_MAX_DENSITY * self.sae.cfg.d_sae
 
     def _heldout_due(self) -> bool:
         """Whether this step ends a block of eval_every_tokens (or is the last), given held-out
