@@ -199,8 +199,9 @@ def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> Non
                 ls="-" if expansion == 8 else ":",
                 label=f"{arch} x{expansion} ({seeds} seed{'s' * (seeds > 1)})",
             )
+    ks = sorted({row["k"] for row in rows if row["arch"] in TOPK_FAMILY and metric in row})
     ax.set_xscale("log", base=2)
-    ax.set_xticks([16, 32, 64], ["16", "32", "64"])
+    ax.set_xticks(ks, [str(k) for k in ks])
     ax.set(
         xlabel="k (latents per token; BatchTopK: the batch mean)",
         ylabel=label,
@@ -464,10 +465,20 @@ def log_l0_interp(
     return float(y[i] + (y[i + 1] - y[i]) * (u - x[i]) / (x[i + 1] - x[i]))
 
 
+def seeded_ks(rows: list[dict], expansion: int) -> set[int]:
+    """The k values TopK has in every one of its seeds at this expansion: the grid of the paired
+    comparison with BatchTopK (TopK at larger k, seed 0 only, is there for top-AFA)."""
+    runs = select(rows, arch="topk", expansion=expansion)
+    seeds = {r["seed"] for r in runs}
+    return {k for k in {r["k"] for r in runs} if {r["seed"] for r in select(runs, k=k)} == seeds}
+
+
 def topk_at(rows: list[dict], metric: str, l0: float, seed: int, expansion: int) -> float | None:
-    """TopK's `metric` at `l0` for one seed and expansion: linear in log L0 between its k points,
-    and along the end segment up to 10% beyond them (BatchTopK's measured L0 is a few % off k)."""
-    runs = select(rows, arch="topk", seed=seed, expansion=expansion)
+    """TopK's `metric` at `l0` for one seed and expansion: linear in log L0 between its k points
+    of the seeded grid (seeded_ks), and along the end segment up to 10% beyond them (BatchTopK's
+    measured L0 is a few % off k)."""
+    ks = seeded_ks(rows, expansion)
+    runs = [r for r in select(rows, arch="topk", seed=seed, expansion=expansion) if r["k"] in ks]
     return log_l0_interp([(r["k"], r[metric]) for r in runs if metric in r], l0, EXTRAPOLATE)
 
 

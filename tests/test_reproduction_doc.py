@@ -127,6 +127,13 @@ def test_topk_at_an_l0_follows_its_log_l0_segments_and_extends_the_end_one_by_10
     rows += [_row("batchtopk", 64, 0, 0.05, l0=64 * 1.05)]
     differences, p = reproduction.equal_l0_pairs(rows, "nmse", 64, 8)
     assert differences == pytest.approx([0.05 - (0.06 - 0.02 * np.log2(1.05))]) and np.isnan(p)
+    # TopK at k 128 in seed 0 alone (for top-AFA) stays out of the seed-paired comparison
+    rows += [_row("topk", k, 1, v) for k, v in ((16, 0.10), (32, 0.08), (64, 0.06))]
+    rows += [_row("topk", 128, 0, 0.01)]
+    assert reproduction.seeded_ks(rows, 8) == {16, 32, 64}
+    assert reproduction.topk_at(rows, "nmse", 64 * 1.05, 0, 8) == pytest.approx(
+        0.06 - 0.02 * np.log2(1.05)
+    )
 
 
 def test_methods_tell_jumprelu_modes_and_topafa_recipes_apart():
