@@ -616,6 +616,11 @@ def training_failure(records: list[dict]) -> str | None:
     return None
 
 
+def l0_text(l0: float) -> str:
+    """An L0 as a table writes it: whole latents from 100 on, else 3 significant digits."""
+    return f"{l0:.0f}" if l0 >= 100 else fmt(l0, 3)
+
+
 def heldout_l0_at(records: list[dict], fractions=(1 / 8, 1 / 4, 1 / 2, 1)) -> str:
     """The held-out L0 after each fraction of the run's training tokens, 'a / b / ...' (the
     evaluations that fell on those token counts)."""
@@ -624,7 +629,7 @@ def heldout_l0_at(records: list[dict], fractions=(1 / 8, 1 / 4, 1 / 2, 1)) -> st
         return ""
     end = max(evaluated)
     return " / ".join(
-        fmt(evaluated[round(end * f)], 3) for f in fractions if round(end * f) in evaluated
+        l0_text(evaluated[round(end * f)]) for f in fractions if round(end * f) in evaluated
     )
 
 

@@ -193,13 +193,15 @@ def test_topafa_table_reads_the_l0_it_picked_along_training(tmp_path):
     run.mkdir()
     steps = range(10, 81, 10)
     records = [{"step": s, "tokens": 4096 * s, "loss": 1.0, "l0": 900.0} for s in steps]
-    records += [{"step": s, "tokens": 4096 * s, "heldout_l0": 2000.0 / s} for s in steps]
+    records += [{"step": s, "tokens": 4096 * s, "heldout_l0": 16001.0 / s} for s in steps]
     (run / rundir.HISTORY).write_text("".join(json.dumps(r) + "\n" for r in records))
     row = {"name": run.name, "method": "topafa authors", "arch": "topafa", "expansion": 8}
     row |= {"afa_coefficient": 0.03125, "seed": 0, "l0": 25.0, "nmse": 0.05}
     rows = [row] + [_row("topk", k, 0, v) for k, v in ((16, 0.10), (32, 0.08))]
     cells = reproduction.topafa_table(tmp_path, rows).splitlines()[2].split(" | ")
-    assert cells[1:4] == ["authors", "0.03125", "200 / 100 / 50 / 25"]  # after 1/8, 1/4, 1/2, 1
+    # after 1/8, 1/4, 1/2, 1 of the tokens, in whole latents from 100 on
+    assert cells[1:4] == ["authors", "0.03125", "1600 / 800 / 400 / 200"]
+    assert reproduction.l0_text(95.26) == "95.3"
     assert cells[6] == f"{0.1 + (0.08 - 0.1) * np.log(25 / 16) / np.log(2):.4g}"
     assert cells[-1] == "to the end |"
 
