@@ -163,6 +163,11 @@ def fmt(value: float, digits: int = 4) -> str:
     )
 
 
+def l0_text(l0: float) -> str:
+    """An L0 as a table writes it: whole latents from 100 on, else 3 significant digits."""
+    return f"{l0:.0f}" if l0 >= 100 else fmt(l0, 3)
+
+
 def spread(values: list[float], digits: int = 4) -> str:
     """'mean ± std' (sample std) of per-seed values, or the value alone for one seed."""
     if not values:
@@ -187,7 +192,6 @@ def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> Non
                 continue
             values = [[row[metric] for row in select(runs, k=k)] for k in ks]
             errors = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-            seeds = max(len(v) for v in values)
             ax.errorbar(
                 ks,
                 [np.mean(v) for v in values],
@@ -197,7 +201,7 @@ def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> Non
                 lw=1.2,
                 color=COLORS[arch],
                 ls="-" if expansion == 8 else ":",
-                label=f"{arch} x{expansion} ({seeds} seed{'s' * (seeds > 1)})",
+                label=f"{arch} x{expansion} ({seed_counts(ks, [len(v) for v in values])})",
             )
     ks = sorted({row["k"] for row in rows if row["arch"] in TOPK_FAMILY and metric in row})
     ax.set_xscale("log", base=2)
@@ -212,6 +216,18 @@ def plot_against_k(rows: list[dict], metric: str, label: str, path: Path) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def seed_counts(ks: list[int], counts: list[int]) -> str:
+    """How many seeds a line's points have: '3 seeds' or, where they differ, '3 seeds at k 16,
+    32, 64; 1 at k 128, 256' (counts[i] seeds at ks[i])."""
+    if len(set(counts)) == 1:
+        return f"{counts[0]} seed{'s' * (counts[0] > 1)}"
+    groups = {n: [str(k) for k, m in zip(ks, counts) if m == n] for n in counts}
+    return "; ".join(
+        f"{n}{' seeds' * (i == 0)} at k {', '.join(group)}"
+        for i, (n, group) in enumerate(groups.items())
+    )
 
 
 def paired_gap_curves(sweep: Path, rows: list[dict]) -> dict[str, list[tuple[list, list]]]:
@@ -327,19 +343,28 @@ def plot_jumprelu_training(sweep: Path, rows: list[dict], path: Path) -> None:
 
 
 def plot_topafa_training(sweep: Path, rows: list[dict], path: Path) -> None:
-    """Held-out L0 (left) and NMSE (right) against training tokens for both top-AFA recipes;
-    TopK (seed 0, every k) beside them on the right."""
-    curves_l0, curves_nmse = {}, {}
+    """Held-out L0 (left) and NMSE (right) against training tokens for both top-AFA recipes
+    (purple: the authors', orange: the variant; darker: the larger AFA weight); TopK (seed 0,
+    every k; dashed, darker for larger k) beside them on the right."""
+    curves_l0, curves_nmse, styles = {}, {}, {}
+    recipe_colors = {"topafa authors": plt.cm.Purples, "topafa variant": plt.cm.Oranges}
     for row in rows:
-        if row["method"].startswith("topafa"):
+        if row["method"] in recipe_colors:
             label = f"{row['method']} {row['afa_coefficient']:g}"
             curves_l0[label] = [rundir.history_curve(sweep / row["name"], "heldout_l0")]
             curves_nmse[label] = [heldout_curve(sweep / row["name"])]
-    for row in select(rows, arch="topk", expansion=8, seed=0):
-        curves_nmse[f"topk k={row['k']}"] = [heldout_curve(sweep / row["name"])]
+            shade = 0.9 if row["afa_coefficient"] > 0.04 else 0.6
+            styles[label] = {"color": recipe_colors[row["method"]](shade)}
+    topk = sorted(select(rows, arch="topk", expansion=8, seed=0), key=lambda row: row["k"])
+    for i, row in enumerate(topk):
+        label = f"topk k={row['k']}"
+        curves_nmse[label] = [heldout_curve(sweep / row["name"])]
+        styles[label] = {"color": plt.cm.Greys(0.35 + 0.6 * i / max(len(topk) - 1, 1)), "ls": "--"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
-    draw_curves(left, curves_l0, "held-out L0", title="top-AFA: the L0 it picks", log_y=True)
-    draw_curves(right, curves_nmse, "held-out NMSE", log_y=True)
+    draw_curves(
+        left, curves_l0, "held-out L0", title="top-AFA: the L0 it picks", log_y=True, styles=styles
+    )
+    draw_curves(right, curves_nmse, "held-out NMSE", log_y=True, styles=styles)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -351,7 +376,7 @@ def plot_topafa_training(sweep: Path, rows: list[dict], path: Path) -> None:
 def configuration_table(rows: list[dict]) -> str:
     """One line per configuration: seed means ± std of the headline metrics."""
     columns = (
-        ("l0", "L0", 3),
+        ("l0", "L0", 4),
         ("nmse", "NMSE", 4),
         ("fvu", "FVU", 3),
         ("ce_degradation", "CE deg.", 3),
@@ -539,7 +564,7 @@ def at_l0_cell(rows: list[dict], method: str, metric: str, l0: float, digits: in
     if not means:
         return ""
     nearest = min(means, key=lambda r: abs(np.log(r["l0"]) - np.log(l0)))
-    return f"({fmt(nearest[metric], digits)} at L0 {fmt(nearest['l0'], 3)})"
+    return f"({fmt(nearest[metric], digits)} at L0 {l0_text(nearest['l0'])})"
 
 
 def equal_l0_table(rows: list[dict]) -> str:
@@ -553,7 +578,7 @@ def equal_l0_table(rows: list[dict]) -> str:
     for row in seed_summary(
         [r for r in rows if r["arch"] not in ("topk", "batchtopk") and r["expansion"] == 8]
     ):
-        cells = [fmt(row["l0"], 3), fmt(row["nmse"])]
+        cells = [l0_text(row["l0"]), fmt(row["nmse"])]
         cells += [at_l0_cell(rows, arch, "nmse", row["l0"], 4) for arch in ("topk", "batchtopk")]
         cells += [fmt(row.get("ce_degradation"), 3)]
         cells += [
@@ -588,7 +613,7 @@ def jumprelu_table(rows: list[dict]) -> str:
             row["method"].removeprefix("jumprelu "),
             fmt(row["jumprelu_bandwidth"]),
             fmt(row.get("l0_lambda"), 2),
-            fmt(row["l0"], 3),
+            l0_text(row["l0"]),
             "" if relative is None else f"{relative:+.1%}",
         ]
         for metric, digits in (("nmse", 4), ("ce_degradation", 3)):
@@ -616,11 +641,6 @@ def training_failure(records: list[dict]) -> str | None:
     return None
 
 
-def l0_text(l0: float) -> str:
-    """An L0 as a table writes it: whole latents from 100 on, else 3 significant digits."""
-    return f"{l0:.0f}" if l0 >= 100 else fmt(l0, 3)
-
-
 def heldout_l0_at(records: list[dict], fractions=(1 / 8, 1 / 4, 1 / 2, 1)) -> str:
     """The held-out L0 after each fraction of the run's training tokens, 'a / b / ...' (the
     evaluations that fell on those token counts)."""
@@ -635,13 +655,13 @@ def heldout_l0_at(records: list[dict], fractions=(1 / 8, 1 / 4, 1 / 2, 1)) -> st
 
 def topafa_table(sweep: Path, rows: list[dict]) -> str:
     """Both top-AFA recipes: the held-out L0 along training (it picks its own), the end point's
-    NMSE beside TopK's at that L0, the ZF ratio, dead and silent latents, and whether training
-    collapsed or diverged (training_failure)."""
+    NMSE and CE degradation beside TopK's at that L0, the ZF ratio, dead and silent latents, and
+    whether training collapsed or diverged (training_failure)."""
     lines = [
         "| SAE | recipe | AFA weight | held-out L0 after 1/8, 1/4, 1/2, all tokens | NMSE | FVU | "
-        "NMSE TopK at this L0 | CE deg. | ‖f~‖/‖z‖ med. | dead (training window) | silent "
-        "(held-out) | training |",
-        "|---" * 12 + "|",
+        "NMSE TopK at this L0 | CE deg. | CE deg. TopK at this L0 | ‖f~‖/‖z‖ med. | dead "
+        "(training window) | silent (held-out) | training |",
+        "|---" * 13 + "|",
     ]
     for row in rows:
         if not row["method"].startswith("topafa"):
@@ -655,6 +675,7 @@ def topafa_table(sweep: Path, rows: list[dict]) -> str:
             fmt(row.get("fvu"), 3),
             at_l0_cell(rows, "topk", "nmse", row["l0"], 4),
             fmt(row.get("ce_degradation"), 3),
+            at_l0_cell(rows, "topk", "ce_degradation", row["l0"], 3),
             fmt(row.get("f_tilde_over_z_median"), 3),
             fmt(row.get("dead_fraction"), 2),
             fmt(row.get("silent_fraction"), 2),
@@ -865,10 +886,13 @@ def main() -> None:
             series=["method"],
             title=f"{label} vs L0, expansion 8 (mean ± std over seeds)",
         )
+    largest_topk = max((r["k"] for r in select(rows, arch="topk", expansion=8)), default=None)
     for row in rows:
         if row["seed"] == 0 and (
-            row.get("k") == 32 or "sae_top_1_test_accuracy" in row
-        ):  # one SAE per arch
+            row.get("k") == 32  # one SAE per arch
+            or "sae_top_1_test_accuracy" in row
+            or (row["arch"] == "topk" and row["k"] == largest_topk)  # a dense TopK code
+        ):
             zf_plot = args.archive / row["name"] / rundir.PLOTS["zf"]
             shutil.copy(zf_plot, figures / f"repro_zf_{row['name']}.png")
     for stale in figures.glob("repro_*.png"):  # a figure of runs no longer in the archive

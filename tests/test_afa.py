@@ -6,8 +6,9 @@ import torch
 from conftest import make_sae, randomize
 
 from saelab import afa_stats
+from saelab.eval import plots
 from saelab.eval.afa import decoder_orthogonality, summarize
-from saelab.eval.plots import density_plot, l0_histogram_plot, zf_plot
+from saelab.eval.plots import density_plot, l0_histogram_plot, pareto_plot, zf_plot
 
 
 @pytest.mark.parametrize("input_scaling", ["none", "per_token"])
@@ -66,6 +67,23 @@ def test_zf_plot_uses_log_axes_when_norms_span_decades(tmp_path):
         [ordinary, [800.0, 900.0, 1000.0]]
     )  # first-token norms 100x the median
     assert zf_plot(massive, massive * 0.9, tmp_path / "log.png")
+
+
+def test_pareto_plot_uses_log_axes_when_values_span_decades(tmp_path, monkeypatch):
+    """L0 16-1024 and NMSE 0.1-0.0007 (TopK up to large k) on log axes; a k 16-64 sweep, NMSE
+    0.10-0.07, keeps a linear NMSE axis; a negative CE degradation keeps it linear too."""
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig.axes[0]))
+    wide = [{"arch": "topk", "l0": k, "nmse": v} for k, v in ((16, 0.1), (64, 0.07), (1024, 7e-4))]
+    narrow = wide[:2] + [{"arch": "topk", "l0": 32, "nmse": 0.08}]
+    negative = [{**row, "nmse": row["nmse"] - 0.08} for row in wide]
+    for rows in (wide, narrow, negative):
+        pareto_plot(rows, "nmse", "NMSE", tmp_path / "p.png", series=["arch"])
+    assert [(ax.get_xscale(), ax.get_yscale()) for ax in drawn] == [
+        ("log", "log"),
+        ("linear", "linear"),
+        ("log", "linear"),
+    ]
 
 
 def test_orthonormal_decoder_satisfies_the_bound_exactly():

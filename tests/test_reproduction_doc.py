@@ -198,11 +198,14 @@ def test_topafa_table_reads_the_l0_it_picked_along_training(tmp_path):
     row = {"name": run.name, "method": "topafa authors", "arch": "topafa", "expansion": 8}
     row |= {"afa_coefficient": 0.03125, "seed": 0, "l0": 25.0, "nmse": 0.05}
     rows = [row] + [_row("topk", k, 0, v) for k, v in ((16, 0.10), (32, 0.08))]
+    rows[1]["ce_degradation"], rows[2]["ce_degradation"] = 0.4, 0.2
     cells = reproduction.topafa_table(tmp_path, rows).splitlines()[2].split(" | ")
     # after 1/8, 1/4, 1/2, 1 of the tokens, in whole latents from 100 on
     assert cells[1:4] == ["authors", "0.03125", "1600 / 800 / 400 / 200"]
     assert reproduction.l0_text(95.26) == "95.3"
+    # TopK at the L0 it picked: linear in log L0 between k 16 and 32
     assert cells[6] == f"{0.1 + (0.08 - 0.1) * np.log(25 / 16) / np.log(2):.4g}"
+    assert cells[8] == f"{0.4 + (0.2 - 0.4) * np.log(25 / 16) / np.log(2):.3g}"
     assert cells[-1] == "to the end |"
 
 
@@ -270,3 +273,13 @@ def test_archive_only_adds_a_pass_and_leaves_the_page(tmp_path, monkeypatch, cap
     reproduction.main()
     assert (archive / run.name / rundir.EVAL).is_file() and not docs.exists()
     assert "archived 1 evaluated run(s)" in capsys.readouterr().out
+
+
+def test_against_k_legend_says_which_k_have_fewer_seeds():
+    """TopK at k 128-1024 has one seed where k 16-64 have three; the legend says so."""
+    assert reproduction.seed_counts([16, 32, 64], [3, 3, 3]) == "3 seeds"
+    assert reproduction.seed_counts([16], [1]) == "1 seed"
+    assert (
+        reproduction.seed_counts([16, 32, 128, 1024], [3, 3, 1, 1])
+        == "3 seeds at k 16, 32; 1 at k 128, 1024"
+    )

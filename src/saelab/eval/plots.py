@@ -125,7 +125,8 @@ def pareto_plot(
     title: str | None = None,
 ) -> None:
     """`metric` (y) against L0 (x), one line per distinct value of the `series` keys, points in
-    order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot). Rows of seed
+    order of L0 (the BatchTopK paper's Figures 1-2, the AFA paper's L0-L2 plot); an axis whose
+    positive values span more than a factor 10 is logarithmic. Rows of seed
     means (sweep.seed_summary) draw their standard deviations `<metric>_std` and `l0_std` as
     error bars."""
     lines: dict[str, list[tuple[float, float, float, float]]] = {}
@@ -155,8 +156,10 @@ def pareto_plot(
             label=name,
         )
     l0s = [point[0] for points in lines.values() for point in points]
-    if l0s and min(l0s) > 0 and max(l0s) / min(l0s) > 10:
+    if spans_decades(l0s):
         log_x(ax)
+    if spans_decades([point[1] for points in lines.values() for point in points]):
+        ax.set_yscale("log")
     errors = (
         " (mean ± std over seeds)"
         if any(p[3] > 0 for points in lines.values() for p in points)
@@ -171,6 +174,11 @@ def pareto_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def spans_decades(values: list[float]) -> bool:
+    """Whether positive `values` span more than a factor 10: a log axis shows them better."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 10
 
 
 def _finite(value) -> bool:
@@ -204,9 +212,11 @@ def draw_curves(
     ylabel: str,
     title: str = "",
     log_y: bool = False,
+    styles: dict[str, dict] | None = None,
 ) -> None:
     """One line per label against training tokens: the mean of its runs (one per seed, on the
-    same tokens) and, with several, a band of ± one standard deviation."""
+    same tokens) and, with several, a band of ± one standard deviation. `styles`: matplotlib
+    line settings per label (colour, line style), where the default colour cycle would repeat."""
     for label, runs in curves.items():
         length = min(len(tokens) for tokens, _ in runs)
         tokens = np.asarray(runs[0][0][:length], dtype=float)
@@ -220,6 +230,7 @@ def draw_curves(
             ms=3,
             lw=1.2,
             label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""),
+            **(styles or {}).get(label, {}),
         )
         if len(runs) > 1:
             std = values.std(0, ddof=1)
