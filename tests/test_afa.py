@@ -84,6 +84,8 @@ def test_pareto_plot_uses_log_axes_when_values_span_decades(tmp_path, monkeypatc
         ("linear", "linear"),
         ("log", "linear"),
     ]
+    ticks = drawn[0].xaxis  # plain numbers, not '0' for an L0 of 0.2
+    assert [ticks.get_major_formatter()(v, 0) for v in (0.2, 5.0, 1000.0)] == ["0.2", "5", "1000"]
 
 
 def test_orthonormal_decoder_satisfies_the_bound_exactly():

@@ -186,10 +186,13 @@ def _finite(value) -> bool:
 
 
 def log_x(ax) -> None:
-    """A log x axis with plain numbers on the ticks (minor tick labels would overlap)."""
+    """A log x axis with plain numbers on the ticks (0.2, 5, 1000): ticks at 1, 2 and 5 per
+    decade over up to three decades, at powers of 10 beyond (minor tick labels would overlap)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    low, high = ax.get_xlim()
+    subs = (1, 2, 5) if math.log10(high / low) <= 3 else (1,)
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
