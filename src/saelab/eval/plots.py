@@ -157,7 +157,7 @@ def pareto_plot(
         )
     l0s = [point[0] for points in lines.values() for point in points]
     if spans_decades(l0s):
-        log_x(ax)
+        log_x(ax, max(l0s) / min(l0s))
     if spans_decades([point[1] for points in lines.values() for point in points]):
         ax.set_yscale("log")
     errors = (
@@ -185,12 +185,12 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def log_x(ax) -> None:
+def log_x(ax, span: float) -> None:
     """A log x axis with plain numbers on the ticks (0.2, 5, 1000): ticks at 1, 2 and 5 per
-    decade over up to three decades, at powers of 10 beyond (minor tick labels would overlap)."""
+    decade where the data span (max/min) is up to 1000, at powers of 10 beyond (minor tick
+    labels would overlap)."""
     ax.set_xscale("log")
-    low, high = ax.get_xlim()
-    subs = (1, 2, 5) if math.log10(high / low) <= 3 else (1,)
+    subs = (1, 2, 5) if span <= 1000 else (1,)
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
