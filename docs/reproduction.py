@@ -342,24 +342,30 @@ def plot_jumprelu_training(sweep: Path, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def shade(rank: int, count: int, light: float, dark: float) -> float:
+    """The colour-map position of the rank-th of `count` ordered lines, light to dark."""
+    return light + (dark - light) * rank / max(count - 1, 1)
+
+
 def plot_topafa_training(sweep: Path, rows: list[dict], path: Path) -> None:
     """Held-out L0 (left) and NMSE (right) against training tokens for both top-AFA recipes
     (purple: the authors', orange: the variant; darker: the larger AFA weight); TopK (seed 0,
     every k; dashed, darker for larger k) beside them on the right."""
     curves_l0, curves_nmse, styles = {}, {}, {}
     recipe_colors = {"topafa authors": plt.cm.Purples, "topafa variant": plt.cm.Oranges}
+    weights = sorted({r["afa_coefficient"] for r in rows if r["method"] in recipe_colors})
     for row in rows:
         if row["method"] in recipe_colors:
             label = f"{row['method']} {row['afa_coefficient']:g}"
             curves_l0[label] = [rundir.history_curve(sweep / row["name"], "heldout_l0")]
             curves_nmse[label] = [heldout_curve(sweep / row["name"])]
-            shade = 0.9 if row["afa_coefficient"] > 0.04 else 0.6
-            styles[label] = {"color": recipe_colors[row["method"]](shade)}
+            rank = weights.index(row["afa_coefficient"]), len(weights)
+            styles[label] = {"color": recipe_colors[row["method"]](shade(*rank, 0.6, 0.9))}
     topk = sorted(select(rows, arch="topk", expansion=8, seed=0), key=lambda row: row["k"])
     for i, row in enumerate(topk):
         label = f"topk k={row['k']}"
         curves_nmse[label] = [heldout_curve(sweep / row["name"])]
-        styles[label] = {"color": plt.cm.Greys(0.35 + 0.6 * i / max(len(topk) - 1, 1)), "ls": "--"}
+        styles[label] = {"color": plt.cm.Greys(shade(i, len(topk), 0.35, 0.95)), "ls": "--"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
     draw_curves(
         left, curves_l0, "held-out L0", title="top-AFA: the L0 it picks", log_y=True, styles=styles
